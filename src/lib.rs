@@ -1,6 +1,7 @@
 //! ZeroCI's shared library: what the controller, the agent, the CLI and the end-to-end tests all need.
 //!
 //! - [`pb`]: the generated gRPC code for `proto/zeroci/v1` (agent and control APIs).
+//! - [`bootstrap`]: the file a provisioner leaves for the agent.
 //! - [`pki`]: the certificate authority, certificates for controller, users and agents, and reading an
 //!   identity back out of a peer certificate.
 //! - [`tls`]: tonic TLS configurations built from PEM files.
@@ -9,6 +10,7 @@
 //! - [`telemetry`]: `tracing` set-up for the binaries.
 //! - [`process`]: process-group helpers used by the agent and the local provisioner.
 
+pub mod bootstrap;
 pub mod pipeline;
 pub mod pki;
 pub mod process;

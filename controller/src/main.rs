@@ -1,1 +1,131 @@
-fn main() {}
+//! `zeroci-controller`: `init` a new installation, or serve (the default).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use zeroci_controller::config::Config;
+use zeroci_controller::init::{self, InitOptions};
+
+/// Exit code for an invalid configuration (EX_CONFIG).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "zeroci-controller", version, about = "The ZeroCI controller")]
+struct Args {
+    /// Config file; default ./.zeroci/config.toml (created by `init` when missing).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override [main] grpc_listen (e.g. 127.0.0.1:0 for a free port).
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create DIR/config.toml, DIR/pki/ (CA, controller and admin certificates) and DIR/cli.toml.
+    Init {
+        #[arg(long, default_value = ".zeroci")]
+        dir: PathBuf,
+        #[arg(long, default_value = init::DEFAULT_GRPC_LISTEN)]
+        grpc_listen: String,
+        #[arg(long)]
+        http_listen: Option<String>,
+        /// Base URL of result pages, e.g. https://ci.example.com
+        #[arg(long)]
+        domain: Option<String>,
+        /// Replace an existing installation (new CA).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    zeroci::install_crypto_provider();
+    zeroci::telemetry::init("info");
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zeroci-controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Init { dir, grpc_listen, http_listen, domain, force }) = args.command {
+        let done = init::init(&InitOptions { dir, grpc_listen, http_listen, domain, force })?;
+        println!("wrote {} and {}", done.config.display(), done.profile.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config_path = match args.config {
+        Some(path) => path,
+        None => {
+            let path = PathBuf::from(".zeroci/config.toml");
+            if !path.exists() {
+                let options = InitOptions {
+                    dir: PathBuf::from(".zeroci"),
+                    grpc_listen: init::DEFAULT_GRPC_LISTEN.to_string(),
+                    http_listen: None,
+                    domain: None,
+                    force: false,
+                };
+                let done = init::init(&options).context("first-run init")?;
+                eprintln!("zeroci-controller: first run: wrote {} and {}", done.config.display(), done.profile.display());
+            }
+            path
+        }
+    };
+    let mut config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("zeroci-controller: invalid configuration: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if let Some(listen) = args.grpc_listen {
+        config.main.grpc_listen = listen;
+        if let Err(e) = config.validate() {
+            eprintln!("zeroci-controller: invalid configuration: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.main.grpc_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.main.grpc_listen))?;
+        let bound = listener.local_addr()?;
+        // The readiness line tests and scripts wait for.
+        println!("zeroci-controller ready grpc={bound}");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        zeroci_controller::server::serve(config, listener, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second: exit now.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    for n in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("signal received: shutting down (send it again to exit at once)");
+            shutdown.cancel();
+        } else {
+            std::process::exit(130);
+        }
+    }
+}

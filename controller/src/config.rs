@@ -1,0 +1,296 @@
+//! `config.toml`: parsed with unknown keys refused, defaults explicit, and validated before any port is
+//! bound (an invalid file ends the controller with one line and exit code 64).
+//!
+//! Relative paths are relative to the directory of the config file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub main: MainConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub provisioner: ProvisionerConfig,
+    /// Exported to every job.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainConfig {
+    /// Base URL of the result pages (`<domain>/jobs/<id>`).
+    pub domain: String,
+    /// Jobs, journals and machines live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// gRPC listener for agents and the CLI.
+    pub grpc_listen: String,
+    /// HTTP listener (result pages, webhooks); reserved for the HTTP issues.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// Jobs running at once.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Seconds a step may run when neither the submission nor the pipeline says.
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout: u64,
+    /// Seconds without any message from an agent after which its job ends `error`.
+    #[serde(default = "default_lost_agent_timeout")]
+    pub lost_agent_timeout: u64,
+    /// Seconds a new machine's agent has to connect for the first time.
+    #[serde(default = "default_provision_timeout")]
+    pub provision_timeout: u64,
+    /// Milliseconds between heartbeats on agent streams (both directions).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
+    #[serde(default = "default_cancel_grace")]
+    pub cancel_grace: u64,
+    /// Seconds a graceful shutdown waits for running work before leaving it to the next start.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    /// The CA's private key: the controller signs agent certificates with it.
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Seconds an agent certificate stays valid.
+    #[serde(default = "default_agent_cert_ttl")]
+    pub agent_cert_ttl: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionerConfig {
+    #[serde(default = "default_provisioner_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub local: LocalConfig,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        ProvisionerConfig { kind: default_provisioner_kind(), local: LocalConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// The agent binary to inject; default: `zeroci-agent` next to the controller's executable.
+    pub agent_binary: Option<PathBuf>,
+    /// Seconds an agent keeps trying to reach a controller that went away.
+    pub agent_give_up: Option<u64>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+fn default_workers() -> usize {
+    5
+}
+fn default_step_timeout() -> u64 {
+    3600
+}
+fn default_lost_agent_timeout() -> u64 {
+    30
+}
+fn default_provision_timeout() -> u64 {
+    120
+}
+fn default_heartbeat_ms() -> u64 {
+    5000
+}
+fn default_cancel_grace() -> u64 {
+    5
+}
+fn default_shutdown_grace() -> u64 {
+    10
+}
+fn default_agent_cert_ttl() -> u64 {
+    24 * 3600
+}
+fn default_provisioner_kind() -> String {
+    "local".to_string()
+}
+
+impl Config {
+    /// Reads, resolves relative paths and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            invalid(format!("{at}{}", e.message()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        config.resolve_paths(&base);
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.main.state_dir);
+        fix(&mut self.tls.ca);
+        fix(&mut self.tls.ca_key);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        if let Some(p) = &mut self.provisioner.local.agent_binary {
+            fix(p);
+        }
+    }
+
+    /// Checks what serde cannot: ranges, addresses, known kinds.
+    pub fn validate(&self) -> Result<(), String> {
+        let m = &self.main;
+        if m.workers == 0 || m.workers > 1000 {
+            return Err(format!("[main] workers must be between 1 and 1000, got {}", m.workers));
+        }
+        if m.grpc_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("[main] grpc_listen must be an address like 127.0.0.1:7701, got {:?}", m.grpc_listen));
+        }
+        if let Some(http) = &m.http_listen
+            && http.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!("[main] http_listen must be an address like 127.0.0.1:7702, got {http:?}"));
+        }
+        if !(m.domain.starts_with("http://") || m.domain.starts_with("https://")) {
+            return Err(format!("[main] domain must start with http:// or https://, got {:?}", m.domain));
+        }
+        for (name, value) in [
+            ("step_timeout", m.step_timeout),
+            ("lost_agent_timeout", m.lost_agent_timeout),
+            ("provision_timeout", m.provision_timeout),
+            ("heartbeat_interval_ms", m.heartbeat_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("[main] {name} must be positive"));
+            }
+        }
+        if m.heartbeat_interval_ms >= m.lost_agent_timeout * 1000 {
+            return Err("[main] heartbeat_interval_ms must be shorter than lost_agent_timeout".into());
+        }
+        if self.tls.agent_cert_ttl < 60 {
+            return Err("[tls] agent_cert_ttl must be at least 60 seconds".into());
+        }
+        if self.provisioner.kind != "local" {
+            return Err(format!(
+                "[provisioner] kind {:?} is not available in this build (available: \"local\")",
+                self.provisioner.kind
+            ));
+        }
+        for key in self.environment.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(format!("[environment] invalid variable name {key:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn lost_agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.main.lost_agent_timeout)
+    }
+
+    pub fn provision_timeout(&self) -> Duration {
+        Duration::from_secs(self.main.provision_timeout)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.main.heartbeat_interval_ms)
+    }
+
+    /// A config for a fresh installation (written by `init`).
+    pub fn for_init(grpc_listen: &str, http_listen: Option<&str>, domain: &str) -> Config {
+        Config {
+            main: MainConfig {
+                domain: domain.to_string(),
+                state_dir: default_state_dir(),
+                grpc_listen: grpc_listen.to_string(),
+                http_listen: http_listen.map(str::to_string),
+                workers: default_workers(),
+                step_timeout: default_step_timeout(),
+                lost_agent_timeout: default_lost_agent_timeout(),
+                provision_timeout: default_provision_timeout(),
+                heartbeat_interval_ms: default_heartbeat_ms(),
+                cancel_grace: default_cancel_grace(),
+                shutdown_grace: default_shutdown_grace(),
+            },
+            tls: TlsConfig {
+                ca: "pki/ca.crt".into(),
+                ca_key: "pki/ca.key".into(),
+                cert: "pki/controller.crt".into(),
+                key: "pki/controller.key".into(),
+                agent_cert_ttl: default_agent_cert_ttl(),
+            },
+            provisioner: ProvisionerConfig::default(),
+            environment: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn init_config_round_trips_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_init("127.0.0.1:0", None, "http://localhost:7702");
+        let path = write(dir.path(), &toml::to_string(&config).unwrap());
+        let loaded = Config::load(&path).unwrap();
+        assert_eq!(loaded.main.workers, 5);
+        assert_eq!(loaded.tls.ca, dir.path().join("pki/ca.crt"));
+        assert_eq!(loaded.main.state_dir, dir.path().join("state"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = toml::to_string(&Config::for_init("127.0.0.1:0", None, "http://x")).unwrap();
+        let err = Config::load(&write(dir.path(), &base.replace("workers = 5", "workerz = 5"))).unwrap_err();
+        assert!(err.to_string().contains("workerz"), "{err}");
+        let err = Config::load(&write(dir.path(), &base.replace("workers = 5", "workers = 0"))).unwrap_err();
+        assert!(err.to_string().contains("workers"), "{err}");
+        let err = Config::load(&write(dir.path(), &base.replace("127.0.0.1:0", "nowhere"))).unwrap_err();
+        assert!(err.to_string().contains("grpc_listen"), "{err}");
+        let err = Config::load(&write(dir.path(), "[main\n")).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,506 @@
+//! The engine: job lifecycle from submission to a destroyed machine.
+//!
+//! - Triggers call [`Engine::submit`]; the job is stored `queued` and pushed on the queue.
+//! - `workers` worker tasks pop jobs. A worker claims a job (`provisioning`, attempt + 1), records the
+//!   machine, asks the provisioner for it, then supervises: it waits for the agent's session to end the
+//!   job, declares the agent lost after `lost_agent_timeout` of silence, enforces the cancel deadline, and
+//!   always destroys the machine at the end.
+//! - Agent sessions (see [`crate::session`]) turn the agent's events into journal frames and record
+//!   changes; the job's [`ActiveJob`] holds the in-memory state they share with the worker.
+//! - On start, [`Engine::recover`] re-queues queued jobs, re-attaches to running ones (their agents
+//!   reconnect) and destroys machines left over by a crash.
+//!
+//! Shutdown: the root token stops workers from taking jobs; running jobs get `shutdown_grace` to finish
+//! and are otherwise left to their agents until the next start.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{error, info, warn};
+use zeroci::pb;
+use zeroci::pki::CertificateAuthority;
+
+use crate::apply::{self, PlanDefaults};
+use crate::config::Config;
+use crate::error::ControllerError;
+use crate::jobs::{JobId, JobRecord, JobStatus, MachineRecord, NewJob, StepStatus};
+use crate::provisioner::{MachineRequest, Provisioner};
+use crate::queue::JobQueue;
+use crate::store::{JobStore, LogStore, LogWriter};
+
+/// Progress of a job's journal, watched by log followers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    /// Bytes of complete frames in the journal.
+    pub len: u64,
+    /// The job has reached a final status; nothing more will be appended.
+    pub finished: bool,
+}
+
+/// The sending half of an agent's response stream.
+pub type AgentTx = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+/// The agent connection currently serving a job.
+pub struct Session {
+    /// Distinguishes successive connections of the same agent.
+    pub id: u64,
+    pub tx: AgentTx,
+    pub info: pb::AgentInfo,
+    /// Cancelled when a newer connection of the same agent replaces this one.
+    pub stop: CancellationToken,
+}
+
+/// State of one job attempt that is provisioning or running.
+pub struct ActiveJob {
+    pub id: JobId,
+    pub attempt: u32,
+    pub state: Mutex<RunState>,
+    pub session: StdMutex<Option<Session>>,
+    /// Unix ms of the last message from the agent (or of the claim, before it connected).
+    pub last_heard_ms: AtomicI64,
+    /// The agent has connected at least once (then `lost_agent_timeout` applies, not
+    /// `provision_timeout`).
+    pub connected: AtomicBool,
+    /// Unix ms after which a cancelled job is closed even if its agent never confirms; 0 when none.
+    pub cancel_deadline_ms: AtomicI64,
+    /// Set to true once the job has its final status.
+    pub done: watch::Sender<bool>,
+}
+
+/// What the session and the worker change together, under one lock.
+pub struct RunState {
+    pub record: JobRecord,
+    pub writer: Box<dyn LogWriter>,
+    /// Highest agent event sequence number stored for this attempt.
+    pub last_seq: u64,
+}
+
+impl ActiveJob {
+    /// Sends a message to the connected agent, if any. A closed stream just means it is gone.
+    pub fn send_to_agent(&self, message: pb::controller_message::Kind) {
+        let tx = self.session.lock().ok().and_then(|s| s.as_ref().map(|s| s.tx.clone()));
+        if let Some(tx) = tx {
+            let _ = tx.try_send(Ok(pb::ControllerMessage { kind: Some(message) }));
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_heard_ms.store(zeroci::now_unix_ms(), Ordering::Relaxed);
+    }
+}
+
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub jobs: Arc<dyn JobStore>,
+    pub logs: Arc<dyn LogStore>,
+    queue: Arc<dyn JobQueue>,
+    provisioner: Arc<dyn Provisioner>,
+    pub ca: CertificateAuthority,
+    /// The address agents dial.
+    agent_endpoint: String,
+    pub active: StdMutex<HashMap<JobId, Arc<ActiveJob>>>,
+    progress: StdMutex<HashMap<JobId, watch::Sender<LogProgress>>>,
+    /// Serialises claiming a queued job against cancelling it.
+    claim_lock: Mutex<()>,
+    workers: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) fn sha256_hex(data: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        jobs: Arc<dyn JobStore>,
+        logs: Arc<dyn LogStore>,
+        queue: Arc<dyn JobQueue>,
+        provisioner: Arc<dyn Provisioner>,
+        ca: CertificateAuthority,
+        agent_endpoint: String,
+        shutdown: CancellationToken,
+    ) -> Arc<Engine> {
+        let workers = Arc::new(Semaphore::new(config.main.workers));
+        Arc::new(Engine {
+            config,
+            jobs,
+            logs,
+            queue,
+            provisioner,
+            ca,
+            agent_endpoint,
+            active: StdMutex::new(HashMap::new()),
+            progress: StdMutex::new(HashMap::new()),
+            claim_lock: Mutex::new(()),
+            workers,
+            shutdown,
+        })
+    }
+
+    pub(crate) fn provisioner(&self) -> &dyn Provisioner {
+        self.provisioner.as_ref()
+    }
+
+    pub(crate) fn worker_slots(&self) -> Arc<Semaphore> {
+        self.workers.clone()
+    }
+
+    pub(crate) async fn requeue(&self, id: JobId) {
+        self.open_progress(id);
+        self.queue.push(id).await;
+    }
+
+    pub fn plan_defaults(&self) -> PlanDefaults {
+        PlanDefaults { step_timeout_secs: self.config.main.step_timeout }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.config.main.domain
+    }
+
+    pub fn active_job(&self, id: JobId) -> Option<Arc<ActiveJob>> {
+        self.active.lock().ok()?.get(&id).cloned()
+    }
+
+    pub fn active_jobs(&self) -> Vec<Arc<ActiveJob>> {
+        self.active.lock().map(|a| a.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// A receiver for the journal progress of a job that is not over; `None` once it is.
+    pub fn watch_progress(&self, id: JobId) -> Option<watch::Receiver<LogProgress>> {
+        self.progress.lock().ok()?.get(&id).map(|tx| tx.subscribe())
+    }
+
+    fn open_progress(&self, id: JobId) {
+        if let Ok(mut map) = self.progress.lock() {
+            map.entry(id).or_insert_with(|| watch::channel(LogProgress::default()).0);
+        }
+    }
+
+    pub fn publish_progress(&self, id: JobId, len: u64) {
+        if let Ok(map) = self.progress.lock()
+            && let Some(tx) = map.get(&id)
+        {
+            tx.send_modify(|p| p.len = len);
+        }
+    }
+
+    fn close_progress(&self, id: JobId) {
+        if let Ok(mut map) = self.progress.lock()
+            && let Some(tx) = map.remove(&id)
+        {
+            tx.send_modify(|p| p.finished = true);
+        }
+    }
+
+    // === Triggers ===
+
+    pub async fn submit(&self, new: NewJob) -> Result<JobRecord, ControllerError> {
+        if new.repo_url.trim().is_empty() {
+            return Err(ControllerError::InvalidArgument("repo_url is required".into()));
+        }
+        if new.commit.trim().is_empty() {
+            return Err(ControllerError::InvalidArgument("commit is required".into()));
+        }
+        if new.repo_url.starts_with('-') || new.commit.starts_with('-') {
+            // They end up as git arguments on the machine.
+            return Err(ControllerError::InvalidArgument("repo_url and commit must not start with '-'".into()));
+        }
+        let job = self.jobs.create(new, zeroci::now_unix_ms()).await?;
+        self.open_progress(job.id);
+        self.queue.push(job.id).await;
+        info!(job_id = job.id, repo = %job.repo, commit = %job.commit, "job queued");
+        Ok(job)
+    }
+
+    /// Cancels a job. Queued jobs end at once; running ones when their agent has stopped the step (or
+    /// after the grace period plus a margin when it does not answer).
+    pub async fn cancel(&self, id: JobId, reason: String) -> Result<JobRecord, ControllerError> {
+        if let Some(active) = self.active_job(id) {
+            let mut state = active.state.lock().await;
+            if state.record.status.is_final() || state.record.cancel_reason.is_some() {
+                return Ok(state.record.clone());
+            }
+            state.record.cancel_reason = Some(reason.clone());
+            self.jobs.put(&state.record).await?;
+            let connected = active.session.lock().map(|s| s.is_some()).unwrap_or(false);
+            if connected {
+                let deadline = zeroci::now_unix_ms() + (self.config.main.cancel_grace as i64 + 10) * 1000;
+                active.cancel_deadline_ms.store(deadline, Ordering::Relaxed);
+                active.send_to_agent(pb::controller_message::Kind::Cancel(pb::Cancel {
+                    reason: reason.clone(),
+                    grace_secs: self.config.main.cancel_grace,
+                }));
+                info!(job_id = id, %reason, "cancel sent to agent");
+            } else {
+                // Nothing runs yet: end it now; the worker destroys the machine.
+                self.finalize(&active, &mut state, JobStatus::Cancelled, reason).await?;
+            }
+            return Ok(state.record.clone());
+        }
+        let _claim = self.claim_lock.lock().await;
+        let mut record =
+            self.jobs.get(id).await?.ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        if record.status == JobStatus::Queued {
+            record.cancel_reason = Some(reason.clone());
+            record.finish(JobStatus::Cancelled, reason, zeroci::now_unix_ms(), StepStatus::Cancelled);
+            self.jobs.put(&record).await?;
+            self.close_progress(id);
+            info!(job_id = id, "queued job cancelled");
+        }
+        Ok(record)
+    }
+
+    // === Workers ===
+
+    /// Starts the worker tasks. Call after [`Engine::recover`].
+    pub fn start_workers(self: &Arc<Self>, tracker: &tokio_util::task::TaskTracker) {
+        for n in 0..self.config.main.workers {
+            let engine = self.clone();
+            tracker.spawn(async move { engine.worker_loop(n).await });
+        }
+    }
+
+    async fn worker_loop(self: Arc<Self>, worker: usize) {
+        loop {
+            let permit = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                permit = self.workers.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let id = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                id = self.queue.pop() => id,
+            };
+            if let Err(e) = self.run_job(id).await {
+                error!(job_id = id, worker, error = %e, "job failed inside the controller");
+            }
+            drop(permit);
+        }
+    }
+
+    /// Claims a queued job: new attempt, machine recorded, journal opened. Returns the job and the clear
+    /// bootstrap token (only its hash is stored).
+    async fn claim(&self, id: JobId) -> Result<Option<(Arc<ActiveJob>, String)>, ControllerError> {
+        let _claim = self.claim_lock.lock().await;
+        let Some(mut record) = self.jobs.get(id).await? else { return Ok(None) };
+        if record.status != JobStatus::Queued {
+            return Ok(None); // cancelled while queued, or a duplicate queue entry
+        }
+        let token = random_token();
+        record.attempt += 1;
+        record.status = JobStatus::Provisioning;
+        record.started_at = zeroci::now_unix_ms();
+        record.steps = vec![apply::checkout_step()];
+        record.machine = Some(MachineRecord {
+            provisioner: self.provisioner.kind().to_string(),
+            name: format!("job-{id}-a{}", record.attempt),
+            attempt: record.attempt,
+            token_sha256: Some(sha256_hex(&token)),
+            details: serde_json::Value::Null,
+        });
+        // Recorded before the machine exists, so a crash never leaves an unknown machine.
+        self.jobs.put(&record).await?;
+        let writer = self.logs.writer(id)?;
+        Ok(Some((self.register(record, writer, 0), token)))
+    }
+
+    async fn run_job(self: &Arc<Self>, id: JobId) -> Result<(), ControllerError> {
+        let Some((active, token)) = self.claim(id).await? else { return Ok(()) };
+        let request = {
+            let state = active.state.lock().await;
+            let machine = state.record.machine.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            MachineRequest {
+                job_id: id,
+                attempt: active.attempt,
+                name: machine,
+                bootstrap: zeroci::bootstrap::Bootstrap {
+                    controller: self.agent_endpoint.clone(),
+                    ca_pem: self.ca.cert_pem().to_string(),
+                    token,
+                    job_id: id,
+                },
+            }
+        };
+        info!(job_id = id, attempt = active.attempt, machine = %request.name, "provisioning");
+        match self.provisioner.create(&request).await {
+            Ok(details) => {
+                let mut state = active.state.lock().await;
+                if let Some(machine) = state.record.machine.as_mut() {
+                    machine.details = details;
+                }
+                self.jobs.put(&state.record).await?;
+            }
+            Err(e) => {
+                warn!(job_id = id, error = %e, "provisioning failed");
+                let mut state = active.state.lock().await;
+                if let Some(machine) = state.record.machine.as_mut() {
+                    // Whatever was half made is still destroyed below, from what we know.
+                    machine.details = serde_json::json!({ "dir": null });
+                }
+                self.finalize(&active, &mut state, JobStatus::Error, format!("provisioning failed: {e}")).await?;
+            }
+        }
+        self.supervise(active).await
+    }
+
+    /// Waits for the job to end, enforcing the lost-agent and cancel deadlines, then destroys the machine.
+    pub(crate) async fn supervise_recovered(&self, active: Arc<ActiveJob>) -> Result<(), ControllerError> {
+        self.supervise(active).await
+    }
+
+    async fn supervise(&self, active: Arc<ActiveJob>) -> Result<(), ControllerError> {
+        let mut done = active.done.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *done.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                _ = done.changed() => {}
+                _ = tick.tick() => self.check_deadlines(&active).await?,
+                _ = self.shutdown.cancelled() => {
+                    if self.wait_for_drain(&active).await {
+                        break;
+                    }
+                    // Left to its agent; the next start re-attaches to it.
+                    info!(job_id = active.id, "shutting down; job left running for the next start");
+                    self.unregister(&active);
+                    return Ok(());
+                }
+            }
+        }
+        self.destroy_machine(&active).await;
+        self.unregister(&active);
+        Ok(())
+    }
+
+    /// During shutdown, gives a running job `shutdown_grace` to end. True when it did.
+    async fn wait_for_drain(&self, active: &ActiveJob) -> bool {
+        let mut done = active.done.subscribe();
+        let grace = Duration::from_secs(self.config.main.shutdown_grace);
+        tokio::time::timeout(grace, done.wait_for(|d| *d)).await.is_ok()
+    }
+
+    async fn check_deadlines(&self, active: &ActiveJob) -> Result<(), ControllerError> {
+        let now = zeroci::now_unix_ms();
+        let connected = active.connected.load(Ordering::Relaxed);
+        let limit = if connected { self.config.lost_agent_timeout() } else { self.config.provision_timeout() };
+        let silent_ms = now - active.last_heard_ms.load(Ordering::Relaxed);
+        let cancel_deadline = active.cancel_deadline_ms.load(Ordering::Relaxed);
+        if silent_ms > limit.as_millis() as i64 {
+            let mut state = active.state.lock().await;
+            let reason = if connected {
+                format!("agent lost: no message for {}s", silent_ms / 1000)
+            } else {
+                format!("agent did not connect within {}s of provisioning", limit.as_secs())
+            };
+            warn!(job_id = active.id, %reason, "ending job");
+            let status = if state.record.cancel_reason.is_some() { JobStatus::Cancelled } else { JobStatus::Error };
+            self.finalize(active, &mut state, status, reason).await?;
+        } else if cancel_deadline > 0 && now > cancel_deadline {
+            let mut state = active.state.lock().await;
+            let reason = state.record.cancel_reason.clone().unwrap_or_default();
+            warn!(job_id = active.id, "agent did not confirm the cancel in time");
+            self.finalize(active, &mut state, JobStatus::Cancelled, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives the job its final status (once), stores it, and tells the agent and the worker.
+    pub async fn finalize(
+        &self,
+        active: &ActiveJob,
+        state: &mut RunState,
+        status: JobStatus,
+        reason: String,
+    ) -> Result<(), ControllerError> {
+        if state.record.status.is_final() {
+            return Ok(());
+        }
+        let running_as = if status == JobStatus::Cancelled { StepStatus::Cancelled } else { StepStatus::Error };
+        let reason = match status {
+            JobStatus::Success | JobStatus::Failure => String::new(),
+            JobStatus::Cancelled => state.record.cancel_reason.clone().unwrap_or(reason),
+            _ => reason,
+        };
+        state.record.finish(status, reason, zeroci::now_unix_ms(), running_as);
+        if let Err(e) = state.writer.sync() {
+            warn!(job_id = active.id, error = %e, "cannot sync journal");
+        }
+        self.jobs.put(&state.record).await?;
+        info!(job_id = active.id, status = status.as_str(), "job finished");
+        active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
+            reason: format!("job {}", status.as_str()),
+            done: true,
+        }));
+        active.done.send_replace(true);
+        // Followers stop at the final status, not when the machine is gone.
+        self.close_progress(active.id);
+        Ok(())
+    }
+
+    async fn destroy_machine(&self, active: &ActiveJob) {
+        let machine = active.state.lock().await.record.machine.clone();
+        let Some(machine) = machine else { return };
+        if let Err(e) = self.provisioner.destroy(&machine).await {
+            // Keep the record so the next start tries again.
+            error!(job_id = active.id, error = %e, "cannot destroy machine");
+            return;
+        }
+        let mut state = active.state.lock().await;
+        state.record.machine = None;
+        if let Err(e) = self.jobs.put(&state.record).await {
+            error!(job_id = active.id, error = %e, "cannot record machine destruction");
+        }
+    }
+
+    fn unregister(&self, active: &ActiveJob) {
+        if let Ok(mut map) = self.active.lock()
+            && map.get(&active.id).is_some_and(|a| a.attempt == active.attempt)
+        {
+            map.remove(&active.id);
+        }
+        if let Ok(mut session) = active.session.lock() {
+            session.take();
+        }
+    }
+
+    pub(crate) fn register(&self, record: JobRecord, writer: Box<dyn LogWriter>, last_seq: u64) -> Arc<ActiveJob> {
+        let id = record.id;
+        let attempt = record.attempt;
+        let active = Arc::new(ActiveJob {
+            id,
+            attempt,
+            state: Mutex::new(RunState { record, writer, last_seq }),
+            session: StdMutex::new(None),
+            last_heard_ms: AtomicI64::new(zeroci::now_unix_ms()),
+            connected: AtomicBool::new(false),
+            cancel_deadline_ms: AtomicI64::new(0),
+            done: watch::channel(false).0,
+        });
+        if let Ok(mut map) = self.active.lock() {
+            map.insert(id, active.clone());
+        }
+        self.open_progress(id);
+        active
+    }
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,368 @@
+//! The job model: records as stored, statuses, and how a job's final status follows from its steps.
+//!
+//! A [`JobRecord`] is the controller's view of one job. It is changed only by the engine and the agent
+//! sessions, always through the store, and every change to a step comes from applying a journal event
+//! (see [`crate::apply`]), so replaying the journal after a crash rebuilds the same record.
+
+use serde::{Deserialize, Serialize};
+use zeroci::pb;
+
+/// A job's id: a positive number, unique per controller state directory.
+pub type JobId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Provisioning,
+    Running,
+    Success,
+    Failure,
+    Error,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Provisioning => "provisioning",
+            JobStatus::Running => "running",
+            JobStatus::Success => "success",
+            JobStatus::Failure => "failure",
+            JobStatus::Error => "error",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        [
+            JobStatus::Queued,
+            JobStatus::Provisioning,
+            JobStatus::Running,
+            JobStatus::Success,
+            JobStatus::Failure,
+            JobStatus::Error,
+            JobStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// True for success, failure, error and cancelled: nothing changes a job after that.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Success | JobStatus::Failure | JobStatus::Error | JobStatus::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Checkout,
+    Install,
+    Script,
+    /// The `zeroCI.yaml` step that reports an invalid pipeline file.
+    Config,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Checkout => "checkout",
+            StepKind::Install => "install",
+            StepKind::Script => "script",
+            StepKind::Config => "config",
+        }
+    }
+
+    pub fn to_pb(self) -> pb::StepKind {
+        match self {
+            StepKind::Checkout => pb::StepKind::Checkout,
+            StepKind::Install => pb::StepKind::Install,
+            StepKind::Script | StepKind::Config => pb::StepKind::Script,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Success,
+    Failure,
+    /// Could not run, timed out, or (for the config step) the pipeline file is invalid.
+    Error,
+    /// Never ran because an earlier step stopped the job.
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Success => "success",
+            StepStatus::Failure => "failure",
+            StepStatus::Error => "error",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub index: u32,
+    pub name: String,
+    pub kind: StepKind,
+    pub status: StepStatus,
+    pub exit_code: Option<i32>,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// What runs: the shell script (empty for checkout and config steps).
+    pub script: String,
+    /// The shell; empty means the agent's default.
+    pub shell: String,
+    pub timeout_secs: u64,
+    /// Why it ended the way it did, when not a plain exit.
+    pub message: String,
+}
+
+impl StepRecord {
+    pub fn new(index: u32, name: impl Into<String>, kind: StepKind) -> StepRecord {
+        StepRecord {
+            index,
+            name: name.into(),
+            kind,
+            status: StepStatus::Pending,
+            exit_code: None,
+            started_at: 0,
+            finished_at: 0,
+            script: String::new(),
+            shell: String::new(),
+            timeout_secs: 0,
+            message: String::new(),
+        }
+    }
+
+    pub fn to_pb(&self) -> pb::StepInfo {
+        pb::StepInfo {
+            index: self.index,
+            name: self.name.clone(),
+            kind: self.kind.as_str().to_string(),
+            status: self.status.as_str().to_string(),
+            exit_code: self.exit_code,
+            started_at_unix_ms: self.started_at,
+            finished_at_unix_ms: self.finished_at,
+            script: self.script.clone(),
+            message: self.message.clone(),
+        }
+    }
+
+    pub fn to_run_step(&self) -> pb::Step {
+        pb::Step {
+            index: self.index,
+            name: self.name.clone(),
+            kind: self.kind.to_pb() as i32,
+            script: self.script.clone(),
+            shell: self.shell.clone(),
+            timeout_secs: self.timeout_secs,
+        }
+    }
+}
+
+/// The machine a job attempt runs on, recorded before the provisioner creates it so a crash never
+/// leaves a machine nobody knows about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    /// Provisioner kind that made it (`local`, ...).
+    pub provisioner: String,
+    /// The provisioner's name for it.
+    pub name: String,
+    pub attempt: u32,
+    /// SHA-256 (hex) of the one-time bootstrap token; cleared once the agent has enrolled.
+    pub token_sha256: Option<String>,
+    /// Provisioner-specific details (process id, directory, VM contract, ...).
+    pub details: serde_json::Value,
+}
+
+/// What a trigger asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub repo: String,
+    pub repo_url: String,
+    pub ref_name: String,
+    pub commit: String,
+    pub triggered_by: String,
+    pub step_timeout_secs: u64,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub repo: String,
+    pub repo_url: String,
+    pub ref_name: String,
+    pub commit: String,
+    pub triggered_by: String,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// 0 before the first machine; each new machine increments it (the fencing token).
+    pub attempt: u32,
+    pub steps: Vec<StepRecord>,
+    /// Why the job ended as error or cancelled.
+    pub reason: String,
+    /// Set by a cancel request; the job ends `cancelled` once the agent has stopped.
+    pub cancel_reason: Option<String>,
+    /// Per-step timeout requested at submission (0: pipeline or controller default).
+    pub step_timeout_secs: u64,
+    /// The machine of the current attempt while it exists.
+    pub machine: Option<MachineRecord>,
+}
+
+impl JobRecord {
+    pub fn new(id: JobId, new: NewJob, now: i64) -> JobRecord {
+        JobRecord {
+            id,
+            status: JobStatus::Queued,
+            repo: new.repo,
+            repo_url: new.repo_url,
+            ref_name: new.ref_name,
+            commit: new.commit,
+            triggered_by: new.triggered_by,
+            created_at: now,
+            started_at: 0,
+            finished_at: 0,
+            attempt: 0,
+            steps: Vec::new(),
+            reason: String::new(),
+            cancel_reason: None,
+            step_timeout_secs: new.step_timeout_secs,
+            machine: None,
+        }
+    }
+
+    pub fn step_mut(&mut self, index: u32) -> Option<&mut StepRecord> {
+        self.steps.iter_mut().find(|s| s.index == index)
+    }
+
+    /// The status the job ends with, from its steps and any cancel request.
+    pub fn final_status(&self) -> JobStatus {
+        if self.cancel_reason.is_some() {
+            return JobStatus::Cancelled;
+        }
+        let mut status = JobStatus::Success;
+        for step in &self.steps {
+            match (step.kind, step.status) {
+                (_, StepStatus::Error) => return JobStatus::Error,
+                (StepKind::Checkout | StepKind::Install | StepKind::Config, StepStatus::Failure) => {
+                    return JobStatus::Error;
+                }
+                (_, StepStatus::Cancelled) => return JobStatus::Cancelled,
+                (StepKind::Script, StepStatus::Failure) => status = JobStatus::Failure,
+                _ => {}
+            }
+        }
+        status
+    }
+
+    /// Ends the job: steps that never ran become skipped, running ones are closed with `running_as`.
+    pub fn finish(&mut self, status: JobStatus, reason: impl Into<String>, now: i64, running_as: StepStatus) {
+        for step in &mut self.steps {
+            match step.status {
+                StepStatus::Pending => step.status = StepStatus::Skipped,
+                StepStatus::Running => {
+                    step.status = running_as;
+                    step.finished_at = now;
+                }
+                _ => {}
+            }
+        }
+        self.status = status;
+        self.reason = reason.into();
+        self.finished_at = now;
+    }
+
+    pub fn to_pb(&self, domain: &str) -> pb::Job {
+        pb::Job {
+            id: self.id,
+            status: self.status.as_str().to_string(),
+            repo: self.repo.clone(),
+            repo_url: self.repo_url.clone(),
+            ref_name: self.ref_name.clone(),
+            commit: self.commit.clone(),
+            url: job_url(domain, self.id),
+            created_at_unix_ms: self.created_at,
+            started_at_unix_ms: self.started_at,
+            finished_at_unix_ms: self.finished_at,
+            steps: self.steps.iter().map(StepRecord::to_pb).collect(),
+            reason: self.reason.clone(),
+            attempt: self.attempt,
+            triggered_by: self.triggered_by.clone(),
+        }
+    }
+}
+
+/// The result page of a job.
+pub fn job_url(domain: &str, id: JobId) -> String {
+    format!("{}/jobs/{id}", domain.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_with(steps: &[(StepKind, StepStatus)]) -> JobRecord {
+        let new = NewJob {
+            repo: "r".into(),
+            repo_url: "/r".into(),
+            ref_name: String::new(),
+            commit: "abc".into(),
+            triggered_by: "t".into(),
+            step_timeout_secs: 0,
+        };
+        let mut job = JobRecord::new(1, new, 0);
+        for (i, (kind, status)) in steps.iter().enumerate() {
+            let mut step = StepRecord::new(i as u32, "s", *kind);
+            step.status = *status;
+            job.steps.push(step);
+        }
+        job
+    }
+
+    #[test]
+    fn final_status_follows_the_step_rules() {
+        use StepKind::*;
+        use StepStatus::*;
+        assert_eq!(job_with(&[(Checkout, Success), (Script, Success)]).final_status(), JobStatus::Success);
+        assert_eq!(
+            job_with(&[(Checkout, Success), (Script, Failure), (Script, Success)]).final_status(),
+            JobStatus::Failure
+        );
+        assert_eq!(job_with(&[(Checkout, Success), (Install, Failure)]).final_status(), JobStatus::Error);
+        assert_eq!(job_with(&[(Checkout, Failure)]).final_status(), JobStatus::Error);
+        assert_eq!(job_with(&[(Checkout, Success), (Script, Error)]).final_status(), JobStatus::Error);
+        assert_eq!(job_with(&[(Config, Error)]).final_status(), JobStatus::Error);
+        let mut cancelled = job_with(&[(Checkout, Success), (Script, Success)]);
+        cancelled.cancel_reason = Some("user".into());
+        assert_eq!(cancelled.final_status(), JobStatus::Cancelled);
+    }
+
+    #[test]
+    fn finish_skips_pending_and_closes_running_steps() {
+        use StepKind::*;
+        use StepStatus::*;
+        let mut job = job_with(&[(Checkout, Success), (Script, Running), (Script, Pending)]);
+        job.finish(JobStatus::Error, "agent lost", 5, Error);
+        assert_eq!(job.steps[1].status, Error);
+        assert_eq!(job.steps[1].finished_at, 5);
+        assert_eq!(job.steps[2].status, Skipped);
+        assert!(job.status.is_final());
+    }
+}

@@ -1,0 +1,143 @@
+//! The `local` provisioner: each machine is a private directory under the state directory with its own
+//! copy of the agent binary, and the agent runs as a child process in its own process group.
+//!
+//! Agents outlive a controller crash on purpose: they keep running their job and reconnect when the
+//! controller is back. `destroy` therefore works from the recorded process id, not from a child handle.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{MachineRequest, ProvisionError, Provisioner};
+use crate::jobs::MachineRecord;
+
+/// How long an agent keeps trying to reach a controller that went away before it gives up.
+pub const DEFAULT_AGENT_GIVE_UP_SECS: u64 = 600;
+
+pub struct LocalProvisioner {
+    machines_dir: PathBuf,
+    agent_logs_dir: PathBuf,
+    agent_binary: PathBuf,
+    agent_give_up_secs: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LocalDetails {
+    pid: u32,
+    dir: PathBuf,
+}
+
+impl LocalProvisioner {
+    pub fn new(state_dir: &Path, agent_binary: PathBuf, agent_give_up_secs: u64) -> LocalProvisioner {
+        LocalProvisioner {
+            machines_dir: state_dir.join("machines"),
+            agent_logs_dir: state_dir.join("agent-logs"),
+            agent_binary,
+            agent_give_up_secs,
+        }
+    }
+
+    /// Puts the agent binary into the machine: a hard link when possible (instant, no extra disk), else a
+    /// copy.
+    fn inject_agent(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let target = dir.join("zeroci-agent");
+        let _ = std::fs::remove_file(&target);
+        if std::fs::hard_link(&self.agent_binary, &target).is_err() {
+            std::fs::copy(&self.agent_binary, &target)?;
+        }
+        Ok(target)
+    }
+}
+
+#[async_trait]
+impl Provisioner for LocalProvisioner {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(&self, request: &MachineRequest) -> Result<serde_json::Value, ProvisionError> {
+        let name = request.name.clone();
+        let prepare = |message: String| ProvisionError::Prepare { name: name.clone(), message };
+        let dir = self.machines_dir.join(&request.name);
+        // A leftover directory from an earlier crash of the same attempt is replaced.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| prepare(format!("{}: {e}", dir.display())))?;
+        let agent = self
+            .inject_agent(&dir)
+            .map_err(|e| prepare(format!("agent binary {}: {e}", self.agent_binary.display())))?;
+        let bootstrap_path = dir.join("bootstrap.json");
+        request.bootstrap.write(&bootstrap_path).map_err(|e| prepare(e.to_string()))?;
+        let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| prepare(e.to_string()))?;
+        let log_err = log.try_clone().map_err(|e| prepare(e.to_string()))?;
+
+        let mut command = tokio::process::Command::new(&agent);
+        command
+            .arg("run")
+            .arg("--bootstrap")
+            .arg(&bootstrap_path)
+            .arg("--workdir")
+            .arg(&dir)
+            .arg("--give-up-after")
+            .arg(self.agent_give_up_secs.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own group, so destroy reaches everything the job started, and a signal to the
+            // controller's group (Ctrl-C) does not kill running jobs.
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| ProvisionError::Start { name: name.clone(), message: e.to_string() })?;
+        let pid = child.id().ok_or_else(|| ProvisionError::Start {
+            name: name.clone(),
+            message: "agent exited immediately".into(),
+        })?;
+        // Reap the child whenever it exits so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        info!(job_id = request.job_id, attempt = request.attempt, pid, machine = %name, "local agent started");
+        Ok(serde_json::to_value(LocalDetails { pid, dir }).unwrap_or_default())
+    }
+
+    async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
+        let details: Option<LocalDetails> = serde_json::from_value(machine.details.clone()).ok();
+        let dir = details.as_ref().map(|d| d.dir.clone()).unwrap_or_else(|| self.machines_dir.join(&machine.name));
+        if let Some(details) = &details {
+            stop_group(details.pid).await;
+        }
+        // Keep the agent's own log for diagnosis; the job's output is in the journal already.
+        if std::fs::create_dir_all(&self.agent_logs_dir).is_ok() {
+            let _ = std::fs::rename(dir.join("agent.log"), self.agent_logs_dir.join(format!("{}.log", machine.name)));
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProvisionError::Destroy { name: machine.name.clone(), message: e.to_string() }),
+        }
+    }
+}
+
+/// SIGTERM the agent's process group, give it a moment to flush, then SIGKILL whatever is left.
+async fn stop_group(pgid: u32) {
+    if !zeroci::process::group_alive(pgid) {
+        return;
+    }
+    if let Err(e) = zeroci::process::signal_group(pgid, zeroci::process::SIGTERM) {
+        warn!(pgid, error = %e, "cannot signal local agent");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        if !zeroci::process::group_alive(pgid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = zeroci::process::signal_group(pgid, zeroci::process::SIGKILL);
+}

@@ -1,0 +1,138 @@
+//! Wiring: builds the store, queue, provisioner and engine from the config and serves gRPC on a listener
+//! the caller bound, until `shutdown` is cancelled.
+//!
+//! Shutdown order: stop taking jobs → give running jobs `shutdown_grace` to finish → end agent sessions
+//! (agents reconnect to the next start) → stop the gRPC server, bounded.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use zeroci::pb::agent_service_server::AgentServiceServer;
+use zeroci::pb::control_service_server::ControlServiceServer;
+use zeroci::pki::{CertificateAuthority, read_to_string};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::provisioner::local::{DEFAULT_AGENT_GIVE_UP_SECS, LocalProvisioner};
+use crate::queue::InProcessQueue;
+use crate::service::agent::AgentApi;
+use crate::service::control::ControlApi;
+use crate::store::embedded::EmbeddedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Pki(#[from] zeroci::pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Controller(#[from] crate::error::ControllerError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("agent binary {0} not found; build it (cargo build --bins) or set [provisioner.local] agent_binary")]
+    NoAgentBinary(PathBuf),
+}
+
+/// The agent binary next to the running executable (`target/<profile>/zeroci-agent` in a build tree).
+fn default_agent_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("zeroci-agent")))
+        .unwrap_or_else(|| PathBuf::from("zeroci-agent"))
+}
+
+/// The address agents on this host dial: the bound one, with an unspecified IP made loopback.
+fn agent_endpoint(bound: SocketAddr) -> String {
+    let ip = if bound.ip().is_unspecified() {
+        if bound.is_ipv4() { "127.0.0.1".parse().expect("valid IP") } else { "::1".parse().expect("valid IP") }
+    } else {
+        bound.ip()
+    };
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// Serves until `shutdown` is cancelled, then drains (bounded).
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let ca = CertificateAuthority::load(&config.tls.ca, &config.tls.ca_key)?;
+    let tls = zeroci::tls::server_config(
+        ca.cert_pem(),
+        &read_to_string(&config.tls.cert)?,
+        &read_to_string(&config.tls.key)?,
+    );
+    let store = Arc::new(EmbeddedStore::open(&config.main.state_dir)?);
+    let agent_binary = config.provisioner.local.agent_binary.clone().unwrap_or_else(default_agent_binary);
+    if !agent_binary.is_file() {
+        return Err(ServeError::NoAgentBinary(agent_binary));
+    }
+    let provisioner = Arc::new(LocalProvisioner::new(
+        &config.main.state_dir,
+        agent_binary,
+        config.provisioner.local.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
+    ));
+    let bound = listener.local_addr()?;
+    let stop_taking = CancellationToken::new();
+    let engine = Engine::new(
+        config.clone(),
+        store.clone(),
+        store,
+        Arc::new(InProcessQueue::default()),
+        provisioner,
+        ca,
+        agent_endpoint(bound),
+        stop_taking.clone(),
+    );
+    let tracker = TaskTracker::new();
+    engine.recover(&tracker).await?;
+    engine.start_workers(&tracker);
+
+    let sessions_stop = CancellationToken::new();
+    let server_stop = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(AgentServiceServer::new(AgentApi::new(engine.clone(), sessions_stop.clone())))
+        .add_service(ControlServiceServer::new(ControlApi::new(engine.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(server);
+    info!(grpc = %bound, state_dir = %config.main.state_dir.display(), workers = config.main.workers, "controller serving");
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        result = &mut server => {
+            // The server ended on its own: that is a failure, surface it.
+            stop_taking.cancel();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
+            };
+        }
+    }
+    info!("shutting down: no new jobs; waiting for running jobs");
+    stop_taking.cancel();
+    tracker.close();
+    let grace = Duration::from_secs(config.main.shutdown_grace + 5);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!("running jobs did not finish in time; their agents will reconnect to the next start");
+    }
+    sessions_stop.cancel();
+    server_stop.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+        Ok(Ok(Ok(()))) => info!("controller stopped"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+        Err(_) => warn!("gRPC server did not stop in time; exiting anyway"),
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The bootstrap file a provisioner puts on a machine next to the agent binary: where the controller is,
+//! which CA to trust, and the one-time token the agent exchanges for its job certificate.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Contents of `bootstrap.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// gRPC address of the controller (`host:port` or `https://` URL).
+    pub controller: String,
+    /// PEM of the CA that signed the controller's certificate.
+    pub ca_pem: String,
+    /// One-time enrolment token.
+    pub token: String,
+    /// The job the machine was made for (informational; the certificate is what counts).
+    pub job_id: u64,
+}
+
+/// Errors reading or writing the bootstrap file.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("cannot access bootstrap file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid bootstrap file {path}: {source}")]
+    Invalid { path: String, source: serde_json::Error },
+}
+
+impl Bootstrap {
+    /// Writes the file readable only by its owner: it holds a credential.
+    pub fn write(&self, path: &Path) -> Result<(), BootstrapError> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|source| BootstrapError::Invalid { path: path.display().to_string(), source })?;
+        crate::pki::write_private(path, &json).map_err(|e| BootstrapError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// Reads the file.
+    pub fn read(path: &Path) -> Result<Bootstrap, BootstrapError> {
+        let text = std::fs::read(path)
+            .map_err(|source| BootstrapError::Io { path: path.display().to_string(), source })?;
+        serde_json::from_slice(&text)
+            .map_err(|source| BootstrapError::Invalid { path: path.display().to_string(), source })
+    }
+}
