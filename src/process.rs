@@ -32,3 +32,72 @@ pub fn group_alive(pgid: u32) -> bool {
 }
 
 pub use libc::{SIGKILL, SIGTERM};
+
+/// Process ids of every live process in session `sid` (read from `/proc`).
+pub fn session_members(sid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let session: u32 = fields.nth(2)?.parse().ok()?;
+            (session == sid && state != "Z").then_some(pid)
+        })
+        .collect()
+}
+
+/// Sends `signal` to every process of session `sid`, including those that moved to other process
+/// groups (each step runs in a group of its own). Returns how many were signalled.
+pub fn signal_session(sid: u32, signal: i32) -> usize {
+    if sid <= 1 {
+        return 0;
+    }
+    let members = session_members(sid);
+    for pid in &members {
+        // SAFETY: kill(2) has no memory-safety preconditions; a vanished pid just fails.
+        unsafe {
+            libc::kill(*pid as i32, signal);
+        }
+    }
+    members.len()
+}
+
+/// Makes the calling process the leader of a new session (use in `pre_exec`).
+pub fn become_session_leader() -> io::Result<()> {
+    // SAFETY: setsid(2) is async-signal-safe and has no preconditions.
+    if unsafe { libc::setsid() } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_session_is_found_and_killed_whole() {
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "sleep 30 & sleep 30; wait"]);
+        // SAFETY: only setsid in the child before exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, become_session_leader);
+        }
+        let mut child = command.spawn().unwrap();
+        let sid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while session_members(sid).len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "children did not start");
+            std::thread::yield_now();
+        }
+        assert!(signal_session(sid, SIGKILL) >= 3);
+        child.wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !session_members(sid).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "session members survived");
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `zeroci-controller`, `zeroci-agent` and `zeroci` binaries, one fresh
+//! installation (CA, certificates, state) per test. All of them live in this one test binary.
 
+mod harness;
+
+mod jobs;
+mod lifecycle;
+mod restart;
+mod security;

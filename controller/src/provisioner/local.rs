@@ -86,10 +86,13 @@ impl Provisioner for LocalProvisioner {
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err)
-            // Its own group, so destroy reaches everything the job started, and a signal to the
-            // controller's group (Ctrl-C) does not kill running jobs.
-            .process_group(0);
+            .stderr(log_err);
+        // A session of its own: destroy finds every process the job started by session id (steps run
+        // in process groups of their own), and Ctrl-C on the controller's terminal does not reach jobs.
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(zeroci::process::become_session_leader);
+        }
         let mut child = command
             .spawn()
             .map_err(|e| ProvisionError::Start { name: name.clone(), message: e.to_string() })?;
@@ -109,7 +112,7 @@ impl Provisioner for LocalProvisioner {
         let details: Option<LocalDetails> = serde_json::from_value(machine.details.clone()).ok();
         let dir = details.as_ref().map(|d| d.dir.clone()).unwrap_or_else(|| self.machines_dir.join(&machine.name));
         if let Some(details) = &details {
-            stop_group(details.pid).await;
+            stop_session(details.pid).await;
         }
         // Keep the agent's own log for diagnosis; the job's output is in the journal already.
         if std::fs::create_dir_all(&self.agent_logs_dir).is_ok() {
@@ -123,21 +126,19 @@ impl Provisioner for LocalProvisioner {
     }
 }
 
-/// SIGTERM the agent's process group, give it a moment to flush, then SIGKILL whatever is left.
-async fn stop_group(pgid: u32) {
-    if !zeroci::process::group_alive(pgid) {
-        return;
-    }
-    if let Err(e) = zeroci::process::signal_group(pgid, zeroci::process::SIGTERM) {
-        warn!(pgid, error = %e, "cannot signal local agent");
+/// SIGTERM everything in the agent's session, give it a moment to flush, then SIGKILL what is left.
+async fn stop_session(sid: u32) {
+    use zeroci::process::{SIGKILL, SIGTERM, session_members, signal_session};
+    if signal_session(sid, SIGTERM) == 0 {
         return;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
-        if !zeroci::process::group_alive(pgid) {
+        if session_members(sid).is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = zeroci::process::signal_group(pgid, zeroci::process::SIGKILL);
+    let killed = signal_session(sid, SIGKILL);
+    warn!(sid, killed, "machine processes did not stop on SIGTERM; killed");
 }

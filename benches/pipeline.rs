@@ -1,0 +1,232 @@
+//! End-to-end benchmark of the real binaries (run by hand, figures go in issue notes):
+//!
+//! ```text
+//! cargo build --release --bins && cargo bench --bench pipeline            # all
+//! cargo bench --bench pipeline -- latency 20                              # 20 trivial jobs
+//! cargo bench --bench pipeline -- throughput 1024                         # a step printing 1024 MiB
+//! ```
+//!
+//! - latency: submit → first output byte, and submit → final status, for a trivial repository
+//!   (`echo hello`), measured by a gRPC client following the log; median and worst of N runs.
+//! - throughput: one step prints N MiB to stdout; time from first byte to final status, MB/s through to
+//!   the store, and the controller's peak resident memory (VmHWM) during the run.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use zeroci::pb;
+use zeroci::pb::control_service_client::ControlServiceClient;
+
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CI_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("bench path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+struct Controller {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "b")
+        .env("GIT_AUTHOR_EMAIL", "b@example.com")
+        .env("GIT_COMMITTER_NAME", "b")
+        .env("GIT_COMMITTER_EMAIL", "b@example.com")
+        .status()
+        .expect("git")
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn repo(root: &Path, name: &str, yaml: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("zeroCI.yaml"), yaml).unwrap();
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", "bench"]);
+    dir
+}
+
+fn start_controller(home: &Path) -> Controller {
+    let bins = bin_dir();
+    let status = Command::new(bins.join("zeroci-controller"))
+        .args(["init", "--dir"])
+        .arg(home)
+        .args(["--grpc-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("init (build the binaries first: cargo build --release --bins)");
+    assert!(status.success());
+    let config = home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let agent = bins.join("zeroci-agent");
+    std::fs::write(&config, format!("{text}\n[provisioner.local]\nagent_binary = {:?}\n", agent.display().to_string()))
+        .unwrap();
+    let mut child = Command::new(bins.join("zeroci-controller"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("controller");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.rsplit("grpc=").next().unwrap().trim().to_string();
+    Controller { child, addr }
+}
+
+async fn client(home: &Path, addr: &str) -> ControlServiceClient<tonic::transport::Channel> {
+    let read = |f: &str| std::fs::read_to_string(home.join("pki").join(f)).unwrap();
+    let tls = zeroci::tls::client_config(&read("ca.crt"), Some((&read("admin.crt"), &read("admin.key"))));
+    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ControlServiceClient::new(channel)
+}
+
+struct RunTimes {
+    first_byte: Option<Duration>,
+    done: Duration,
+    bytes: u64,
+    status: String,
+}
+
+async fn run_once(client: &mut ControlServiceClient<tonic::transport::Channel>, repo: &Path) -> RunTimes {
+    let start = Instant::now();
+    let job = client
+        .submit_job(pb::SubmitJobRequest {
+            repo_url: repo.display().to_string(),
+            commit: "HEAD".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut stream = client
+        .stream_logs(pb::StreamLogsRequest { id: job.id, follow: true, step: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut first_byte = None;
+    let mut bytes = 0u64;
+    let mut status = String::new();
+    while let Some(event) = stream.next().await {
+        match event.unwrap().kind {
+            Some(pb::log_event::Kind::Output(out)) => {
+                if first_byte.is_none() && out.step > 0 {
+                    first_byte = Some(start.elapsed());
+                }
+                bytes += out.data.len() as u64;
+            }
+            Some(pb::log_event::Kind::JobDone(job)) => status = job.status,
+            _ => {}
+        }
+    }
+    RunTimes { first_byte, done: start.elapsed(), bytes, status }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn latency(runs: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let controller = start_controller(&home);
+    let repo = repo(dir.path(), "trivial", "script:\n  - echo hello\n");
+    let mut client = client(&home, &controller.addr).await;
+    // One warm-up run (page cache, first TLS handshakes).
+    run_once(&mut client, &repo).await;
+    let mut first = Vec::new();
+    let mut done = Vec::new();
+    for _ in 0..runs {
+        let t = run_once(&mut client, &repo).await;
+        assert_eq!(t.status, "success");
+        first.push(ms(t.first_byte.expect("output")));
+        done.push(ms(t.done));
+    }
+    first.sort_by(f64::total_cmp);
+    done.sort_by(f64::total_cmp);
+    println!(
+        "latency ({runs} runs): submit→first byte median {:.1} ms (max {:.1}); submit→final status median {:.1} ms (max {:.1})",
+        first[runs / 2],
+        first[runs - 1],
+        done[runs / 2],
+        done[runs - 1]
+    );
+}
+
+async fn throughput(mib: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let controller = start_controller(&home);
+    let yaml = format!("script:\n  - yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c {}\n", mib * 1024 * 1024);
+    let repo = repo(dir.path(), "loud", &yaml);
+    let mut client = client(&home, &controller.addr).await;
+    let t = run_once(&mut client, &repo).await;
+    assert_eq!(t.status, "success");
+    let first = t.first_byte.unwrap_or_default();
+    let secs = (t.done - first).as_secs_f64();
+    let journal = home.join("state/jobs/1/journal");
+    let stored = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "throughput: {mib} MiB printed, {} bytes streamed back, journal {} bytes; first byte→final status {:.2} s = {:.0} MB/s; controller peak RSS {:.1} MiB",
+        t.bytes,
+        stored,
+        secs,
+        (mib * 1024 * 1024) as f64 / secs / 1e6,
+        peak_rss_mib(controller.child.id())
+    );
+}
+
+fn main() {
+    zeroci::install_crypto_provider();
+    // `cargo bench` passes `--bench`; skip flags.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let n = |default: u64| args.get(1).and_then(|s| s.parse().ok()).unwrap_or(default);
+    runtime.block_on(async {
+        if what == "latency" || what == "all" {
+            latency(n(20) as usize).await;
+        }
+        if what == "throughput" || what == "all" {
+            throughput(n(1024)).await;
+        }
+    });
+}

@@ -1,0 +1,420 @@
+//! The end-to-end harness: a fresh installation per test (made by the real `zeroci-controller init`,
+//! so certificates are generated at run time), the real binaries, ports chosen by the kernel and read
+//! back from the controller's readiness line, and every process killed when the test ends.
+//!
+//! Binaries come from `CI_BIN_DIR`, else from the target directory this test runs from (`cargo test
+//! --workspace` builds them).
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous upper bound for anything a test waits on; tests end as soon as the awaited signal comes.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CI_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/e2e-HASH → target/<profile>
+            exe.parent().and_then(Path::parent).expect("target directory").to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo test --workspace`, which builds it, or set CI_BIN_DIR", path.display());
+    path
+}
+
+/// A child process in its own process group, killed with its group on drop; its output is captured.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's group.
+        unsafe {
+            libc::kill(-self.pid(), signal);
+        }
+    }
+
+    /// Waits for exit, up to `limit`.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A line reader over a child's pipe, on its own thread, so tests can wait for a line with a deadline.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(pipe: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, seen: Vec::new() }
+    }
+
+    /// The first line (from now on) that contains `needle`.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+/// Output of a finished CLI run.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout_str(), self.stderr))
+    }
+}
+
+/// One installation: its directory, config and a running controller.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub controller: Option<Proc>,
+    pub grpc_addr: String,
+    pub controller_log: PathBuf,
+}
+
+/// Knobs a test may turn in config.toml before the controller starts.
+#[derive(Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub lost_agent_timeout: u64,
+    pub heartbeat_interval_ms: u64,
+    pub cancel_grace: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { workers: 5, lost_agent_timeout: 5, heartbeat_interval_ms: 300, cancel_grace: 2 }
+    }
+}
+
+impl TestEnv {
+    pub fn start() -> TestEnv {
+        TestEnv::start_with(Settings::default())
+    }
+
+    pub fn start_with(settings: Settings) -> TestEnv {
+        let dir = tempfile::Builder::new().prefix("zeroci-e2e-").tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let status = Command::new(bin("zeroci-controller"))
+            .args(["init", "--dir"])
+            .arg(&home)
+            .args(["--grpc-listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run zeroci-controller init");
+        assert!(status.success(), "init failed");
+        let config_path = home.join("config.toml");
+        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        let main = config.get_mut("main").and_then(|m| m.as_table_mut()).expect("[main]");
+        main.insert("workers".into(), (settings.workers as i64).into());
+        main.insert("lost_agent_timeout".into(), (settings.lost_agent_timeout as i64).into());
+        main.insert("heartbeat_interval_ms".into(), (settings.heartbeat_interval_ms as i64).into());
+        main.insert("cancel_grace".into(), (settings.cancel_grace as i64).into());
+        main.insert("shutdown_grace".into(), 1i64.into());
+        let mut provisioner = toml::Table::new();
+        let mut local = toml::Table::new();
+        local.insert("agent_binary".into(), bin("zeroci-agent").display().to_string().into());
+        // Strays from a failed test go away on their own.
+        local.insert("agent_give_up".into(), 60i64.into());
+        provisioner.insert("local".into(), local.into());
+        config.insert("provisioner".into(), provisioner.into());
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+        let mut env = TestEnv {
+            controller_log: dir.path().join("controller.log"),
+            dir,
+            controller: None,
+            grpc_addr: String::new(),
+        };
+        env.start_controller("127.0.0.1:0");
+        env
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn profile(&self) -> PathBuf {
+        self.home().join("cli.toml")
+    }
+
+    /// Starts (or restarts) the controller on `listen` and waits for its readiness line.
+    pub fn start_controller(&mut self, listen: &str) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.controller_log).unwrap();
+        let mut child = Command::new(bin("zeroci-controller"))
+            .arg("--config")
+            .arg(self.home().join("config.toml"))
+            .args(["--grpc-listen", listen])
+            .env("RUST_LOG", "info,zeroci_controller=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn controller");
+        let stdout = child.stdout.take().expect("stdout");
+        let proc = Proc { child, name: "zeroci-controller".into() };
+        let mut lines = Lines::new(stdout);
+        let ready = lines.wait_for("zeroci-controller ready grpc=");
+        self.grpc_addr = ready.rsplit("grpc=").next().unwrap().trim().to_string();
+        let profile = std::fs::read_to_string(self.profile()).unwrap();
+        let mut table: toml::Table = toml::from_str(&profile).unwrap();
+        table.insert("controller".into(), self.grpc_addr.clone().into());
+        std::fs::write(self.profile(), toml::to_string(&table).unwrap()).unwrap();
+        self.controller = Some(proc);
+    }
+
+    /// SIGKILLs the controller (its agents keep running in their own groups).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut proc) = self.controller.take() {
+            // Only the controller process itself: its agents are not in its group anyway.
+            unsafe {
+                libc::kill(proc.pid(), libc::SIGKILL);
+            }
+            let _ = proc.child.wait();
+        }
+    }
+
+    /// Runs `zeroci --profile <this env's> ARGS` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_in(args, None)
+    }
+
+    pub fn cli_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
+        let mut proc = self.spawn_cli(args, cwd);
+        let mut stdout = proc.child.stdout.take().unwrap();
+        let mut stderr = proc.child.stderr.take().unwrap();
+        let out_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stdout.read_to_end(&mut buf);
+            buf
+        });
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = stderr.read_to_string(&mut buf);
+            buf
+        });
+        let status = proc
+            .wait_timeout(PATIENCE)
+            .unwrap_or_else(|| panic!("zeroci {args:?} did not finish; controller log:\n{}", self.controller_log_text()));
+        Output {
+            code: status.code().unwrap_or(-1),
+            stdout: out_thread.join().unwrap(),
+            stderr: err_thread.join().unwrap(),
+        }
+    }
+
+    pub fn spawn_cli(&self, args: &[&str], cwd: Option<&Path>) -> Proc {
+        let mut command = Command::new(bin("zeroci"));
+        command.arg("--profile").arg(self.profile()).args(args);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn zeroci");
+        Proc { child, name: format!("zeroci {args:?}") }
+    }
+
+    /// `zeroci run PATH --detach` → job id.
+    pub fn submit(&self, repo: &Path) -> u64 {
+        let out = self.cli(&["run", repo.to_str().unwrap(), "--detach"]);
+        assert_eq!(out.code, 0, "submit failed: {}", out.stderr);
+        out.stdout_str().trim().parse().unwrap_or_else(|_| panic!("no job id in {:?}", out.stdout_str()))
+    }
+
+    /// Follows the job's log until it is over and returns its JSON document.
+    pub fn wait_job(&self, id: u64) -> Value {
+        let out = self.cli(&["logs", &id.to_string(), "--follow", "--raw"]);
+        assert_eq!(out.code, 0, "logs --follow failed: {}", out.stderr);
+        self.job(id)
+    }
+
+    pub fn job(&self, id: u64) -> Value {
+        let out = self.cli(&["show", &id.to_string(), "--json"]);
+        assert_eq!(out.code, 0, "show failed: {}", out.stderr);
+        out.json()
+    }
+
+    pub fn raw_log(&self, id: u64, step: Option<&str>) -> Vec<u8> {
+        let id = id.to_string();
+        let mut args = vec!["logs", id.as_str(), "--raw"];
+        if let Some(step) = step {
+            args.extend(["--step", step]);
+        }
+        let out = self.cli(&args);
+        assert_eq!(out.code, 0, "logs failed: {}", out.stderr);
+        out.stdout
+    }
+
+    pub fn controller_log_text(&self) -> String {
+        std::fs::read_to_string(&self.controller_log).unwrap_or_default()
+    }
+
+    /// The job record as the controller stored it (for details the API does not show, like the pid).
+    pub fn stored_job(&self, id: u64) -> Value {
+        let path = self.home().join(format!("state/jobs/{id}/job.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.signal(libc::SIGKILL);
+            let _ = controller.child.wait();
+        }
+        kill_processes_under(self.dir.path());
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", self.controller_log_text());
+        }
+    }
+}
+
+/// Kills every process whose executable or command line mentions `dir` (agents and their steps).
+pub fn kill_processes_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let exe = std::fs::read_link(entry.path().join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) || exe.contains(&needle) {
+            // SAFETY: kill(2) with a pid we just read; worst case it is gone already.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A git repository made by a test.
+pub struct Repo {
+    pub path: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Repo {
+    /// A repository with `files` committed on branch main.
+    pub fn new(env: &TestEnv, name: &str, files: &[(&str, &str)]) -> Repo {
+        let path = env.dir.path().join("repos").join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        git(&path, &["init", "-q", "-b", "main"]);
+        let repo = Repo { path };
+        repo.commit(files, "initial");
+        repo
+    }
+
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, contents) in files {
+            let file = self.path.join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, contents).unwrap();
+        }
+        git(&self.path, &["add", "-A"]);
+        git(&self.path, &["commit", "-q", "-m", message]);
+        git(&self.path, &["rev-parse", "HEAD"])
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+/// Pipeline file of form 1 with these script commands.
+pub fn pipeline(script: &[&str]) -> String {
+    let mut text = String::from("script:\n");
+    for cmd in script {
+        text.push_str(&format!("  - {}\n", serde_json::to_string(cmd).unwrap()));
+    }
+    text
+}
+
+/// Steps of a job document by name.
+pub fn step<'a>(job: &'a Value, name: &str) -> &'a Value {
+    job["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name:?} in {job:#}"))
+}

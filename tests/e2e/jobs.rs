@@ -1,0 +1,108 @@
+//! Running repositories: results, exit codes, exact output, concurrency.
+
+use crate::harness::{Repo, Settings, TestEnv, pipeline, step};
+
+#[test]
+fn passing_repository_succeeds_and_raw_log_is_exactly_the_bytes_printed() {
+    let env = TestEnv::start();
+    let repo = Repo::new(
+        &env,
+        "passing",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&[
+                "printf 'hello\\nno trailing newline'",
+                "printf '\\000\\001\\377\\376 binary'",
+                "printf 'to stderr\\n' >&2",
+            ]),
+        )],
+    );
+    let out = env.cli(&["run", repo.path_str()]);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let expected: &[u8] = b"hello\nno trailing newline\x00\x01\xff\xfe binaryto stderr\n";
+    // `run` streams exactly the commands' bytes to stdout.
+    assert_eq!(out.stdout, expected);
+    let id: u64 = out.stderr.split("job ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+    let job = env.job(id);
+    assert_eq!(job["status"], "success");
+    assert_eq!(env.raw_log(id, None), expected);
+    assert_eq!(env.raw_log(id, Some("2")), b"\x00\x01\xff\xfe binary");
+    assert_eq!(step(&job, "checkout")["status"], "success");
+    assert_eq!(job["steps"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn failing_step_fails_the_job_but_later_steps_still_run() {
+    let env = TestEnv::start();
+    let repo = Repo::new(&env, "failing", &[("zeroCI.yaml", &pipeline(&["echo one", "exit 3", "echo after"]))]);
+    let out = env.cli(&["run", repo.path_str()]);
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, b"one\nafter\n");
+    let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
+    let job = env.job(id);
+    assert_eq!(job["status"], "failure");
+    assert_eq!(step(&job, "exit 3")["exit_code"], 3);
+    assert_eq!(step(&job, "exit 3")["status"], "failure");
+    assert_eq!(step(&job, "echo after")["status"], "success");
+}
+
+#[test]
+fn install_failure_is_an_error_and_stops_the_job() {
+    let env = TestEnv::start();
+    let yaml = "install:\n  - echo installing\n  - false\n  - echo never\nscript:\n  - echo not run\n";
+    let repo = Repo::new(&env, "install-fails", &[("zeroCI.yaml", yaml)]);
+    let out = env.cli(&["run", repo.path_str()]);
+    assert_eq!(out.code, 2, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, b"installing\n");
+    let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
+    let job = env.job(id);
+    assert_eq!(job["status"], "error");
+    assert_eq!(step(&job, "install")["status"], "failure");
+    assert_eq!(step(&job, "echo not run")["status"], "skipped");
+}
+
+#[test]
+fn invalid_pipeline_file_is_an_error_with_a_zeroci_yaml_step_naming_line_and_key() {
+    let env = TestEnv::start();
+    let repo = Repo::new(&env, "invalid", &[("zeroCI.yaml", "script:\n  - echo ok\nscrpt: oops\n")]);
+    let out = env.cli(&["run", repo.path_str()]);
+    assert_eq!(out.code, 2, "stderr: {}", out.stderr);
+    let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
+    let job = env.job(id);
+    assert_eq!(job["status"], "error");
+    let config = step(&job, "zeroCI.yaml");
+    assert_eq!(config["status"], "error");
+    let log = String::from_utf8(env.raw_log(id, Some("zeroCI.yaml"))).unwrap();
+    assert!(log.starts_with("zeroCI.yaml:3:1: unknown field `scrpt`"), "{log}");
+}
+
+#[test]
+fn twenty_jobs_submitted_at_once_all_finish_with_at_most_workers_running() {
+    let workers = 3;
+    let env = TestEnv::start_with(Settings { workers, ..Settings::default() });
+    let repo = Repo::new(&env, "sleepy", &[("zeroCI.yaml", &pipeline(&["sleep 0.2", "echo done"]))]);
+    let submitters: Vec<_> = (0..20).map(|_| env.spawn_cli(&["run", repo.path_str(), "--detach"], None)).collect();
+    let mut ids = Vec::new();
+    for mut proc in submitters {
+        let status = proc.wait_timeout(crate::harness::PATIENCE).expect("submit finished");
+        assert!(status.success());
+        let mut out = String::new();
+        std::io::Read::read_to_string(proc.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        ids.push(out.trim().parse::<u64>().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    let mut intervals = Vec::new();
+    for id in &ids {
+        let job = env.wait_job(*id);
+        assert_eq!(job["status"], "success", "{job:#}");
+        let stored = env.stored_job(*id);
+        intervals.push((stored["started_at"].as_i64().unwrap(), stored["finished_at"].as_i64().unwrap()));
+    }
+    // At no instant were more than `workers` jobs between claim and final status.
+    for (start, _) in &intervals {
+        let overlapping = intervals.iter().filter(|(s, f)| s <= start && start < f).count();
+        assert!(overlapping <= workers, "{overlapping} jobs ran at once: {intervals:?}");
+    }
+}
