@@ -1,0 +1,119 @@
+//! `zeroci run [PATH|URL] [--ref REF] [--detach] [--json] [--timeout SECS]`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use zeroci::pb;
+
+use super::{EXIT_INTERRUPTED, exit_for_status};
+use crate::args::RunArgs;
+use crate::client::Client;
+use crate::display::{LogPrinter, Silent, eprint_line, print_json, write_stdout};
+use crate::follow::{Backoff, LogRequest, stream_logs};
+use crate::git;
+use crate::render::job_json;
+
+pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Local problems (not a repository, unknown ref) are reported before the controller is involved.
+    let source = git::resolve(&args.source, args.git_ref.as_deref()).await?;
+    if source.dirty && !args.json {
+        eprint_line(&format!(
+            "zeroci: note: {} has uncommitted changes; the job tests commit {} without them",
+            source.repo_url,
+            source.commit.get(..12).unwrap_or(&source.commit)
+        ));
+    }
+    let mut client = super::connect(profile).await?;
+    let request = pb::SubmitJobRequest {
+        repo_url: source.repo_url,
+        commit: source.commit,
+        ref_name: source.ref_name,
+        repo_name: source.repo_name,
+        step_timeout_secs: args.timeout.unwrap_or(0),
+    };
+    let response = client.rpc.submit_job(request).await;
+    let job = response
+        .map_err(|s| client.rpc_error(&s))?
+        .into_inner()
+        .job
+        .ok_or_else(|| anyhow!("the controller accepted the job but did not describe it"))?;
+    if !args.json {
+        eprint_line(&format!("job {} queued: {}", job.id, job.url));
+    }
+    if args.detach {
+        if args.json {
+            print_json(&job_json(&job))?;
+        } else {
+            write_stdout(format!("{}\n", job.id).as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let request = LogRequest {
+        job: job.id,
+        follow: true,
+        step: None,
+        backoff: Backoff::default(),
+    };
+    if args.json {
+        let done = stream_logs(&mut client, &request, &mut Silent).await;
+        let done = done
+            .map_err(|e| keeps_running(e, job.id))?
+            .ok_or_else(|| ended_early(job.id))?;
+        // The stored job is the complete document; the one in JobDone is the fallback.
+        let stored = client.rpc.get_job(pb::GetJobRequest { id: job.id }).await;
+        let job = stored.map(|r| r.into_inner()).unwrap_or(done);
+        print_json(&job_json(&job))?;
+        return Ok(ExitCode::from(exit_for_status(&job.status)));
+    }
+    follow_live(&mut client, &request).await
+}
+
+/// Streams the job's output to the terminal until it is over; Ctrl-C stops following, not the job.
+async fn follow_live(client: &mut Client, request: &LogRequest) -> anyhow::Result<ExitCode> {
+    let id = request.job;
+    let mut printer = LogPrinter::run();
+    let outcome = {
+        let streaming = stream_logs(client, request, &mut printer);
+        tokio::select! {
+            result = streaming => Some(result),
+            () = interrupted() => None,
+        }
+    };
+    let Some(result) = outcome else {
+        printer.finish();
+        eprint_line(&format!(
+            "stopped following job {id}; it keeps running (`zeroci logs {id} --follow` to watch it, \
+             `zeroci cancel {id}` to stop it)"
+        ));
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    };
+    let done = match result {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            printer.finish();
+            return Err(ended_early(id));
+        }
+        Err(e) => {
+            printer.finish();
+            return Err(keeps_running(e, id));
+        }
+    };
+    printer.summary(&done)?;
+    Ok(ExitCode::from(exit_for_status(&done.status)))
+}
+
+/// Resolves on Ctrl-C; never, when the signal cannot be watched.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn keeps_running(e: anyhow::Error, id: u64) -> anyhow::Error {
+    anyhow!("{e:#} (job {id} keeps running; `zeroci logs {id} --follow` to watch it)")
+}
+
+fn ended_early(id: u64) -> anyhow::Error {
+    anyhow!("the log stream of job {id} ended before the job did")
+}
