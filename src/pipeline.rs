@@ -97,19 +97,34 @@ impl PipelineError {
     }
 }
 
+/// A command written as any YAML scalar: `- false` or `- 3` are commands too, not booleans or numbers.
+struct CommandText(String);
+
+impl<'de> Deserialize<'de> for CommandText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde_yaml_ng::Value;
+        match Value::deserialize(deserializer)? {
+            Value::String(s) => Ok(CommandText(s)),
+            Value::Bool(b) => Ok(CommandText(b.to_string())),
+            Value::Number(n) => Ok(CommandText(n.to_string())),
+            _ => Err(serde::de::Error::custom("expected a command (a string)")),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StringOrList {
-    One(String),
-    Many(Vec<String>),
+    One(CommandText),
+    Many(Vec<CommandText>),
 }
 
 impl StringOrList {
     fn into_commands(self) -> Vec<String> {
         match self {
-            StringOrList::One(s) if s.trim().is_empty() => Vec::new(),
-            StringOrList::One(s) => vec![s],
-            StringOrList::Many(v) => v,
+            StringOrList::One(s) if s.0.trim().is_empty() => Vec::new(),
+            StringOrList::One(s) => vec![s.0],
+            StringOrList::Many(v) => v.into_iter().map(|c| c.0).collect(),
         }
     }
 }
@@ -117,7 +132,7 @@ impl StringOrList {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ScriptItem {
-    Command(String),
+    Command(CommandText),
     Named(NamedCommand),
 }
 
@@ -255,10 +270,10 @@ fn script_steps(prefix: &str, script: Option<Vec<ScriptItem>>) -> Result<Vec<Scr
         .into_iter()
         .enumerate()
         .map(|(i, item)| match item {
-            ScriptItem::Command(cmd) if cmd.trim().is_empty() => {
+            ScriptItem::Command(CommandText(cmd)) if cmd.trim().is_empty() => {
                 Err(PipelineError::key(format!("{key}[{i}]"), "command is empty"))
             }
-            ScriptItem::Command(cmd) => Ok(ScriptStep { name: cmd.clone(), cmd }),
+            ScriptItem::Command(CommandText(cmd)) => Ok(ScriptStep { name: cmd.clone(), cmd }),
             ScriptItem::Named(named) => {
                 if let Some(kind) = named.kind.filter(|k| k != "cmd" && k != "command") {
                     return Err(PipelineError::key(
@@ -282,12 +297,13 @@ mod tests {
 
     #[test]
     fn list_form_with_legacy_prerequisites() {
-        let p = parse(b"prequisties:\n  - jsx\ninstall:\n  - echo a\n  - echo b\nscript:\n  - make test\n").unwrap();
+        let p = parse(b"prequisties:\n  - jsx\ninstall:\n  - echo a\n  - echo b\n  - false\nscript:\n  - make test\n  - true\n").unwrap();
         assert_eq!(p.jobs.len(), 1);
         let job = &p.jobs[0];
         assert_eq!(job.image_name.as_deref(), Some("jsx"));
-        assert_eq!(job.install, vec!["echo a", "echo b"]);
-        assert_eq!(job.steps, vec![ScriptStep { name: "make test".into(), cmd: "make test".into() }]);
+        assert_eq!(job.install, vec!["echo a", "echo b", "false"]);
+        assert_eq!(job.steps[0], ScriptStep { name: "make test".into(), cmd: "make test".into() });
+        assert_eq!(job.steps[1].cmd, "true");
     }
 
     #[test]

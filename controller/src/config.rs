@@ -149,7 +149,9 @@ impl Config {
                 .unwrap_or_default();
             invalid(format!("{at}{}", e.message()))
         })?;
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Absolute, because machines run with their own working directory.
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         config.resolve_paths(&base);
         config.validate().map_err(invalid)?;
         Ok(config)

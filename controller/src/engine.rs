@@ -82,10 +82,16 @@ pub struct RunState {
 
 impl ActiveJob {
     /// Sends a message to the connected agent, if any. A closed stream just means it is gone.
+    /// Never blocks: when the agent is not reading its stream fast enough to take a control message, the
+    /// stream is closed instead, and the agent's reconnect gets the same state in `Welcome`.
     pub fn send_to_agent(&self, message: pb::controller_message::Kind) {
-        let tx = self.session.lock().ok().and_then(|s| s.as_ref().map(|s| s.tx.clone()));
-        if let Some(tx) = tx {
-            let _ = tx.try_send(Ok(pb::ControllerMessage { kind: Some(message) }));
+        let Ok(session) = self.session.lock() else { return };
+        let Some(session) = session.as_ref() else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            session.tx.try_send(Ok(pb::ControllerMessage { kind: Some(message) }))
+        {
+            warn!(job_id = self.id, "agent stream is backed up; closing it so the agent reconnects");
+            session.stop.cancel();
         }
     }
 

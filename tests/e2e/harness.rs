@@ -34,6 +34,7 @@ pub fn bin(name: &str) -> PathBuf {
 /// A child process in its own process group, killed with its group on drop; its output is captured.
 pub struct Proc {
     pub child: Child,
+    /// For messages: what this process is.
     pub name: String,
 }
 
@@ -67,6 +68,9 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            if std::thread::panicking() {
+                eprintln!("killing {} (still running)", self.name);
+            }
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
         }
@@ -335,6 +339,12 @@ impl Drop for TestEnv {
         kill_processes_under(self.dir.path());
         if std::thread::panicking() {
             eprintln!("--- controller log ---\n{}", self.controller_log_text());
+            let state = self.home().join("state");
+            let machines = std::fs::read_dir(state.join("machines")).into_iter().flatten().flatten().map(|e| e.path().join("agent.log"));
+            let kept = std::fs::read_dir(state.join("agent-logs")).into_iter().flatten().flatten().map(|e| e.path());
+            for log in machines.chain(kept) {
+                eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
         }
     }
 }

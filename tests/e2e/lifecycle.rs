@@ -10,7 +10,7 @@ fn cancel_mid_step_kills_the_step_and_ends_cancelled() {
     let repo = Repo::new(
         &env,
         "long",
-        &[("zeroCI.yaml", "script:\n  - echo started; sleep 600 & sleep 600; wait\n  - echo never\n")],
+        &[("zeroCI.yaml", "script:\n  - echo started; sleep 6001 & sleep 6001; wait\n  - echo never\n")],
     );
     let mut run = env.spawn_cli(&["run", repo.path_str()], None);
     let mut stdout = Lines::new(run.child.stdout.take().unwrap());
@@ -32,7 +32,7 @@ fn cancel_mid_step_kills_the_step_and_ends_cancelled() {
             ps.push('\n');
         }
     }
-    assert!(!ps.contains("sleep\u{0}600"), "sleep 600 still running");
+    assert!(!ps.contains("sleep\u{0}6001"), "sleep 6001 still running");
 }
 
 #[test]

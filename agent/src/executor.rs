@@ -1,0 +1,345 @@
+//! The executor: runs one job's checkout and steps, reporting everything as outbox events.
+//!
+//! Order of events: `StepStarted{0}`, checkout output, `StepExited{0}` (after that output is
+//! acknowledged), `CheckedOut` (only when the checkout succeeded), then for each step `StepStarted`,
+//! output, `StepExited`, and finally `Finished`, which is always the last event.
+//!
+//! Concurrency: the executor is one future driven by the agent's main task. It learns about the steps
+//! and cancellation through [`JobControl`], which the connection feeds; it never talks to the network
+//! itself, so a dropped connection only slows it down (through the outbox's backpressure).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use zeroci::pb::{self, Assignment, StepKind, agent_event::Kind};
+
+use crate::control::JobControl;
+use crate::step::{Outcome, ProcessSpec, StepContext, report_exit, run_process, run_step};
+
+/// The pipeline file read from the root of the checkout.
+pub const PIPELINE_FILE: &str = "zeroCI.yaml";
+/// Index of the checkout step, created by the controller.
+pub const CHECKOUT_STEP: u32 = 0;
+
+/// Runs one job; see the module docs.
+#[derive(Debug)]
+pub struct Executor {
+    ctx: StepContext,
+    control: Arc<JobControl>,
+    assignment: Arc<Assignment>,
+    workdir: PathBuf,
+}
+
+impl Executor {
+    /// An executor for `assignment`, working in `workdir` (absolute; the clone goes to
+    /// `workdir/workspace`).
+    pub fn new(
+        ctx: StepContext,
+        control: Arc<JobControl>,
+        assignment: Arc<Assignment>,
+        workdir: PathBuf,
+    ) -> Executor {
+        Executor {
+            ctx,
+            control,
+            assignment,
+            workdir,
+        }
+    }
+
+    fn workspace(&self) -> PathBuf {
+        self.workdir.join("workspace")
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        let secs = self.assignment.idle_timeout_secs;
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+
+    /// Runs the whole job and returns the sequence number of its `Finished` event.
+    pub async fn run(self) -> u64 {
+        let job_id = self.assignment.job_id;
+        tracing::info!(job_id = %job_id, repo = %self.assignment.repo_url,
+            commit = %self.assignment.commit, "starting job");
+        if let Some(commit) = self.checkout().await {
+            self.run_steps(&commit).await;
+        }
+        let seq = self.ctx.outbox.push(Kind::Finished(pb::Finished {})).await;
+        tracing::info!(job_id = %job_id, seq, "job finished");
+        seq
+    }
+
+    /// Step 0: clone and check out; returns the full commit id on success.
+    async fn checkout(&self) -> Option<String> {
+        self.ctx
+            .outbox
+            .push(Kind::StepStarted(pb::StepStarted {
+                step: CHECKOUT_STEP,
+            }))
+            .await;
+        let (outcome, commit) = self.clone_and_checkout().await;
+        report_exit(&self.ctx, CHECKOUT_STEP, &outcome).await;
+        let commit = commit.filter(|_| outcome.succeeded())?;
+        let checked_out = self.read_pipeline_file(commit.clone()).await;
+        tracing::info!(commit = %commit, has_pipeline_file = checked_out.has_pipeline_file,
+            too_large = checked_out.pipeline_file_too_large, "checked out");
+        self.ctx.outbox.push(Kind::CheckedOut(checked_out)).await;
+        Some(commit)
+    }
+
+    async fn clone_and_checkout(&self) -> (Outcome, Option<String>) {
+        let commit = self.assignment.commit.as_str();
+        if commit.is_empty() || commit.starts_with('-') {
+            return (
+                Outcome::not_started(format!("invalid commit {commit:?}")),
+                None,
+            );
+        }
+        let workspace = self.workspace();
+        let mut last_seq = 0;
+        let clone_args = [
+            "clone",
+            "--no-checkout",
+            // Quiet: a successful checkout adds nothing to the log; failures still explain themselves.
+            "--quiet",
+            "--",
+            self.assignment.repo_url.as_str(),
+            &workspace.to_string_lossy(),
+        ]
+        .map(String::from);
+        let outcome = self.git(&self.workdir, &clone_args, &mut last_seq).await;
+        if !outcome.succeeded() {
+            return (failed(outcome, "git clone failed", last_seq), None);
+        }
+
+        // A commit id or tag is usually in the clone; a branch name exists as origin/NAME; anything
+        // else (a commit no branch points to any more, a ref outside refs/heads) has to be fetched.
+        let mut target = self.resolve(commit).await;
+        if target.is_none() {
+            target = self.resolve(&format!("origin/{commit}")).await;
+        }
+        if target.is_none() {
+            tracing::info!(commit, "commit not in the clone; fetching it");
+            let fetch = ["fetch", "--quiet", "origin", commit].map(String::from);
+            let outcome = self.git(&workspace, &fetch, &mut last_seq).await;
+            if !outcome.succeeded() {
+                return (failed(outcome, "git fetch failed", last_seq), None);
+            }
+            target = match self.resolve(commit).await {
+                Some(sha) => Some(sha),
+                None => self.resolve("FETCH_HEAD").await,
+            };
+        }
+        let Some(target) = target else {
+            let message = format!("commit {commit} not found in {}", self.assignment.repo_url);
+            return (
+                Outcome {
+                    exit_code: 1,
+                    message,
+                    last_seq,
+                    ..Outcome::default()
+                },
+                None,
+            );
+        };
+        let checkout = [
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--detach",
+            &target,
+        ]
+        .map(String::from);
+        let outcome = self.git(&workspace, &checkout, &mut last_seq).await;
+        if !outcome.succeeded() {
+            return (failed(outcome, "git checkout failed", last_seq), None);
+        }
+        match self.resolve("HEAD").await {
+            Some(head) => (
+                Outcome {
+                    last_seq,
+                    ..Outcome::default()
+                },
+                Some(head),
+            ),
+            None => {
+                let message = "cannot read the checked-out commit".to_string();
+                (
+                    Outcome {
+                        exit_code: 1,
+                        message,
+                        last_seq,
+                        ..Outcome::default()
+                    },
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Runs git with its output streamed as checkout output.
+    async fn git(&self, cwd: &Path, args: &[String], last_seq: &mut u64) -> Outcome {
+        let spec = ProcessSpec {
+            step: CHECKOUT_STEP,
+            program: "git".into(),
+            args: args.to_vec(),
+            cwd: cwd.to_path_buf(),
+            env: vec![("GIT_TERMINAL_PROMPT".into(), "0".into())],
+            timeout: None,
+            idle_timeout: self.idle_timeout(),
+        };
+        let outcome = match run_process(&spec, &self.ctx).await {
+            Ok(outcome) => outcome,
+            Err(error) => Outcome::not_started(error.to_string()),
+        };
+        *last_seq = (*last_seq).max(outcome.last_seq);
+        outcome
+    }
+
+    /// The full commit id `rev` names in the workspace, if any (output captured, not streamed).
+    async fn resolve(&self, rev: &str) -> Option<String> {
+        let output = tokio::process::Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{rev}^{{commit}}"),
+            ])
+            .current_dir(self.workspace())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .ok()?;
+        let sha = String::from_utf8(output.stdout).ok()?.trim().to_string();
+        (output.status.success() && !sha.is_empty()).then_some(sha)
+    }
+
+    /// The `CheckedOut` event: the pipeline file's bytes, or the fact that it is missing or too large.
+    async fn read_pipeline_file(&self, commit: String) -> pb::CheckedOut {
+        let mut checked_out = pb::CheckedOut {
+            commit,
+            ..Default::default()
+        };
+        let path = self.workspace().join(PIPELINE_FILE);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(error) => {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "cannot open the pipeline file");
+                }
+                return checked_out;
+            }
+        };
+        let max = zeroci::pipeline::MAX_FILE_BYTES;
+        let mut bytes = Vec::new();
+        // Read one byte past the cap so an oversized file is recognised without reading all of it.
+        let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+        match file.take(limit).read_to_end(&mut bytes).await {
+            Ok(n) if n > max => {
+                checked_out.has_pipeline_file = true;
+                checked_out.pipeline_file_too_large = true;
+            }
+            Ok(_) => {
+                checked_out.has_pipeline_file = true;
+                checked_out.pipeline_file = bytes.into();
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the pipeline file")
+            }
+        }
+        checked_out
+    }
+
+    /// Waits for the steps, then runs them by the rules of their kinds.
+    async fn run_steps(&self, commit: &str) {
+        let steps = tokio::select! {
+            steps = self.control.steps() => steps,
+            () = self.ctx.cancel.cancelled() => {
+                tracing::info!("cancelled before the steps arrived");
+                return;
+            }
+        };
+        let results = self.workdir.join("test-results");
+        if let Err(error) = tokio::fs::create_dir_all(&results).await {
+            tracing::warn!(path = %results.display(), %error, "cannot create the test results directory");
+        }
+        let workspace = self.workspace();
+        for step in &steps.steps {
+            if step.kind() == StepKind::Checkout {
+                // The agent did the checkout itself already.
+                continue;
+            }
+            if self.ctx.cancel.is_cancelled() {
+                break;
+            }
+            tracing::info!(step = step.index, name = %step.name, "starting step");
+            let env = self.step_env(commit, step);
+            let outcome = run_step(step, &workspace, &env, self.idle_timeout(), &self.ctx).await;
+            if outcome.cancelled {
+                break;
+            }
+            if outcome.timed_out {
+                tracing::info!(step = step.index, "step timed out; no later step runs");
+                break;
+            }
+            if !outcome.succeeded() && step.kind() == StepKind::Install {
+                tracing::info!(step = step.index, "install step failed; no later step runs");
+                break;
+            }
+        }
+    }
+
+    /// The environment a step runs with, on top of the agent's own.
+    fn step_env(&self, commit: &str, step: &pb::Step) -> Vec<(String, String)> {
+        let a = &self.assignment;
+        let mut env: Vec<(String, String)> =
+            a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Deterministic order; the ZEROCI_* variables below win over same-named assignment variables.
+        env.sort();
+        let test_xml = self
+            .workdir
+            .join("test-results")
+            .join(format!("step-{}.xml", step.index));
+        let fixed = [
+            ("CI", "true".to_string()),
+            ("ZEROCI", "true".to_string()),
+            (
+                "ZEROCI_WORKSPACE",
+                self.workspace().to_string_lossy().into_owned(),
+            ),
+            ("ZEROCI_TEST_XML", test_xml.to_string_lossy().into_owned()),
+            ("ZEROCI_JOB_ID", a.job_id.to_string()),
+            ("ZEROCI_REPO", a.repo_name.clone()),
+            ("ZEROCI_BRANCH", a.branch.clone()),
+            ("ZEROCI_COMMIT", commit.to_string()),
+            ("ZEROCI_STEP", step.name.clone()),
+        ];
+        env.extend(fixed.into_iter().map(|(k, v)| (k.to_string(), v)));
+        env
+    }
+}
+
+/// A failed git command as the checkout's outcome: keeps a timeout's or cancel's own message.
+fn failed(outcome: Outcome, what: &str, last_seq: u64) -> Outcome {
+    let message = if outcome.message.is_empty() {
+        what.to_string()
+    } else {
+        outcome.message.clone()
+    };
+    Outcome {
+        message,
+        last_seq,
+        ..outcome
+    }
+}
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

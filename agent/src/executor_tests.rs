@@ -1,0 +1,243 @@
+//! Tests of the executor's job rules with local git repositories and a perfect (always acking)
+//! controller.
+
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+use zeroci::pb::AgentEvent;
+
+use super::*;
+use crate::mask::Secrets;
+use crate::outbox::Outbox;
+use crate::step::RunOptions;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A repository with one commit holding `files`; returns its path and commit id.
+fn make_repo(root: &Path, files: &[(&str, &[u8])]) -> (PathBuf, String) {
+    let dir = root.join("repo");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    for (name, data) in files {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "--allow-empty", "-m", "c"]);
+    let sha = git(&dir, &["rev-parse", "HEAD"]);
+    (dir, sha)
+}
+
+struct Job {
+    outbox: Arc<Outbox>,
+    control: Arc<JobControl>,
+    events: Arc<Mutex<Vec<AgentEvent>>>,
+    executor: Option<Executor>,
+    _acker: tokio::task::JoinHandle<()>,
+}
+
+impl Job {
+    fn new(root: &Path, repo_url: &str, commit: &str) -> Job {
+        let outbox = Arc::new(Outbox::default());
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let acker = tokio::spawn({
+            let (outbox, events) = (outbox.clone(), events.clone());
+            async move {
+                loop {
+                    let event = outbox.next_unsent().await;
+                    let seq = event.seq;
+                    events.lock().unwrap().push(event);
+                    outbox.ack(seq);
+                }
+            }
+        });
+        let control = Arc::new(JobControl::new(CancellationToken::new()));
+        let ctx = StepContext {
+            outbox: outbox.clone(),
+            cancel: control.cancel().clone(),
+            groups: control.groups().clone(),
+            secrets: Secrets::default(),
+            options: RunOptions {
+                kill_grace: Duration::from_secs(1),
+                drain_limit: Duration::from_millis(200),
+            },
+        };
+        let assignment = Assignment {
+            job_id: 9,
+            attempt: 1,
+            repo_url: repo_url.into(),
+            commit: commit.into(),
+            repo_name: "r".into(),
+            ..Default::default()
+        };
+        let workdir = root.join("work");
+        std::fs::create_dir_all(&workdir).unwrap();
+        let executor = Executor::new(ctx, control.clone(), Arc::new(assignment), workdir);
+        Job {
+            outbox,
+            control,
+            events,
+            executor: Some(executor),
+            _acker: acker,
+        }
+    }
+
+    async fn run(&mut self) -> Vec<AgentEvent> {
+        let finished = self.executor.take().unwrap().run().await;
+        // The acker records an event before acknowledging it.
+        tokio::time::timeout(Duration::from_secs(10), self.outbox.wait_acked(finished))
+            .await
+            .unwrap();
+        self.events.lock().unwrap().clone()
+    }
+}
+
+fn checked_out(events: &[AgentEvent]) -> Option<pb::CheckedOut> {
+    events.iter().find_map(|e| match &e.kind {
+        Some(Kind::CheckedOut(c)) => Some(c.clone()),
+        _ => None,
+    })
+}
+
+fn exits(events: &[AgentEvent]) -> Vec<(u32, i32)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::StepExited(x)) => Some((x.step, x.exit_code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn step(index: u32, kind: StepKind, script: &str, timeout_secs: u64) -> pb::Step {
+    pb::Step {
+        index,
+        name: format!("s{index}"),
+        kind: kind as i32,
+        script: script.into(),
+        timeout_secs,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn missing_pipeline_file_and_install_failure_stop_the_job() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(root.path(), &[("README", b"x")]);
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha[..8]);
+    job.control.deliver_steps(pb::RunSteps {
+        steps: vec![
+            step(1, StepKind::Install, "exit 4", 0),
+            step(2, StepKind::Script, "echo never", 0),
+        ],
+    });
+    let events = job.run().await;
+    let co = checked_out(&events).expect("CheckedOut");
+    assert_eq!(co.commit, sha, "abbreviated commit resolved to the full id");
+    assert!(!co.has_pipeline_file && co.pipeline_file.is_empty());
+    assert_eq!(exits(&events), vec![(0, 0), (1, 4)]);
+    assert!(matches!(
+        events.last().unwrap().kind,
+        Some(Kind::Finished(_))
+    ));
+}
+
+#[tokio::test]
+async fn oversized_pipeline_file_is_flagged_without_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let big = vec![b'#'; zeroci::pipeline::MAX_FILE_BYTES + 1];
+    let (repo, sha) = make_repo(root.path(), &[(PIPELINE_FILE, &big)]);
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha);
+    job.control.deliver_steps(pb::RunSteps::default());
+    let events = job.run().await;
+    let co = checked_out(&events).unwrap();
+    assert!(co.has_pipeline_file && co.pipeline_file_too_large && co.pipeline_file.is_empty());
+}
+
+#[tokio::test]
+async fn timed_out_step_stops_the_job() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(root.path(), &[(PIPELINE_FILE, b"steps: []\n")]);
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), "main");
+    job.control.deliver_steps(pb::RunSteps {
+        steps: vec![
+            step(1, StepKind::Script, "exit 1", 0),
+            step(2, StepKind::Script, "sleep 30", 1),
+            step(3, StepKind::Script, "echo never", 0),
+        ],
+    });
+    let events = job.run().await;
+    assert_eq!(
+        checked_out(&events).unwrap().pipeline_file,
+        &b"steps: []\n"[..]
+    );
+    assert_eq!(
+        checked_out(&events).unwrap().commit,
+        sha,
+        "a branch name works too"
+    );
+    assert_eq!(exits(&events), vec![(0, 0), (1, 1), (2, 124)]);
+}
+
+#[tokio::test]
+async fn failed_clone_ends_the_job_after_step_0() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("no-such-repo");
+    let mut job = Job::new(root.path(), &missing.to_string_lossy(), "abc123");
+    let events = job.run().await;
+    assert!(checked_out(&events).is_none());
+    let exited = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::StepExited(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(exited.step, 0);
+    assert_ne!(exited.exit_code, 0);
+    assert_eq!(exited.message, "git clone failed");
+    assert_eq!(events.len(), events.iter().filter(|e| e.seq > 0).count());
+    assert!(matches!(
+        events.last().unwrap().kind,
+        Some(Kind::Finished(_))
+    ));
+}
+
+#[tokio::test]
+async fn unknown_commit_and_cancel_before_steps() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, _) = make_repo(root.path(), &[("README", b"x")]);
+    let mut job = Job::new(
+        root.path(),
+        &repo.to_string_lossy(),
+        "0123456789abcdef0123456789abcdef01234567",
+    );
+    let events = job.run().await;
+    assert_eq!(exits(&events).len(), 1);
+    assert_ne!(exits(&events)[0].1, 0);
+
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(root.path(), &[("README", b"x")]);
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha);
+    job.control.cancel().cancel("stop", Duration::from_secs(1));
+    let events = job.run().await;
+    // The checkout itself was cancelled right away; no step ran.
+    assert_eq!(exits(&events).len(), 1);
+    assert!(checked_out(&events).is_none());
+    assert!(matches!(
+        events.last().unwrap().kind,
+        Some(Kind::Finished(_))
+    ));
+}

@@ -1,0 +1,133 @@
+//! Masking of secret values in step output before it leaves the machine (`Assignment.secrets`).
+//!
+//! A command's output arrives in arbitrary chunks, so a secret can be split across two reads. A
+//! [`Masker`] (one per output stream, not shared) therefore holds back a chunk's tail when that tail is
+//! the beginning of a secret, and decides once the next chunk (or the end of the stream) arrives. With no
+//! secrets configured it passes chunks through untouched, without copying.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// What a secret is replaced with.
+pub const MASK: &[u8] = b"***";
+
+/// The secret values of a job, longest first (so the longer of two overlapping secrets wins).
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(Arc<[Vec<u8>]>);
+
+impl Secrets {
+    /// Builds the set; empty values are ignored (they would match everywhere).
+    pub fn new<I, S>(values: I) -> Secrets
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut v: Vec<Vec<u8>> = values
+            .into_iter()
+            .map(|s| s.as_ref().as_bytes().to_vec())
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        v.dedup();
+        Secrets(v.into())
+    }
+
+    /// True when there is nothing to mask.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Masks one output stream; see the module docs.
+#[derive(Debug)]
+pub struct Masker {
+    secrets: Secrets,
+    /// Bytes held back because they may be the start of a secret.
+    carry: Vec<u8>,
+}
+
+impl Masker {
+    pub fn new(secrets: Secrets) -> Masker {
+        Masker {
+            secrets,
+            carry: Vec::new(),
+        }
+    }
+
+    /// Feeds one chunk; returns what can be emitted now (`None` when everything is held back).
+    pub fn feed(&mut self, data: Bytes) -> Option<Bytes> {
+        if self.secrets.is_empty() {
+            return (!data.is_empty()).then_some(data);
+        }
+        let mut input = std::mem::take(&mut self.carry);
+        input.extend_from_slice(&data);
+        let mut out = Vec::with_capacity(input.len());
+        let mut i = 0;
+        'scan: while i < input.len() {
+            let rest = &input[i..];
+            let mut maybe_partial = false;
+            for secret in self.secrets.0.iter() {
+                if rest.starts_with(secret) {
+                    out.extend_from_slice(MASK);
+                    i += secret.len();
+                    continue 'scan;
+                }
+                if rest.len() < secret.len() && secret.starts_with(rest) {
+                    maybe_partial = true;
+                }
+            }
+            if maybe_partial {
+                // Everything from here to the end may begin a secret: decide with the next chunk.
+                self.carry = rest.to_vec();
+                break;
+            }
+            out.push(input[i]);
+            i += 1;
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// The end of the stream: releases whatever was held back (it was not a secret after all).
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let rest = std::mem::take(&mut self.carry);
+        (!rest.is_empty()).then(|| Bytes::from(rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(secrets: &[&str], chunks: &[&[u8]]) -> Vec<u8> {
+        let mut m = Masker::new(Secrets::new(secrets));
+        let mut out = Vec::new();
+        for c in chunks {
+            if let Some(b) = m.feed(Bytes::copy_from_slice(c)) {
+                out.extend_from_slice(&b);
+            }
+        }
+        if let Some(b) = m.finish() {
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    #[test]
+    fn passes_through_without_secrets() {
+        assert_eq!(run(&[], &[b"a\x00b", b"c"]), b"a\x00bc");
+        assert_eq!(run(&[""], &[b"abc"]), b"abc");
+    }
+
+    #[test]
+    fn masks_whole_and_split_secrets() {
+        assert_eq!(run(&["hunter2"], &[b"pw=hunter2\n"]), b"pw=***\n");
+        assert_eq!(run(&["hunter2"], &[b"pw=hun", b"ter2 ok"]), b"pw=*** ok");
+        assert_eq!(run(&["hunter2"], &[b"pw=h", b"u", b"nter2"]), b"pw=***");
+        // A held-back prefix that turns out not to be a secret is released intact.
+        assert_eq!(run(&["hunter2"], &[b"pw=hun", b"gry"]), b"pw=hungry");
+        assert_eq!(run(&["hunter2"], &[b"ends with hunt"]), b"ends with hunt");
+        // Longest secret wins when two overlap.
+        assert_eq!(run(&["abc", "abcdef"], &[b"xabcdefy abc"]), b"x***y ***");
+    }
+}
