@@ -143,8 +143,10 @@ impl Config {
             let at = e
                 .span()
                 .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}: ")
+                    let start = s.start.min(text.len());
+                    let line = text[..start].matches('\n').count() + 1;
+                    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                    format!("line {line} `{source}`: ")
                 })
                 .unwrap_or_default();
             invalid(format!("{at}{}", e.message()))
