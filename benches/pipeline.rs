@@ -1,7 +1,7 @@
 //! End-to-end benchmark of the real binaries (run by hand, figures go in issue notes):
 //!
 //! ```text
-//! cargo build --release --bins && cargo bench --bench pipeline            # all
+//! cargo build --release && cargo bench --bench pipeline            # all
 //! cargo bench --bench pipeline -- latency 20                              # 20 trivial jobs
 //! cargo bench --bench pipeline -- throughput 1024                         # a step printing 1024 MiB
 //! ```
@@ -72,7 +72,7 @@ fn start_controller(home: &Path) -> Controller {
         .args(["--grpc-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .status()
-        .expect("init (build the binaries first: cargo build --release --bins)");
+        .expect("init (build the binaries first: cargo build --release)");
     assert!(status.success());
     let config = home.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();

@@ -47,6 +47,10 @@ pub enum Command {
     Agents(AgentsArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Check a zeroCI.yaml offline and show the plan it would run (no controller, no profile).
+    ///
+    /// Exit status: 0 valid, 1 invalid, 2 the file cannot be read.
+    Lint(LintArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +133,16 @@ pub struct CompletionsArgs {
     /// The shell to generate for.
     #[arg(value_name = "SHELL")]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LintArgs {
+    /// A zeroCI.yaml file, or a directory whose zeroCI.yaml is read.
+    #[arg(default_value = ".", value_name = "PATH")]
+    pub path: PathBuf,
+    /// Print one JSON document: valid, jobs, run_on, errors, warnings.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--step N|NAME`: a number is the step index, anything else a name looked up in the job.
@@ -284,6 +298,22 @@ mod tests {
         assert!(parse_job_id("seven").is_err());
         assert!(parse_job_id("-1").is_err());
         assert!(Args::try_parse_from(["zeroci", "show", "x"]).is_err());
+    }
+
+    #[test]
+    fn lint_arguments() {
+        let args = Args::try_parse_from(["zeroci", "lint"]).unwrap();
+        let Command::Lint(lint) = args.command else {
+            panic!("not lint")
+        };
+        assert_eq!(lint.path, PathBuf::from("."));
+        assert!(!lint.json);
+        let args = Args::try_parse_from(["zeroci", "lint", "ci/zeroCI.yaml", "--json"]).unwrap();
+        let Command::Lint(lint) = args.command else {
+            panic!("not lint")
+        };
+        assert_eq!(lint.path, PathBuf::from("ci/zeroCI.yaml"));
+        assert!(lint.json);
     }
 
     #[test]

@@ -98,12 +98,10 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
     }
     // A replay must not add the plan twice.
     record.steps.retain(|s| s.kind == StepKind::Checkout);
+    // Every message is what `zeroci lint` prints for the same file: one `zeroCI.yaml:LINE:COLUMN: KEY:
+    // MESSAGE` line per error, then the warnings, which often explain the error (a misspelt key).
     let plan = if checked_out.pipeline_file_too_large {
-        Err(format!(
-            "{}: file is larger than {} bytes",
-            zeroci::pipeline::FILE_NAME,
-            zeroci::pipeline::MAX_FILE_BYTES
-        ))
+        Err(zeroci::pipeline::too_large().to_string())
     } else if !checked_out.has_pipeline_file {
         Err(format!(
             "{}: no such file at the root of the repository at commit {}",
@@ -235,7 +233,22 @@ mod tests {
             panic!()
         };
         assert_eq!(r.steps[step as usize].name, CONFIG_STEP_NAME);
-        assert!(message.contains("zeroCI.yaml:1"), "{message}");
+        // Exactly what `zeroci lint` prints for the file.
+        assert_eq!(message, zeroci::pipeline::lint(b"scrpt: [a]\n").render_diagnostics(zeroci::pipeline::FILE_NAME));
+        assert_eq!(
+            message,
+            "zeroCI.yaml:1:1: script: is required: a list of commands to run\n\
+             zeroCI.yaml:1:1: warning: scrpt: unknown key, ignored; did you mean `script`?"
+        );
+    }
+
+    #[test]
+    fn a_file_too_large_to_send_is_a_config_error() {
+        let mut r = record();
+        let msg = pb::CheckedOut { commit: "abc".into(), has_pipeline_file: true, pipeline_file: Default::default(), pipeline_file_too_large: true };
+        let f = frame(FrameKind::CheckedOut, 0, msg.encode_to_vec());
+        let Effect::ConfigError { message, .. } = apply_frame(&mut r, &f, DEFAULTS) else { panic!() };
+        assert!(message.starts_with("zeroCI.yaml:1:1: file is larger than 1048576 bytes"), "{message}");
     }
 
     #[test]

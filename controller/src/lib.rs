@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod init;
 pub mod jobs;
+pub mod junit;
 pub mod logs;
 pub mod provisioner;
 pub mod queue;

@@ -64,7 +64,8 @@ fn install_failure_is_an_error_and_stops_the_job() {
 #[test]
 fn invalid_pipeline_file_is_an_error_with_a_zeroci_yaml_step_naming_line_and_key() {
     let env = TestEnv::start();
-    let repo = Repo::new(&env, "invalid", &[("zeroCI.yaml", "script:\n  - echo ok\nscrpt: oops\n")]);
+    // `scrpt` is only a warning (unknown keys are ignored); the missing `script` is the error.
+    let repo = Repo::new(&env, "invalid", &[("zeroCI.yaml", "install:\n  - echo ok\nscrpt:\n  - echo ok\n")]);
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 2, "stderr: {}", out.stderr);
     let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
@@ -73,7 +74,9 @@ fn invalid_pipeline_file_is_an_error_with_a_zeroci_yaml_step_naming_line_and_key
     let config = step(&job, "zeroCI.yaml");
     assert_eq!(config["status"], "error");
     let log = String::from_utf8(env.raw_log(id, Some("zeroCI.yaml"))).unwrap();
-    assert!(log.starts_with("zeroCI.yaml:3:1: unknown field `scrpt`"), "{log}");
+    // Every error, then every warning, exactly as `zeroci lint` prints them.
+    assert!(log.starts_with("zeroCI.yaml:1:1: script: is required: a list of commands to run\n"), "{log}");
+    assert!(log.contains("zeroCI.yaml:3:1: warning: scrpt: unknown key, ignored; did you mean `script`?"), "{log}");
 }
 
 #[test]

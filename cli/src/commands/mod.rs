@@ -10,6 +10,7 @@ use crate::client::{Client, load_profile};
 mod agents;
 mod completions;
 mod jobs;
+mod lint;
 mod logs;
 mod run;
 
@@ -51,6 +52,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => logs::logs(profile, a).await,
         Command::Agents(a) => agents::agents(profile, a).await,
         Command::Completions(a) => completions::completions(a),
+        // Offline: no profile is loaded and nothing is dialled.
+        Command::Lint(a) => lint::lint(a),
     }
 }
 
