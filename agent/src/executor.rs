@@ -16,13 +16,12 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use zeroci::pb::{self, Assignment, StepKind, agent_event::Kind};
 
+use crate::artifacts::{self, Fetcher};
 use crate::control::JobControl;
 use crate::step::{Outcome, ProcessSpec, StepContext, report_exit, run_process, run_step};
 
 /// The pipeline file read from the root of the checkout.
 pub const PIPELINE_FILE: &str = "zeroCI.yaml";
-/// Index of the checkout step, created by the controller.
-pub const CHECKOUT_STEP: u32 = 0;
 
 /// Runs one job; see the module docs.
 #[derive(Debug)]
@@ -31,6 +30,8 @@ pub struct Executor {
     control: Arc<JobControl>,
     assignment: Arc<Assignment>,
     workdir: PathBuf,
+    /// Downloads earlier pipeline jobs' artifacts; `None` where there is no controller (tests).
+    fetcher: Option<Fetcher>,
 }
 
 impl Executor {
@@ -47,7 +48,14 @@ impl Executor {
             control,
             assignment,
             workdir,
+            fetcher: None,
         }
+    }
+
+    /// Lets the executor fetch artifacts of earlier pipeline jobs.
+    pub fn with_fetcher(mut self, fetcher: Fetcher) -> Executor {
+        self.fetcher = Some(fetcher);
+        self
     }
 
     fn workspace(&self) -> PathBuf {
@@ -77,11 +85,11 @@ impl Executor {
         self.ctx
             .outbox
             .push(Kind::StepStarted(pb::StepStarted {
-                step: CHECKOUT_STEP,
+                step: self.assignment.checkout_step,
             }))
             .await;
         let (outcome, commit) = self.clone_and_checkout().await;
-        report_exit(&self.ctx, CHECKOUT_STEP, &outcome).await;
+        report_exit(&self.ctx, self.assignment.checkout_step, &outcome).await;
         let commit = commit.filter(|_| outcome.succeeded())?;
         let checked_out = self.read_pipeline_file(commit.clone()).await;
         tracing::info!(commit = %commit, has_pipeline_file = checked_out.has_pipeline_file,
@@ -184,7 +192,7 @@ impl Executor {
     /// Runs git with its output streamed as checkout output.
     async fn git(&self, cwd: &Path, args: &[String], last_seq: &mut u64) -> Outcome {
         let spec = ProcessSpec {
-            step: CHECKOUT_STEP,
+            step: self.assignment.checkout_step,
             program: "git".into(),
             args: args.to_vec(),
             cwd: cwd.to_path_buf(),
@@ -271,6 +279,40 @@ impl Executor {
             tracing::warn!(path = %results.display(), %error, "cannot create the test results directory");
         }
         let workspace = self.workspace();
+        if let Err(message) = self.fetch_artifacts(&steps.artifacts, &workspace).await {
+            // Without its inputs the pipeline job cannot run: the first step reports why and nothing runs.
+            if let Some(first) = steps.steps.iter().find(|s| s.kind() != StepKind::Checkout) {
+                self.ctx.outbox.push(Kind::StepStarted(pb::StepStarted { step: first.index })).await;
+                let outcome = Outcome::not_started(message);
+                report_exit(&self.ctx, first.index, &outcome).await;
+            }
+            return;
+        }
+        self.run_each(&steps, &workspace, commit).await;
+        if !steps.bin_path.is_empty() && !self.ctx.cancel.is_cancelled() {
+            artifacts::upload(&self.ctx.outbox, &workspace, &steps.bin_path).await;
+        }
+    }
+
+    /// Downloads the artifacts earlier pipeline jobs kept, to the paths they were kept from.
+    async fn fetch_artifacts(&self, names: &[String], workspace: &Path) -> Result<(), String> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let Some(fetcher) = &self.fetcher else {
+            return Err("this agent cannot fetch artifacts".to_string());
+        };
+        for name in names {
+            let bytes = fetcher
+                .fetch(workspace, name)
+                .await
+                .map_err(|e| format!("cannot fetch artifact {name:?} of an earlier pipeline job: {e}"))?;
+            tracing::info!(name = %name, bytes, "artifact fetched");
+        }
+        Ok(())
+    }
+
+    async fn run_each(&self, steps: &pb::RunSteps, workspace: &Path, commit: &str) {
         for step in &steps.steps {
             if step.kind() == StepKind::Checkout {
                 // The agent did the checkout itself already.
@@ -281,7 +323,9 @@ impl Executor {
             }
             tracing::info!(step = step.index, name = %step.name, "starting step");
             let env = self.step_env(commit, step);
-            let outcome = run_step(step, &workspace, &env, self.idle_timeout(), &self.ctx).await;
+            let test_xml = self.test_xml(step);
+            let outcome =
+                run_step(step, workspace, &env, self.idle_timeout(), Some(&test_xml), &self.ctx).await;
             if outcome.cancelled {
                 break;
             }
@@ -296,6 +340,11 @@ impl Executor {
         }
     }
 
+    /// Where a step is asked to write its JUnit report (`ZEROCI_TEST_XML`).
+    fn test_xml(&self, step: &pb::Step) -> PathBuf {
+        self.workdir.join("test-results").join(format!("step-{}.xml", step.index))
+    }
+
     /// The environment a step runs with, on top of the agent's own.
     fn step_env(&self, commit: &str, step: &pb::Step) -> Vec<(String, String)> {
         let a = &self.assignment;
@@ -303,10 +352,7 @@ impl Executor {
             a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         // Deterministic order; the ZEROCI_* variables below win over same-named assignment variables.
         env.sort();
-        let test_xml = self
-            .workdir
-            .join("test-results")
-            .join(format!("step-{}.xml", step.index));
+        let test_xml = self.test_xml(step);
         let fixed = [
             ("CI", "true".to_string()),
             ("ZEROCI", "true".to_string()),

@@ -138,6 +138,8 @@ async fn missing_pipeline_file_and_install_failure_stop_the_job() {
     let (repo, sha) = make_repo(root.path(), &[("README", b"x")]);
     let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha[..8]);
     job.control.deliver_steps(pb::RunSteps {
+        bin_path: String::new(),
+        artifacts: Vec::new(),
         steps: vec![
             step(1, StepKind::Install, "exit 4", 0),
             step(2, StepKind::Script, "echo never", 0),
@@ -172,6 +174,8 @@ async fn timed_out_step_stops_the_job() {
     let (repo, sha) = make_repo(root.path(), &[(PIPELINE_FILE, b"steps: []\n")]);
     let mut job = Job::new(root.path(), &repo.to_string_lossy(), "main");
     job.control.deliver_steps(pb::RunSteps {
+        bin_path: String::new(),
+        artifacts: Vec::new(),
         steps: vec![
             step(1, StepKind::Script, "exit 1", 0),
             step(2, StepKind::Script, "sleep 30", 1),

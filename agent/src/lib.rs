@@ -9,6 +9,7 @@
 //! which also watches for SIGTERM/SIGINT. Everything hangs off one `CancellationToken` tree rooted in
 //! [`run`], and every process group the job started is SIGKILLed before [`run`] returns.
 
+pub mod artifacts;
 pub mod backoff;
 pub mod bootstrap;
 pub mod control;
@@ -153,6 +154,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         give_up_after: config.give_up_after,
     };
     let shutdown_reason = going_away.clone();
+    let fetcher = artifacts::Fetcher { session: session_config.clone() };
     let session = Session::new(
         session_config,
         outbox.clone(),
@@ -174,7 +176,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 secrets: Secrets::new(&assignment.secrets),
                 options,
             };
-            let finished = Executor::new(ctx, control, assignment, workdir).run().await;
+            let finished =
+                Executor::new(ctx, control, assignment, workdir).with_fetcher(fetcher).run().await;
             outbox.wait_acked(finished).await;
         }
     };

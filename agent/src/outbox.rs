@@ -53,6 +53,8 @@ fn event_size(kind: &Kind) -> usize {
             Kind::Output(o) => o.data.len(),
             Kind::CheckedOut(c) => c.pipeline_file.len() + c.commit.len(),
             Kind::StepExited(e) => e.message.len(),
+            Kind::TestReport(r) => r.xml.len() + r.source.len(),
+            Kind::Artifact(a) => a.data.len() + a.name.len() + a.error.len(),
             Kind::StepStarted(_) | Kind::Finished(_) => 0,
         }
 }

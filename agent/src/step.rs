@@ -123,6 +123,7 @@ pub async fn run_step(
     cwd: &Path,
     env: &[(String, String)],
     idle_timeout: Option<Duration>,
+    test_xml: Option<&Path>,
     ctx: &StepContext,
 ) -> Outcome {
     ctx.outbox
@@ -148,10 +149,17 @@ pub async fn run_step(
         timeout: (step.timeout_secs > 0).then(|| Duration::from_secs(step.timeout_secs)),
         idle_timeout,
     };
-    let outcome = match run_process(&spec, ctx).await {
+    let mut outcome = match run_process(&spec, ctx).await {
         Ok(outcome) => outcome,
         Err(error) => Outcome::not_started(error.to_string()),
     };
+    if step.kind() == StepKind::Script
+        && let Some(path) = test_xml
+        && let Some(seq) = crate::artifacts::send_test_report(&ctx.outbox, step.index, path).await
+    {
+        // The report belongs to the step: its exit waits for the report's acknowledgement too.
+        outcome.last_seq = outcome.last_seq.max(seq);
+    }
     report_exit(ctx, step.index, &outcome).await;
     outcome
 }

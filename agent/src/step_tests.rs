@@ -78,7 +78,7 @@ impl Harness {
             timeout_secs,
         };
         let env = vec![("ZEROCI_STEP".to_string(), "test".to_string())];
-        run_step(&step, self.dir.path(), &env, idle, &self.ctx).await
+        run_step(&step, self.dir.path(), &env, idle, None, &self.ctx).await
     }
 
     fn output(&self, stream: OutputStream) -> Vec<u8> {
@@ -233,7 +233,7 @@ async fn missing_shell_is_reported_as_not_started() {
         shell: "/nonexistent/shell".into(),
         ..Default::default()
     };
-    let outcome = run_step(&step, h.dir.path(), &[], None, &h.ctx).await;
+    let outcome = run_step(&step, h.dir.path(), &[], None, None, &h.ctx).await;
     assert_eq!(outcome.exit_code, -1);
     assert!(
         outcome.message.contains("/nonexistent/shell"),
@@ -296,7 +296,7 @@ async fn cancel_kills_the_whole_process_group_quickly() {
                 script: "sleep 100 & echo started; sleep 100; wait".into(),
                 ..Default::default()
             };
-            run_step(&step, &cwd, &[], None, &ctx).await
+            run_step(&step, &cwd, &[], None, None, &ctx).await
         })
     };
     h.wait_for_output(|d| d == b"started\n").await;
@@ -336,7 +336,7 @@ async fn term_ignoring_group_is_killed_after_grace() {
                 script: "trap '' TERM; echo ready; while :; do sleep 1; done".into(),
                 ..Default::default()
             };
-            run_step(&step, &cwd, &[], None, &ctx).await
+            run_step(&step, &cwd, &[], None, None, &ctx).await
         })
     };
     let ready = || {

@@ -178,6 +178,8 @@ async fn refused_enrollment_exits_2() {
 /// A step that waits forever after printing "ready", and one that must never run.
 fn blocking_steps() -> RunSteps {
     RunSteps {
+        bin_path: String::new(),
+        artifacts: Vec::new(),
         steps: vec![
             step(
                 1,

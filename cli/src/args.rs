@@ -45,6 +45,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// The agents connected now, with their job.
     Agents(AgentsArgs),
+    /// Download a file a job kept (the pipeline's `bin_path`).
+    Artifact(ArtifactArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Check a zeroCI.yaml offline and show the plan it would run (no controller, no profile).
@@ -119,6 +121,19 @@ pub struct CancelArgs {
     /// Job id (or its result URL).
     #[arg(value_name = "JOB", value_parser = parse_job_id)]
     pub job: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ArtifactArgs {
+    /// Job id (or its result URL).
+    #[arg(value_name = "JOB", value_parser = parse_job_id)]
+    pub job: u64,
+    /// The artifact's name as in `zeroci show` (default: the job's last artifact).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where to write it: a file, or `-` for stdout (default: its file name, in the current directory).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

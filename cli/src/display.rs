@@ -381,6 +381,7 @@ mod tests {
             finished_at_unix_ms: 11_200,
             script: String::new(),
             message: message.into(),
+            ..Default::default()
         }
     }
 

@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use zeroci::pb;
 
 /// The `--json` document for a job (design.md "Binaries and commands"). Times are RFC 3339 strings, or
-/// null when not reached yet; `exit_code` is null until a step ends; `tests` is null because the control
-/// API carries no test report yet.
+/// null when not reached yet; `exit_code` is null until a step ends; `tests` is null for a step that
+/// sent no test report.
 pub fn job_json(job: &pb::Job) -> Value {
     json!({
         "id": job.id,
@@ -25,7 +25,80 @@ pub fn job_json(job: &pb::Job) -> Value {
         "attempt": job.attempt,
         "triggered_by": job.triggered_by,
         "steps": job.steps.iter().map(step_json).collect::<Vec<_>>(),
+        "artifacts": job.artifacts.iter().map(|a| json!({
+            "name": a.name,
+            "size": a.size,
+            "after_step": a.after_step,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// Test totals as JSON (also used for `show --json`'s reports).
+pub fn totals_json(t: &pb::TestTotals) -> Value {
+    json!({
+        "total": t.total,
+        "passed": t.passed,
+        "failed": t.failed,
+        "errors": t.errors,
+        "skipped": t.skipped,
+        "time_secs": t.time_secs,
+    })
+}
+
+/// The test reports of a job as JSON: per step, totals and every case.
+pub fn reports_json(reports: &[pb::StepTestReport]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "step": r.step,
+                    "totals": r.totals.as_ref().map_or(Value::Null, totals_json),
+                    "error": r.error,
+                    "truncated": r.truncated,
+                    "cases": r.cases.iter().map(|c| json!({
+                        "suite": c.suite,
+                        "classname": c.classname,
+                        "name": c.name,
+                        "status": c.status,
+                        "message": c.message,
+                        "details": c.details,
+                        "time_secs": c.time_secs,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The human view of test reports: totals per step, then each failed or erroring case with its message.
+pub fn reports_detail(job: &pb::Job, reports: &[pb::StepTestReport]) -> String {
+    let mut out = String::new();
+    for report in reports {
+        let name = job.steps.iter().find(|s| s.index == report.step).map_or("?", |s| s.name.as_str());
+        let _ = write!(out, "\ntests of step {} ({name}): ", report.step);
+        match &report.totals {
+            Some(t) => {
+                let _ = writeln!(
+                    out,
+                    "{} total, {} passed, {} failed, {} errors, {} skipped",
+                    t.total, t.passed, t.failed, t.errors, t.skipped
+                );
+            }
+            None => out.push('\n'),
+        }
+        if !report.error.is_empty() {
+            let _ = writeln!(out, "  report: {}", report.error);
+        }
+        for case in report.cases.iter().filter(|c| c.status == "failed" || c.status == "error") {
+            let label = if case.classname.is_empty() { case.name.clone() } else { format!("{}.{}", case.classname, case.name) };
+            let _ = writeln!(out, "  {} {label}: {}", case.status.to_uppercase(), case.message.lines().next().unwrap_or(""));
+        }
+        if report.truncated {
+            out.push_str("  (more cases than shown)\n");
+        }
+    }
+    out
 }
 
 fn step_json(step: &pb::StepInfo) -> Value {
@@ -38,7 +111,8 @@ fn step_json(step: &pb::StepInfo) -> Value {
         "started_at": timestamp_json(step.started_at_unix_ms),
         "finished_at": timestamp_json(step.finished_at_unix_ms),
         "message": step.message,
-        "tests": Value::Null,
+        "stage": step.stage,
+        "tests": step.tests.as_ref().map_or(Value::Null, totals_json),
     })
 }
 
@@ -282,6 +356,7 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
                 s.exit_code
                     .map_or_else(|| "-".to_string(), |c| c.to_string()),
                 job_duration(s.started_at_unix_ms, s.finished_at_unix_ms, now_ms),
+                s.tests.as_ref().map_or_else(|| "-".to_string(), |t| format!("{}/{} passed", t.passed, t.total)),
                 // One line per step: a multi-line message would break the table.
                 s.message.lines().next().unwrap_or("").to_string(),
             ]
@@ -289,9 +364,15 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(
-        &["#", "STEP", "KIND", "STATUS", "EXIT", "DURATION", "MESSAGE"],
+        &["#", "STEP", "KIND", "STATUS", "EXIT", "DURATION", "TESTS", "MESSAGE"],
         &rows,
     ));
+    if !job.artifacts.is_empty() {
+        out.push_str("\nartifacts (zeroci artifact JOB NAME):\n");
+        for a in &job.artifacts {
+            let _ = writeln!(out, "  {} ({} bytes)", a.name, a.size);
+        }
+    }
     out
 }
 
@@ -322,6 +403,7 @@ mod tests {
                     finished_at_unix_ms: 1_700_000_002_000,
                     script: String::new(),
                     message: String::new(),
+                    ..Default::default()
                 },
                 pb::StepInfo {
                     index: 1,
@@ -335,6 +417,7 @@ mod tests {
             reason: String::new(),
             attempt: 1,
             triggered_by: "admin".into(),
+            artifacts: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use prost::Message;
 use zeroci::pb;
 
-use crate::jobs::{JobRecord, StepKind, StepRecord, StepStatus};
+use crate::jobs::{ArtifactRecord, JobRecord, StageRecord, StepKind, StepRecord, StepStatus};
 use crate::store::{Frame, FrameKind};
 
 /// Name of the step that reports an invalid pipeline file (as the original ZeroCI named it).
@@ -24,7 +24,7 @@ pub enum Effect {
     /// The record changed and must be stored.
     Changed,
     /// The pipeline is known: store the record and send these steps to the agent.
-    RunSteps(Vec<pb::Step>),
+    RunSteps(pb::RunSteps),
     /// The pipeline file is unusable: the config step (index given) must get this message, then the
     /// job ends.
     ConfigError { step: u32, message: String },
@@ -76,7 +76,10 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
                 status = StepStatus::Error;
             }
             step.status = status;
-            step.message = message;
+            // A test-report problem noted before the exit stays unless the exit has its own explanation.
+            if !message.is_empty() || step.message.is_empty() {
+                step.message = message;
+            }
             step.exit_code = Some(exited.exit_code);
             step.finished_at = at;
             if step.started_at == 0 {
@@ -89,6 +92,14 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
             apply_checkout(record, &checked_out, defaults)
         }
         FrameKind::Finished => Effect::Finished,
+        FrameKind::TestReport => match pb::TestReport::decode(frame.payload.as_ref()) {
+            Ok(report) => apply_test_report(record, frame.header.step, &report),
+            Err(_) => Effect::None,
+        },
+        FrameKind::Artifact => match pb::ArtifactChunk::decode(frame.payload.as_ref()) {
+            Ok(chunk) => apply_artifact(record, frame, &chunk),
+            Err(_) => Effect::None,
+        },
     }
 }
 
@@ -96,8 +107,12 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
     if !checked_out.commit.is_empty() {
         record.commit = checked_out.commit.clone();
     }
+    if !record.stages.is_empty() {
+        // A later pipeline job's machine: the plan was made from the first checkout's file.
+        return Effect::RunSteps(run_steps(record));
+    }
     // A replay must not add the plan twice.
-    record.steps.retain(|s| s.kind == StepKind::Checkout);
+    record.steps.retain(|s| s.kind == StepKind::Checkout && s.stage == 0);
     // Every message is what `zeroci lint` prints for the same file: one `zeroCI.yaml:LINE:COLUMN: KEY:
     // MESSAGE` line per error, then the warnings, which often explain the error (a misspelt key).
     let plan = if checked_out.pipeline_file_too_large {
@@ -109,17 +124,7 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
             record.commit
         ))
     } else {
-        zeroci::pipeline::parse(&checked_out.pipeline_file).map_err(|e| e.to_string()).and_then(|p| {
-            if p.jobs.len() > 1 {
-                Err(format!(
-                    "{}: jobs: this controller runs one job per pipeline; found {} (serial multi-job pipelines are not available yet)",
-                    zeroci::pipeline::FILE_NAME,
-                    p.jobs.len()
-                ))
-            } else {
-                Ok(p)
-            }
-        })
+        zeroci::pipeline::parse(&checked_out.pipeline_file).map_err(|e| e.to_string())
     };
     match plan {
         Err(message) => {
@@ -128,45 +133,125 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
             Effect::ConfigError { step: index, message }
         }
         Ok(pipeline) => {
-            let Some(job) = pipeline.jobs.into_iter().next() else {
-                return Effect::Changed;
-            };
-            let timeout = if record.step_timeout_secs > 0 {
-                record.step_timeout_secs
-            } else {
-                job.timeout_secs.unwrap_or(defaults.step_timeout_secs)
-            };
-            let shell = job.shell_bin.clone().unwrap_or_default();
-            let mut next = record.steps.len() as u32;
-            if !job.install.is_empty() {
-                let mut step = StepRecord::new(next, "install", StepKind::Install);
-                step.script = job.install.join("\n");
-                step.shell = shell.clone();
-                step.timeout_secs = timeout;
-                record.steps.push(step);
-                next += 1;
-            }
-            for script in job.steps {
-                let mut step = StepRecord::new(next, script.name, StepKind::Script);
-                step.script = script.cmd;
-                step.shell = shell.clone();
-                step.timeout_secs = timeout;
-                record.steps.push(step);
-                next += 1;
-            }
-            Effect::RunSteps(planned_steps(record))
+            plan_stages(record, pipeline, defaults);
+            Effect::RunSteps(run_steps(record))
         }
     }
 }
 
-/// The install and script steps of the record, as the agent runs them; empty before the checkout.
+/// Adds every pipeline job's steps to the record: the whole plan is visible from the first checkout on.
+/// With several pipeline jobs, step names carry the job's name so they stay distinguishable.
+fn plan_stages(record: &mut JobRecord, pipeline: zeroci::pipeline::Pipeline, defaults: PlanDefaults) {
+    let prefixed = pipeline.jobs.len() > 1;
+    let label = |job: &str, step: &str| if prefixed { format!("{job}: {step}") } else { step.to_string() };
+    let mut next = record.steps.len() as u32;
+    for (stage, job) in pipeline.jobs.into_iter().enumerate() {
+        let stage = stage as u32;
+        let checkout_step = if stage == 0 {
+            0
+        } else {
+            let mut checkout = StepRecord::new(next, label(&job.name, "checkout"), StepKind::Checkout);
+            checkout.stage = stage;
+            record.steps.push(checkout);
+            next += 1;
+            next - 1
+        };
+        record.stages.push(StageRecord {
+            name: job.name.clone(),
+            image_name: job.image_name.clone(),
+            bin_path: job.bin_path.clone(),
+            checkout_step,
+        });
+        let timeout = if record.step_timeout_secs > 0 {
+            record.step_timeout_secs
+        } else {
+            job.timeout_secs.unwrap_or(defaults.step_timeout_secs)
+        };
+        let shell = job.shell_bin.clone().unwrap_or_default();
+        let mut add = |name: String, kind: StepKind, script: String| {
+            let mut step = StepRecord::new(next, name, kind);
+            step.script = script;
+            step.shell = shell.clone();
+            step.timeout_secs = timeout;
+            step.stage = stage;
+            record.steps.push(step);
+            next += 1;
+        };
+        if !job.install.is_empty() {
+            add(label(&job.name, "install"), StepKind::Install, job.install.join("\n"));
+        }
+        for script in job.steps {
+            add(label(&job.name, &script.name), StepKind::Script, script.cmd);
+        }
+    }
+}
+
+/// The install and script steps of the current pipeline job, as the agent runs them; empty before the
+/// plan is known.
 pub fn planned_steps(record: &JobRecord) -> Vec<pb::Step> {
+    let stage = record.stage();
     record
         .steps
         .iter()
-        .filter(|s| matches!(s.kind, StepKind::Install | StepKind::Script))
+        .filter(|s| s.stage == stage && matches!(s.kind, StepKind::Install | StepKind::Script))
         .map(StepRecord::to_run_step)
         .collect()
+}
+
+/// What the current machine must run: its steps, the file to keep, and earlier stages' artifacts.
+pub fn run_steps(record: &JobRecord) -> pb::RunSteps {
+    let stage = record.stage();
+    pb::RunSteps {
+        steps: planned_steps(record),
+        bin_path: record.stages.get(stage as usize).and_then(|s| s.bin_path.clone()).unwrap_or_default(),
+        artifacts: record
+            .artifacts
+            .iter()
+            .filter(|a| a.stage < stage && a.error.is_empty())
+            .map(|a| a.name.clone())
+            .collect(),
+    }
+}
+
+fn apply_test_report(record: &mut JobRecord, step: u32, report: &pb::TestReport) -> Effect {
+    let Some(step) = record.step_mut(step) else { return Effect::None };
+    if report.too_large {
+        step.message = format!("test report {} is too large to keep", report.source);
+        return Effect::Changed;
+    }
+    match crate::junit::parse(&report.xml) {
+        Ok(parsed) => {
+            let t = parsed.totals;
+            let mut totals = step.tests.unwrap_or_default();
+            totals.total += t.total;
+            totals.passed += t.passed;
+            totals.failed += t.failed;
+            totals.errors += t.errors;
+            totals.skipped += t.skipped;
+            totals.time_secs += t.time_secs;
+            step.tests = Some(totals);
+        }
+        // Kept in the journal as sent; a broken report never fails the job by itself.
+        Err(e) => step.message = format!("test report {} is unreadable: {e}", report.source),
+    }
+    Effect::Changed
+}
+
+fn apply_artifact(record: &mut JobRecord, frame: &Frame, chunk: &pb::ArtifactChunk) -> Effect {
+    if !chunk.last {
+        return Effect::None;
+    }
+    // From the frame, not the record: a replay applies earlier stages' frames too.
+    let stage = frame.header.attempt.saturating_sub(record.first_attempt);
+    record.artifacts.retain(|a| !(a.name == chunk.name && a.stage == stage));
+    record.artifacts.push(ArtifactRecord {
+        name: chunk.name.clone(),
+        size: chunk.offset + chunk.data.len() as u64,
+        stage,
+        after_step: frame.header.step,
+        error: chunk.error.clone(),
+    });
+    Effect::Changed
 }
 
 #[cfg(test)]
@@ -189,6 +274,7 @@ mod tests {
             0,
         );
         r.attempt = 1;
+        r.first_attempt = 1;
         r.steps.push(checkout_step());
         r
     }
@@ -216,13 +302,36 @@ mod tests {
     fn checkout_produces_the_plan_once_even_when_replayed() {
         let mut r = record();
         let f = checked_out("install:\n  - echo a\nscript:\n  - echo b\n  - echo c\n");
-        let Effect::RunSteps(steps) = apply_frame(&mut r, &f, DEFAULTS) else { panic!() };
+        let Effect::RunSteps(run) = apply_frame(&mut r, &f, DEFAULTS) else { panic!() };
+        let steps = run.steps;
         assert_eq!(steps.len(), 3);
         assert_eq!(steps[0].kind, pb::StepKind::Install as i32);
         assert_eq!(steps[1].timeout_secs, 99);
         assert_eq!(r.commit, "abc123");
         apply_frame(&mut r, &f, DEFAULTS);
         assert_eq!(r.steps.len(), 4);
+    }
+
+    #[test]
+    fn several_pipeline_jobs_are_planned_at_once_and_run_stage_by_stage() {
+        let mut r = record();
+        let yaml = "jobs:\n  - name: a\n    script:\n      - {name: s, cmd: make}\n    bin_path: out/x\n  - name: b\n    install: pip install\n    script:\n      - {name: t, cmd: test}\n";
+        let Effect::RunSteps(run) = apply_frame(&mut r, &checked_out(yaml), DEFAULTS) else { panic!() };
+        assert_eq!(run.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a: s"]);
+        assert_eq!(run.bin_path, "out/x");
+        let names: Vec<_> = r.steps.iter().map(|s| (s.name.as_str(), s.stage)).collect();
+        assert_eq!(names, [("checkout", 0), ("a: s", 0), ("b: checkout", 1), ("b: install", 1), ("b: t", 1)]);
+        assert_eq!(r.stages[1].checkout_step, 2);
+        // The artifact kept by stage 0 goes to stage 1.
+        let chunk = pb::ArtifactChunk { name: "out/x".into(), offset: 0, data: b"bin".to_vec().into(), last: true, error: String::new() };
+        apply_frame(&mut r, &frame(FrameKind::Artifact, 1, chunk.encode_to_vec()), DEFAULTS);
+        assert!(r.has_next_stage());
+        r.attempt = 2;
+        assert_eq!(r.checkout_step(), 2);
+        let next = run_steps(&r);
+        assert_eq!(next.steps.len(), 2);
+        assert_eq!(next.artifacts, vec!["out/x".to_string()]);
+        assert!(!r.has_next_stage());
     }
 
     #[test]

@@ -27,7 +27,29 @@ pub struct Config {
     /// Exported to every job.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Per-repository settings, keyed by the repository's name (`owner/name`), its URL or
+    /// `local:/path` for a local repository.
+    #[serde(default)]
+    pub repos: BTreeMap<String, RepoConfig>,
 }
+
+/// `[repos."owner/name"]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Exported to this repository's jobs.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Exported like `env`, and masked (`***`) in everything stored and streamed.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Also mask the base64 encodings of the secrets (for tools that print credentials encoded).
+    #[serde(default)]
+    pub mask_base64: bool,
+}
+
+/// Secrets shorter than this are refused: masking them would hide ordinary output.
+pub const MIN_SECRET_LEN: usize = 6;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +79,9 @@ pub struct MainConfig {
     /// Milliseconds between heartbeats on agent streams (both directions).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Seconds without output after which a step counts as timed out; 0 disables.
+    #[serde(default)]
+    pub idle_timeout: u64,
     /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
     #[serde(default = "default_cancel_grace")]
     pub cancel_grace: u64,
@@ -215,11 +240,30 @@ impl Config {
             ));
         }
         for key in self.environment.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(format!("[environment] invalid variable name {key:?}"));
+            check_var_name(key).map_err(|e| format!("[environment] {e}"))?;
+        }
+        for (repo, settings) in &self.repos {
+            for key in settings.env.keys().chain(settings.secrets.keys()) {
+                check_var_name(key).map_err(|e| format!("[repos.{repo:?}] {e}"))?;
+            }
+            for (name, value) in &settings.secrets {
+                if value.chars().count() < MIN_SECRET_LEN {
+                    return Err(format!(
+                        "[repos.{repo:?}] secret {name} is {} characters long; secrets need at least {MIN_SECRET_LEN}, because masking a shorter value would hide ordinary output",
+                        value.chars().count()
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    /// The settings of a job's repository, matched by name, URL or `local:` path.
+    pub fn repo(&self, name: &str, url: &str) -> Option<&RepoConfig> {
+        self.repos
+            .get(name)
+            .or_else(|| self.repos.get(url))
+            .or_else(|| self.repos.get(&format!("local:{url}")))
     }
 
     pub fn lost_agent_timeout(&self) -> Duration {
@@ -247,6 +291,7 @@ impl Config {
                 lost_agent_timeout: default_lost_agent_timeout(),
                 provision_timeout: default_provision_timeout(),
                 heartbeat_interval_ms: default_heartbeat_ms(),
+                idle_timeout: 0,
                 cancel_grace: default_cancel_grace(),
                 shutdown_grace: default_shutdown_grace(),
             },
@@ -259,8 +304,16 @@ impl Config {
             },
             provisioner: ProvisionerConfig::default(),
             environment: BTreeMap::new(),
+            repos: BTreeMap::new(),
         }
     }
+}
+
+fn check_var_name(key: &str) -> Result<(), String> {
+    let valid = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid { Ok(()) } else { Err(format!("invalid variable name {key:?}: use letters, digits and _")) }
 }
 
 #[cfg(test)]
@@ -294,6 +347,12 @@ mod tests {
         assert!(err.to_string().contains("workers"), "{err}");
         let err = Config::load(&write(dir.path(), &base.replace("127.0.0.1:0", "nowhere"))).unwrap_err();
         assert!(err.to_string().contains("grpc_listen"), "{err}");
+        let short = format!("{base}\n[repos.\"org/app\"]\nsecrets = {{ TOKEN = \"abc\" }}\n");
+        let err = Config::load(&write(dir.path(), &short)).unwrap_err();
+        assert!(err.to_string().contains("secret TOKEN is 3 characters long"), "{err}");
+        let fine = format!("{base}\n[repos.\"org/app\"]\nsecrets = {{ TOKEN = \"abcdef\" }}\nenv = {{ MODE = \"ci\" }}\n");
+        let config = Config::load(&write(dir.path(), &fine)).unwrap();
+        assert!(config.repo("org/app", "https://x/org/app").is_some());
         let err = Config::load(&write(dir.path(), "[main\n")).unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
     }

@@ -68,8 +68,26 @@ pub struct ActiveJob {
     pub connected: AtomicBool,
     /// Unix ms after which a cancelled job is closed even if its agent never confirms; 0 when none.
     pub cancel_deadline_ms: AtomicI64,
-    /// Set to true once the job has its final status.
-    pub done: watch::Sender<bool>,
+    /// Where this machine's work is; the worker waits on it.
+    pub phase: watch::Sender<Phase>,
+}
+
+/// Progress of one machine's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// This pipeline job is done and the next one runs on a fresh machine.
+    StageDone,
+    /// The job has its final status.
+    Final,
+}
+
+/// How supervising a machine ended.
+enum Outcome {
+    Final,
+    NextStage,
+    /// The controller is shutting down and the job goes on without it.
+    LeftRunning,
 }
 
 /// What the session and the worker change together, under one lock.
@@ -305,16 +323,14 @@ impl Engine {
         }
         let token = random_token();
         record.attempt += 1;
+        // Whatever an earlier, abandoned run of this job wrote stays in the journal but is not shown.
+        record.first_attempt = record.attempt;
         record.status = JobStatus::Provisioning;
         record.started_at = zeroci::now_unix_ms();
         record.steps = vec![apply::checkout_step()];
-        record.machine = Some(MachineRecord {
-            provisioner: self.provisioner.kind().to_string(),
-            name: format!("job-{id}-a{}", record.attempt),
-            attempt: record.attempt,
-            token_sha256: Some(sha256_hex(&token)),
-            details: serde_json::Value::Null,
-        });
+        record.stages.clear();
+        record.artifacts.clear();
+        record.machine = Some(self.machine_record(&record, &token));
         // Recorded before the machine exists, so a crash never leaves an unknown machine.
         self.jobs.put(&record).await?;
         let writer = self.logs.writer(id)?;
@@ -323,6 +339,40 @@ impl Engine {
 
     async fn run_job(self: &Arc<Self>, id: JobId) -> Result<(), ControllerError> {
         let Some((active, token)) = self.claim(id).await? else { return Ok(()) };
+        self.drive(active, Some(token)).await
+    }
+
+    /// Provisions the machine (when a bootstrap `token` is given) and supervises it; then the next
+    /// pipeline job's machine, until the job is over (or left running at shutdown).
+    pub(crate) async fn drive(&self, mut active: Arc<ActiveJob>, mut token: Option<String>) -> Result<(), ControllerError> {
+        loop {
+            if let Some(token) = token.take() {
+                self.provision(&active, token).await?;
+            }
+            match self.supervise(&active).await? {
+                Outcome::Final => {
+                    self.destroy_machine(&active).await;
+                    self.unregister(&active);
+                    return Ok(());
+                }
+                Outcome::LeftRunning => {
+                    info!(job_id = active.id, "shutting down; job left running for the next start");
+                    self.unregister(&active);
+                    return Ok(());
+                }
+                Outcome::NextStage => {
+                    self.destroy_machine(&active).await;
+                    let (next, next_token) = self.next_stage(&active).await?;
+                    self.unregister(&active);
+                    active = next;
+                    token = Some(next_token);
+                }
+            }
+        }
+    }
+
+    async fn provision(&self, active: &Arc<ActiveJob>, token: String) -> Result<(), ControllerError> {
+        let id = active.id;
         let request = {
             let state = active.state.lock().await;
             let machine = state.record.machine.as_ref().map(|m| m.name.clone()).unwrap_or_default();
@@ -350,53 +400,66 @@ impl Engine {
             Err(e) => {
                 warn!(job_id = id, error = %e, "provisioning failed");
                 let mut state = active.state.lock().await;
-                if let Some(machine) = state.record.machine.as_mut() {
-                    // Whatever was half made is still destroyed below, from what we know.
-                    machine.details = serde_json::json!({ "dir": null });
-                }
-                self.finalize(&active, &mut state, JobStatus::Error, format!("provisioning failed: {e}")).await?;
+                self.finalize(active, &mut state, JobStatus::Error, format!("provisioning failed: {e}")).await?;
             }
         }
-        self.supervise(active).await
+        Ok(())
     }
 
-    /// Waits for the job to end, enforcing the lost-agent and cancel deadlines, then destroys the machine.
+    /// The next pipeline job of `done`'s job: a new attempt on a new machine, recorded before it exists.
+    async fn next_stage(&self, done: &ActiveJob) -> Result<(Arc<ActiveJob>, String), ControllerError> {
+        let mut record = done.state.lock().await.record.clone();
+        let token = random_token();
+        record.attempt += 1;
+        record.machine = Some(self.machine_record(&record, &token));
+        self.jobs.put(&record).await?;
+        let writer = self.logs.writer(record.id)?;
+        info!(job_id = record.id, stage = record.stage(), "next pipeline job");
+        Ok((self.register(record, writer, 0), token))
+    }
+
+    fn machine_record(&self, record: &JobRecord, token: &str) -> MachineRecord {
+        MachineRecord {
+            provisioner: self.provisioner.kind().to_string(),
+            name: format!("job-{}-a{}", record.id, record.attempt),
+            attempt: record.attempt,
+            token_sha256: Some(sha256_hex(token)),
+            details: serde_json::Value::Null,
+        }
+    }
+
     pub(crate) async fn supervise_recovered(&self, active: Arc<ActiveJob>) -> Result<(), ControllerError> {
-        self.supervise(active).await
+        self.drive(active, None).await
     }
 
-    async fn supervise(&self, active: Arc<ActiveJob>) -> Result<(), ControllerError> {
-        let mut done = active.done.subscribe();
+    /// Waits for the current machine's work to end, enforcing the lost-agent and cancel deadlines.
+    async fn supervise(&self, active: &ActiveJob) -> Result<Outcome, ControllerError> {
+        let mut phase = active.phase.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if *done.borrow_and_update() {
-                break;
+            match *phase.borrow_and_update() {
+                Phase::Final => return Ok(Outcome::Final),
+                Phase::StageDone => return Ok(Outcome::NextStage),
+                Phase::Running => {}
             }
             tokio::select! {
-                _ = done.changed() => {}
-                _ = tick.tick() => self.check_deadlines(&active).await?,
+                _ = phase.changed() => {}
+                _ = tick.tick() => self.check_deadlines(active).await?,
                 _ = self.shutdown.cancelled() => {
-                    if self.wait_for_drain(&active).await {
-                        break;
+                    if !self.wait_for_drain(active).await {
+                        return Ok(Outcome::LeftRunning);
                     }
-                    // Left to its agent; the next start re-attaches to it.
-                    info!(job_id = active.id, "shutting down; job left running for the next start");
-                    self.unregister(&active);
-                    return Ok(());
                 }
             }
         }
-        self.destroy_machine(&active).await;
-        self.unregister(&active);
-        Ok(())
     }
 
     /// During shutdown, gives a running job `shutdown_grace` to end. True when it did.
     async fn wait_for_drain(&self, active: &ActiveJob) -> bool {
-        let mut done = active.done.subscribe();
+        let mut phase = active.phase.subscribe();
         let grace = Duration::from_secs(self.config.main.shutdown_grace);
-        tokio::time::timeout(grace, done.wait_for(|d| *d)).await.is_ok()
+        tokio::time::timeout(grace, phase.wait_for(|p| *p != Phase::Running)).await.is_ok()
     }
 
     async fn check_deadlines(&self, active: &ActiveJob) -> Result<(), ControllerError> {
@@ -451,10 +514,19 @@ impl Engine {
             reason: format!("job {}", status.as_str()),
             done: true,
         }));
-        active.done.send_replace(true);
+        active.phase.send_replace(Phase::Final);
         // Followers stop at the final status, not when the machine is gone.
         self.close_progress(active.id);
         Ok(())
+    }
+
+    /// Ends this machine's part of the job; the worker provisions the next pipeline job's machine.
+    pub fn end_stage(&self, active: &ActiveJob) {
+        active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
+            reason: "pipeline job finished; the next one runs on a fresh machine".into(),
+            done: true,
+        }));
+        active.phase.send_replace(Phase::StageDone);
     }
 
     async fn destroy_machine(&self, active: &ActiveJob) {
@@ -494,7 +566,7 @@ impl Engine {
             last_heard_ms: AtomicI64::new(zeroci::now_unix_ms()),
             connected: AtomicBool::new(false),
             cancel_deadline_ms: AtomicI64::new(0),
-            done: watch::channel(false).0,
+            phase: watch::channel(Phase::Running).0,
         });
         if let Ok(mut map) = self.active.lock() {
             map.insert(id, active.clone());

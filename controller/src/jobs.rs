@@ -129,6 +129,58 @@ pub struct StepRecord {
     pub timeout_secs: u64,
     /// Why it ended the way it did, when not a plain exit.
     pub message: String,
+    /// The pipeline job (0-based) the step belongs to; each runs on a fresh machine.
+    #[serde(default)]
+    pub stage: u32,
+    /// Totals of the step's test report, when it sent one.
+    #[serde(default)]
+    pub tests: Option<TestTotals>,
+}
+
+/// Totals of a step's JUnit report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TestTotals {
+    pub total: u32,
+    pub passed: u32,
+    pub failed: u32,
+    pub errors: u32,
+    pub skipped: u32,
+    pub time_secs: f64,
+}
+
+impl TestTotals {
+    pub fn to_pb(self) -> pb::TestTotals {
+        pb::TestTotals {
+            total: self.total,
+            passed: self.passed,
+            failed: self.failed,
+            errors: self.errors,
+            skipped: self.skipped,
+            time_secs: self.time_secs,
+        }
+    }
+}
+
+/// One pipeline job of the job's plan: its own machine, checkout and steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub image_name: Option<String>,
+    pub bin_path: Option<String>,
+    /// Index of the stage's checkout step.
+    pub checkout_step: u32,
+}
+
+/// A file a job kept (`bin_path`); its bytes are in the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    pub size: u64,
+    pub stage: u32,
+    /// The last step of the stage that kept it.
+    pub after_step: u32,
+    /// Why it could not be kept; empty when it was.
+    pub error: String,
 }
 
 impl StepRecord {
@@ -145,6 +197,8 @@ impl StepRecord {
             shell: String::new(),
             timeout_secs: 0,
             message: String::new(),
+            stage: 0,
+            tests: None,
         }
     }
 
@@ -159,6 +213,8 @@ impl StepRecord {
             finished_at_unix_ms: self.finished_at,
             script: self.script.clone(),
             message: self.message.clone(),
+            tests: self.tests.map(TestTotals::to_pb),
+            stage: self.stage,
         }
     }
 
@@ -224,6 +280,16 @@ pub struct JobRecord {
     pub step_timeout_secs: u64,
     /// The machine of the current attempt while it exists.
     pub machine: Option<MachineRecord>,
+    /// The pipeline's jobs, known after the first checkout; one machine (attempt) each.
+    #[serde(default)]
+    pub stages: Vec<StageRecord>,
+    /// The first attempt of the current run of the job: journal frames of earlier attempts belong to a
+    /// run that was abandoned (a crash before its machine existed) and are not shown.
+    #[serde(default)]
+    pub first_attempt: u32,
+    /// Files kept by the job's stages, in order.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRecord>,
 }
 
 impl JobRecord {
@@ -245,7 +311,20 @@ impl JobRecord {
             cancel_reason: None,
             step_timeout_secs: new.step_timeout_secs,
             machine: None,
+            stages: Vec::new(),
+            first_attempt: 0,
+            artifacts: Vec::new(),
         }
+    }
+
+    /// The pipeline job (stage) the current attempt runs: one attempt per stage.
+    pub fn stage(&self) -> u32 {
+        self.attempt.saturating_sub(self.first_attempt)
+    }
+
+    /// Index of the current stage's checkout step.
+    pub fn checkout_step(&self) -> u32 {
+        self.stages.get(self.stage() as usize).map(|s| s.checkout_step).unwrap_or(0)
     }
 
     pub fn step_mut(&mut self, index: u32) -> Option<&mut StepRecord> {
@@ -270,6 +349,13 @@ impl JobRecord {
             }
         }
         status
+    }
+
+    /// True when the job has a next pipeline job to run on a fresh machine: the current one did not stop
+    /// the job (install failure, timeout, cancel, failed checkout) and another one is planned.
+    pub fn has_next_stage(&self) -> bool {
+        let stopped = matches!(self.final_status(), JobStatus::Error | JobStatus::Cancelled);
+        !stopped && (self.stage() as usize + 1) < self.stages.len()
     }
 
     /// Ends the job: steps that never ran become skipped, running ones are closed with `running_as`.
@@ -305,6 +391,12 @@ impl JobRecord {
             reason: self.reason.clone(),
             attempt: self.attempt,
             triggered_by: self.triggered_by.clone(),
+            artifacts: self
+                .artifacts
+                .iter()
+                .filter(|a| a.error.is_empty())
+                .map(|a| pb::ArtifactInfo { name: a.name.clone(), size: a.size, after_step: a.after_step })
+                .collect(),
         }
     }
 }

@@ -125,6 +125,16 @@ pub enum CaseStatus {
 }
 
 impl CaseStatus {
+    /// The lowercase name, as in JSON and the control API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::Passed => "passed",
+            CaseStatus::Failed => "failed",
+            CaseStatus::Error => "error",
+            CaseStatus::Skipped => "skipped",
+        }
+    }
+
     /// Failed or errored: the cases a person looks for in a report.
     pub fn is_problem(self) -> bool {
         matches!(self, CaseStatus::Failed | CaseStatus::Error)

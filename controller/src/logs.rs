@@ -112,7 +112,8 @@ async fn drain(
         };
         *offset = next;
         for frame in frames {
-            if frame.header.attempt != record.attempt || step.is_some_and(|s| s != frame.header.step) {
+            // Frames of an abandoned earlier run of the job are not part of its log.
+            if frame.header.attempt < record.first_attempt || step.is_some_and(|s| s != frame.header.step) {
                 continue;
             }
             let Some(event) = log_event(&record, frame) else { continue };
@@ -156,7 +157,7 @@ fn log_event(record: &JobRecord, frame: Frame) -> Option<pb::LogEvent> {
             info.finished_at_unix_ms = frame.header.at_ms;
             LogKind::StepFinished(info)
         }
-        FrameKind::CheckedOut | FrameKind::Finished => return None,
+        FrameKind::CheckedOut | FrameKind::Finished | FrameKind::TestReport | FrameKind::Artifact => return None,
     };
     Some(pb::LogEvent { kind: Some(kind) })
 }

@@ -68,17 +68,23 @@ impl Engine {
     async fn reattach(&self, mut record: JobRecord) -> Result<Arc<crate::engine::ActiveJob>, ControllerError> {
         let id = record.id;
         let writer = self.logs.writer(id)?;
+        // Every stage's steps come back from the first checkout's frame; earlier runs are not replayed.
         record.steps = vec![apply::checkout_step()];
+        record.stages.clear();
+        record.artifacts.clear();
         let mut last_seq = 0;
         let mut ended = None;
         if let Some(mut reader) = self.logs.reader(id, 0, true)? {
             while let Some(frame) = reader.next_frame()? {
-                if frame.header.attempt != record.attempt {
+                if frame.header.attempt < record.first_attempt || frame.header.attempt > record.attempt {
                     continue;
                 }
-                last_seq = last_seq.max(frame.header.seq);
+                let current = frame.header.attempt == record.attempt;
+                if current {
+                    last_seq = last_seq.max(frame.header.seq);
+                }
                 match apply::apply_frame(&mut record, &frame, self.plan_defaults()) {
-                    Effect::Finished => ended = Some(String::new()),
+                    Effect::Finished if current => ended = Some(String::new()),
                     Effect::ConfigError { message, .. } => ended = Some(message),
                     _ => {}
                 }
@@ -90,8 +96,12 @@ impl Engine {
         active.connected.store(enrolled, Ordering::Relaxed);
         if let Some(reason) = ended {
             let mut state = active.state.lock().await;
-            let status = state.record.final_status();
-            self.finalize(&active, &mut state, status, reason).await?;
+            if state.record.has_next_stage() && reason.is_empty() {
+                self.end_stage(&active);
+            } else {
+                let status = state.record.final_status();
+                self.finalize(&active, &mut state, status, reason).await?;
+            }
         }
         Ok(active)
     }

@@ -114,12 +114,12 @@ impl Engine {
             state.record.status = JobStatus::Running;
             self.jobs.put(&state.record).await?;
         }
-        let plan = apply::planned_steps(&state.record);
+        let run = apply::run_steps(&state.record);
         let welcome = pb::Welcome {
             acked_seq: state.last_seq,
             assignment: (!hello.has_assignment).then(|| self.assignment(&state.record)),
             heartbeat_interval_ms: self.config.main.heartbeat_interval_ms,
-            run_steps: (!plan.is_empty()).then_some(pb::RunSteps { steps: plan }),
+            run_steps: (!run.steps.is_empty()).then_some(run),
         };
         // The channel is new and empty: this cannot block.
         let _ = tx.try_send(Ok(pb::ControllerMessage { kind: Some(Reply::Welcome(welcome)) }));
@@ -148,6 +148,26 @@ impl Engine {
         Ok(active.clone())
     }
 
+    /// The record and attempt of an artifact an agent may fetch: one kept by an earlier pipeline job of
+    /// the very job (and attempt) its certificate is for.
+    pub async fn artifact_for_agent(&self, identity: Identity, name: &str) -> Result<(JobRecord, u32), ControllerError> {
+        let Identity::Agent { job_id, attempt } = identity else {
+            return Err(ControllerError::PermissionDenied("only agent certificates may fetch artifacts".into()));
+        };
+        let active = self
+            .active_job(job_id)
+            .filter(|a| a.attempt == attempt)
+            .ok_or_else(|| ControllerError::FailedPrecondition(format!("attempt {attempt} of job {job_id} is not running")))?;
+        let record = active.state.lock().await.record.clone();
+        let stage = record.stage();
+        let kept = record.artifacts.iter().rev().find(|a| a.name == name && a.stage < stage && a.error.is_empty());
+        let Some(kept) = kept else {
+            return Err(ControllerError::NotFound(format!("job {job_id} has no artifact {name:?} from an earlier pipeline job")));
+        };
+        let source_attempt = record.first_attempt + kept.stage;
+        Ok((record, source_attempt))
+    }
+
     /// Forgets a stream that ended, unless a newer one replaced it already.
     pub fn detach(&self, active: &ActiveJob, session_id: u64) {
         if let Ok(mut session) = active.session.lock()
@@ -158,6 +178,18 @@ impl Engine {
     }
 
     fn assignment(&self, record: &JobRecord) -> pb::Assignment {
+        let mut env: std::collections::HashMap<String, String> = self.config.environment.clone().into_iter().collect();
+        let mut secrets = Vec::new();
+        if let Some(repo) = self.config.repo(&record.repo, &record.repo_url) {
+            env.extend(repo.env.clone());
+            env.extend(repo.secrets.clone());
+            for value in repo.secrets.values() {
+                secrets.push(value.clone());
+                if repo.mask_base64 {
+                    secrets.extend(crate::masking::base64_forms(value));
+                }
+            }
+        }
         pb::Assignment {
             job_id: record.id,
             attempt: record.attempt,
@@ -165,9 +197,10 @@ impl Engine {
             commit: record.commit.clone(),
             repo_name: record.repo.clone(),
             branch: record.ref_name.clone(),
-            env: self.config.environment.clone().into_iter().collect(),
-            secrets: Vec::new(),
-            idle_timeout_secs: 0,
+            env,
+            secrets,
+            idle_timeout_secs: self.config.main.idle_timeout,
+            checkout_step: record.checkout_step(),
         }
     }
 
@@ -196,6 +229,12 @@ impl Engine {
             EventKind::StepExited(e) => (FrameKind::StepExited, e.step, 0, Bytes::from(e.encode_to_vec())),
             EventKind::CheckedOut(c) => (FrameKind::CheckedOut, 0, 0, Bytes::from(c.encode_to_vec())),
             EventKind::Finished(_) => (FrameKind::Finished, 0, 0, Bytes::new()),
+            EventKind::TestReport(r) => (FrameKind::TestReport, r.step, 0, Bytes::from(r.encode_to_vec())),
+            EventKind::Artifact(a) => {
+                // Filed under the stage's last step, which is what ran before it was kept.
+                let after = state.record.steps.iter().filter(|s| s.stage == state.record.stage()).map(|s| s.index).max();
+                (FrameKind::Artifact, after.unwrap_or(0), 0, Bytes::from(a.encode_to_vec()))
+            }
         };
         let header = FrameHeader { attempt: active.attempt, step, kind, stream, seq: event.seq, at_ms };
         let frame = Frame { header, payload };
@@ -215,15 +254,21 @@ impl Engine {
         match effect {
             Effect::None => {}
             Effect::Changed => self.jobs.put(&state.record).await?,
-            Effect::RunSteps(steps) => {
+            Effect::RunSteps(run) => {
                 self.jobs.put(&state.record).await?;
-                active.send_to_agent(Reply::RunSteps(pb::RunSteps { steps }));
+                active.send_to_agent(Reply::RunSteps(run));
             }
             Effect::ConfigError { step, message } => {
                 self.jobs.put(&state.record).await?;
                 self.publish_progress(active.id, len);
                 self.report_config_error(active, state, step, &message).await?;
                 self.finalize(active, state, JobStatus::Error, message).await?;
+                return Ok(());
+            }
+            Effect::Finished if state.record.has_next_stage() => {
+                self.jobs.put(&state.record).await?;
+                self.publish_progress(active.id, len);
+                self.end_stage(active);
                 return Ok(());
             }
             Effect::Finished => {

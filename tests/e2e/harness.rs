@@ -149,11 +149,13 @@ pub struct Settings {
     pub lost_agent_timeout: u64,
     pub heartbeat_interval_ms: u64,
     pub cancel_grace: u64,
+    /// Extra TOML merged into config.toml (e.g. `[repos."x"]` or `[environment]` tables).
+    pub extra: &'static str,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { workers: 5, lost_agent_timeout: 5, heartbeat_interval_ms: 300, cancel_grace: 2 }
+        Settings { workers: 5, lost_agent_timeout: 5, heartbeat_interval_ms: 300, cancel_grace: 2, extra: "" }
     }
 }
 
@@ -188,6 +190,15 @@ impl TestEnv {
         local.insert("agent_give_up".into(), 60i64.into());
         provisioner.insert("local".into(), local.into());
         config.insert("provisioner".into(), provisioner.into());
+        let extra: toml::Table = toml::from_str(settings.extra).expect("extra settings are TOML");
+        for (key, value) in extra {
+            match (config.get_mut(&key).and_then(|v| v.as_table_mut()), value) {
+                (Some(existing), toml::Value::Table(more)) => existing.extend(more),
+                (_, value) => {
+                    config.insert(key, value);
+                }
+            }
+        }
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
         let mut env = TestEnv {
             controller_log: dir.path().join("controller.log"),

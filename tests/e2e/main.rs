@@ -5,5 +5,6 @@ mod harness;
 
 mod jobs;
 mod lifecycle;
+mod pipelines;
 mod restart;
 mod security;

@@ -114,6 +114,15 @@ impl AgentService for FakeService {
         }))
     }
 
+    type FetchArtifactStream = ReceiverStream<Result<zeroci::pb::ArtifactData, Status>>;
+
+    async fn fetch_artifact(
+        &self,
+        _request: Request<zeroci::pb::FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        Err(Status::not_found("the fake controller keeps no artifacts"))
+    }
+
     type AttachStream = ReceiverStream<Result<ControllerMessage, Status>>;
 
     async fn attach(
@@ -344,6 +353,8 @@ pub fn step(index: u32, name: &str, kind: StepKind, script: &str) -> Step {
 
 pub fn job_steps() -> RunSteps {
     RunSteps {
+        bin_path: String::new(),
+        artifacts: Vec::new(),
         steps: vec![
             step(
                 1,

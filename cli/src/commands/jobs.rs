@@ -7,7 +7,7 @@ use zeroci::pb;
 
 use crate::args::{CancelArgs, JobsArgs, ShowArgs};
 use crate::display::{print_json, write_stdout};
-use crate::render::{job_detail, job_json, jobs_table};
+use crate::render::{job_detail, job_json, jobs_table, reports_detail, reports_json};
 
 pub async fn list(profile: Option<&Path>, args: JobsArgs) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(profile).await?;
@@ -37,10 +37,21 @@ pub async fn show(profile: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit
     let job = response
         .map_err(|s| client.job_error(&s, args.job))?
         .into_inner();
-    if args.json {
-        print_json(&job_json(&job))?;
+    let reports = if job.steps.iter().any(|s| s.tests.is_some() || s.message.starts_with("test report")) {
+        let request = pb::GetTestReportRequest { id: args.job, step: None };
+        let response = client.rpc.get_test_report(request).await;
+        response.map_err(|s| client.job_error(&s, args.job))?.into_inner().steps
     } else {
-        write_stdout(job_detail(&job, zeroci::now_unix_ms()).as_bytes())?;
+        Vec::new()
+    };
+    if args.json {
+        let mut doc = job_json(&job);
+        doc["test_reports"] = reports_json(&reports);
+        print_json(&doc)?;
+    } else {
+        let mut text = job_detail(&job, zeroci::now_unix_ms());
+        text.push_str(&reports_detail(&job, &reports));
+        write_stdout(text.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use crate::args::{Args, Command};
 use crate::client::{Client, load_profile};
 
 mod agents;
+mod artifact;
 mod completions;
 mod jobs;
 mod lint;
@@ -51,6 +52,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         Command::Cancel(a) => jobs::cancel(profile, a).await,
         Command::Logs(a) => logs::logs(profile, a).await,
         Command::Agents(a) => agents::agents(profile, a).await,
+        Command::Artifact(a) => artifact::download(profile, a).await,
         Command::Completions(a) => completions::completions(a),
         // Offline: no profile is loaded and nothing is dialled.
         Command::Lint(a) => lint::lint(a),

@@ -62,6 +62,7 @@ pub fn job(status: &str) -> pb::Job {
         reason: String::new(),
         attempt: 1,
         triggered_by: "admin".into(),
+        artifacts: Vec::new(),
     }
 }
 
@@ -80,6 +81,7 @@ pub fn step(status: &str, exit_code: Option<i32>) -> pb::StepInfo {
         },
         script: "make".into(),
         message: String::new(),
+        ..Default::default()
     }
 }
 
@@ -140,6 +142,22 @@ impl server::ControlService for Fake {
             return Err(Status::not_found("no such job"));
         }
         Ok(Response::new(job(&self.state().final_status)))
+    }
+
+    async fn get_test_report(
+        &self,
+        _request: Request<pb::GetTestReportRequest>,
+    ) -> Result<Response<pb::GetTestReportResponse>, Status> {
+        Ok(Response::new(pb::GetTestReportResponse::default()))
+    }
+
+    type DownloadArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
+
+    async fn download_artifact(
+        &self,
+        _request: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        Err(Status::not_found("the fake controller keeps no artifacts"))
     }
 
     type StreamLogsStream = ReceiverStream<Result<pb::LogEvent, Status>>;

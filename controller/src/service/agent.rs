@@ -47,6 +47,20 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(self.engine.enroll(&request.bootstrap_token, &request.csr_pem).await?))
     }
 
+    type FetchArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<pb::FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let identity = peer_identity(&request)?;
+        let name = request.into_inner().name;
+        let (record, attempt) = self.engine.artifact_for_agent(identity, &name).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(crate::reports::stream_artifact(self.engine.clone(), record, name, attempt, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     type AttachStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
 
     async fn attach(

@@ -100,6 +100,37 @@ impl pb::control_service_server::ControlService for ControlApi {
         Ok(Response::new(job.to_pb(self.engine.domain())))
     }
 
+    async fn get_test_report(
+        &self,
+        request: Request<pb::GetTestReportRequest>,
+    ) -> Result<Response<pb::GetTestReportResponse>, Status> {
+        authorize_user(&request, Access::Read)?;
+        let r = request.into_inner();
+        let steps = crate::reports::test_reports(&self.engine, r.id, r.step).await?;
+        Ok(Response::new(pb::GetTestReportResponse { steps }))
+    }
+
+    type DownloadArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
+
+    async fn download_artifact(
+        &self,
+        request: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        authorize_user(&request, Access::Read)?;
+        let r = request.into_inner();
+        let record = self
+            .engine
+            .jobs
+            .get(r.id)
+            .await
+            .map_err(ControllerError::from)?
+            .ok_or_else(|| ControllerError::NotFound(format!("job {} not found", r.id)))?;
+        let (name, attempt) = crate::reports::find_artifact(&record, &r.name)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(crate::reports::stream_artifact(self.engine.clone(), record, name, attempt, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
         authorize_user(&request, Access::Read)?;
         let mut agents: Vec<pb::AgentInfo> = self

@@ -29,6 +29,8 @@ pub enum FrameKind {
     StepExited = 3,
     CheckedOut = 4,
     Finished = 5,
+    TestReport = 6,
+    Artifact = 7,
 }
 
 impl FrameKind {
@@ -39,6 +41,8 @@ impl FrameKind {
             3 => FrameKind::StepExited,
             4 => FrameKind::CheckedOut,
             5 => FrameKind::Finished,
+            6 => FrameKind::TestReport,
+            7 => FrameKind::Artifact,
             _ => return None,
         })
     }
