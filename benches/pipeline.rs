@@ -75,10 +75,13 @@ fn start_controller(home: &Path) -> Controller {
         .expect("init (build the binaries first: cargo build --release)");
     assert!(status.success());
     let config = home.join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let agent = bins.join("zeroci-agent");
-    std::fs::write(&config, format!("{text}\n[provisioner.local]\nagent_binary = {:?}\n", agent.display().to_string()))
-        .unwrap();
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let mut local = toml::Table::new();
+    local.insert("agent_binary".into(), bins.join("zeroci-agent").display().to_string().into());
+    let mut provisioner = toml::Table::new();
+    provisioner.insert("local".into(), local.into());
+    table.insert("provisioner".into(), provisioner.into());
+    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
     let mut child = Command::new(bins.join("zeroci-controller"))
         .arg("--config")
         .arg(&config)

@@ -60,6 +60,21 @@ fn agent_endpoint(bound: SocketAddr) -> String {
     SocketAddr::new(ip, bound.port()).to_string()
 }
 
+/// Accepted connections with Nagle's algorithm off: the protocol is many small request/response
+/// messages, and Nagle plus delayed ACKs would add ~40 ms to each exchange.
+fn nodelay(
+    incoming: TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|stream| {
+        stream.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
+}
+
 /// Serves until `shutdown` is cancelled, then drains (bounded).
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
     let config = Arc::new(config);
@@ -103,7 +118,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(AgentServiceServer::new(AgentApi::new(engine.clone(), sessions_stop.clone())))
         .add_service(ControlServiceServer::new(ControlApi::new(engine.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), server_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
     info!(grpc = %bound, state_dir = %config.main.state_dir.display(), workers = config.main.workers, "controller serving");
 
