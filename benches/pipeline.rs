@@ -85,6 +85,7 @@ fn start_controller(home: &Path) -> Controller {
     let mut child = Command::new(bins.join("zeroci-controller"))
         .arg("--config")
         .arg(&config)
+        .args(["--http-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -92,7 +93,7 @@ fn start_controller(home: &Path) -> Controller {
         .expect("controller");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.rsplit("grpc=").next().unwrap().trim().to_string();
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("ready line").to_string();
     Controller { child, addr }
 }
 

@@ -72,6 +72,7 @@ impl Job {
             options: RunOptions {
                 kill_grace: Duration::from_secs(1),
                 drain_limit: Duration::from_millis(200),
+                shared_test_xml: None,
             },
         };
         let assignment = Assignment {

@@ -31,6 +31,11 @@ enum Command {
         /// Seconds without a working connection to the controller before giving up.
         #[arg(long, default_value_t = 600)]
         give_up_after: u64,
+        /// Also read a step's JUnit report from this fixed path (e.g. /test.xml, as the original ZeroCI
+        /// did on its throw-away VMs). Only for machines that run one job: the file is removed after it
+        /// is sent so the next step starts clean.
+        #[arg(long, value_name = "PATH")]
+        shared_test_xml: Option<PathBuf>,
     },
 }
 
@@ -57,12 +62,14 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             bootstrap,
             workdir,
             give_up_after,
+            shared_test_xml,
         } => {
-            let config = zeroci_agent::AgentConfig::new(
+            let mut config = zeroci_agent::AgentConfig::new(
                 bootstrap,
                 workdir,
                 Duration::from_secs(give_up_after),
             );
+            config.run_options.shared_test_xml = shared_test_xml;
             match runtime.block_on(zeroci_agent::run(config)) {
                 Ok(()) => 0,
                 Err(error) => {

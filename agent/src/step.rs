@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub kill_grace: Duration,
     /// How long the pipes are still read after the command exited.
     pub drain_limit: Duration,
+    /// A fixed report path read after each script step when the step's own `ZEROCI_TEST_XML` is absent.
+    pub shared_test_xml: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -53,6 +55,7 @@ impl Default for RunOptions {
         RunOptions {
             kill_grace: Duration::from_secs(5),
             drain_limit: Duration::from_secs(2),
+            shared_test_xml: None,
         }
     }
 }
@@ -153,12 +156,24 @@ pub async fn run_step(
         Ok(outcome) => outcome,
         Err(error) => Outcome::not_started(error.to_string()),
     };
-    if step.kind() == StepKind::Script
-        && let Some(path) = test_xml
-        && let Some(seq) = crate::artifacts::send_test_report(&ctx.outbox, step.index, path).await
-    {
-        // The report belongs to the step: its exit waits for the report's acknowledgement too.
-        outcome.last_seq = outcome.last_seq.max(seq);
+    if step.kind() == StepKind::Script {
+        let mut sent = match test_xml {
+            Some(path) => crate::artifacts::send_test_report(&ctx.outbox, step.index, path).await,
+            None => None,
+        };
+        if sent.is_none()
+            && let Some(shared) = &ctx.options.shared_test_xml
+        {
+            sent = crate::artifacts::send_test_report(&ctx.outbox, step.index, shared).await;
+            if sent.is_some() {
+                // Consumed: a later step that writes no report must not resend this one.
+                let _ = tokio::fs::remove_file(shared).await;
+            }
+        }
+        if let Some(seq) = sent {
+            // The report belongs to the step: its exit waits for the report's acknowledgement too.
+            outcome.last_seq = outcome.last_seq.max(seq);
+        }
     }
     report_exit(ctx, step.index, &outcome).await;
     outcome

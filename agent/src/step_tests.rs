@@ -51,6 +51,7 @@ impl Harness {
             options: RunOptions {
                 kill_grace: Duration::from_secs(2),
                 drain_limit: Duration::from_millis(300),
+                shared_test_xml: None,
             },
         };
         Harness {
@@ -120,6 +121,7 @@ impl Harness {
                 Some(Kind::Output(_)) => "output",
                 Some(Kind::StepStarted(_)) => "started",
                 Some(Kind::StepExited(_)) => "exited",
+                Some(Kind::TestReport(_)) => "test_report",
                 _ => "other",
             })
             .collect()
@@ -424,4 +426,41 @@ async fn backpressure_loses_no_bytes() {
     assert_eq!(outcome.exit_code, 0);
     let expected = std::fs::read(h.dir.path().join("blob")).unwrap();
     assert_eq!(h.output(OutputStream::Stdout), expected);
+}
+
+#[tokio::test]
+async fn a_script_steps_report_is_sent_before_its_exit_and_a_shared_report_is_consumed() {
+    let mut h = Harness::new();
+    let shared = h.dir.path().join("shared-test.xml");
+    h.ctx.options.shared_test_xml = Some(shared.clone());
+    let own = h.dir.path().join("own.xml");
+    std::fs::write(&own, "<testsuite/>").unwrap();
+    let step = pb::Step { index: 4, name: "t".into(), kind: StepKind::Script as i32, script: format!("printf '<testsuites/>' > {}", shared.display()), ..Default::default() };
+    // The step's own report wins; the shared one stays for a step that writes none.
+    run_step(&step, h.dir.path(), &[], None, Some(&own), &h.ctx).await;
+    h.exited().await;
+    let kinds = h.kinds();
+    let report = kinds.iter().position(|k| *k == "test_report").expect("report sent");
+    assert!(report < kinds.iter().position(|k| *k == "exited").unwrap());
+    assert!(shared.exists());
+    let missing = h.dir.path().join("missing.xml");
+    run_step(&step, h.dir.path(), &[], None, Some(&missing), &h.ctx).await;
+    assert!(!shared.exists(), "the shared report is consumed");
+    let count_reports = |h: &Harness| h.kinds().iter().filter(|k| **k == "test_report").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count_reports(&h) < 2 {
+        assert!(std::time::Instant::now() < deadline, "second report not seen");
+        h.seen.changed().await.unwrap();
+    }
+    let reports: Vec<_> = h
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::TestReport(r)) => Some(r.xml.to_vec()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports, vec![b"<testsuite/>".to_vec(), b"<testsuites/>".to_vec()]);
 }

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod error;
 pub mod init;
 pub mod jobs;

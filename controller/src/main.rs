@@ -21,6 +21,9 @@ struct Args {
     /// Override [main] grpc_listen (e.g. 127.0.0.1:0 for a free port).
     #[arg(long)]
     grpc_listen: Option<String>,
+    /// Override [main] http_listen (e.g. 127.0.0.1:0 for a free port).
+    #[arg(long)]
+    http_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -88,8 +91,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    if let Some(listen) = args.grpc_listen {
-        config.main.grpc_listen = listen;
+    if args.grpc_listen.is_some() || args.http_listen.is_some() {
+        if let Some(listen) = args.grpc_listen {
+            config.main.grpc_listen = listen;
+        }
+        if let Some(listen) = args.http_listen {
+            config.main.http_listen = Some(listen);
+        }
         if let Err(e) = config.validate() {
             eprintln!("zeroci-controller: invalid configuration: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
@@ -101,11 +109,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.main.grpc_listen))?;
         let bound = listener.local_addr()?;
+        let http = match &config.main.http_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
+        let http_bound = match &http {
+            Some(l) => format!(" http={}", l.local_addr()?),
+            None => String::new(),
+        };
         // The readiness line tests and scripts wait for.
-        println!("zeroci-controller ready grpc={bound}");
+        println!("zeroci-controller ready grpc={bound}{http_bound}");
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        zeroci_controller::server::serve(config, listener, shutdown).await?;
+        let listeners = zeroci_controller::server::Listeners { grpc: listener, http };
+        zeroci_controller::server::serve(config, listeners, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

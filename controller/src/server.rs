@@ -75,8 +75,17 @@ fn nodelay(
     })
 }
 
+/// The sockets the controller serves on, bound by the caller (so tests can bind port 0 and read back
+/// the address before anything starts).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// Absent when `[main] http_listen` is not set.
+    pub http: Option<TcpListener>,
+}
+
 /// Serves until `shutdown` is cancelled, then drains (bounded).
-pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let Listeners { grpc: listener, http } = listeners;
     let config = Arc::new(config);
     let ca = CertificateAuthority::load(&config.tls.ca, &config.tls.ca_key)?;
     let tls = zeroci::tls::server_config(
@@ -120,6 +129,15 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         .add_service(ControlServiceServer::new(ControlApi::new(engine.clone())))
         .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), server_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
+    let http_server = http.map(|http| {
+        let app = crate::http::router(engine.clone());
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                warn!(error = %e, "HTTP server ended with an error");
+            }
+        })
+    });
     info!(grpc = %bound, state_dir = %config.main.state_dir.display(), workers = config.main.workers, "controller serving");
 
     tokio::select! {
@@ -143,6 +161,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     }
     sessions_stop.cancel();
     server_stop.cancel();
+    if let Some(http_server) = http_server
+        && tokio::time::timeout(Duration::from_secs(5), http_server).await.is_err()
+    {
+        warn!("HTTP server did not stop in time");
+    }
     match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
         Ok(Ok(Ok(()))) => info!("controller stopped"),
         Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),

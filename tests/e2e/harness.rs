@@ -139,6 +139,7 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub controller: Option<Proc>,
     pub grpc_addr: String,
+    pub http_addr: String,
     pub controller_log: PathBuf,
 }
 
@@ -205,6 +206,7 @@ impl TestEnv {
             dir,
             controller: None,
             grpc_addr: String::new(),
+            http_addr: String::new(),
         };
         env.start_controller("127.0.0.1:0");
         env
@@ -224,7 +226,7 @@ impl TestEnv {
         let mut child = Command::new(bin("zeroci-controller"))
             .arg("--config")
             .arg(self.home().join("config.toml"))
-            .args(["--grpc-listen", listen])
+            .args(["--grpc-listen", listen, "--http-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info,zeroci_controller=debug")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -235,7 +237,11 @@ impl TestEnv {
         let proc = Proc { child, name: "zeroci-controller".into() };
         let mut lines = Lines::new(stdout);
         let ready = lines.wait_for("zeroci-controller ready grpc=");
-        self.grpc_addr = ready.rsplit("grpc=").next().unwrap().trim().to_string();
+        let field = |name: &str| {
+            ready.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_string).expect("address in ready line")
+        };
+        self.grpc_addr = field("grpc=");
+        self.http_addr = field("http=");
         let profile = std::fs::read_to_string(self.profile()).unwrap();
         let mut table: toml::Table = toml::from_str(&profile).unwrap();
         table.insert("controller".into(), self.grpc_addr.clone().into());
@@ -328,6 +334,36 @@ impl TestEnv {
         let out = self.cli(&args);
         assert_eq!(out.code, 0, "logs failed: {}", out.stderr);
         out.stdout
+    }
+
+    /// `GET path` on the controller's HTTP listener: status code and body (chunked bodies decoded).
+    pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&self.http_addr).expect("connect to HTTP listener");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+        let head = String::from_utf8_lossy(&response[..split]).to_string();
+        let mut body = response[split + 4..].to_vec();
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            let mut decoded = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+                let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16).unwrap();
+                rest = &rest[line_end + 2..];
+                if size == 0 {
+                    break;
+                }
+                decoded.extend_from_slice(&rest[..size]);
+                rest = &rest[size + 2..];
+            }
+            body = decoded;
+        }
+        (status, body)
     }
 
     pub fn controller_log_text(&self) -> String {

@@ -39,6 +39,15 @@ fn jobs_run_one_after_another_on_fresh_machines_and_pass_the_artifact_on() {
     let dl = env.cli(&["artifact", &id.to_string(), "out/app.bin", "-o", file.to_str().unwrap()]);
     assert_eq!(dl.code, 0, "{}", dl.stderr);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("binary from {commit}"));
+    // The same file, and the raw log, over plain HTTP.
+    let (status, body) = env.http_get(&format!("/jobs/{id}/artifacts/out/app.bin"));
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("binary from {commit}").into_bytes());
+    let (status, body) = env.http_get(&format!("/jobs/{id}/log"));
+    assert_eq!(status, 200);
+    assert_eq!(body, env.raw_log(id, None));
+    assert_eq!(env.http_get(&format!("/jobs/{id}/artifacts/nope")).0, 404);
+    assert_eq!(env.http_get("/jobs/999/log").0, 404);
     // Both machines are gone.
     assert_eq!(std::fs::read_dir(env.home().join("state/machines")).unwrap().count(), 0);
 }

@@ -1,0 +1,106 @@
+//! The controller's HTTP listener (axum): health, and plain downloads of what a job produced, so a
+//! result link works in a browser or with curl. Webhooks, result pages and badges join this router.
+//!
+//! Every handler streams from the journal; nothing is buffered whole.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use zeroci::pb;
+
+use crate::engine::Engine;
+use crate::error::ControllerError;
+use crate::jobs::JobId;
+
+/// The routes, ready for `axum::serve`.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/jobs/{id}/log", get(raw_log))
+        .route("/jobs/{id}/artifacts/{*name}", get(artifact))
+        .with_state(engine)
+}
+
+/// An error as an HTTP response: the same classes as the gRPC mapping, short text bodies.
+struct HttpError(ControllerError);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            ControllerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControllerError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ControllerError::PermissionDenied(_) | ControllerError::Unauthenticated(_) => StatusCode::FORBIDDEN,
+            ControllerError::FailedPrecondition(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = ?self.0, "internal error");
+            "internal error in the controller; see its log".to_string()
+        } else {
+            self.0.to_string()
+        };
+        (status, format!("{message}\n")).into_response()
+    }
+}
+
+impl From<ControllerError> for HttpError {
+    fn from(e: ControllerError) -> Self {
+        HttpError(e)
+    }
+}
+
+async fn job_record(engine: &Engine, id: JobId) -> Result<crate::jobs::JobRecord, HttpError> {
+    Ok(engine
+        .jobs
+        .get(id)
+        .await
+        .map_err(ControllerError::from)?
+        .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?)
+}
+
+/// `GET /jobs/{id}/log`: exactly the bytes the job's commands wrote, so far.
+async fn raw_log(State(engine): State<Arc<Engine>>, Path(id): Path<JobId>) -> Result<Response, HttpError> {
+    job_record(&engine, id).await?;
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(crate::logs::stream_logs(engine, id, false, None, tx));
+    let bytes = ReceiverStream::new(rx).filter_map(|event| match event {
+        Ok(pb::LogEvent { kind: Some(pb::log_event::Kind::Output(out)) }) => Some(Ok(out.data)),
+        Ok(_) => None,
+        Err(status) => Some(Err(std::io::Error::other(status.message().to_string()))),
+    });
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(bytes)).into_response())
+}
+
+/// `GET /jobs/{id}/artifacts/{name}`: a file the job kept.
+async fn artifact(
+    State(engine): State<Arc<Engine>>,
+    Path((id, name)): Path<(JobId, String)>,
+) -> Result<Response, HttpError> {
+    let record = job_record(&engine, id).await?;
+    let (name, attempt) = crate::reports::find_artifact(&record, &name)?;
+    let file_name = std::path::Path::new(&name)
+        .file_name()
+        .map(|n| n.to_string_lossy().replace(['"', '\\'], "_"))
+        .unwrap_or_else(|| "artifact".to_string());
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(crate::reports::stream_artifact(engine, record, name, attempt, tx));
+    let bytes = ReceiverStream::new(rx).map(|piece| {
+        piece.map(|p| p.data).map_err(|status| std::io::Error::other(status.message().to_string()))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file_name}\"")),
+        ],
+        Body::from_stream(bytes),
+    )
+        .into_response())
+}
