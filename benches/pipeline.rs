@@ -25,7 +25,10 @@ fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("bench path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 struct Controller {
@@ -75,9 +78,13 @@ fn start_controller(home: &Path) -> Controller {
         .expect("init (build the binaries first: cargo build --release)");
     assert!(status.success());
     let config = home.join("config.toml");
-    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     let mut local = toml::Table::new();
-    local.insert("agent_binary".into(), bins.join("zeroci-agent").display().to_string().into());
+    local.insert(
+        "agent_binary".into(),
+        bins.join("zeroci-agent").display().to_string().into(),
+    );
     let mut provisioner = toml::Table::new();
     provisioner.insert("local".into(), local.into());
     table.insert("provisioner".into(), provisioner.into());
@@ -92,14 +99,23 @@ fn start_controller(home: &Path) -> Controller {
         .spawn()
         .expect("controller");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("ready line").to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .expect("ready line")
+        .to_string();
     Controller { child, addr }
 }
 
 async fn client(home: &Path, addr: &str) -> ControlServiceClient<tonic::transport::Channel> {
     let read = |f: &str| std::fs::read_to_string(home.join("pki").join(f)).unwrap();
-    let tls = zeroci::tls::client_config(&read("ca.crt"), Some((&read("admin.crt"), &read("admin.key"))));
+    let tls = zeroci::tls::client_config(
+        &read("ca.crt"),
+        Some((&read("admin.crt"), &read("admin.key"))),
+    );
     let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
@@ -117,7 +133,10 @@ struct RunTimes {
     status: String,
 }
 
-async fn run_once(client: &mut ControlServiceClient<tonic::transport::Channel>, repo: &Path) -> RunTimes {
+async fn run_once(
+    client: &mut ControlServiceClient<tonic::transport::Channel>,
+    repo: &Path,
+) -> RunTimes {
     let start = Instant::now();
     let job = client
         .submit_job(pb::SubmitJobRequest {
@@ -131,7 +150,11 @@ async fn run_once(client: &mut ControlServiceClient<tonic::transport::Channel>, 
         .job
         .unwrap();
     let mut stream = client
-        .stream_logs(pb::StreamLogsRequest { id: job.id, follow: true, step: None })
+        .stream_logs(pb::StreamLogsRequest {
+            id: job.id,
+            follow: true,
+            step: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -150,7 +173,12 @@ async fn run_once(client: &mut ControlServiceClient<tonic::transport::Channel>, 
             _ => {}
         }
     }
-    RunTimes { first_byte, done: start.elapsed(), bytes, status }
+    RunTimes {
+        first_byte,
+        done: start.elapsed(),
+        bytes,
+        status,
+    }
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -199,7 +227,10 @@ async fn throughput(mib: u64) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let controller = start_controller(&home);
-    let yaml = format!("script:\n  - yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c {}\n", mib * 1024 * 1024);
+    let yaml = format!(
+        "script:\n  - yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c {}\n",
+        mib * 1024 * 1024
+    );
     let repo = repo(dir.path(), "loud", &yaml);
     let mut client = client(&home, &controller.addr).await;
     let t = run_once(&mut client, &repo).await;
@@ -221,8 +252,14 @@ async fn throughput(mib: u64) {
 fn main() {
     zeroci::install_crypto_provider();
     // `cargo bench` passes `--bench`; skip flags.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let what = args.first().map(String::as_str).unwrap_or("all");
     let n = |default: u64| args.get(1).and_then(|s| s.parse().ok()).unwrap_or(default);
     runtime.block_on(async {

@@ -23,16 +23,25 @@ pub struct Bootstrap {
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("cannot access bootstrap file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid bootstrap file {path}: {source}")]
-    Invalid { path: String, source: serde_json::Error },
+    Invalid {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 impl Bootstrap {
     /// Writes the file readable only by its owner: it holds a credential.
     pub fn write(&self, path: &Path) -> Result<(), BootstrapError> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|source| BootstrapError::Invalid { path: path.display().to_string(), source })?;
+        let json =
+            serde_json::to_string_pretty(self).map_err(|source| BootstrapError::Invalid {
+                path: path.display().to_string(),
+                source,
+            })?;
         crate::pki::write_private(path, &json).map_err(|e| BootstrapError::Io {
             path: path.display().to_string(),
             source: std::io::Error::other(e.to_string()),
@@ -41,9 +50,13 @@ impl Bootstrap {
 
     /// Reads the file.
     pub fn read(path: &Path) -> Result<Bootstrap, BootstrapError> {
-        let text = std::fs::read(path)
-            .map_err(|source| BootstrapError::Io { path: path.display().to_string(), source })?;
-        serde_json::from_slice(&text)
-            .map_err(|source| BootstrapError::Invalid { path: path.display().to_string(), source })
+        let text = std::fs::read(path).map_err(|source| BootstrapError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| BootstrapError::Invalid {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }

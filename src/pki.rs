@@ -25,9 +25,15 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("certificate is not valid X.509: {0}")]
     Parse(String),
     #[error("certificate carries no ZeroCI identity")]
@@ -136,7 +142,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -147,13 +154,20 @@ fn ia5(s: &str) -> Result<Ia5String, PkiError> {
 fn leaf_params(common_name: &str, validity: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.distinguished_name.push(DnType::OrganizationName, "ZeroCI");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "ZeroCI");
     // Five minutes of slack for clocks that are slightly behind.
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + validity;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.use_authority_key_identifier_extension = true;
     params
 }
@@ -168,7 +182,9 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "ZeroCI");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "ZeroCI");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -179,8 +195,14 @@ impl CertificateAuthority {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + LONG_VALIDITY;
         let cert = params.self_signed(&key)?;
-        let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        let ca = CertificateAuthority { cert_pem: pair.cert_pem.clone(), issuer: Issuer::new(params, key) };
+        let pair = CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        let ca = CertificateAuthority {
+            cert_pem: pair.cert_pem.clone(),
+            issuer: Issuer::new(params, key),
+        };
         Ok((ca, pair))
     }
 
@@ -188,7 +210,10 @@ impl CertificateAuthority {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(CertificateAuthority { cert_pem: cert_pem.to_string(), issuer })
+        Ok(CertificateAuthority {
+            cert_pem: cert_pem.to_string(),
+            issuer,
+        })
     }
 
     /// Loads a CA from files.
@@ -210,29 +235,49 @@ impl CertificateAuthority {
         names.extend(extra_names.iter().cloned());
         names.dedup();
         for name in names {
-            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(ia5(&name)?),
-            });
+            params
+                .subject_alt_names
+                .push(match name.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(ia5(&name)?),
+                });
         }
-        params.subject_alt_names.push(SanType::URI(ia5(&Identity::Controller.to_uri())?));
+        params
+            .subject_alt_names
+            .push(SanType::URI(ia5(&Identity::Controller.to_uri())?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// A user client certificate (for the CLI).
-    pub fn issue_user(&self, name: &str, role: Role, validity: Duration) -> Result<CertPair, PkiError> {
+    pub fn issue_user(
+        &self,
+        name: &str,
+        role: Role,
+        validity: Duration,
+    ) -> Result<CertPair, PkiError> {
         if name.is_empty() || name.contains(':') {
             return Err(PkiError::InvalidIdentity(format!("user name {name:?}")));
         }
         let key = KeyPair::generate()?;
         let mut params = leaf_params(name, validity);
-        let identity = Identity::User { role, name: name.to_string() };
-        params.subject_alt_names.push(SanType::URI(ia5(&identity.to_uri())?));
+        let identity = Identity::User {
+            role,
+            name: name.to_string(),
+        };
+        params
+            .subject_alt_names
+            .push(SanType::URI(ia5(&identity.to_uri())?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Signs an agent's certificate request, binding it to one job attempt. Everything in the request but
@@ -247,17 +292,27 @@ impl CertificateAuthority {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = leaf_params(&format!("zeroci-agent-job-{job_id}"), validity);
         let identity = Identity::Agent { job_id, attempt };
-        params.subject_alt_names.push(SanType::URI(ia5(&identity.to_uri())?));
+        params
+            .subject_alt_names
+            .push(SanType::URI(ia5(&identity.to_uri())?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let not_after_ms = params.not_after.unix_timestamp() * 1000;
-        let request = CertificateSigningRequestParams { params, public_key: csr.public_key };
+        let request = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
         let cert = request.signed_by(&self.issuer)?;
         Ok((cert.pem(), not_after_ms))
     }
 
     /// An agent certificate made directly (key generated here). Used by tests and by provisioners that
     /// cannot run the enrolment exchange.
-    pub fn issue_agent(&self, job_id: u64, attempt: u32, validity: Duration) -> Result<CertPair, PkiError> {
+    pub fn issue_agent(
+        &self,
+        job_id: u64,
+        attempt: u32,
+        validity: Duration,
+    ) -> Result<CertPair, PkiError> {
         let (key_pem, csr_pem) = generate_csr()?;
         let (cert_pem, _) = self.sign_agent_csr(&csr_pem, job_id, attempt, validity)?;
         Ok(CertPair { cert_pem, key_pem })
@@ -274,15 +329,20 @@ pub fn generate_csr() -> Result<(String, String), PkiError> {
 
 /// Reads a whole file, naming it in the error.
 pub fn read_to_string(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path)
-        .map_err(|source| PkiError::Read { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Writes a file readable only by its owner (keys and certificates).
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| PkiError::Write { path: path.display().to_string(), source };
+    let err = |source| PkiError::Write {
+        path: path.display().to_string(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -308,15 +368,24 @@ mod tests {
         let user = ca.issue_user("alice", Role::Viewer, LONG_VALIDITY).unwrap();
         assert_eq!(
             Identity::from_der(&der_of(&user.cert_pem)).unwrap(),
-            Identity::User { role: Role::Viewer, name: "alice".into() }
+            Identity::User {
+                role: Role::Viewer,
+                name: "alice".into()
+            }
         );
         let agent = ca.issue_agent(42, 3, Duration::from_secs(60)).unwrap();
         assert_eq!(
             Identity::from_der(&der_of(&agent.cert_pem)).unwrap(),
-            Identity::Agent { job_id: 42, attempt: 3 }
+            Identity::Agent {
+                job_id: 42,
+                attempt: 3
+            }
         );
         let server = ca.issue_controller(&["127.0.0.1".into()]).unwrap();
-        assert_eq!(Identity::from_der(&der_of(&server.cert_pem)).unwrap(), Identity::Controller);
+        assert_eq!(
+            Identity::from_der(&der_of(&server.cert_pem)).unwrap(),
+            Identity::Controller
+        );
     }
 
     #[test]
@@ -328,7 +397,12 @@ mod tests {
 
     #[test]
     fn malformed_identities_are_rejected() {
-        for uri in ["urn:zeroci:agent:x:1", "urn:zeroci:user:root:bob", "urn:other:controller", "urn:zeroci:user:admin:"] {
+        for uri in [
+            "urn:zeroci:agent:x:1",
+            "urn:zeroci:user:root:bob",
+            "urn:other:controller",
+            "urn:zeroci:user:admin:",
+        ] {
             assert!(Identity::from_uri(uri).is_err(), "{uri}");
         }
         assert!(ca_rejects_bad_csr());
@@ -336,6 +410,7 @@ mod tests {
 
     fn ca_rejects_bad_csr() -> bool {
         let (ca, _) = CertificateAuthority::generate("test CA").unwrap();
-        ca.sign_agent_csr("not a csr", 1, 1, Duration::from_secs(1)).is_err()
+        ca.sign_agent_csr("not a csr", 1, 1, Duration::from_secs(1))
+            .is_err()
     }
 }

@@ -6,11 +6,17 @@ use std::io;
 /// Sends `signal` to the process group `pgid`. A group that no longer exists is not an error.
 pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     let Ok(pgid) = i32::try_from(pgid) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "process group id out of range"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "process group id out of range",
+        ));
     };
     if pgid <= 1 {
         // kill(0|-1, ..) would hit our own group or every process: never do that.
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal group 0 or 1"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal group 0 or 1",
+        ));
     }
     // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the group.
     let rc = unsafe { libc::kill(-pgid, signal) };
@@ -18,12 +24,18 @@ pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
         return Ok(());
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) }
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
 }
 
 /// True when the process group `pgid` still has at least one member.
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(pgid) = i32::try_from(pgid) else { return false };
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
     if pgid <= 1 {
         return false;
     }
@@ -35,7 +47,9 @@ pub use libc::{SIGKILL, SIGTERM};
 
 /// Process ids of every live process in session `sid` (read from `/proc`).
 pub fn session_members(sid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| {
@@ -70,7 +84,11 @@ pub fn signal_session(sid: u32, signal: i32) -> usize {
 /// Makes the calling process the leader of a new session (use in `pre_exec`).
 pub fn become_session_leader() -> io::Result<()> {
     // SAFETY: setsid(2) is async-signal-safe and has no preconditions.
-    if unsafe { libc::setsid() } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if unsafe { libc::setsid() } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -89,14 +107,20 @@ mod tests {
         let sid = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while session_members(sid).len() < 3 {
-            assert!(std::time::Instant::now() < deadline, "children did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "children did not start"
+            );
             std::thread::yield_now();
         }
         assert!(signal_session(sid, SIGKILL) >= 3);
         child.wait().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !session_members(sid).is_empty() {
-            assert!(std::time::Instant::now() < deadline, "session members survived");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "session members survived"
+            );
             std::thread::yield_now();
         }
     }

@@ -29,7 +29,10 @@ pub struct Profile {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("cannot read profile {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid profile {path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -37,8 +40,10 @@ pub enum ProfileError {
 impl Profile {
     /// Reads `path`, resolving relative certificate paths against its directory.
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ProfileError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut profile: Profile = toml::from_str(&text).map_err(|e| ProfileError::Invalid {
             path: path.display().to_string(),
             message: e.message().to_string(),

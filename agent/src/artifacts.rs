@@ -27,10 +27,20 @@ pub async fn send_test_report(outbox: &Outbox, step: u32, path: &Path) -> Option
     }
     let source = path.display().to_string();
     let report = if meta.len() > MAX_TEST_REPORT_BYTES {
-        pb::TestReport { step, source, xml: Default::default(), too_large: true }
+        pb::TestReport {
+            step,
+            source,
+            xml: Default::default(),
+            too_large: true,
+        }
     } else {
         let xml = tokio::fs::read(path).await.ok()?;
-        pb::TestReport { step, source, xml: xml.into(), too_large: false }
+        pb::TestReport {
+            step,
+            source,
+            xml: xml.into(),
+            too_large: false,
+        }
     };
     Some(outbox.push(Kind::TestReport(report)).await)
 }
@@ -38,7 +48,11 @@ pub async fn send_test_report(outbox: &Outbox, step: u32, path: &Path) -> Option
 /// Where a `bin_path` or artifact name points: absolute as written, else inside the workspace.
 pub fn resolve(workspace: &Path, name: &str) -> PathBuf {
     let path = Path::new(name);
-    if path.is_absolute() { path.to_path_buf() } else { workspace.join(path) }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        workspace.join(path)
+    }
 }
 
 /// Sends the file at `bin_path` as artifact chunks (or one last chunk saying why it cannot be kept).
@@ -54,17 +68,31 @@ pub async fn upload(outbox: &Outbox, workspace: &Path, bin_path: &str) {
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(e) => {
-            outbox.push(Kind::Artifact(refuse(format!("cannot open {}: {e}", path.display())))).await;
+            outbox
+                .push(Kind::Artifact(refuse(format!(
+                    "cannot open {}: {e}",
+                    path.display()
+                ))))
+                .await;
             return;
         }
     };
     match file.metadata().await {
         Ok(meta) if !meta.is_file() => {
-            outbox.push(Kind::Artifact(refuse(format!("{} is not a regular file", path.display())))).await;
+            outbox
+                .push(Kind::Artifact(refuse(format!(
+                    "{} is not a regular file",
+                    path.display()
+                ))))
+                .await;
             return;
         }
         Ok(meta) if meta.len() > MAX_ARTIFACT_BYTES => {
-            let error = format!("{} is {} bytes; the limit is {MAX_ARTIFACT_BYTES}", path.display(), meta.len());
+            let error = format!(
+                "{} is {} bytes; the limit is {MAX_ARTIFACT_BYTES}",
+                path.display(),
+                meta.len()
+            );
             outbox.push(Kind::Artifact(refuse(error))).await;
             return;
         }
@@ -85,7 +113,13 @@ pub async fn upload(outbox: &Outbox, workspace: &Path, bin_path: &str) {
         };
         buf.truncate(n);
         let last = n < CHUNK;
-        let chunk = pb::ArtifactChunk { name: bin_path.to_string(), offset, data: buf.into(), last, error: String::new() };
+        let chunk = pb::ArtifactChunk {
+            name: bin_path.to_string(),
+            offset,
+            data: buf.into(),
+            last,
+            error: String::new(),
+        };
         outbox.push(Kind::Artifact(chunk)).await;
         offset += n as u64;
         if last {
@@ -125,19 +159,27 @@ impl Fetcher {
             .map_err(|e| format!("cannot connect: {e}"))?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
         let mut stream = client
-            .fetch_artifact(pb::FetchArtifactRequest { name: name.to_string() })
+            .fetch_artifact(pb::FetchArtifactRequest {
+                name: name.to_string(),
+            })
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
         let path = resolve(workspace, name);
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("{}: {e}", parent.display()))?;
         }
-        let mut file = tokio::fs::File::create(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let mut written = 0u64;
         while let Some(piece) = stream.next().await {
             let piece = piece.map_err(|s| s.message().to_string())?;
-            file.write_all(&piece.data).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            file.write_all(&piece.data)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             written += piece.data.len() as u64;
         }
         file.flush().await.map_err(|e| e.to_string())?;

@@ -282,7 +282,10 @@ impl Executor {
         if let Err(message) = self.fetch_artifacts(&steps.artifacts, &workspace).await {
             // Without its inputs the pipeline job cannot run: the first step reports why and nothing runs.
             if let Some(first) = steps.steps.iter().find(|s| s.kind() != StepKind::Checkout) {
-                self.ctx.outbox.push(Kind::StepStarted(pb::StepStarted { step: first.index })).await;
+                self.ctx
+                    .outbox
+                    .push(Kind::StepStarted(pb::StepStarted { step: first.index }))
+                    .await;
                 let outcome = Outcome::not_started(message);
                 report_exit(&self.ctx, first.index, &outcome).await;
             }
@@ -303,10 +306,9 @@ impl Executor {
             return Err("this agent cannot fetch artifacts".to_string());
         };
         for name in names {
-            let bytes = fetcher
-                .fetch(workspace, name)
-                .await
-                .map_err(|e| format!("cannot fetch artifact {name:?} of an earlier pipeline job: {e}"))?;
+            let bytes = fetcher.fetch(workspace, name).await.map_err(|e| {
+                format!("cannot fetch artifact {name:?} of an earlier pipeline job: {e}")
+            })?;
             tracing::info!(name = %name, bytes, "artifact fetched");
         }
         Ok(())
@@ -324,8 +326,15 @@ impl Executor {
             tracing::info!(step = step.index, name = %step.name, "starting step");
             let env = self.step_env(commit, step);
             let test_xml = self.test_xml(step);
-            let outcome =
-                run_step(step, workspace, &env, self.idle_timeout(), Some(&test_xml), &self.ctx).await;
+            let outcome = run_step(
+                step,
+                workspace,
+                &env,
+                self.idle_timeout(),
+                Some(&test_xml),
+                &self.ctx,
+            )
+            .await;
             if outcome.cancelled {
                 break;
             }
@@ -342,7 +351,9 @@ impl Executor {
 
     /// Where a step is asked to write its JUnit report (`ZEROCI_TEST_XML`).
     fn test_xml(&self, step: &pb::Step) -> PathBuf {
-        self.workdir.join("test-results").join(format!("step-{}.xml", step.index))
+        self.workdir
+            .join("test-results")
+            .join(format!("step-{}.xml", step.index))
     }
 
     /// The environment a step runs with, on top of the agent's own.

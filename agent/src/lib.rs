@@ -154,7 +154,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         give_up_after: config.give_up_after,
     };
     let shutdown_reason = going_away.clone();
-    let fetcher = artifacts::Fetcher { session: session_config.clone() };
+    let fetcher = artifacts::Fetcher {
+        session: session_config.clone(),
+    };
     let session = Session::new(
         session_config,
         outbox.clone(),
@@ -176,8 +178,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 secrets: Secrets::new(&assignment.secrets),
                 options,
             };
-            let finished =
-                Executor::new(ctx, control, assignment, workdir).with_fetcher(fetcher).run().await;
+            let finished = Executor::new(ctx, control, assignment, workdir)
+                .with_fetcher(fetcher)
+                .run()
+                .await;
             outbox.wait_acked(finished).await;
         }
     };

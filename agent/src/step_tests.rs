@@ -435,12 +435,21 @@ async fn a_script_steps_report_is_sent_before_its_exit_and_a_shared_report_is_co
     h.ctx.options.shared_test_xml = Some(shared.clone());
     let own = h.dir.path().join("own.xml");
     std::fs::write(&own, "<testsuite/>").unwrap();
-    let step = pb::Step { index: 4, name: "t".into(), kind: StepKind::Script as i32, script: format!("printf '<testsuites/>' > {}", shared.display()), ..Default::default() };
+    let step = pb::Step {
+        index: 4,
+        name: "t".into(),
+        kind: StepKind::Script as i32,
+        script: format!("printf '<testsuites/>' > {}", shared.display()),
+        ..Default::default()
+    };
     // The step's own report wins; the shared one stays for a step that writes none.
     run_step(&step, h.dir.path(), &[], None, Some(&own), &h.ctx).await;
     h.exited().await;
     let kinds = h.kinds();
-    let report = kinds.iter().position(|k| *k == "test_report").expect("report sent");
+    let report = kinds
+        .iter()
+        .position(|k| *k == "test_report")
+        .expect("report sent");
     assert!(report < kinds.iter().position(|k| *k == "exited").unwrap());
     assert!(shared.exists());
     let missing = h.dir.path().join("missing.xml");
@@ -449,7 +458,10 @@ async fn a_script_steps_report_is_sent_before_its_exit_and_a_shared_report_is_co
     let count_reports = |h: &Harness| h.kinds().iter().filter(|k| **k == "test_report").count();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while count_reports(&h) < 2 {
-        assert!(std::time::Instant::now() < deadline, "second report not seen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second report not seen"
+        );
         h.seen.changed().await.unwrap();
     }
     let reports: Vec<_> = h
@@ -462,5 +474,8 @@ async fn a_script_steps_report_is_sent_before_its_exit_and_a_shared_report_is_co
             _ => None,
         })
         .collect();
-    assert_eq!(reports, vec![b"<testsuite/>".to_vec(), b"<testsuites/>".to_vec()]);
+    assert_eq!(
+        reports,
+        vec![b"<testsuite/>".to_vec(), b"<testsuites/>".to_vec()]
+    );
 }

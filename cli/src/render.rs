@@ -75,7 +75,11 @@ pub fn reports_json(reports: &[pb::StepTestReport]) -> Value {
 pub fn reports_detail(job: &pb::Job, reports: &[pb::StepTestReport]) -> String {
     let mut out = String::new();
     for report in reports {
-        let name = job.steps.iter().find(|s| s.index == report.step).map_or("?", |s| s.name.as_str());
+        let name = job
+            .steps
+            .iter()
+            .find(|s| s.index == report.step)
+            .map_or("?", |s| s.name.as_str());
         let _ = write!(out, "\ntests of step {} ({name}): ", report.step);
         match &report.totals {
             Some(t) => {
@@ -90,9 +94,22 @@ pub fn reports_detail(job: &pb::Job, reports: &[pb::StepTestReport]) -> String {
         if !report.error.is_empty() {
             let _ = writeln!(out, "  report: {}", report.error);
         }
-        for case in report.cases.iter().filter(|c| c.status == "failed" || c.status == "error") {
-            let label = if case.classname.is_empty() { case.name.clone() } else { format!("{}.{}", case.classname, case.name) };
-            let _ = writeln!(out, "  {} {label}: {}", case.status.to_uppercase(), case.message.lines().next().unwrap_or(""));
+        for case in report
+            .cases
+            .iter()
+            .filter(|c| c.status == "failed" || c.status == "error")
+        {
+            let label = if case.classname.is_empty() {
+                case.name.clone()
+            } else {
+                format!("{}.{}", case.classname, case.name)
+            };
+            let _ = writeln!(
+                out,
+                "  {} {label}: {}",
+                case.status.to_uppercase(),
+                case.message.lines().next().unwrap_or("")
+            );
         }
         if report.truncated {
             out.push_str("  (more cases than shown)\n");
@@ -356,7 +373,10 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
                 s.exit_code
                     .map_or_else(|| "-".to_string(), |c| c.to_string()),
                 job_duration(s.started_at_unix_ms, s.finished_at_unix_ms, now_ms),
-                s.tests.as_ref().map_or_else(|| "-".to_string(), |t| format!("{}/{} passed", t.passed, t.total)),
+                s.tests.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |t| format!("{}/{} passed", t.passed, t.total),
+                ),
                 // One line per step: a multi-line message would break the table.
                 s.message.lines().next().unwrap_or("").to_string(),
             ]
@@ -364,7 +384,9 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(
-        &["#", "STEP", "KIND", "STATUS", "EXIT", "DURATION", "TESTS", "MESSAGE"],
+        &[
+            "#", "STEP", "KIND", "STATUS", "EXIT", "DURATION", "TESTS", "MESSAGE",
+        ],
         &rows,
     ));
     if !job.artifacts.is_empty() {

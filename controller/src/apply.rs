@@ -27,7 +27,10 @@ pub enum Effect {
     RunSteps(pb::RunSteps),
     /// The pipeline file is unusable: the config step (index given) must get this message, then the
     /// job ends.
-    ConfigError { step: u32, message: String },
+    ConfigError {
+        step: u32,
+        message: String,
+    },
     /// The agent has finished: the job ends.
     Finished,
 }
@@ -40,10 +43,18 @@ pub fn checkout_step() -> StepRecord {
 /// Status and message of a step from its exit report.
 pub fn exit_status(exited: &pb::StepExited) -> (StepStatus, String) {
     if exited.cancelled {
-        let message = if exited.message.is_empty() { "cancelled".to_string() } else { exited.message.clone() };
+        let message = if exited.message.is_empty() {
+            "cancelled".to_string()
+        } else {
+            exited.message.clone()
+        };
         (StepStatus::Cancelled, message)
     } else if exited.timed_out {
-        let message = if exited.message.is_empty() { "timed out".to_string() } else { exited.message.clone() };
+        let message = if exited.message.is_empty() {
+            "timed out".to_string()
+        } else {
+            exited.message.clone()
+        };
         (StepStatus::Error, message)
     } else if exited.exit_code == 0 {
         (StepStatus::Success, exited.message.clone())
@@ -68,8 +79,12 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
             None => Effect::None,
         },
         FrameKind::StepExited => {
-            let Ok(exited) = pb::StepExited::decode(frame.payload.as_ref()) else { return Effect::None };
-            let Some(step) = record.step_mut(frame.header.step) else { return Effect::None };
+            let Ok(exited) = pb::StepExited::decode(frame.payload.as_ref()) else {
+                return Effect::None;
+            };
+            let Some(step) = record.step_mut(frame.header.step) else {
+                return Effect::None;
+            };
             let (mut status, message) = exit_status(&exited);
             if step.kind == StepKind::Config && status == StepStatus::Failure {
                 // An invalid pipeline file is an error of the job, not a failing test.
@@ -88,7 +103,9 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
             Effect::Changed
         }
         FrameKind::CheckedOut => {
-            let Ok(checked_out) = pb::CheckedOut::decode(frame.payload.as_ref()) else { return Effect::None };
+            let Ok(checked_out) = pb::CheckedOut::decode(frame.payload.as_ref()) else {
+                return Effect::None;
+            };
             apply_checkout(record, &checked_out, defaults)
         }
         FrameKind::Finished => Effect::Finished,
@@ -103,7 +120,11 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
     }
 }
 
-fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults: PlanDefaults) -> Effect {
+fn apply_checkout(
+    record: &mut JobRecord,
+    checked_out: &pb::CheckedOut,
+    defaults: PlanDefaults,
+) -> Effect {
     if !checked_out.commit.is_empty() {
         record.commit = checked_out.commit.clone();
     }
@@ -112,7 +133,9 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
         return Effect::RunSteps(run_steps(record));
     }
     // A replay must not add the plan twice.
-    record.steps.retain(|s| s.kind == StepKind::Checkout && s.stage == 0);
+    record
+        .steps
+        .retain(|s| s.kind == StepKind::Checkout && s.stage == 0);
     // Every message is what `zeroci lint` prints for the same file: one `zeroCI.yaml:LINE:COLUMN: KEY:
     // MESSAGE` line per error, then the warnings, which often explain the error (a misspelt key).
     let plan = if checked_out.pipeline_file_too_large {
@@ -129,8 +152,13 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
     match plan {
         Err(message) => {
             let index = record.steps.len() as u32;
-            record.steps.push(StepRecord::new(index, CONFIG_STEP_NAME, StepKind::Config));
-            Effect::ConfigError { step: index, message }
+            record
+                .steps
+                .push(StepRecord::new(index, CONFIG_STEP_NAME, StepKind::Config));
+            Effect::ConfigError {
+                step: index,
+                message,
+            }
         }
         Ok(pipeline) => {
             plan_stages(record, pipeline, defaults);
@@ -141,16 +169,27 @@ fn apply_checkout(record: &mut JobRecord, checked_out: &pb::CheckedOut, defaults
 
 /// Adds every pipeline job's steps to the record: the whole plan is visible from the first checkout on.
 /// With several pipeline jobs, step names carry the job's name so they stay distinguishable.
-fn plan_stages(record: &mut JobRecord, pipeline: zeroci::pipeline::Pipeline, defaults: PlanDefaults) {
+fn plan_stages(
+    record: &mut JobRecord,
+    pipeline: zeroci::pipeline::Pipeline,
+    defaults: PlanDefaults,
+) {
     let prefixed = pipeline.jobs.len() > 1;
-    let label = |job: &str, step: &str| if prefixed { format!("{job}: {step}") } else { step.to_string() };
+    let label = |job: &str, step: &str| {
+        if prefixed {
+            format!("{job}: {step}")
+        } else {
+            step.to_string()
+        }
+    };
     let mut next = record.steps.len() as u32;
     for (stage, job) in pipeline.jobs.into_iter().enumerate() {
         let stage = stage as u32;
         let checkout_step = if stage == 0 {
             0
         } else {
-            let mut checkout = StepRecord::new(next, label(&job.name, "checkout"), StepKind::Checkout);
+            let mut checkout =
+                StepRecord::new(next, label(&job.name, "checkout"), StepKind::Checkout);
             checkout.stage = stage;
             record.steps.push(checkout);
             next += 1;
@@ -178,7 +217,11 @@ fn plan_stages(record: &mut JobRecord, pipeline: zeroci::pipeline::Pipeline, def
             next += 1;
         };
         if !job.install.is_empty() {
-            add(label(&job.name, "install"), StepKind::Install, job.install.join("\n"));
+            add(
+                label(&job.name, "install"),
+                StepKind::Install,
+                job.install.join("\n"),
+            );
         }
         for script in job.steps {
             add(label(&job.name, &script.name), StepKind::Script, script.cmd);
@@ -203,7 +246,11 @@ pub fn run_steps(record: &JobRecord) -> pb::RunSteps {
     let stage = record.stage();
     pb::RunSteps {
         steps: planned_steps(record),
-        bin_path: record.stages.get(stage as usize).and_then(|s| s.bin_path.clone()).unwrap_or_default(),
+        bin_path: record
+            .stages
+            .get(stage as usize)
+            .and_then(|s| s.bin_path.clone())
+            .unwrap_or_default(),
         artifacts: record
             .artifacts
             .iter()
@@ -214,7 +261,9 @@ pub fn run_steps(record: &JobRecord) -> pb::RunSteps {
 }
 
 fn apply_test_report(record: &mut JobRecord, step: u32, report: &pb::TestReport) -> Effect {
-    let Some(step) = record.step_mut(step) else { return Effect::None };
+    let Some(step) = record.step_mut(step) else {
+        return Effect::None;
+    };
     if report.too_large {
         step.message = format!("test report {} is too large to keep", report.source);
         return Effect::Changed;
@@ -243,7 +292,9 @@ fn apply_artifact(record: &mut JobRecord, frame: &Frame, chunk: &pb::ArtifactChu
     }
     // From the frame, not the record: a replay applies earlier stages' frames too.
     let stage = frame.header.attempt.saturating_sub(record.first_attempt);
-    record.artifacts.retain(|a| !(a.name == chunk.name && a.stage == stage));
+    record
+        .artifacts
+        .retain(|a| !(a.name == chunk.name && a.stage == stage));
     record.artifacts.push(ArtifactRecord {
         name: chunk.name.clone(),
         size: chunk.offset + chunk.data.len() as u64,
@@ -281,12 +332,21 @@ mod tests {
 
     fn frame(kind: FrameKind, step: u32, payload: Vec<u8>) -> Frame {
         Frame {
-            header: FrameHeader { attempt: 1, step, kind, stream: 0, seq: 1, at_ms: 10 },
+            header: FrameHeader {
+                attempt: 1,
+                step,
+                kind,
+                stream: 0,
+                seq: 1,
+                at_ms: 10,
+            },
             payload: payload.into(),
         }
     }
 
-    const DEFAULTS: PlanDefaults = PlanDefaults { step_timeout_secs: 99 };
+    const DEFAULTS: PlanDefaults = PlanDefaults {
+        step_timeout_secs: 99,
+    };
 
     fn checked_out(file: &str) -> Frame {
         let msg = pb::CheckedOut {
@@ -302,7 +362,9 @@ mod tests {
     fn checkout_produces_the_plan_once_even_when_replayed() {
         let mut r = record();
         let f = checked_out("install:\n  - echo a\nscript:\n  - echo b\n  - echo c\n");
-        let Effect::RunSteps(run) = apply_frame(&mut r, &f, DEFAULTS) else { panic!() };
+        let Effect::RunSteps(run) = apply_frame(&mut r, &f, DEFAULTS) else {
+            panic!()
+        };
         let steps = run.steps;
         assert_eq!(steps.len(), 3);
         assert_eq!(steps[0].kind, pb::StepKind::Install as i32);
@@ -316,15 +378,42 @@ mod tests {
     fn several_pipeline_jobs_are_planned_at_once_and_run_stage_by_stage() {
         let mut r = record();
         let yaml = "jobs:\n  - name: a\n    script:\n      - {name: s, cmd: make}\n    bin_path: out/x\n  - name: b\n    install: pip install\n    script:\n      - {name: t, cmd: test}\n";
-        let Effect::RunSteps(run) = apply_frame(&mut r, &checked_out(yaml), DEFAULTS) else { panic!() };
-        assert_eq!(run.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a: s"]);
+        let Effect::RunSteps(run) = apply_frame(&mut r, &checked_out(yaml), DEFAULTS) else {
+            panic!()
+        };
+        assert_eq!(
+            run.steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a: s"]
+        );
         assert_eq!(run.bin_path, "out/x");
         let names: Vec<_> = r.steps.iter().map(|s| (s.name.as_str(), s.stage)).collect();
-        assert_eq!(names, [("checkout", 0), ("a: s", 0), ("b: checkout", 1), ("b: install", 1), ("b: t", 1)]);
+        assert_eq!(
+            names,
+            [
+                ("checkout", 0),
+                ("a: s", 0),
+                ("b: checkout", 1),
+                ("b: install", 1),
+                ("b: t", 1)
+            ]
+        );
         assert_eq!(r.stages[1].checkout_step, 2);
         // The artifact kept by stage 0 goes to stage 1.
-        let chunk = pb::ArtifactChunk { name: "out/x".into(), offset: 0, data: b"bin".to_vec().into(), last: true, error: String::new() };
-        apply_frame(&mut r, &frame(FrameKind::Artifact, 1, chunk.encode_to_vec()), DEFAULTS);
+        let chunk = pb::ArtifactChunk {
+            name: "out/x".into(),
+            offset: 0,
+            data: b"bin".to_vec().into(),
+            last: true,
+            error: String::new(),
+        };
+        apply_frame(
+            &mut r,
+            &frame(FrameKind::Artifact, 1, chunk.encode_to_vec()),
+            DEFAULTS,
+        );
         assert!(r.has_next_stage());
         r.attempt = 2;
         assert_eq!(r.checkout_step(), 2);
@@ -337,13 +426,17 @@ mod tests {
     #[test]
     fn invalid_pipeline_gives_a_config_step_with_the_parser_message() {
         let mut r = record();
-        let Effect::ConfigError { step, message } = apply_frame(&mut r, &checked_out("scrpt: [a]\n"), DEFAULTS)
+        let Effect::ConfigError { step, message } =
+            apply_frame(&mut r, &checked_out("scrpt: [a]\n"), DEFAULTS)
         else {
             panic!()
         };
         assert_eq!(r.steps[step as usize].name, CONFIG_STEP_NAME);
         // Exactly what `zeroci lint` prints for the file.
-        assert_eq!(message, zeroci::pipeline::lint(b"scrpt: [a]\n").render_diagnostics(zeroci::pipeline::FILE_NAME));
+        assert_eq!(
+            message,
+            zeroci::pipeline::lint(b"scrpt: [a]\n").render_diagnostics(zeroci::pipeline::FILE_NAME)
+        );
         assert_eq!(
             message,
             "zeroCI.yaml:1:1: script: is required: a list of commands to run\n\
@@ -354,20 +447,44 @@ mod tests {
     #[test]
     fn a_file_too_large_to_send_is_a_config_error() {
         let mut r = record();
-        let msg = pb::CheckedOut { commit: "abc".into(), has_pipeline_file: true, pipeline_file: Default::default(), pipeline_file_too_large: true };
+        let msg = pb::CheckedOut {
+            commit: "abc".into(),
+            has_pipeline_file: true,
+            pipeline_file: Default::default(),
+            pipeline_file_too_large: true,
+        };
         let f = frame(FrameKind::CheckedOut, 0, msg.encode_to_vec());
-        let Effect::ConfigError { message, .. } = apply_frame(&mut r, &f, DEFAULTS) else { panic!() };
-        assert!(message.starts_with("zeroCI.yaml:1:1: file is larger than 1048576 bytes"), "{message}");
+        let Effect::ConfigError { message, .. } = apply_frame(&mut r, &f, DEFAULTS) else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("zeroCI.yaml:1:1: file is larger than 1048576 bytes"),
+            "{message}"
+        );
     }
 
     #[test]
     fn exits_map_to_step_statuses() {
         let mut r = record();
-        let exited = |code, timed_out| pb::StepExited { step: 0, exit_code: code, timed_out, cancelled: false, message: String::new() };
-        apply_frame(&mut r, &frame(FrameKind::StepExited, 0, exited(3, false).encode_to_vec()), DEFAULTS);
+        let exited = |code, timed_out| pb::StepExited {
+            step: 0,
+            exit_code: code,
+            timed_out,
+            cancelled: false,
+            message: String::new(),
+        };
+        apply_frame(
+            &mut r,
+            &frame(FrameKind::StepExited, 0, exited(3, false).encode_to_vec()),
+            DEFAULTS,
+        );
         assert_eq!(r.steps[0].status, StepStatus::Failure);
         assert_eq!(r.steps[0].exit_code, Some(3));
-        apply_frame(&mut r, &frame(FrameKind::StepExited, 0, exited(124, true).encode_to_vec()), DEFAULTS);
+        apply_frame(
+            &mut r,
+            &frame(FrameKind::StepExited, 0, exited(124, true).encode_to_vec()),
+            DEFAULTS,
+        );
         assert_eq!(r.steps[0].status, StepStatus::Error);
     }
 }

@@ -9,12 +9,12 @@ use crate::error::ControllerError;
 /// The identity of the peer's certificate. Fails when no certificate was presented (the TLS layer has
 /// already refused certificates that do not chain to our CA).
 pub fn peer_identity<T>(request: &Request<T>) -> Result<Identity, ControllerError> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| ControllerError::Unauthenticated("a client certificate is required".into()))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| ControllerError::Unauthenticated("a client certificate is required".into()))?;
+    let certs = request.peer_certs().ok_or_else(|| {
+        ControllerError::Unauthenticated("a client certificate is required".into())
+    })?;
+    let leaf = certs.first().ok_or_else(|| {
+        ControllerError::Unauthenticated("a client certificate is required".into())
+    })?;
     Identity::from_der(leaf.as_ref()).map_err(|e| ControllerError::Unauthenticated(e.to_string()))
 }
 
@@ -28,16 +28,25 @@ pub enum Access {
 /// Checks a control-API call; returns the user name for auditing.
 pub fn authorize_user<T>(request: &Request<T>, access: Access) -> Result<String, ControllerError> {
     match peer_identity(request)? {
-        Identity::User { role: Role::Admin, name } => Ok(name),
-        Identity::User { role: Role::Viewer, name } if access == Access::Read => Ok(name),
-        Identity::User { role: Role::Viewer, name } => {
-            Err(ControllerError::PermissionDenied(format!("user {name} has the viewer role: read-only")))
-        }
+        Identity::User {
+            role: Role::Admin,
+            name,
+        } => Ok(name),
+        Identity::User {
+            role: Role::Viewer,
+            name,
+        } if access == Access::Read => Ok(name),
+        Identity::User {
+            role: Role::Viewer,
+            name,
+        } => Err(ControllerError::PermissionDenied(format!(
+            "user {name} has the viewer role: read-only"
+        ))),
         Identity::Agent { job_id, .. } => Err(ControllerError::PermissionDenied(format!(
             "agent certificate (job {job_id}) cannot use the control API"
         ))),
-        Identity::Controller => {
-            Err(ControllerError::PermissionDenied("controller certificate cannot act as a client".into()))
-        }
+        Identity::Controller => Err(ControllerError::PermissionDenied(
+            "controller certificate cannot act as a client".into(),
+        )),
     }
 }

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -114,7 +117,10 @@ pub struct ProvisionerConfig {
 
 impl Default for ProvisionerConfig {
     fn default() -> Self {
-        ProvisionerConfig { kind: default_provisioner_kind(), local: LocalConfig::default() }
+        ProvisionerConfig {
+            kind: default_provisioner_kind(),
+            local: LocalConfig::default(),
+        }
     }
 }
 
@@ -161,9 +167,14 @@ fn default_provisioner_kind() -> String {
 impl Config {
     /// Reads, resolves relative paths and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
         let mut config: Config = toml::from_str(&text).map_err(|e| {
             let at = e
                 .span()
@@ -177,8 +188,13 @@ impl Config {
             invalid(format!("{at}{}", e.message()))
         })?;
         // Absolute, because machines run with their own working directory.
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base =
+            std::path::absolute(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
+                ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
         config.resolve_paths(&base);
         config.validate().map_err(invalid)?;
         Ok(config)
@@ -204,18 +220,29 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let m = &self.main;
         if m.workers == 0 || m.workers > 1000 {
-            return Err(format!("[main] workers must be between 1 and 1000, got {}", m.workers));
+            return Err(format!(
+                "[main] workers must be between 1 and 1000, got {}",
+                m.workers
+            ));
         }
         if m.grpc_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("[main] grpc_listen must be an address like 127.0.0.1:7701, got {:?}", m.grpc_listen));
+            return Err(format!(
+                "[main] grpc_listen must be an address like 127.0.0.1:7701, got {:?}",
+                m.grpc_listen
+            ));
         }
         if let Some(http) = &m.http_listen
             && http.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(format!("[main] http_listen must be an address like 127.0.0.1:7702, got {http:?}"));
+            return Err(format!(
+                "[main] http_listen must be an address like 127.0.0.1:7702, got {http:?}"
+            ));
         }
         if !(m.domain.starts_with("http://") || m.domain.starts_with("https://")) {
-            return Err(format!("[main] domain must start with http:// or https://, got {:?}", m.domain));
+            return Err(format!(
+                "[main] domain must start with http:// or https://, got {:?}",
+                m.domain
+            ));
         }
         for (name, value) in [
             ("step_timeout", m.step_timeout),
@@ -228,7 +255,9 @@ impl Config {
             }
         }
         if m.heartbeat_interval_ms >= m.lost_agent_timeout * 1000 {
-            return Err("[main] heartbeat_interval_ms must be shorter than lost_agent_timeout".into());
+            return Err(
+                "[main] heartbeat_interval_ms must be shorter than lost_agent_timeout".into(),
+            );
         }
         if self.tls.agent_cert_ttl < 60 {
             return Err("[tls] agent_cert_ttl must be at least 60 seconds".into());
@@ -313,7 +342,13 @@ fn check_var_name(key: &str) -> Result<(), String> {
     let valid = !key.is_empty()
         && !key.starts_with(|c: char| c.is_ascii_digit())
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid { Ok(()) } else { Err(format!("invalid variable name {key:?}: use letters, digits and _")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid variable name {key:?}: use letters, digits and _"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -341,16 +376,31 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused_with_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
         let base = toml::to_string(&Config::for_init("127.0.0.1:0", None, "http://x")).unwrap();
-        let err = Config::load(&write(dir.path(), &base.replace("workers = 5", "workerz = 5"))).unwrap_err();
+        let err = Config::load(&write(
+            dir.path(),
+            &base.replace("workers = 5", "workerz = 5"),
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("workerz"), "{err}");
-        let err = Config::load(&write(dir.path(), &base.replace("workers = 5", "workers = 0"))).unwrap_err();
+        let err = Config::load(&write(
+            dir.path(),
+            &base.replace("workers = 5", "workers = 0"),
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("workers"), "{err}");
-        let err = Config::load(&write(dir.path(), &base.replace("127.0.0.1:0", "nowhere"))).unwrap_err();
+        let err =
+            Config::load(&write(dir.path(), &base.replace("127.0.0.1:0", "nowhere"))).unwrap_err();
         assert!(err.to_string().contains("grpc_listen"), "{err}");
         let short = format!("{base}\n[repos.\"org/app\"]\nsecrets = {{ TOKEN = \"abc\" }}\n");
         let err = Config::load(&write(dir.path(), &short)).unwrap_err();
-        assert!(err.to_string().contains("secret TOKEN is 3 characters long"), "{err}");
-        let fine = format!("{base}\n[repos.\"org/app\"]\nsecrets = {{ TOKEN = \"abcdef\" }}\nenv = {{ MODE = \"ci\" }}\n");
+        assert!(
+            err.to_string()
+                .contains("secret TOKEN is 3 characters long"),
+            "{err}"
+        );
+        let fine = format!(
+            "{base}\n[repos.\"org/app\"]\nsecrets = {{ TOKEN = \"abcdef\" }}\nenv = {{ MODE = \"ci\" }}\n"
+        );
         let config = Config::load(&write(dir.path(), &fine)).unwrap();
         assert!(config.repo("org/app", "https://x/org/app").is_some());
         let err = Config::load(&write(dir.path(), "[main\n")).unwrap_err();

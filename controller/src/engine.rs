@@ -103,18 +103,28 @@ impl ActiveJob {
     /// Never blocks: when the agent is not reading its stream fast enough to take a control message, the
     /// stream is closed instead, and the agent's reconnect gets the same state in `Welcome`.
     pub fn send_to_agent(&self, message: pb::controller_message::Kind) {
-        let Ok(session) = self.session.lock() else { return };
-        let Some(session) = session.as_ref() else { return };
+        let Ok(session) = self.session.lock() else {
+            return;
+        };
+        let Some(session) = session.as_ref() else {
+            return;
+        };
         if let Err(mpsc::error::TrySendError::Full(_)) =
-            session.tx.try_send(Ok(pb::ControllerMessage { kind: Some(message) }))
+            session.tx.try_send(Ok(pb::ControllerMessage {
+                kind: Some(message),
+            }))
         {
-            warn!(job_id = self.id, "agent stream is backed up; closing it so the agent reconnects");
+            warn!(
+                job_id = self.id,
+                "agent stream is backed up; closing it so the agent reconnects"
+            );
             session.stop.cancel();
         }
     }
 
     pub fn touch(&self) {
-        self.last_heard_ms.store(zeroci::now_unix_ms(), Ordering::Relaxed);
+        self.last_heard_ms
+            .store(zeroci::now_unix_ms(), Ordering::Relaxed);
     }
 }
 
@@ -137,7 +147,10 @@ pub struct Engine {
 
 pub(crate) fn sha256_hex(data: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Engine {
@@ -183,7 +196,9 @@ impl Engine {
     }
 
     pub fn plan_defaults(&self) -> PlanDefaults {
-        PlanDefaults { step_timeout_secs: self.config.main.step_timeout }
+        PlanDefaults {
+            step_timeout_secs: self.config.main.step_timeout,
+        }
     }
 
     pub fn domain(&self) -> &str {
@@ -195,7 +210,10 @@ impl Engine {
     }
 
     pub fn active_jobs(&self) -> Vec<Arc<ActiveJob>> {
-        self.active.lock().map(|a| a.values().cloned().collect()).unwrap_or_default()
+        self.active
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A receiver for the journal progress of a job that is not over; `None` once it is.
@@ -205,7 +223,8 @@ impl Engine {
 
     fn open_progress(&self, id: JobId) {
         if let Ok(mut map) = self.progress.lock() {
-            map.entry(id).or_insert_with(|| watch::channel(LogProgress::default()).0);
+            map.entry(id)
+                .or_insert_with(|| watch::channel(LogProgress::default()).0);
         }
     }
 
@@ -229,14 +248,20 @@ impl Engine {
 
     pub async fn submit(&self, new: NewJob) -> Result<JobRecord, ControllerError> {
         if new.repo_url.trim().is_empty() {
-            return Err(ControllerError::InvalidArgument("repo_url is required".into()));
+            return Err(ControllerError::InvalidArgument(
+                "repo_url is required".into(),
+            ));
         }
         if new.commit.trim().is_empty() {
-            return Err(ControllerError::InvalidArgument("commit is required".into()));
+            return Err(ControllerError::InvalidArgument(
+                "commit is required".into(),
+            ));
         }
         if new.repo_url.starts_with('-') || new.commit.starts_with('-') {
             // They end up as git arguments on the machine.
-            return Err(ControllerError::InvalidArgument("repo_url and commit must not start with '-'".into()));
+            return Err(ControllerError::InvalidArgument(
+                "repo_url and commit must not start with '-'".into(),
+            ));
         }
         let job = self.jobs.create(new, zeroci::now_unix_ms()).await?;
         self.open_progress(job.id);
@@ -257,7 +282,8 @@ impl Engine {
             self.jobs.put(&state.record).await?;
             let connected = active.session.lock().map(|s| s.is_some()).unwrap_or(false);
             if connected {
-                let deadline = zeroci::now_unix_ms() + (self.config.main.cancel_grace as i64 + 10) * 1000;
+                let deadline =
+                    zeroci::now_unix_ms() + (self.config.main.cancel_grace as i64 + 10) * 1000;
                 active.cancel_deadline_ms.store(deadline, Ordering::Relaxed);
                 active.send_to_agent(pb::controller_message::Kind::Cancel(pb::Cancel {
                     reason: reason.clone(),
@@ -266,16 +292,25 @@ impl Engine {
                 info!(job_id = id, %reason, "cancel sent to agent");
             } else {
                 // Nothing runs yet: end it now; the worker destroys the machine.
-                self.finalize(&active, &mut state, JobStatus::Cancelled, reason).await?;
+                self.finalize(&active, &mut state, JobStatus::Cancelled, reason)
+                    .await?;
             }
             return Ok(state.record.clone());
         }
         let _claim = self.claim_lock.lock().await;
-        let mut record =
-            self.jobs.get(id).await?.ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        let mut record = self
+            .jobs
+            .get(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
         if record.status == JobStatus::Queued {
             record.cancel_reason = Some(reason.clone());
-            record.finish(JobStatus::Cancelled, reason, zeroci::now_unix_ms(), StepStatus::Cancelled);
+            record.finish(
+                JobStatus::Cancelled,
+                reason,
+                zeroci::now_unix_ms(),
+                StepStatus::Cancelled,
+            );
             self.jobs.put(&record).await?;
             self.close_progress(id);
             info!(job_id = id, "queued job cancelled");
@@ -317,7 +352,9 @@ impl Engine {
     /// bootstrap token (only its hash is stored).
     async fn claim(&self, id: JobId) -> Result<Option<(Arc<ActiveJob>, String)>, ControllerError> {
         let _claim = self.claim_lock.lock().await;
-        let Some(mut record) = self.jobs.get(id).await? else { return Ok(None) };
+        let Some(mut record) = self.jobs.get(id).await? else {
+            return Ok(None);
+        };
         if record.status != JobStatus::Queued {
             return Ok(None); // cancelled while queued, or a duplicate queue entry
         }
@@ -338,13 +375,19 @@ impl Engine {
     }
 
     async fn run_job(self: &Arc<Self>, id: JobId) -> Result<(), ControllerError> {
-        let Some((active, token)) = self.claim(id).await? else { return Ok(()) };
+        let Some((active, token)) = self.claim(id).await? else {
+            return Ok(());
+        };
         self.drive(active, Some(token)).await
     }
 
     /// Provisions the machine (when a bootstrap `token` is given) and supervises it; then the next
     /// pipeline job's machine, until the job is over (or left running at shutdown).
-    pub(crate) async fn drive(&self, mut active: Arc<ActiveJob>, mut token: Option<String>) -> Result<(), ControllerError> {
+    pub(crate) async fn drive(
+        &self,
+        mut active: Arc<ActiveJob>,
+        mut token: Option<String>,
+    ) -> Result<(), ControllerError> {
         loop {
             if let Some(token) = token.take() {
                 self.provision(&active, token).await?;
@@ -356,7 +399,10 @@ impl Engine {
                     return Ok(());
                 }
                 Outcome::LeftRunning => {
-                    info!(job_id = active.id, "shutting down; job left running for the next start");
+                    info!(
+                        job_id = active.id,
+                        "shutting down; job left running for the next start"
+                    );
                     self.unregister(&active);
                     return Ok(());
                 }
@@ -371,11 +417,20 @@ impl Engine {
         }
     }
 
-    async fn provision(&self, active: &Arc<ActiveJob>, token: String) -> Result<(), ControllerError> {
+    async fn provision(
+        &self,
+        active: &Arc<ActiveJob>,
+        token: String,
+    ) -> Result<(), ControllerError> {
         let id = active.id;
         let request = {
             let state = active.state.lock().await;
-            let machine = state.record.machine.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            let machine = state
+                .record
+                .machine
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
             MachineRequest {
                 job_id: id,
                 attempt: active.attempt,
@@ -400,21 +455,34 @@ impl Engine {
             Err(e) => {
                 warn!(job_id = id, error = %e, "provisioning failed");
                 let mut state = active.state.lock().await;
-                self.finalize(active, &mut state, JobStatus::Error, format!("provisioning failed: {e}")).await?;
+                self.finalize(
+                    active,
+                    &mut state,
+                    JobStatus::Error,
+                    format!("provisioning failed: {e}"),
+                )
+                .await?;
             }
         }
         Ok(())
     }
 
     /// The next pipeline job of `done`'s job: a new attempt on a new machine, recorded before it exists.
-    async fn next_stage(&self, done: &ActiveJob) -> Result<(Arc<ActiveJob>, String), ControllerError> {
+    async fn next_stage(
+        &self,
+        done: &ActiveJob,
+    ) -> Result<(Arc<ActiveJob>, String), ControllerError> {
         let mut record = done.state.lock().await.record.clone();
         let token = random_token();
         record.attempt += 1;
         record.machine = Some(self.machine_record(&record, &token));
         self.jobs.put(&record).await?;
         let writer = self.logs.writer(record.id)?;
-        info!(job_id = record.id, stage = record.stage(), "next pipeline job");
+        info!(
+            job_id = record.id,
+            stage = record.stage(),
+            "next pipeline job"
+        );
         Ok((self.register(record, writer, 0), token))
     }
 
@@ -428,7 +496,10 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn supervise_recovered(&self, active: Arc<ActiveJob>) -> Result<(), ControllerError> {
+    pub(crate) async fn supervise_recovered(
+        &self,
+        active: Arc<ActiveJob>,
+    ) -> Result<(), ControllerError> {
         self.drive(active, None).await
     }
 
@@ -459,13 +530,19 @@ impl Engine {
     async fn wait_for_drain(&self, active: &ActiveJob) -> bool {
         let mut phase = active.phase.subscribe();
         let grace = Duration::from_secs(self.config.main.shutdown_grace);
-        tokio::time::timeout(grace, phase.wait_for(|p| *p != Phase::Running)).await.is_ok()
+        tokio::time::timeout(grace, phase.wait_for(|p| *p != Phase::Running))
+            .await
+            .is_ok()
     }
 
     async fn check_deadlines(&self, active: &ActiveJob) -> Result<(), ControllerError> {
         let now = zeroci::now_unix_ms();
         let connected = active.connected.load(Ordering::Relaxed);
-        let limit = if connected { self.config.lost_agent_timeout() } else { self.config.provision_timeout() };
+        let limit = if connected {
+            self.config.lost_agent_timeout()
+        } else {
+            self.config.provision_timeout()
+        };
         let silent_ms = now - active.last_heard_ms.load(Ordering::Relaxed);
         let cancel_deadline = active.cancel_deadline_ms.load(Ordering::Relaxed);
         if silent_ms > limit.as_millis() as i64 {
@@ -473,16 +550,27 @@ impl Engine {
             let reason = if connected {
                 format!("agent lost: no message for {}s", silent_ms / 1000)
             } else {
-                format!("agent did not connect within {}s of provisioning", limit.as_secs())
+                format!(
+                    "agent did not connect within {}s of provisioning",
+                    limit.as_secs()
+                )
             };
             warn!(job_id = active.id, %reason, "ending job");
-            let status = if state.record.cancel_reason.is_some() { JobStatus::Cancelled } else { JobStatus::Error };
+            let status = if state.record.cancel_reason.is_some() {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Error
+            };
             self.finalize(active, &mut state, status, reason).await?;
         } else if cancel_deadline > 0 && now > cancel_deadline {
             let mut state = active.state.lock().await;
             let reason = state.record.cancel_reason.clone().unwrap_or_default();
-            warn!(job_id = active.id, "agent did not confirm the cancel in time");
-            self.finalize(active, &mut state, JobStatus::Cancelled, reason).await?;
+            warn!(
+                job_id = active.id,
+                "agent did not confirm the cancel in time"
+            );
+            self.finalize(active, &mut state, JobStatus::Cancelled, reason)
+                .await?;
         }
         Ok(())
     }
@@ -498,13 +586,19 @@ impl Engine {
         if state.record.status.is_final() {
             return Ok(());
         }
-        let running_as = if status == JobStatus::Cancelled { StepStatus::Cancelled } else { StepStatus::Error };
+        let running_as = if status == JobStatus::Cancelled {
+            StepStatus::Cancelled
+        } else {
+            StepStatus::Error
+        };
         let reason = match status {
             JobStatus::Success | JobStatus::Failure => String::new(),
             JobStatus::Cancelled => state.record.cancel_reason.clone().unwrap_or(reason),
             _ => reason,
         };
-        state.record.finish(status, reason, zeroci::now_unix_ms(), running_as);
+        state
+            .record
+            .finish(status, reason, zeroci::now_unix_ms(), running_as);
         if let Err(e) = state.writer.sync() {
             warn!(job_id = active.id, error = %e, "cannot sync journal");
         }
@@ -546,7 +640,9 @@ impl Engine {
 
     fn unregister(&self, active: &ActiveJob) {
         if let Ok(mut map) = self.active.lock()
-            && map.get(&active.id).is_some_and(|a| a.attempt == active.attempt)
+            && map
+                .get(&active.id)
+                .is_some_and(|a| a.attempt == active.attempt)
         {
             map.remove(&active.id);
         }
@@ -555,13 +651,22 @@ impl Engine {
         }
     }
 
-    pub(crate) fn register(&self, record: JobRecord, writer: Box<dyn LogWriter>, last_seq: u64) -> Arc<ActiveJob> {
+    pub(crate) fn register(
+        &self,
+        record: JobRecord,
+        writer: Box<dyn LogWriter>,
+        last_seq: u64,
+    ) -> Arc<ActiveJob> {
         let id = record.id;
         let attempt = record.attempt;
         let active = Arc::new(ActiveJob {
             id,
             attempt,
-            state: Mutex::new(RunState { record, writer, last_seq }),
+            state: Mutex::new(RunState {
+                record,
+                writer,
+                last_seq,
+            }),
             session: StdMutex::new(None),
             last_heard_ms: AtomicI64::new(zeroci::now_unix_ms()),
             connected: AtomicBool::new(false),

@@ -37,7 +37,9 @@ impl IntoResponse for HttpError {
         let status = match &self.0 {
             ControllerError::NotFound(_) => StatusCode::NOT_FOUND,
             ControllerError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            ControllerError::PermissionDenied(_) | ControllerError::Unauthenticated(_) => StatusCode::FORBIDDEN,
+            ControllerError::PermissionDenied(_) | ControllerError::Unauthenticated(_) => {
+                StatusCode::FORBIDDEN
+            }
             ControllerError::FailedPrecondition(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -67,16 +69,25 @@ async fn job_record(engine: &Engine, id: JobId) -> Result<crate::jobs::JobRecord
 }
 
 /// `GET /jobs/{id}/log`: exactly the bytes the job's commands wrote, so far.
-async fn raw_log(State(engine): State<Arc<Engine>>, Path(id): Path<JobId>) -> Result<Response, HttpError> {
+async fn raw_log(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<JobId>,
+) -> Result<Response, HttpError> {
     job_record(&engine, id).await?;
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(crate::logs::stream_logs(engine, id, false, None, tx));
     let bytes = ReceiverStream::new(rx).filter_map(|event| match event {
-        Ok(pb::LogEvent { kind: Some(pb::log_event::Kind::Output(out)) }) => Some(Ok(out.data)),
+        Ok(pb::LogEvent {
+            kind: Some(pb::log_event::Kind::Output(out)),
+        }) => Some(Ok(out.data)),
         Ok(_) => None,
         Err(status) => Some(Err(std::io::Error::other(status.message().to_string()))),
     });
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(bytes)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(bytes),
+    )
+        .into_response())
 }
 
 /// `GET /jobs/{id}/artifacts/{name}`: a file the job kept.
@@ -91,14 +102,21 @@ async fn artifact(
         .map(|n| n.to_string_lossy().replace(['"', '\\'], "_"))
         .unwrap_or_else(|| "artifact".to_string());
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(crate::reports::stream_artifact(engine, record, name, attempt, tx));
+    tokio::spawn(crate::reports::stream_artifact(
+        engine, record, name, attempt, tx,
+    ));
     let bytes = ReceiverStream::new(rx).map(|piece| {
-        piece.map(|p| p.data).map_err(|status| std::io::Error::other(status.message().to_string()))
+        piece
+            .map(|p| p.data)
+            .map_err(|status| std::io::Error::other(status.message().to_string()))
     });
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file_name}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
         ],
         Body::from_stream(bytes),
     )

@@ -26,7 +26,10 @@ pub enum InitError {
     #[error("{0} already exists; pass --force to replace it (this makes a new CA)")]
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pki(#[from] zeroci::pki::PkiError),
     #[error("invalid option: {0}")]
@@ -41,7 +44,10 @@ pub struct Initialized {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
-    move |source| InitError::Io { path: path.display().to_string(), source }
+    move |source| InitError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
@@ -49,10 +55,18 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
     if config_path.exists() && !options.force {
         return Err(InitError::Exists(config_path));
     }
-    let grpc: std::net::SocketAddr =
-        options.grpc_listen.parse().map_err(|_| InitError::Invalid(format!("--grpc-listen {:?}", options.grpc_listen)))?;
-    let http_listen = options.http_listen.clone().unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_string());
-    let domain = options.domain.clone().unwrap_or_else(|| format!("http://{http_listen}"));
+    let grpc: std::net::SocketAddr = options
+        .grpc_listen
+        .parse()
+        .map_err(|_| InitError::Invalid(format!("--grpc-listen {:?}", options.grpc_listen)))?;
+    let http_listen = options
+        .http_listen
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_string());
+    let domain = options
+        .domain
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_listen}"));
     let config = Config::for_init(&options.grpc_listen, Some(&http_listen), &domain);
     config.validate().map_err(InitError::Invalid)?;
 
@@ -82,19 +96,34 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
         write_private(&pki.join(name), contents)?;
     }
     let config_text = toml::to_string(&config).map_err(|e| InitError::Invalid(e.to_string()))?;
-    std::fs::write(&config_path, format!("# ZeroCI controller configuration (see design.md, config.toml)\n{config_text}"))
-        .map_err(io(&config_path))?;
-    let client_host = if grpc.ip().is_unspecified() { "127.0.0.1".to_string() } else { grpc.ip().to_string() };
+    std::fs::write(
+        &config_path,
+        format!("# ZeroCI controller configuration (see design.md, config.toml)\n{config_text}"),
+    )
+    .map_err(io(&config_path))?;
+    let client_host = if grpc.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        grpc.ip().to_string()
+    };
     let profile = Profile {
-        controller: std::net::SocketAddr::new(client_host.parse().map_err(|_| InitError::Invalid(client_host.clone()))?, grpc.port())
-            .to_string(),
+        controller: std::net::SocketAddr::new(
+            client_host
+                .parse()
+                .map_err(|_| InitError::Invalid(client_host.clone()))?,
+            grpc.port(),
+        )
+        .to_string(),
         ca: "pki/ca.crt".into(),
         cert: "pki/admin.crt".into(),
         key: "pki/admin.key".into(),
     };
     let profile_path = options.dir.join("cli.toml");
     std::fs::write(&profile_path, profile.to_toml()).map_err(io(&profile_path))?;
-    Ok(Initialized { config: config_path, profile: profile_path })
+    Ok(Initialized {
+        config: config_path,
+        profile: profile_path,
+    })
 }
 
 #[cfg(test)]
@@ -117,6 +146,10 @@ mod tests {
         let profile = Profile::load(&done.profile).unwrap();
         assert!(profile.cert.is_file());
         assert!(matches!(init(&options), Err(InitError::Exists(_))));
-        init(&InitOptions { force: true, ..options }).unwrap();
+        init(&InitOptions {
+            force: true,
+            ..options
+        })
+        .unwrap();
     }
 }

@@ -51,7 +51,10 @@ impl JobStatus {
 
     /// True for success, failure, error and cancelled: nothing changes a job after that.
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Success | JobStatus::Failure | JobStatus::Error | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Success | JobStatus::Failure | JobStatus::Error | JobStatus::Cancelled
+        )
     }
 }
 
@@ -324,7 +327,10 @@ impl JobRecord {
 
     /// Index of the current stage's checkout step.
     pub fn checkout_step(&self) -> u32 {
-        self.stages.get(self.stage() as usize).map(|s| s.checkout_step).unwrap_or(0)
+        self.stages
+            .get(self.stage() as usize)
+            .map(|s| s.checkout_step)
+            .unwrap_or(0)
     }
 
     pub fn step_mut(&mut self, index: u32) -> Option<&mut StepRecord> {
@@ -340,7 +346,10 @@ impl JobRecord {
         for step in &self.steps {
             match (step.kind, step.status) {
                 (_, StepStatus::Error) => return JobStatus::Error,
-                (StepKind::Checkout | StepKind::Install | StepKind::Config, StepStatus::Failure) => {
+                (
+                    StepKind::Checkout | StepKind::Install | StepKind::Config,
+                    StepStatus::Failure,
+                ) => {
                     return JobStatus::Error;
                 }
                 (_, StepStatus::Cancelled) => return JobStatus::Cancelled,
@@ -359,7 +368,13 @@ impl JobRecord {
     }
 
     /// Ends the job: steps that never ran become skipped, running ones are closed with `running_as`.
-    pub fn finish(&mut self, status: JobStatus, reason: impl Into<String>, now: i64, running_as: StepStatus) {
+    pub fn finish(
+        &mut self,
+        status: JobStatus,
+        reason: impl Into<String>,
+        now: i64,
+        running_as: StepStatus,
+    ) {
         for step in &mut self.steps {
             match step.status {
                 StepStatus::Pending => step.status = StepStatus::Skipped,
@@ -395,7 +410,11 @@ impl JobRecord {
                 .artifacts
                 .iter()
                 .filter(|a| a.error.is_empty())
-                .map(|a| pb::ArtifactInfo { name: a.name.clone(), size: a.size, after_step: a.after_step })
+                .map(|a| pb::ArtifactInfo {
+                    name: a.name.clone(),
+                    size: a.size,
+                    after_step: a.after_step,
+                })
                 .collect(),
         }
     }
@@ -432,15 +451,30 @@ mod tests {
     fn final_status_follows_the_step_rules() {
         use StepKind::*;
         use StepStatus::*;
-        assert_eq!(job_with(&[(Checkout, Success), (Script, Success)]).final_status(), JobStatus::Success);
+        assert_eq!(
+            job_with(&[(Checkout, Success), (Script, Success)]).final_status(),
+            JobStatus::Success
+        );
         assert_eq!(
             job_with(&[(Checkout, Success), (Script, Failure), (Script, Success)]).final_status(),
             JobStatus::Failure
         );
-        assert_eq!(job_with(&[(Checkout, Success), (Install, Failure)]).final_status(), JobStatus::Error);
-        assert_eq!(job_with(&[(Checkout, Failure)]).final_status(), JobStatus::Error);
-        assert_eq!(job_with(&[(Checkout, Success), (Script, Error)]).final_status(), JobStatus::Error);
-        assert_eq!(job_with(&[(Config, Error)]).final_status(), JobStatus::Error);
+        assert_eq!(
+            job_with(&[(Checkout, Success), (Install, Failure)]).final_status(),
+            JobStatus::Error
+        );
+        assert_eq!(
+            job_with(&[(Checkout, Failure)]).final_status(),
+            JobStatus::Error
+        );
+        assert_eq!(
+            job_with(&[(Checkout, Success), (Script, Error)]).final_status(),
+            JobStatus::Error
+        );
+        assert_eq!(
+            job_with(&[(Config, Error)]).final_status(),
+            JobStatus::Error
+        );
         let mut cancelled = job_with(&[(Checkout, Success), (Script, Success)]);
         cancelled.cancel_reason = Some("user".into());
         assert_eq!(cancelled.final_status(), JobStatus::Cancelled);

@@ -23,7 +23,13 @@ const BATCH_BYTES: usize = 1024 * 1024;
 pub type LogTx = mpsc::Sender<Result<pb::LogEvent, Status>>;
 
 /// Streams the log of job `id` into `tx` until done (or until the client goes away).
-pub async fn stream_logs(engine: Arc<Engine>, id: JobId, follow: bool, step: Option<u32>, tx: LogTx) {
+pub async fn stream_logs(
+    engine: Arc<Engine>,
+    id: JobId,
+    follow: bool,
+    step: Option<u32>,
+    tx: LogTx,
+) {
     if let Err(e) = stream(&engine, id, follow, step, &tx).await {
         let _ = tx.send(Err(Status::from(e))).await;
     }
@@ -68,13 +74,21 @@ async fn stream(
     }
     let record = get(engine, id).await?;
     if record.status.is_final() {
-        let _ = tx.send(Ok(pb::LogEvent { kind: Some(LogKind::JobDone(record.to_pb(engine.domain()))) })).await;
+        let _ = tx
+            .send(Ok(pb::LogEvent {
+                kind: Some(LogKind::JobDone(record.to_pb(engine.domain()))),
+            }))
+            .await;
     }
     Ok(())
 }
 
 async fn get(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError> {
-    engine.jobs.get(id).await?.ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
+    engine
+        .jobs
+        .get(id)
+        .await?
+        .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
 }
 
 /// Sends every complete frame after `offset`; false when the client went away.
@@ -89,21 +103,25 @@ async fn drain(
         let record = get(engine, id).await?;
         let logs = engine.logs.clone();
         let start = *offset;
-        let batch = tokio::task::spawn_blocking(move || -> Result<Option<(Vec<Frame>, u64, bool)>, ControllerError> {
-            let Some(mut reader) = logs.reader(id, start, false)? else { return Ok(None) };
-            let mut frames = Vec::new();
-            let mut bytes = 0;
-            while bytes < BATCH_BYTES {
-                match reader.next_frame()? {
-                    Some(frame) => {
-                        bytes += frame.payload.len() + 64;
-                        frames.push(frame);
+        let batch = tokio::task::spawn_blocking(
+            move || -> Result<Option<(Vec<Frame>, u64, bool)>, ControllerError> {
+                let Some(mut reader) = logs.reader(id, start, false)? else {
+                    return Ok(None);
+                };
+                let mut frames = Vec::new();
+                let mut bytes = 0;
+                while bytes < BATCH_BYTES {
+                    match reader.next_frame()? {
+                        Some(frame) => {
+                            bytes += frame.payload.len() + 64;
+                            frames.push(frame);
+                        }
+                        None => return Ok(Some((frames, reader.offset(), false))),
                     }
-                    None => return Ok(Some((frames, reader.offset(), false))),
                 }
-            }
-            Ok(Some((frames, reader.offset(), true)))
-        })
+                Ok(Some((frames, reader.offset(), true)))
+            },
+        )
         .await
         .map_err(|e| ControllerError::FailedPrecondition(format!("log reader failed: {e}")))??;
         let Some((frames, next, more)) = batch else {
@@ -113,10 +131,14 @@ async fn drain(
         *offset = next;
         for frame in frames {
             // Frames of an abandoned earlier run of the job are not part of its log.
-            if frame.header.attempt < record.first_attempt || step.is_some_and(|s| s != frame.header.step) {
+            if frame.header.attempt < record.first_attempt
+                || step.is_some_and(|s| s != frame.header.step)
+            {
                 continue;
             }
-            let Some(event) = log_event(&record, frame) else { continue };
+            let Some(event) = log_event(&record, frame) else {
+                continue;
+            };
             if tx.send(Ok(event)).await.is_err() {
                 debug!(job_id = id, "log client went away");
                 return Ok(false);
@@ -132,11 +154,19 @@ fn log_event(record: &JobRecord, frame: Frame) -> Option<pb::LogEvent> {
     let kind = match frame.header.kind {
         FrameKind::Output => LogKind::Output(pb::LogOutput {
             step: frame.header.step,
-            stream: if frame.header.stream == 2 { pb::OutputStream::Stderr } else { pb::OutputStream::Stdout } as i32,
+            stream: if frame.header.stream == 2 {
+                pb::OutputStream::Stderr
+            } else {
+                pb::OutputStream::Stdout
+            } as i32,
             data: frame.payload,
         }),
         FrameKind::StepStarted => {
-            let mut info = record.steps.iter().find(|s| s.index == frame.header.step)?.to_pb();
+            let mut info = record
+                .steps
+                .iter()
+                .find(|s| s.index == frame.header.step)?
+                .to_pb();
             info.status = StepStatus::Running.as_str().to_string();
             info.exit_code = None;
             info.started_at_unix_ms = frame.header.at_ms;
@@ -145,7 +175,11 @@ fn log_event(record: &JobRecord, frame: Frame) -> Option<pb::LogEvent> {
             LogKind::StepStarted(info)
         }
         FrameKind::StepExited => {
-            let mut info = record.steps.iter().find(|s| s.index == frame.header.step)?.to_pb();
+            let mut info = record
+                .steps
+                .iter()
+                .find(|s| s.index == frame.header.step)?
+                .to_pb();
             if let Ok(exited) = pb::StepExited::decode(frame.payload.as_ref()) {
                 let (status, message) = apply::exit_status(&exited);
                 info.exit_code = Some(exited.exit_code);
@@ -157,7 +191,10 @@ fn log_event(record: &JobRecord, frame: Frame) -> Option<pb::LogEvent> {
             info.finished_at_unix_ms = frame.header.at_ms;
             LogKind::StepFinished(info)
         }
-        FrameKind::CheckedOut | FrameKind::Finished | FrameKind::TestReport | FrameKind::Artifact => return None,
+        FrameKind::CheckedOut
+        | FrameKind::Finished
+        | FrameKind::TestReport
+        | FrameKind::Artifact => return None,
     };
     Some(pb::LogEvent { kind: Some(kind) })
 }

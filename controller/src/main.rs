@@ -61,9 +61,26 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(Command::Init { dir, grpc_listen, http_listen, domain, force }) = args.command {
-        let done = init::init(&InitOptions { dir, grpc_listen, http_listen, domain, force })?;
-        println!("wrote {} and {}", done.config.display(), done.profile.display());
+    if let Some(Command::Init {
+        dir,
+        grpc_listen,
+        http_listen,
+        domain,
+        force,
+    }) = args.command
+    {
+        let done = init::init(&InitOptions {
+            dir,
+            grpc_listen,
+            http_listen,
+            domain,
+            force,
+        })?;
+        println!(
+            "wrote {} and {}",
+            done.config.display(),
+            done.profile.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let config_path = match args.config {
@@ -79,7 +96,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     force: false,
                 };
                 let done = init::init(&options).context("first-run init")?;
-                eprintln!("zeroci-controller: first run: wrote {} and {}", done.config.display(), done.profile.display());
+                eprintln!(
+                    "zeroci-controller: first run: wrote {} and {}",
+                    done.config.display(),
+                    done.profile.display()
+                );
             }
             path
         }
@@ -103,7 +124,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.main.grpc_listen)
             .await
@@ -111,7 +134,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let bound = listener.local_addr()?;
         let http = match &config.main.http_listen {
             Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
             ),
             None => None,
         };
@@ -123,7 +148,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("zeroci-controller ready grpc={bound}{http_bound}");
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        let listeners = zeroci_controller::server::Listeners { grpc: listener, http };
+        let listeners = zeroci_controller::server::Listeners {
+            grpc: listener,
+            http,
+        };
         zeroci_controller::server::serve(config, listeners, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -132,7 +160,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit now.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     for n in 0..2 {

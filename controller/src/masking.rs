@@ -14,7 +14,11 @@ pub fn base64_forms(secret: &str) -> Vec<String> {
         padded.extend_from_slice(bytes);
         let encoded = STANDARD.encode(&padded);
         // Characters covering only the leading filler bytes (and the one they share) are dropped.
-        let skip = if offset == 0 { 0 } else { (offset * 8).div_ceil(6) };
+        let skip = if offset == 0 {
+            0
+        } else {
+            (offset * 8).div_ceil(6)
+        };
         // The last group may mix in padding bits or '=': keep only whole 3-byte groups of the secret.
         let total = padded.len();
         let keep_until = (total / 3) * 4;
@@ -41,7 +45,10 @@ mod tests {
         assert!(!forms.is_empty());
         for prefix in ["", "a", "ab", "abc", "user:"] {
             let encoded = STANDARD.encode(format!("{prefix}{secret}!"));
-            assert!(forms.iter().any(|f| encoded.contains(f.as_str())), "{prefix:?}: {encoded} vs {forms:?}");
+            assert!(
+                forms.iter().any(|f| encoded.contains(f.as_str())),
+                "{prefix:?}: {encoded} vs {forms:?}"
+            );
         }
     }
 }

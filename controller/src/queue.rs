@@ -18,7 +18,7 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Waits for the next job.
     async fn pop(&self) -> JobId;
     /// Jobs waiting now.
-    async fn len(&self) -> usize;
+    async fn waiting(&self) -> usize;
 }
 
 /// FIFO queue inside the controller process.
@@ -46,7 +46,7 @@ impl JobQueue for InProcessQueue {
         }
     }
 
-    async fn len(&self) -> usize {
+    async fn waiting(&self) -> usize {
         self.items.lock().await.len()
     }
 }
@@ -70,6 +70,6 @@ mod tests {
         tokio::task::yield_now().await;
         q.push(3).await;
         assert_eq!(waiter.await.unwrap(), 3);
-        assert_eq!(q.len().await, 0);
+        assert_eq!(q.waiting().await, 0);
     }
 }

@@ -31,7 +31,9 @@ impl Engine {
                         job.machine = None;
                         self.jobs.put(&job).await?;
                     }
-                    Err(e) => error!(job_id = job.id, error = %e, "cannot destroy leftover machine"),
+                    Err(e) => {
+                        error!(job_id = job.id, error = %e, "cannot destroy leftover machine")
+                    }
                 }
             }
         }
@@ -46,11 +48,17 @@ impl Engine {
                 JobStatus::Provisioning | JobStatus::Running => {
                     let id = job.id;
                     let permit = self.worker_slots().acquire_owned().await.map_err(|_| {
-                        ControllerError::FailedPrecondition("worker pool closed during recovery".into())
+                        ControllerError::FailedPrecondition(
+                            "worker pool closed during recovery".into(),
+                        )
                     })?;
                     let engine = self.clone();
                     let active = self.reattach(job).await?;
-                    info!(job_id = id, attempt = active.attempt, "waiting for the agent of a running job to reconnect");
+                    info!(
+                        job_id = id,
+                        attempt = active.attempt,
+                        "waiting for the agent of a running job to reconnect"
+                    );
                     tracker.spawn(async move {
                         let _permit = permit;
                         if let Err(e) = engine.supervise_recovered(active).await {
@@ -65,7 +73,10 @@ impl Engine {
     }
 
     /// Rebuilds a running job's record from its journal and registers it.
-    async fn reattach(&self, mut record: JobRecord) -> Result<Arc<crate::engine::ActiveJob>, ControllerError> {
+    async fn reattach(
+        &self,
+        mut record: JobRecord,
+    ) -> Result<Arc<crate::engine::ActiveJob>, ControllerError> {
         let id = record.id;
         let writer = self.logs.writer(id)?;
         // Every stage's steps come back from the first checkout's frame; earlier runs are not replayed.
@@ -76,7 +87,9 @@ impl Engine {
         let mut ended = None;
         if let Some(mut reader) = self.logs.reader(id, 0, true)? {
             while let Some(frame) = reader.next_frame()? {
-                if frame.header.attempt < record.first_attempt || frame.header.attempt > record.attempt {
+                if frame.header.attempt < record.first_attempt
+                    || frame.header.attempt > record.attempt
+                {
                     continue;
                 }
                 let current = frame.header.attempt == record.attempt;
@@ -90,7 +103,10 @@ impl Engine {
                 }
             }
         }
-        let enrolled = record.machine.as_ref().is_some_and(|m| m.token_sha256.is_none());
+        let enrolled = record
+            .machine
+            .as_ref()
+            .is_some_and(|m| m.token_sha256.is_none());
         self.jobs.put(&record).await?;
         let active = self.register(record, writer, last_seq);
         active.connected.store(enrolled, Ordering::Relaxed);

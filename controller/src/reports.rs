@@ -15,18 +15,29 @@ use crate::jobs::{JobId, JobRecord};
 use crate::store::{Frame, FrameKind};
 
 async fn record(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError> {
-    engine.jobs.get(id).await?.ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
+    engine
+        .jobs
+        .get(id)
+        .await?
+        .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
 }
 
 /// Calls `each` for every frame of `kind` in the job's current run, on the blocking pool.
-async fn scan<F>(engine: &Engine, record: &JobRecord, kind: FrameKind, mut each: F) -> Result<(), ControllerError>
+async fn scan<F>(
+    engine: &Engine,
+    record: &JobRecord,
+    kind: FrameKind,
+    mut each: F,
+) -> Result<(), ControllerError>
 where
     F: FnMut(Frame) -> bool + Send + 'static,
 {
     let logs = engine.logs.clone();
     let (id, first) = (record.id, record.first_attempt);
     tokio::task::spawn_blocking(move || -> Result<(), ControllerError> {
-        let Some(mut reader) = logs.reader(id, 0, true)? else { return Ok(()) };
+        let Some(mut reader) = logs.reader(id, 0, true)? else {
+            return Ok(());
+        };
         while let Some(frame) = reader.next_frame()? {
             if frame.header.kind == kind && frame.header.attempt >= first && !each(frame) {
                 break;
@@ -39,7 +50,11 @@ where
 }
 
 /// The parsed test reports of a job's steps (or of one step), in step order.
-pub async fn test_reports(engine: &Engine, id: JobId, step: Option<u32>) -> Result<Vec<pb::StepTestReport>, ControllerError> {
+pub async fn test_reports(
+    engine: &Engine,
+    id: JobId,
+    step: Option<u32>,
+) -> Result<Vec<pb::StepTestReport>, ControllerError> {
     let record = record(engine, id).await?;
     let reports = Arc::new(std::sync::Mutex::new(Vec::<(u32, pb::TestReport)>::new()));
     let sink = reports.clone();
@@ -53,13 +68,21 @@ pub async fn test_reports(engine: &Engine, id: JobId, step: Option<u32>) -> Resu
         true
     })
     .await?;
-    let reports = std::mem::take(&mut *reports.lock().map_err(|_| ControllerError::FailedPrecondition("report reader failed".into()))?);
+    let reports = std::mem::take(
+        &mut *reports
+            .lock()
+            .map_err(|_| ControllerError::FailedPrecondition("report reader failed".into()))?,
+    );
     let mut out: Vec<pb::StepTestReport> = Vec::new();
     for (step, report) in reports {
         let entry = match out.iter_mut().position(|r| r.step == step) {
             Some(i) => &mut out[i],
             None => {
-                out.push(pb::StepTestReport { step, totals: Some(pb::TestTotals::default()), ..Default::default() });
+                out.push(pb::StepTestReport {
+                    step,
+                    totals: Some(pb::TestTotals::default()),
+                    ..Default::default()
+                });
                 out.last_mut().expect("just pushed")
             }
         };
@@ -78,15 +101,17 @@ pub async fn test_reports(engine: &Engine, id: JobId, step: Option<u32>) -> Resu
                 totals.skipped += t.skipped;
                 totals.time_secs += t.time_secs;
                 entry.truncated |= parsed.truncated;
-                entry.cases.extend(parsed.cases.into_iter().map(|c| pb::TestCase {
-                    suite: c.suite,
-                    classname: c.classname,
-                    name: c.name,
-                    status: c.status.as_str().to_string(),
-                    message: c.message,
-                    details: c.details,
-                    time_secs: c.time_secs,
-                }));
+                entry
+                    .cases
+                    .extend(parsed.cases.into_iter().map(|c| pb::TestCase {
+                        suite: c.suite,
+                        classname: c.classname,
+                        name: c.name,
+                        status: c.status.as_str().to_string(),
+                        message: c.message,
+                        details: c.details,
+                        time_secs: c.time_secs,
+                    }));
             }
             Err(e) => entry.error = format!("{} is unreadable: {e}", report.source),
         }
@@ -116,17 +141,29 @@ pub fn find_artifact(record: &JobRecord, name: &str) -> Result<(String, u32), Co
 pub type ArtifactTx = mpsc::Sender<Result<pb::ArtifactData, Status>>;
 
 /// Streams an artifact's bytes in order.
-pub async fn stream_artifact(engine: Arc<Engine>, record: JobRecord, name: String, attempt: u32, tx: ArtifactTx) {
+pub async fn stream_artifact(
+    engine: Arc<Engine>,
+    record: JobRecord,
+    name: String,
+    attempt: u32,
+    tx: ArtifactTx,
+) {
     let sink = tx.clone();
     let result = scan(&engine, &record, FrameKind::Artifact, move |frame| {
         if frame.header.attempt != attempt {
             return true;
         }
-        let Ok(chunk) = pb::ArtifactChunk::decode(frame.payload.as_ref()) else { return true };
+        let Ok(chunk) = pb::ArtifactChunk::decode(frame.payload.as_ref()) else {
+            return true;
+        };
         if chunk.name != name {
             return true;
         }
-        if !chunk.data.is_empty() && sink.blocking_send(Ok(pb::ArtifactData { data: chunk.data })).is_err() {
+        if !chunk.data.is_empty()
+            && sink
+                .blocking_send(Ok(pb::ArtifactData { data: chunk.data }))
+                .is_err()
+        {
             return false; // the client went away
         }
         !chunk.last

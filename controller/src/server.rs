@@ -38,7 +38,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-    #[error("agent binary {0} not found; build it (cargo build --bins) or set [provisioner.local] agent_binary")]
+    #[error(
+        "agent binary {0} not found; build it (cargo build --bins) or set [provisioner.local] agent_binary"
+    )]
     NoAgentBinary(PathBuf),
 }
 
@@ -53,7 +55,11 @@ fn default_agent_binary() -> PathBuf {
 /// The address agents on this host dial: the bound one, with an unspecified IP made loopback.
 fn agent_endpoint(bound: SocketAddr) -> String {
     let ip = if bound.ip().is_unspecified() {
-        if bound.is_ipv4() { "127.0.0.1".parse().expect("valid IP") } else { "::1".parse().expect("valid IP") }
+        if bound.is_ipv4() {
+            "127.0.0.1".parse().expect("valid IP")
+        } else {
+            "::1".parse().expect("valid IP")
+        }
     } else {
         bound.ip()
     };
@@ -84,8 +90,15 @@ pub struct Listeners {
 }
 
 /// Serves until `shutdown` is cancelled, then drains (bounded).
-pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let Listeners { grpc: listener, http } = listeners;
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        http,
+    } = listeners;
     let config = Arc::new(config);
     let ca = CertificateAuthority::load(&config.tls.ca, &config.tls.ca_key)?;
     let tls = zeroci::tls::server_config(
@@ -94,14 +107,23 @@ pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationT
         &read_to_string(&config.tls.key)?,
     );
     let store = Arc::new(EmbeddedStore::open(&config.main.state_dir)?);
-    let agent_binary = config.provisioner.local.agent_binary.clone().unwrap_or_else(default_agent_binary);
+    let agent_binary = config
+        .provisioner
+        .local
+        .agent_binary
+        .clone()
+        .unwrap_or_else(default_agent_binary);
     if !agent_binary.is_file() {
         return Err(ServeError::NoAgentBinary(agent_binary));
     }
     let provisioner = Arc::new(LocalProvisioner::new(
         &config.main.state_dir,
         agent_binary,
-        config.provisioner.local.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
+        config
+            .provisioner
+            .local
+            .agent_give_up
+            .unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
     ));
     let bound = listener.local_addr()?;
     let stop_taking = CancellationToken::new();
@@ -125,15 +147,24 @@ pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationT
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(AgentServiceServer::new(AgentApi::new(engine.clone(), sessions_stop.clone())))
+        .add_service(AgentServiceServer::new(AgentApi::new(
+            engine.clone(),
+            sessions_stop.clone(),
+        )))
         .add_service(ControlServiceServer::new(ControlApi::new(engine.clone())))
-        .serve_with_incoming_shutdown(nodelay(TcpListenerStream::new(listener)), server_stop.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            nodelay(TcpListenerStream::new(listener)),
+            server_stop.clone().cancelled_owned(),
+        );
     let mut server = tokio::spawn(server);
     let http_server = http.map(|http| {
         let app = crate::http::router(engine.clone());
         let stop = server_stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+            if let Err(e) = axum::serve(http, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
                 warn!(error = %e, "HTTP server ended with an error");
             }
         })
@@ -162,7 +193,9 @@ pub async fn serve(config: Config, listeners: Listeners, shutdown: CancellationT
     sessions_stop.cancel();
     server_stop.cancel();
     if let Some(http_server) = http_server
-        && tokio::time::timeout(Duration::from_secs(5), http_server).await.is_err()
+        && tokio::time::timeout(Duration::from_secs(5), http_server)
+            .await
+            .is_err()
     {
         warn!("HTTP server did not stop in time");
     }

@@ -23,14 +23,15 @@ use crate::store::{Frame, FrameHeader, FrameKind};
 /// Why a job that ran to its end has the status it has, for `reason`.
 fn failure_reason(record: &JobRecord) -> String {
     for step in &record.steps {
-        let failed = match (step.kind, step.status) {
-            (_, StepStatus::Error) => true,
-            (StepKind::Checkout | StepKind::Install, StepStatus::Failure) => true,
-            _ => false,
-        };
+        let failed = matches!(
+            (step.kind, step.status),
+            (_, StepStatus::Error) | (StepKind::Checkout | StepKind::Install, StepStatus::Failure)
+        );
         if failed {
             let detail = if step.message.is_empty() {
-                step.exit_code.map(|c| format!("exit code {c}")).unwrap_or_default()
+                step.exit_code
+                    .map(|c| format!("exit code {c}"))
+                    .unwrap_or_default()
             } else {
                 step.message.clone()
             };
@@ -42,26 +43,42 @@ fn failure_reason(record: &JobRecord) -> String {
 
 impl Engine {
     /// Exchanges a one-time bootstrap token and a CSR for a job certificate.
-    pub async fn enroll(&self, token: &str, csr_pem: &str) -> Result<pb::EnrollResponse, ControllerError> {
+    pub async fn enroll(
+        &self,
+        token: &str,
+        csr_pem: &str,
+    ) -> Result<pb::EnrollResponse, ControllerError> {
         if token.is_empty() {
-            return Err(ControllerError::Unauthenticated("bootstrap token is required".into()));
+            return Err(ControllerError::Unauthenticated(
+                "bootstrap token is required".into(),
+            ));
         }
         let wanted = sha256_hex(token);
         for active in self.active_jobs() {
             let mut state = active.state.lock().await;
-            let Some(machine) = state.record.machine.as_mut() else { continue };
-            if machine.token_sha256.as_deref() != Some(wanted.as_str()) || machine.attempt != active.attempt {
+            let Some(machine) = state.record.machine.as_mut() else {
+                continue;
+            };
+            if machine.token_sha256.as_deref() != Some(wanted.as_str())
+                || machine.attempt != active.attempt
+            {
                 continue;
             }
             let ttl = Duration::from_secs(self.config.tls.agent_cert_ttl);
             let (certificate_pem, not_after_unix_ms) = self
                 .ca
                 .sign_agent_csr(csr_pem, active.id, active.attempt, ttl)
-                .map_err(|e| ControllerError::InvalidArgument(format!("bad certificate request: {e}")))?;
+                .map_err(|e| {
+                    ControllerError::InvalidArgument(format!("bad certificate request: {e}"))
+                })?;
             // One-time: the token is forgotten as soon as it has been used.
             machine.token_sha256 = None;
             self.jobs.put(&state.record).await?;
-            info!(job_id = active.id, attempt = active.attempt, "agent enrolled");
+            info!(
+                job_id = active.id,
+                attempt = active.attempt,
+                "agent enrolled"
+            );
             return Ok(pb::EnrollResponse {
                 certificate_pem,
                 job_id: active.id,
@@ -69,7 +86,9 @@ impl Engine {
                 not_after_unix_ms,
             });
         }
-        Err(ControllerError::PermissionDenied("unknown or already used bootstrap token".into()))
+        Err(ControllerError::PermissionDenied(
+            "unknown or already used bootstrap token".into(),
+        ))
     }
 
     /// Binds a new agent stream to its job and sends `Welcome` on `tx`.
@@ -83,7 +102,9 @@ impl Engine {
         stop: CancellationToken,
     ) -> Result<Arc<ActiveJob>, ControllerError> {
         let Identity::Agent { job_id, attempt } = identity else {
-            return Err(ControllerError::PermissionDenied("only agent certificates may attach".into()));
+            return Err(ControllerError::PermissionDenied(
+                "only agent certificates may attach".into(),
+            ));
         };
         if hello.job_id != job_id || hello.attempt != attempt {
             return Err(ControllerError::PermissionDenied(format!(
@@ -93,10 +114,13 @@ impl Engine {
         }
         let Some(active) = self.active_job(job_id) else {
             return Err(match self.jobs.get(job_id).await? {
-                Some(job) if job.status.is_final() => {
-                    ControllerError::FailedPrecondition(format!("job {job_id} is already over ({})", job.status.as_str()))
-                }
-                Some(_) => ControllerError::FailedPrecondition(format!("job {job_id} has no machine running")),
+                Some(job) if job.status.is_final() => ControllerError::FailedPrecondition(format!(
+                    "job {job_id} is already over ({})",
+                    job.status.as_str()
+                )),
+                Some(_) => ControllerError::FailedPrecondition(format!(
+                    "job {job_id} has no machine running"
+                )),
                 None => ControllerError::NotFound(format!("job {job_id} not found")),
             });
         };
@@ -108,7 +132,9 @@ impl Engine {
         }
         let mut state = active.state.lock().await;
         if state.record.status.is_final() {
-            return Err(ControllerError::FailedPrecondition(format!("job {job_id} is already over")));
+            return Err(ControllerError::FailedPrecondition(format!(
+                "job {job_id} is already over"
+            )));
         }
         if state.record.status == JobStatus::Provisioning {
             state.record.status = JobStatus::Running;
@@ -122,7 +148,9 @@ impl Engine {
             run_steps: (!run.steps.is_empty()).then_some(run),
         };
         // The channel is new and empty: this cannot block.
-        let _ = tx.try_send(Ok(pb::ControllerMessage { kind: Some(Reply::Welcome(welcome)) }));
+        let _ = tx.try_send(Ok(pb::ControllerMessage {
+            kind: Some(Reply::Welcome(welcome)),
+        }));
         let now = zeroci::now_unix_ms();
         let info = pb::AgentInfo {
             job_id,
@@ -134,7 +162,12 @@ impl Engine {
             connected_at_unix_ms: now,
         };
         if let Ok(mut session) = active.session.lock() {
-            if let Some(old) = session.replace(Session { id: session_id, tx, info, stop }) {
+            if let Some(old) = session.replace(Session {
+                id: session_id,
+                tx,
+                info,
+                stop,
+            }) {
                 // The agent reconnected; the old stream is dead or dying.
                 old.stop.cancel();
             }
@@ -142,27 +175,52 @@ impl Engine {
         active.connected.store(true, Ordering::Relaxed);
         active.touch();
         if let Some(reason) = state.record.cancel_reason.clone() {
-            active.send_to_agent(Reply::Cancel(pb::Cancel { reason, grace_secs: self.config.main.cancel_grace }));
+            active.send_to_agent(Reply::Cancel(pb::Cancel {
+                reason,
+                grace_secs: self.config.main.cancel_grace,
+            }));
         }
-        info!(job_id, attempt, last_seq = state.last_seq, resumed = hello.has_assignment, "agent attached");
+        info!(
+            job_id,
+            attempt,
+            last_seq = state.last_seq,
+            resumed = hello.has_assignment,
+            "agent attached"
+        );
         Ok(active.clone())
     }
 
     /// The record and attempt of an artifact an agent may fetch: one kept by an earlier pipeline job of
     /// the very job (and attempt) its certificate is for.
-    pub async fn artifact_for_agent(&self, identity: Identity, name: &str) -> Result<(JobRecord, u32), ControllerError> {
+    pub async fn artifact_for_agent(
+        &self,
+        identity: Identity,
+        name: &str,
+    ) -> Result<(JobRecord, u32), ControllerError> {
         let Identity::Agent { job_id, attempt } = identity else {
-            return Err(ControllerError::PermissionDenied("only agent certificates may fetch artifacts".into()));
+            return Err(ControllerError::PermissionDenied(
+                "only agent certificates may fetch artifacts".into(),
+            ));
         };
         let active = self
             .active_job(job_id)
             .filter(|a| a.attempt == attempt)
-            .ok_or_else(|| ControllerError::FailedPrecondition(format!("attempt {attempt} of job {job_id} is not running")))?;
+            .ok_or_else(|| {
+                ControllerError::FailedPrecondition(format!(
+                    "attempt {attempt} of job {job_id} is not running"
+                ))
+            })?;
         let record = active.state.lock().await.record.clone();
         let stage = record.stage();
-        let kept = record.artifacts.iter().rev().find(|a| a.name == name && a.stage < stage && a.error.is_empty());
+        let kept = record
+            .artifacts
+            .iter()
+            .rev()
+            .find(|a| a.name == name && a.stage < stage && a.error.is_empty());
         let Some(kept) = kept else {
-            return Err(ControllerError::NotFound(format!("job {job_id} has no artifact {name:?} from an earlier pipeline job")));
+            return Err(ControllerError::NotFound(format!(
+                "job {job_id} has no artifact {name:?} from an earlier pipeline job"
+            )));
         };
         let source_attempt = record.first_attempt + kept.stage;
         Ok((record, source_attempt))
@@ -178,7 +236,8 @@ impl Engine {
     }
 
     fn assignment(&self, record: &JobRecord) -> pb::Assignment {
-        let mut env: std::collections::HashMap<String, String> = self.config.environment.clone().into_iter().collect();
+        let mut env: std::collections::HashMap<String, String> =
+            self.config.environment.clone().into_iter().collect();
         let mut secrets = Vec::new();
         if let Some(repo) = self.config.repo(&record.repo, &record.repo_url) {
             env.extend(repo.env.clone());
@@ -205,7 +264,11 @@ impl Engine {
     }
 
     /// Stores one agent event. Returns the highest stored sequence number (what to acknowledge).
-    pub async fn handle_event(&self, active: &ActiveJob, event: pb::AgentEvent) -> Result<u64, ControllerError> {
+    pub async fn handle_event(
+        &self,
+        active: &ActiveJob,
+        event: pb::AgentEvent,
+    ) -> Result<u64, ControllerError> {
         let mut state = active.state.lock().await;
         if state.record.status.is_final() || event.seq <= state.last_seq {
             // A resend of something stored, or a late event after the end: acknowledge, store nothing.
@@ -218,25 +281,65 @@ impl Engine {
                 state.last_seq + 1
             )));
         }
-        let kind = event.kind.ok_or_else(|| ControllerError::InvalidArgument("event without content".into()))?;
-        let at_ms = if event.at_unix_ms > 0 { event.at_unix_ms } else { zeroci::now_unix_ms() };
+        let kind = event
+            .kind
+            .ok_or_else(|| ControllerError::InvalidArgument("event without content".into()))?;
+        let at_ms = if event.at_unix_ms > 0 {
+            event.at_unix_ms
+        } else {
+            zeroci::now_unix_ms()
+        };
         let (kind, step, stream, payload) = match kind {
             EventKind::Output(o) => {
-                let stream = if o.stream == pb::OutputStream::Stderr as i32 { 2 } else { 1 };
+                let stream = if o.stream == pb::OutputStream::Stderr as i32 {
+                    2
+                } else {
+                    1
+                };
                 (FrameKind::Output, o.step, stream, o.data)
             }
             EventKind::StepStarted(s) => (FrameKind::StepStarted, s.step, 0, Bytes::new()),
-            EventKind::StepExited(e) => (FrameKind::StepExited, e.step, 0, Bytes::from(e.encode_to_vec())),
-            EventKind::CheckedOut(c) => (FrameKind::CheckedOut, 0, 0, Bytes::from(c.encode_to_vec())),
+            EventKind::StepExited(e) => (
+                FrameKind::StepExited,
+                e.step,
+                0,
+                Bytes::from(e.encode_to_vec()),
+            ),
+            EventKind::CheckedOut(c) => {
+                (FrameKind::CheckedOut, 0, 0, Bytes::from(c.encode_to_vec()))
+            }
             EventKind::Finished(_) => (FrameKind::Finished, 0, 0, Bytes::new()),
-            EventKind::TestReport(r) => (FrameKind::TestReport, r.step, 0, Bytes::from(r.encode_to_vec())),
+            EventKind::TestReport(r) => (
+                FrameKind::TestReport,
+                r.step,
+                0,
+                Bytes::from(r.encode_to_vec()),
+            ),
             EventKind::Artifact(a) => {
                 // Filed under the stage's last step, which is what ran before it was kept.
-                let after = state.record.steps.iter().filter(|s| s.stage == state.record.stage()).map(|s| s.index).max();
-                (FrameKind::Artifact, after.unwrap_or(0), 0, Bytes::from(a.encode_to_vec()))
+                let after = state
+                    .record
+                    .steps
+                    .iter()
+                    .filter(|s| s.stage == state.record.stage())
+                    .map(|s| s.index)
+                    .max();
+                (
+                    FrameKind::Artifact,
+                    after.unwrap_or(0),
+                    0,
+                    Bytes::from(a.encode_to_vec()),
+                )
             }
         };
-        let header = FrameHeader { attempt: active.attempt, step, kind, stream, seq: event.seq, at_ms };
+        let header = FrameHeader {
+            attempt: active.attempt,
+            step,
+            kind,
+            stream,
+            seq: event.seq,
+            at_ms,
+        };
         let frame = Frame { header, payload };
         self.append_and_apply(active, &mut state, frame).await?;
         state.last_seq = event.seq;
@@ -261,8 +364,10 @@ impl Engine {
             Effect::ConfigError { step, message } => {
                 self.jobs.put(&state.record).await?;
                 self.publish_progress(active.id, len);
-                self.report_config_error(active, state, step, &message).await?;
-                self.finalize(active, state, JobStatus::Error, message).await?;
+                self.report_config_error(active, state, step, &message)
+                    .await?;
+                self.finalize(active, state, JobStatus::Error, message)
+                    .await?;
                 return Ok(());
             }
             Effect::Finished if state.record.has_next_stage() => {
@@ -293,12 +398,34 @@ impl Engine {
     ) -> Result<(), ControllerError> {
         warn!(job_id = active.id, %message, "invalid pipeline file");
         let now = zeroci::now_unix_ms();
-        let header = |kind, stream| FrameHeader { attempt: active.attempt, step, kind, stream, seq: 0, at_ms: now };
-        let exited = pb::StepExited { step, exit_code: 1, timed_out: false, cancelled: false, message: message.to_string() };
+        let header = |kind, stream| FrameHeader {
+            attempt: active.attempt,
+            step,
+            kind,
+            stream,
+            seq: 0,
+            at_ms: now,
+        };
+        let exited = pb::StepExited {
+            step,
+            exit_code: 1,
+            timed_out: false,
+            cancelled: false,
+            message: message.to_string(),
+        };
         let frames = [
-            Frame { header: header(FrameKind::StepStarted, 0), payload: Bytes::new() },
-            Frame { header: header(FrameKind::Output, 2), payload: Bytes::from(format!("{message}\n")) },
-            Frame { header: header(FrameKind::StepExited, 0), payload: Bytes::from(exited.encode_to_vec()) },
+            Frame {
+                header: header(FrameKind::StepStarted, 0),
+                payload: Bytes::new(),
+            },
+            Frame {
+                header: header(FrameKind::Output, 2),
+                payload: Bytes::from(format!("{message}\n")),
+            },
+            Frame {
+                header: header(FrameKind::StepExited, 0),
+                payload: Bytes::from(exited.encode_to_vec()),
+            },
         ];
         for frame in frames {
             let len = state.writer.append(&frame.header, &frame.payload)?;

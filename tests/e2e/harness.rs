@@ -23,11 +23,18 @@ pub fn bin(name: &str) -> PathBuf {
         None => {
             let exe = std::env::current_exe().expect("test executable path");
             // target/<profile>/deps/e2e-HASH → target/<profile>
-            exe.parent().and_then(Path::parent).expect("target directory").to_path_buf()
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target directory")
+                .to_path_buf()
         }
     };
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo test --workspace`, which builds it, or set CI_BIN_DIR", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace`, which builds it, or set CI_BIN_DIR",
+        path.display()
+    );
     path
 }
 
@@ -94,7 +101,10 @@ impl Lines {
                 }
             }
         });
-        Lines { rx, seen: Vec::new() }
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// The first line (from now on) that contains `needle`.
@@ -109,7 +119,10 @@ impl Lines {
                         return line;
                     }
                 }
-                Err(_) => panic!("no line containing {needle:?}; saw:\n{}", self.seen.join("\n")),
+                Err(_) => panic!(
+                    "no line containing {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }
@@ -129,8 +142,13 @@ impl Output {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout_str(), self.stderr))
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout_str(),
+                self.stderr
+            )
+        })
     }
 }
 
@@ -156,7 +174,13 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { workers: 5, lost_agent_timeout: 5, heartbeat_interval_ms: 300, cancel_grace: 2, extra: "" }
+        Settings {
+            workers: 5,
+            lost_agent_timeout: 5,
+            heartbeat_interval_ms: 300,
+            cancel_grace: 2,
+            extra: "",
+        }
     }
 }
 
@@ -166,7 +190,10 @@ impl TestEnv {
     }
 
     pub fn start_with(settings: Settings) -> TestEnv {
-        let dir = tempfile::Builder::new().prefix("zeroci-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("zeroci-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let home = dir.path().join("home");
         let status = Command::new(bin("zeroci-controller"))
             .args(["init", "--dir"])
@@ -177,16 +204,29 @@ impl TestEnv {
             .expect("run zeroci-controller init");
         assert!(status.success(), "init failed");
         let config_path = home.join("config.toml");
-        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-        let main = config.get_mut("main").and_then(|m| m.as_table_mut()).expect("[main]");
+        let mut config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        let main = config
+            .get_mut("main")
+            .and_then(|m| m.as_table_mut())
+            .expect("[main]");
         main.insert("workers".into(), (settings.workers as i64).into());
-        main.insert("lost_agent_timeout".into(), (settings.lost_agent_timeout as i64).into());
-        main.insert("heartbeat_interval_ms".into(), (settings.heartbeat_interval_ms as i64).into());
+        main.insert(
+            "lost_agent_timeout".into(),
+            (settings.lost_agent_timeout as i64).into(),
+        );
+        main.insert(
+            "heartbeat_interval_ms".into(),
+            (settings.heartbeat_interval_ms as i64).into(),
+        );
         main.insert("cancel_grace".into(), (settings.cancel_grace as i64).into());
         main.insert("shutdown_grace".into(), 1i64.into());
         let mut provisioner = toml::Table::new();
         let mut local = toml::Table::new();
-        local.insert("agent_binary".into(), bin("zeroci-agent").display().to_string().into());
+        local.insert(
+            "agent_binary".into(),
+            bin("zeroci-agent").display().to_string().into(),
+        );
         // Strays from a failed test go away on their own.
         local.insert("agent_give_up".into(), 60i64.into());
         provisioner.insert("local".into(), local.into());
@@ -222,7 +262,11 @@ impl TestEnv {
 
     /// Starts (or restarts) the controller on `listen` and waits for its readiness line.
     pub fn start_controller(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.controller_log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.controller_log)
+            .unwrap();
         let mut child = Command::new(bin("zeroci-controller"))
             .arg("--config")
             .arg(self.home().join("config.toml"))
@@ -234,11 +278,18 @@ impl TestEnv {
             .spawn()
             .expect("spawn controller");
         let stdout = child.stdout.take().expect("stdout");
-        let proc = Proc { child, name: "zeroci-controller".into() };
+        let proc = Proc {
+            child,
+            name: "zeroci-controller".into(),
+        };
         let mut lines = Lines::new(stdout);
         let ready = lines.wait_for("zeroci-controller ready grpc=");
         let field = |name: &str| {
-            ready.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_string).expect("address in ready line")
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_string)
+                .expect("address in ready line")
         };
         self.grpc_addr = field("grpc=");
         self.http_addr = field("http=");
@@ -279,9 +330,12 @@ impl TestEnv {
             let _ = stderr.read_to_string(&mut buf);
             buf
         });
-        let status = proc
-            .wait_timeout(PATIENCE)
-            .unwrap_or_else(|| panic!("zeroci {args:?} did not finish; controller log:\n{}", self.controller_log_text()));
+        let status = proc.wait_timeout(PATIENCE).unwrap_or_else(|| {
+            panic!(
+                "zeroci {args:?} did not finish; controller log:\n{}",
+                self.controller_log_text()
+            )
+        });
         Output {
             code: status.code().unwrap_or(-1),
             stdout: out_thread.join().unwrap(),
@@ -302,14 +356,20 @@ impl TestEnv {
             .process_group(0)
             .spawn()
             .expect("spawn zeroci");
-        Proc { child, name: format!("zeroci {args:?}") }
+        Proc {
+            child,
+            name: format!("zeroci {args:?}"),
+        }
     }
 
     /// `zeroci run PATH --detach` → job id.
     pub fn submit(&self, repo: &Path) -> u64 {
         let out = self.cli(&["run", repo.to_str().unwrap(), "--detach"]);
         assert_eq!(out.code, 0, "submit failed: {}", out.stderr);
-        out.stdout_str().trim().parse().unwrap_or_else(|_| panic!("no job id in {:?}", out.stdout_str()))
+        out.stdout_str()
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no job id in {:?}", out.stdout_str()))
     }
 
     /// Follows the job's log until it is over and returns its JSON document.
@@ -339,21 +399,43 @@ impl TestEnv {
     /// `GET path` on the controller's HTTP listener: status code and body (chunked bodies decoded).
     pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
         use std::io::Write;
-        let mut stream = std::net::TcpStream::connect(&self.http_addr).expect("connect to HTTP listener");
+        let mut stream =
+            std::net::TcpStream::connect(&self.http_addr).expect("connect to HTTP listener");
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("HTTP header end");
         let head = String::from_utf8_lossy(&response[..split]).to_string();
         let mut body = response[split + 4..].to_vec();
-        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             let mut decoded = Vec::new();
             let mut rest = &body[..];
             loop {
-                let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-                let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16).unwrap();
+                let line_end = rest
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .expect("chunk size line");
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&rest[..line_end]).unwrap().trim(),
+                    16,
+                )
+                .unwrap();
                 rest = &rest[line_end + 2..];
                 if size == 0 {
                     break;
@@ -387,10 +469,22 @@ impl Drop for TestEnv {
         if std::thread::panicking() {
             eprintln!("--- controller log ---\n{}", self.controller_log_text());
             let state = self.home().join("state");
-            let machines = std::fs::read_dir(state.join("machines")).into_iter().flatten().flatten().map(|e| e.path().join("agent.log"));
-            let kept = std::fs::read_dir(state.join("agent-logs")).into_iter().flatten().flatten().map(|e| e.path());
+            let machines = std::fs::read_dir(state.join("machines"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("agent.log"));
+            let kept = std::fs::read_dir(state.join("agent-logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path());
             for log in machines.chain(kept) {
-                eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+                eprintln!(
+                    "--- {} ---\n{}",
+                    log.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         }
     }
@@ -399,11 +493,21 @@ impl Drop for TestEnv {
 /// Kills every process whose executable or command line mentions `dir` (agents and their steps).
 pub fn kill_processes_under(dir: &Path) {
     let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let exe = std::fs::read_link(entry.path().join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        let exe = std::fs::read_link(entry.path().join("exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(&needle) || exe.contains(&needle) {
             // SAFETY: kill(2) with a pid we just read; worst case it is gone already.
             unsafe {
@@ -428,7 +532,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "t@example.com")
         .output()
         .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

@@ -10,19 +10,30 @@ fn cancel_mid_step_kills_the_step_and_ends_cancelled() {
     let repo = Repo::new(
         &env,
         "long",
-        &[("zeroCI.yaml", "script:\n  - echo started; sleep 6001 & sleep 6001; wait\n  - echo never\n")],
+        &[(
+            "zeroCI.yaml",
+            "script:\n  - echo started; sleep 6001 & sleep 6001; wait\n  - echo never\n",
+        )],
     );
     let mut run = env.spawn_cli(&["run", repo.path_str()], None);
     let mut stdout = Lines::new(run.child.stdout.take().unwrap());
     stdout.wait_for("started");
-    let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
+    let id = env.cli(&["jobs", "--json"]).json()[0]["id"]
+        .as_u64()
+        .unwrap();
     let out = env.cli(&["cancel", &id.to_string()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let status = run.wait_timeout(PATIENCE).expect("run ends after cancel");
     assert_eq!(status.code(), Some(3));
     let job = env.job(id);
     assert_eq!(job["status"], "cancelled");
-    assert!(job["reason"].as_str().unwrap().contains("cancelled by admin"), "{job:#}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled by admin"),
+        "{job:#}"
+    );
     assert_eq!(step(&job, "echo never")["status"], "skipped");
     // The step's whole process group is gone, background sleep included.
     let mut ps = String::new();
@@ -42,7 +53,9 @@ fn step_timeout_stops_the_job_with_exit_124() {
     let repo = Repo::new(&env, "timeout", &[("zeroCI.yaml", yaml)]);
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
+    let id = env.cli(&["jobs", "--json"]).json()[0]["id"]
+        .as_u64()
+        .unwrap();
     let job = env.job(id);
     assert_eq!(job["status"], "error");
     assert_eq!(step(&job, "sleeper")["exit_code"], 124);
@@ -51,29 +64,49 @@ fn step_timeout_stops_the_job_with_exit_124() {
 
 #[test]
 fn killed_agent_is_declared_lost_and_the_job_ends_error() {
-    let env = TestEnv::start_with(Settings { lost_agent_timeout: 2, heartbeat_interval_ms: 200, ..Settings::default() });
-    let repo = Repo::new(&env, "victim", &[("zeroCI.yaml", "script:\n  - echo started; sleep 600\n")]);
+    let env = TestEnv::start_with(Settings {
+        lost_agent_timeout: 2,
+        heartbeat_interval_ms: 200,
+        ..Settings::default()
+    });
+    let repo = Repo::new(
+        &env,
+        "victim",
+        &[("zeroCI.yaml", "script:\n  - echo started; sleep 600\n")],
+    );
     let mut run = env.spawn_cli(&["run", repo.path_str()], None);
     let mut stdout = Lines::new(run.child.stdout.take().unwrap());
     stdout.wait_for("started");
-    let id = env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap();
-    let pid = env.stored_job(id)["machine"]["details"]["pid"].as_i64().expect("agent pid recorded");
+    let id = env.cli(&["jobs", "--json"]).json()[0]["id"]
+        .as_u64()
+        .unwrap();
+    let pid = env.stored_job(id)["machine"]["details"]["pid"]
+        .as_i64()
+        .expect("agent pid recorded");
     // SAFETY: the agent process this test's controller started.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
-    let status = run.wait_timeout(PATIENCE).expect("run ends once the agent is declared lost");
+    let status = run
+        .wait_timeout(PATIENCE)
+        .expect("run ends once the agent is declared lost");
     assert_eq!(status.code(), Some(2));
     let job = env.job(id);
     assert_eq!(job["status"], "error");
-    assert!(job["reason"].as_str().unwrap().contains("agent lost"), "{job:#}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("agent lost"),
+        "{job:#}"
+    );
     let finished = job["finished_at"].as_str().is_some();
     assert!(finished);
     // The machine is destroyed: its directory is gone and the step's sleep with it.
     let machines = env.home().join("state/machines");
     let deadline = std::time::Instant::now() + PATIENCE;
     while std::fs::read_dir(&machines).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(std::time::Instant::now() < deadline, "machine directory not removed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "machine directory not removed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -3,7 +3,9 @@
 use crate::harness::{Repo, Settings, TestEnv, step};
 
 fn last_job(env: &TestEnv) -> u64 {
-    env.cli(&["jobs", "--json"]).json()[0]["id"].as_u64().unwrap()
+    env.cli(&["jobs", "--json"]).json()[0]["id"]
+        .as_u64()
+        .unwrap()
 }
 
 const TWO_JOBS: &str = r#"jobs:
@@ -28,17 +30,34 @@ fn jobs_run_one_after_another_on_fresh_machines_and_pass_the_artifact_on() {
     let id = last_job(&env);
     let job = env.job(id);
     assert_eq!(job["status"], "success", "{job:#}");
-    let names: Vec<&str> = job["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["checkout", "build: compile", "test: checkout", "test: use"]);
+    let names: Vec<&str> = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["checkout", "build: compile", "test: checkout", "test: use"]
+    );
     let build = String::from_utf8(env.raw_log(id, Some("build: compile"))).unwrap();
     let test = String::from_utf8(env.raw_log(id, Some("test: use"))).unwrap();
     assert_eq!(build.trim(), format!("machine job-{id}-a1"));
     assert_eq!(test, format!("binary from {commit}\nmachine job-{id}-a2\n"));
     assert_eq!(job["artifacts"][0]["name"], "out/app.bin");
     let file = env.dir.path().join("downloaded.bin");
-    let dl = env.cli(&["artifact", &id.to_string(), "out/app.bin", "-o", file.to_str().unwrap()]);
+    let dl = env.cli(&[
+        "artifact",
+        &id.to_string(),
+        "out/app.bin",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(dl.code, 0, "{}", dl.stderr);
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("binary from {commit}"));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("binary from {commit}")
+    );
     // The same file, and the raw log, over plain HTTP.
     let (status, body) = env.http_get(&format!("/jobs/{id}/artifacts/out/app.bin"));
     assert_eq!(status, 200);
@@ -49,7 +68,12 @@ fn jobs_run_one_after_another_on_fresh_machines_and_pass_the_artifact_on() {
     assert_eq!(env.http_get(&format!("/jobs/{id}/artifacts/nope")).0, 404);
     assert_eq!(env.http_get("/jobs/999/log").0, 404);
     // Both machines are gone.
-    assert_eq!(std::fs::read_dir(env.home().join("state/machines")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(env.home().join("state/machines"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -83,7 +107,10 @@ fn environment_and_zeroci_variables_reach_the_commands() {
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let id = last_job(&env);
-    assert_eq!(out.stdout_str(), format!("g1 r1 envy main {commit} {id} true\n"));
+    assert_eq!(
+        out.stdout_str(),
+        format!("g1 r1 envy main {commit} {id} true\n")
+    );
 }
 
 #[test]
@@ -104,7 +131,10 @@ fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
     let log = String::from_utf8(env.raw_log(id, None)).unwrap();
     assert!(!log.contains("s3cr3t"), "{log}");
     assert!(log.starts_with("token=***\n*** and more\n"), "{log}");
-    let encoded = std::process::Command::new("sh").args(["-c", "printf 'user:s3cr3t-value' | base64"]).output().unwrap();
+    let encoded = std::process::Command::new("sh")
+        .args(["-c", "printf 'user:s3cr3t-value' | base64"])
+        .output()
+        .unwrap();
     let encoded = String::from_utf8(encoded.stdout).unwrap();
     assert!(!log.contains(encoded.trim()), "base64 form leaked: {log}");
     assert!(!out.stdout_str().contains("s3cr3t"));
@@ -112,8 +142,18 @@ fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
 
 #[test]
 fn a_step_silent_for_longer_than_the_idle_timeout_is_stopped() {
-    let env = TestEnv::start_with(Settings { extra: "[main]\nidle_timeout = 1\n", ..Settings::default() });
-    let repo = Repo::new(&env, "silent", &[("zeroCI.yaml", "script:\n  - echo a; sleep 30; echo b\n  - echo never\n")]);
+    let env = TestEnv::start_with(Settings {
+        extra: "[main]\nidle_timeout = 1\n",
+        ..Settings::default()
+    });
+    let repo = Repo::new(
+        &env,
+        "silent",
+        &[(
+            "zeroCI.yaml",
+            "script:\n  - echo a; sleep 30; echo b\n  - echo never\n",
+        )],
+    );
     assert_eq!(env.cli(&["run", repo.path_str()]).code, 2);
     let job = env.job(last_job(&env));
     let silent = step(&job, "echo a; sleep 30; echo b");
@@ -136,10 +176,18 @@ fn junit_reports_in_pytest_and_nose_flavours_are_parsed_and_broken_ones_kept() {
     let repo = Repo::new(
         &env,
         "reports",
-        &[("zeroCI.yaml", yaml), ("pytest.xml", PYTEST_XML), ("nose.xml", NOSE_XML)],
+        &[
+            ("zeroCI.yaml", yaml),
+            ("pytest.xml", PYTEST_XML),
+            ("nose.xml", NOSE_XML),
+        ],
     );
     let out = env.cli(&["run", repo.path_str()]);
-    assert_eq!(out.code, 0, "a broken report never fails the job by itself: {}", out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "a broken report never fails the job by itself: {}",
+        out.stderr
+    );
     let id = last_job(&env);
     let show = env.cli(&["show", &id.to_string(), "--json"]).json();
     let pytest = step(&show, "pytest");
@@ -151,7 +199,10 @@ fn junit_reports_in_pytest_and_nose_flavours_are_parsed_and_broken_ones_kept() {
     assert_eq!(nose["tests"]["passed"], 1);
     let broken = step(&show, "broken");
     assert_eq!(broken["tests"], serde_json::Value::Null);
-    assert!(broken["message"].as_str().unwrap().contains("unreadable"), "{broken:#}");
+    assert!(
+        broken["message"].as_str().unwrap().contains("unreadable"),
+        "{broken:#}"
+    );
     let reports = show["test_reports"].as_array().unwrap();
     let failed = reports
         .iter()
@@ -161,5 +212,8 @@ fn junit_reports_in_pytest_and_nose_flavours_are_parsed_and_broken_ones_kept() {
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["message"], "ZeroDivisionError: division by zero");
     let human = env.cli(&["show", &id.to_string()]).stdout_str();
-    assert!(human.contains("FAILED tests.test_math.test_div: ZeroDivisionError"), "{human}");
+    assert!(
+        human.contains("FAILED tests.test_math.test_div: ZeroDivisionError"),
+        "{human}"
+    );
 }

@@ -7,7 +7,14 @@ use crate::harness::{Lines, PATIENCE, Repo, TestEnv};
 fn controller_killed_mid_job_and_restarted_finishes_the_job_with_full_output_once() {
     let mut env = TestEnv::start();
     let script = "for i in $(seq 1 40); do echo line $i; sleep 0.05; done";
-    let repo = Repo::new(&env, "steady", &[("zeroCI.yaml", &format!("script:\n  - {script}\n  - echo second step\n"))]);
+    let repo = Repo::new(
+        &env,
+        "steady",
+        &[(
+            "zeroCI.yaml",
+            &format!("script:\n  - {script}\n  - echo second step\n"),
+        )],
+    );
     let id = env.submit(&repo.path);
     let mut follow = env.spawn_cli(&["logs", &id.to_string(), "--follow", "--raw"], None);
     let mut lines = Lines::new(follow.child.stdout.take().unwrap());
@@ -31,9 +38,20 @@ fn controller_killed_mid_job_and_restarted_finishes_the_job_with_full_output_onc
 
 #[test]
 fn queued_jobs_survive_a_controller_restart() {
-    let mut env = TestEnv::start_with(crate::harness::Settings { workers: 1, ..Default::default() });
-    let blocker = Repo::new(&env, "blocker", &[("zeroCI.yaml", "script:\n  - sleep 1\n")]);
-    let quick = Repo::new(&env, "quick", &[("zeroCI.yaml", "script:\n  - echo quick\n")]);
+    let mut env = TestEnv::start_with(crate::harness::Settings {
+        workers: 1,
+        ..Default::default()
+    });
+    let blocker = Repo::new(
+        &env,
+        "blocker",
+        &[("zeroCI.yaml", "script:\n  - sleep 1\n")],
+    );
+    let quick = Repo::new(
+        &env,
+        "quick",
+        &[("zeroCI.yaml", "script:\n  - echo quick\n")],
+    );
     let first = env.submit(&blocker.path);
     let second = env.submit(&quick.path);
     assert_eq!(env.job(second)["status"], "queued");

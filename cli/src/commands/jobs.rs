@@ -37,10 +37,20 @@ pub async fn show(profile: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit
     let job = response
         .map_err(|s| client.job_error(&s, args.job))?
         .into_inner();
-    let reports = if job.steps.iter().any(|s| s.tests.is_some() || s.message.starts_with("test report")) {
-        let request = pb::GetTestReportRequest { id: args.job, step: None };
+    let reports = if job
+        .steps
+        .iter()
+        .any(|s| s.tests.is_some() || s.message.starts_with("test report"))
+    {
+        let request = pb::GetTestReportRequest {
+            id: args.job,
+            step: None,
+        };
         let response = client.rpc.get_test_report(request).await;
-        response.map_err(|s| client.job_error(&s, args.job))?.into_inner().steps
+        response
+            .map_err(|s| client.job_error(&s, args.job))?
+            .into_inner()
+            .steps
     } else {
         Vec::new()
     };

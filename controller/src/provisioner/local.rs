@@ -32,7 +32,11 @@ struct LocalDetails {
 }
 
 impl LocalProvisioner {
-    pub fn new(state_dir: &Path, agent_binary: PathBuf, agent_give_up_secs: u64) -> LocalProvisioner {
+    pub fn new(
+        state_dir: &Path,
+        agent_binary: PathBuf,
+        agent_give_up_secs: u64,
+    ) -> LocalProvisioner {
         LocalProvisioner {
             machines_dir: state_dir.join("machines"),
             agent_logs_dir: state_dir.join("agent-logs"),
@@ -61,7 +65,10 @@ impl Provisioner for LocalProvisioner {
 
     async fn create(&self, request: &MachineRequest) -> Result<serde_json::Value, ProvisionError> {
         let name = request.name.clone();
-        let prepare = |message: String| ProvisionError::Prepare { name: name.clone(), message };
+        let prepare = |message: String| ProvisionError::Prepare {
+            name: name.clone(),
+            message,
+        };
         let dir = self.machines_dir.join(&request.name);
         // A leftover directory from an earlier crash of the same attempt is replaced.
         let _ = std::fs::remove_dir_all(&dir);
@@ -70,8 +77,12 @@ impl Provisioner for LocalProvisioner {
             .inject_agent(&dir)
             .map_err(|e| prepare(format!("agent binary {}: {e}", self.agent_binary.display())))?;
         let bootstrap_path = dir.join("bootstrap.json");
-        request.bootstrap.write(&bootstrap_path).map_err(|e| prepare(e.to_string()))?;
-        let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| prepare(e.to_string()))?;
+        request
+            .bootstrap
+            .write(&bootstrap_path)
+            .map_err(|e| prepare(e.to_string()))?;
+        let log =
+            std::fs::File::create(dir.join("agent.log")).map_err(|e| prepare(e.to_string()))?;
         let log_err = log.try_clone().map_err(|e| prepare(e.to_string()))?;
 
         let mut command = tokio::process::Command::new(&agent);
@@ -93,9 +104,10 @@ impl Provisioner for LocalProvisioner {
         unsafe {
             command.pre_exec(zeroci::process::become_session_leader);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| ProvisionError::Start { name: name.clone(), message: e.to_string() })?;
+        let mut child = command.spawn().map_err(|e| ProvisionError::Start {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
         let pid = child.id().ok_or_else(|| ProvisionError::Start {
             name: name.clone(),
             message: "agent exited immediately".into(),
@@ -110,18 +122,27 @@ impl Provisioner for LocalProvisioner {
 
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
         let details: Option<LocalDetails> = serde_json::from_value(machine.details.clone()).ok();
-        let dir = details.as_ref().map(|d| d.dir.clone()).unwrap_or_else(|| self.machines_dir.join(&machine.name));
+        let dir = details
+            .as_ref()
+            .map(|d| d.dir.clone())
+            .unwrap_or_else(|| self.machines_dir.join(&machine.name));
         if let Some(details) = &details {
             stop_session(details.pid).await;
         }
         // Keep the agent's own log for diagnosis; the job's output is in the journal already.
         if std::fs::create_dir_all(&self.agent_logs_dir).is_ok() {
-            let _ = std::fs::rename(dir.join("agent.log"), self.agent_logs_dir.join(format!("{}.log", machine.name)));
+            let _ = std::fs::rename(
+                dir.join("agent.log"),
+                self.agent_logs_dir.join(format!("{}.log", machine.name)),
+            );
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ProvisionError::Destroy { name: machine.name.clone(), message: e.to_string() }),
+            Err(e) => Err(ProvisionError::Destroy {
+                name: machine.name.clone(),
+                message: e.to_string(),
+            }),
         }
     }
 }
@@ -140,5 +161,8 @@ async fn stop_session(sid: u32) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed = signal_session(sid, SIGKILL);
-    warn!(sid, killed, "machine processes did not stop on SIGTERM; killed");
+    warn!(
+        sid,
+        killed, "machine processes did not stop on SIGTERM; killed"
+    );
 }

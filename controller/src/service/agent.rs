@@ -36,15 +36,26 @@ pub struct AgentApi {
 
 impl AgentApi {
     pub fn new(engine: Arc<Engine>, sessions_stop: CancellationToken) -> AgentApi {
-        AgentApi { engine, next_session: AtomicU64::new(1), sessions_stop }
+        AgentApi {
+            engine,
+            next_session: AtomicU64::new(1),
+            sessions_stop,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentApi {
-    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.engine.enroll(&request.bootstrap_token, &request.csr_pem).await?))
+        Ok(Response::new(
+            self.engine
+                .enroll(&request.bootstrap_token, &request.csr_pem)
+                .await?,
+        ))
     }
 
     type FetchArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
@@ -57,7 +68,13 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let name = request.into_inner().name;
         let (record, attempt) = self.engine.artifact_for_agent(identity, &name).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(crate::reports::stream_artifact(self.engine.clone(), record, name, attempt, tx));
+        tokio::spawn(crate::reports::stream_artifact(
+            self.engine.clone(),
+            record,
+            name,
+            attempt,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -68,19 +85,33 @@ impl pb::agent_service_server::AgentService for AgentApi {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let identity = peer_identity(&request)?;
-        let address = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let address = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
             Ok(Err(status)) => return Err(status),
-            Ok(Ok(Some(pb::AgentMessage { kind: Some(AgentKind::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(pb::AgentMessage {
+                kind: Some(AgentKind::Hello(hello)),
+            }))) => hello,
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
         };
         let (tx, rx) = mpsc::channel(64);
         let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let stop = self.sessions_stop.child_token();
-        let active =
-            self.engine.attach(identity, hello, tx.clone(), address, session_id, stop.clone()).await?;
+        let active = self
+            .engine
+            .attach(
+                identity,
+                hello,
+                tx.clone(),
+                address,
+                session_id,
+                stop.clone(),
+            )
+            .await?;
         let engine = self.engine.clone();
         tokio::spawn(async move {
             run_session(&engine, &active, inbound, tx, stop).await;
@@ -145,9 +176,15 @@ async fn run_session(
                     }
                 },
                 Some(AgentKind::Heartbeat(_)) => {}
-                Some(AgentKind::GoingAway(bye)) => info!(job_id, reason = %bye.reason, "agent going away"),
+                Some(AgentKind::GoingAway(bye)) => {
+                    info!(job_id, reason = %bye.reason, "agent going away")
+                }
                 Some(AgentKind::Hello(_)) | None => {
-                    let _ = tx.send(Err(Status::invalid_argument("Hello may only be the first message"))).await;
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "Hello may only be the first message",
+                        )))
+                        .await;
                     return;
                 }
             }
@@ -158,7 +195,9 @@ async fn run_session(
         }
         if highest > acked {
             acked = highest;
-            let ack = pb::ControllerMessage { kind: Some(Reply::Ack(pb::Ack { seq: acked })) };
+            let ack = pb::ControllerMessage {
+                kind: Some(Reply::Ack(pb::Ack { seq: acked })),
+            };
             if tx.send(Ok(ack)).await.is_err() {
                 return;
             }

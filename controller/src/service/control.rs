@@ -23,7 +23,12 @@ impl ControlApi {
     }
 
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
-        let job = self.engine.jobs.get(id).await?.ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        let job = self
+            .engine
+            .jobs
+            .get(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
         Ok(job.to_pb(self.engine.domain()))
     }
 }
@@ -37,10 +42,17 @@ fn repo_name(url: &str) -> String {
 
 #[tonic::async_trait]
 impl pb::control_service_server::ControlService for ControlApi {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let user = authorize_user(&request, Access::Write)?;
         let r = request.into_inner();
-        let repo = if r.repo_name.is_empty() { repo_name(&r.repo_url) } else { r.repo_name };
+        let repo = if r.repo_name.is_empty() {
+            repo_name(&r.repo_url)
+        } else {
+            r.repo_name
+        };
         let new = NewJob {
             repo,
             repo_url: r.repo_url,
@@ -50,10 +62,15 @@ impl pb::control_service_server::ControlService for ControlApi {
             step_timeout_secs: r.step_timeout_secs,
         };
         let job = self.engine.submit(new).await?;
-        Ok(Response::new(pb::SubmitJobResponse { job: Some(job.to_pb(self.engine.domain())) }))
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job.to_pb(self.engine.domain())),
+        }))
     }
 
-    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         authorize_user(&request, Access::Read)?;
         let r = request.into_inner();
         let status = if r.status.is_empty() {
@@ -71,31 +88,57 @@ impl pb::control_service_server::ControlService for ControlApi {
             status,
             limit: if r.limit == 0 { 50 } else { r.limit as usize },
         };
-        let jobs = self.engine.jobs.list(&filter).await.map_err(ControllerError::from)?;
-        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(|j| j.to_pb(self.engine.domain())).collect() }))
+        let jobs = self
+            .engine
+            .jobs
+            .list(&filter)
+            .await
+            .map_err(ControllerError::from)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(|j| j.to_pb(self.engine.domain())).collect(),
+        }))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         authorize_user(&request, Access::Read)?;
         Ok(Response::new(self.job(request.into_inner().id).await?))
     }
 
     type StreamLogsStream = ReceiverStream<Result<pb::LogEvent, Status>>;
 
-    async fn stream_logs(&self, request: Request<pb::StreamLogsRequest>) -> Result<Response<Self::StreamLogsStream>, Status> {
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
         authorize_user(&request, Access::Read)?;
         let r = request.into_inner();
         // Fail fast on unknown jobs, before the stream starts.
         self.job(r.id).await?;
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(crate::logs::stream_logs(self.engine.clone(), r.id, r.follow, r.step, tx));
+        tokio::spawn(crate::logs::stream_logs(
+            self.engine.clone(),
+            r.id,
+            r.follow,
+            r.step,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let user = authorize_user(&request, Access::Write)?;
         let r = request.into_inner();
-        let reason = if r.reason.is_empty() { format!("cancelled by {user}") } else { r.reason };
+        let reason = if r.reason.is_empty() {
+            format!("cancelled by {user}")
+        } else {
+            r.reason
+        };
         let job = self.engine.cancel(r.id, reason).await?;
         Ok(Response::new(job.to_pb(self.engine.domain())))
     }
@@ -127,11 +170,20 @@ impl pb::control_service_server::ControlService for ControlApi {
             .ok_or_else(|| ControllerError::NotFound(format!("job {} not found", r.id)))?;
         let (name, attempt) = crate::reports::find_artifact(&record, &r.name)?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(crate::reports::stream_artifact(self.engine.clone(), record, name, attempt, tx));
+        tokio::spawn(crate::reports::stream_artifact(
+            self.engine.clone(),
+            record,
+            name,
+            attempt,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         authorize_user(&request, Access::Read)?;
         let mut agents: Vec<pb::AgentInfo> = self
             .engine
@@ -140,7 +192,9 @@ impl pb::control_service_server::ControlService for ControlApi {
             .filter_map(|active| {
                 let session = active.session.lock().ok()?;
                 let mut info = session.as_ref()?.info.clone();
-                info.last_seen_unix_ms = active.last_heard_ms.load(std::sync::atomic::Ordering::Relaxed);
+                info.last_seen_unix_ms = active
+                    .last_heard_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 Some(info)
             })
             .collect();
@@ -153,7 +207,10 @@ impl pb::control_service_server::ControlService for ControlApi {
 mod tests {
     #[test]
     fn repo_names_come_from_the_last_path_segment() {
-        assert_eq!(super::repo_name("https://github.com/threefoldtech/zeroCI.git"), "zeroCI");
+        assert_eq!(
+            super::repo_name("https://github.com/threefoldtech/zeroCI.git"),
+            "zeroCI"
+        );
         assert_eq!(super::repo_name("/home/me/src/project/"), "project");
         assert_eq!(super::repo_name("git@github.com:org/x.git"), "x");
     }

@@ -21,7 +21,10 @@ pub struct EmbeddedStore {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.display().to_string(), source }
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl EmbeddedStore {
@@ -32,7 +35,11 @@ impl EmbeddedStore {
         let mut records = BTreeMap::new();
         for entry in std::fs::read_dir(&jobs_dir).map_err(io_err(&jobs_dir))? {
             let entry = entry.map_err(io_err(&jobs_dir))?;
-            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<JobId>().ok()) else {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<JobId>().ok())
+            else {
                 continue;
             };
             let path = entry.path().join("job.json");
@@ -42,13 +49,17 @@ impl EmbeddedStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&path)(e)),
             };
-            let record: JobRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let record: JobRecord =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
             records.insert(id, record);
         }
-        Ok(EmbeddedStore { jobs_dir, records: Mutex::new(records) })
+        Ok(EmbeddedStore {
+            jobs_dir,
+            records: Mutex::new(records),
+        })
     }
 
     fn job_dir(&self, id: JobId) -> PathBuf {
@@ -95,12 +106,21 @@ impl JobStore for EmbeddedStore {
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
         let records = self.records.lock().await;
-        let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let limit = if filter.limit == 0 {
+            usize::MAX
+        } else {
+            filter.limit
+        };
         Ok(records
             .values()
             .rev()
             .filter(|j| filter.status.is_none_or(|s| j.status == s))
-            .filter(|j| filter.repo.as_ref().is_none_or(|r| &j.repo == r || &j.repo_url == r))
+            .filter(|j| {
+                filter
+                    .repo
+                    .as_ref()
+                    .is_none_or(|r| &j.repo == r || &j.repo_url == r)
+            })
             .take(limit)
             .cloned()
             .collect())
@@ -108,12 +128,20 @@ impl JobStore for EmbeddedStore {
 
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
         let records = self.records.lock().await;
-        Ok(records.values().filter(|j| !j.status.is_final()).cloned().collect())
+        Ok(records
+            .values()
+            .filter(|j| !j.status.is_final())
+            .cloned()
+            .collect())
     }
 
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError> {
         let records = self.records.lock().await;
-        Ok(records.values().filter(|j| j.machine.is_some()).cloned().collect())
+        Ok(records
+            .values()
+            .filter(|j| j.machine.is_some())
+            .cloned()
+            .collect())
     }
 }
 
@@ -124,11 +152,13 @@ struct EmbeddedWriter {
 
 impl LogWriter for EmbeddedWriter {
     fn append(&mut self, header: &FrameHeader, payload: &[u8]) -> Result<u64, StoreError> {
-        self.inner.append(header, payload).map_err(io_err(&self.path))
+        self.inner
+            .append(header, payload)
+            .map_err(io_err(&self.path))
     }
 
-    fn len(&self) -> u64 {
-        self.inner.len()
+    fn end_offset(&self) -> u64 {
+        self.inner.end_offset()
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -203,11 +233,23 @@ mod tests {
         drop(store);
 
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(store.get(2).await.unwrap().unwrap().status, JobStatus::Success);
+        assert_eq!(
+            store.get(2).await.unwrap().unwrap().status,
+            JobStatus::Success
+        );
         assert_eq!(store.create(new_job("c"), 3).await.unwrap().id, 3);
-        let listed = store.list(&JobFilter { repo: Some("a".into()), ..Default::default() }).await.unwrap();
+        let listed = store
+            .list(&JobFilter {
+                repo: Some("a".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1]);
         let unfinished = store.unfinished().await.unwrap();
-        assert_eq!(unfinished.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            unfinished.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
     }
 }

@@ -134,7 +134,11 @@ impl FrameReader {
     pub fn open(path: &Path, offset: u64, skip_output: bool) -> io::Result<FrameReader> {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
-        Ok(FrameReader { reader: BufReader::with_capacity(256 * 1024, file), offset, skip_output })
+        Ok(FrameReader {
+            reader: BufReader::with_capacity(256 * 1024, file),
+            offset,
+            skip_output,
+        })
     }
 
     /// Offset just after the last frame returned.
@@ -149,7 +153,9 @@ impl FrameReader {
         if !read_full(&mut self.reader, &mut head)? {
             return Ok(None);
         }
-        let Some(raw) = decode_header(head) else { return Ok(None) };
+        let Some(raw) = decode_header(head) else {
+            return Ok(None);
+        };
         if self.skip_output && raw.header.kind == FrameKind::Output {
             // Make sure the whole payload is there before accepting the frame.
             let end = self.offset + (HEADER_LEN + raw.len) as u64;
@@ -158,14 +164,20 @@ impl FrameReader {
             }
             self.reader.seek_relative(raw.len as i64)?;
             self.offset = end;
-            return Ok(Some(Frame { header: raw.header, payload: Bytes::new() }));
+            return Ok(Some(Frame {
+                header: raw.header,
+                payload: Bytes::new(),
+            }));
         }
         let mut payload = vec![0u8; raw.len];
         if !read_full(&mut self.reader, &mut payload)? || !crc_matches(&raw, &payload) {
             return Ok(None);
         }
         self.offset += (HEADER_LEN + raw.len) as u64;
-        Ok(Some(Frame { header: raw.header, payload: Bytes::from(payload) }))
+        Ok(Some(Frame {
+            header: raw.header,
+            payload: Bytes::from(payload),
+        }))
     }
 }
 
@@ -193,20 +205,31 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// Opens (creating) the journal at `path`, first cutting off any torn frame at its tail.
     pub fn open(path: &Path) -> io::Result<JournalWriter> {
-        let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
         let mut reader = FrameReader::open(path, 0, false)?;
         while reader.next_frame()?.is_some() {}
         let valid = reader.offset();
         if file.metadata()?.len() != valid {
             file.set_len(valid)?;
         }
-        Ok(JournalWriter { file, len: valid, buf: Vec::with_capacity(HEADER_LEN) })
+        Ok(JournalWriter {
+            file,
+            len: valid,
+            buf: Vec::with_capacity(HEADER_LEN),
+        })
     }
 
     /// Appends one frame; returns the journal's new length.
     pub fn append(&mut self, header: &FrameHeader, payload: &[u8]) -> io::Result<u64> {
         if payload.len() > MAX_PAYLOAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame payload too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame payload too large",
+            ));
         }
         encode_header(header, payload, &mut self.buf);
         // One write(2) per frame: header and payload land together or (on a crash) as a torn tail.
@@ -224,7 +247,7 @@ impl JournalWriter {
         Ok(self.len)
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn end_offset(&self) -> u64 {
         self.len
     }
 
@@ -244,7 +267,14 @@ mod tests {
     use super::*;
 
     fn header(kind: FrameKind, seq: u64) -> FrameHeader {
-        FrameHeader { attempt: 1, step: 2, kind, stream: 1, seq, at_ms: 7 }
+        FrameHeader {
+            attempt: 1,
+            step: 2,
+            kind,
+            stream: 1,
+            seq,
+            at_ms: 7,
+        }
     }
 
     #[test]
@@ -252,9 +282,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let mut w = JournalWriter::open(&path).unwrap();
-        w.append(&header(FrameKind::Output, 1), b"hello\x00\xff").unwrap();
+        w.append(&header(FrameKind::Output, 1), b"hello\x00\xff")
+            .unwrap();
         w.append(&header(FrameKind::StepExited, 2), b"{}").unwrap();
-        let good_len = w.len();
+        let good_len = w.end_offset();
         drop(w);
         // A torn frame: a header promising more bytes than exist.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -268,11 +299,14 @@ mod tests {
         let first = r.next_frame().unwrap().unwrap();
         assert_eq!(first.payload.as_ref(), b"hello\x00\xff");
         assert_eq!(first.header, header(FrameKind::Output, 1));
-        assert_eq!(r.next_frame().unwrap().unwrap().header.kind, FrameKind::StepExited);
+        assert_eq!(
+            r.next_frame().unwrap().unwrap().header.kind,
+            FrameKind::StepExited
+        );
         assert!(r.next_frame().unwrap().is_none());
 
         let w = JournalWriter::open(&path).unwrap();
-        assert_eq!(w.len(), good_len);
+        assert_eq!(w.end_offset(), good_len);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
     }
 

@@ -18,7 +18,10 @@ pub use journal::{Frame, FrameHeader, FrameKind};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage I/O on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("corrupt record {path}: {message}")]
     Corrupt { path: String, message: String },
 }
@@ -52,7 +55,7 @@ pub trait JobStore: Send + Sync + 'static {
 pub trait LogWriter: Send {
     /// Appends a frame; returns the journal's new length in bytes.
     fn append(&mut self, header: &FrameHeader, payload: &[u8]) -> Result<u64, StoreError>;
-    fn len(&self) -> u64;
+    fn end_offset(&self) -> u64;
     /// Makes everything appended durable.
     fn sync(&self) -> Result<(), StoreError>;
 }
@@ -71,6 +74,10 @@ pub trait LogStore: Send + Sync + 'static {
     fn writer(&self, id: JobId) -> Result<Box<dyn LogWriter>, StoreError>;
     /// Reads from `offset`; output payloads are left empty when `skip_output`. `None` when the job has
     /// no journal yet.
-    fn reader(&self, id: JobId, offset: u64, skip_output: bool)
-    -> Result<Option<Box<dyn LogReader>>, StoreError>;
+    fn reader(
+        &self,
+        id: JobId,
+        offset: u64,
+        skip_output: bool,
+    ) -> Result<Option<Box<dyn LogReader>>, StoreError>;
 }
