@@ -270,15 +270,10 @@ fn apply_test_report(record: &mut JobRecord, step: u32, report: &pb::TestReport)
     }
     match crate::junit::parse(&report.xml) {
         Ok(parsed) => {
-            let t = parsed.totals;
-            let mut totals = step.tests.unwrap_or_default();
-            totals.total += t.total;
-            totals.passed += t.passed;
-            totals.failed += t.failed;
-            totals.errors += t.errors;
-            totals.skipped += t.skipped;
-            totals.time_secs += t.time_secs;
-            step.tests = Some(totals);
+            // A step may send more than one report: they add up.
+            step.tests
+                .get_or_insert_with(Default::default)
+                .add(&parsed.totals);
         }
         // Kept in the journal as sent; a broken report never fails the job by itself.
         Err(e) => step.message = format!("test report {} is unreadable: {e}", report.source),

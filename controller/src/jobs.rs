@@ -140,27 +140,18 @@ pub struct StepRecord {
     pub tests: Option<TestTotals>,
 }
 
-/// Totals of a step's JUnit report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct TestTotals {
-    pub total: u32,
-    pub passed: u32,
-    pub failed: u32,
-    pub errors: u32,
-    pub skipped: u32,
-    pub time_secs: f64,
-}
+/// Totals of a step's JUnit report (as the parser counts them).
+pub use crate::junit::TestTotals;
 
-impl TestTotals {
-    pub fn to_pb(self) -> pb::TestTotals {
-        pb::TestTotals {
-            total: self.total,
-            passed: self.passed,
-            failed: self.failed,
-            errors: self.errors,
-            skipped: self.skipped,
-            time_secs: self.time_secs,
-        }
+/// Test totals as the control API carries them.
+pub fn totals_to_pb(t: &TestTotals) -> pb::TestTotals {
+    pb::TestTotals {
+        total: t.total,
+        passed: t.passed,
+        failed: t.failed,
+        errors: t.errors,
+        skipped: t.skipped,
+        time_secs: t.time_secs,
     }
 }
 
@@ -216,7 +207,7 @@ impl StepRecord {
             finished_at_unix_ms: self.finished_at,
             script: self.script.clone(),
             message: self.message.clone(),
-            tests: self.tests.map(TestTotals::to_pb),
+            tests: self.tests.as_ref().map(totals_to_pb),
             stage: self.stage,
         }
     }

@@ -233,7 +233,8 @@ impl TestTotals {
         self.time_secs += time_secs;
     }
 
-    fn add(&mut self, other: &TestTotals) {
+    /// Adds another report's counts (several reports of one step, or merged reports).
+    pub fn add(&mut self, other: &TestTotals) {
         self.total = self.total.saturating_add(other.total);
         self.passed = self.passed.saturating_add(other.passed);
         self.failed = self.failed.saturating_add(other.failed);

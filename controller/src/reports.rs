@@ -74,6 +74,8 @@ pub async fn test_reports(
             .map_err(|_| ControllerError::FailedPrecondition("report reader failed".into()))?,
     );
     let mut out: Vec<pb::StepTestReport> = Vec::new();
+    // Per step, the parser's totals, summed over the step's reports.
+    let mut sums: std::collections::HashMap<u32, crate::junit::TestTotals> = Default::default();
     for (step, report) in reports {
         let entry = match out.iter_mut().position(|r| r.step == step) {
             Some(i) => &mut out[i],
@@ -92,14 +94,10 @@ pub async fn test_reports(
         }
         match crate::junit::parse(&report.xml) {
             Ok(parsed) => {
-                let totals = entry.totals.get_or_insert_with(Default::default);
-                let t = &parsed.totals;
-                totals.total += t.total;
-                totals.passed += t.passed;
-                totals.failed += t.failed;
-                totals.errors += t.errors;
-                totals.skipped += t.skipped;
-                totals.time_secs += t.time_secs;
+                let mut totals = sums.remove(&step).unwrap_or_default();
+                totals.add(&parsed.totals);
+                entry.totals = Some(crate::jobs::totals_to_pb(&totals));
+                sums.insert(step, totals);
                 entry.truncated |= parsed.truncated;
                 entry
                     .cases
