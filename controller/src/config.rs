@@ -362,6 +362,15 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.main.idle_timeout, 900);
+        let repo = config.repo("threefoldtech/zeroCI", "").unwrap();
+        assert!(repo.mask_base64);
+    }
+
+    #[test]
     fn init_config_round_trips_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::for_init("127.0.0.1:0", None, "http://localhost:7702");
