@@ -13,8 +13,9 @@ use zeroci::pb::{self, agent_event::Kind};
 use crate::outbox::Outbox;
 use crate::session::{SessionConfig, endpoint};
 
-/// Reports larger than this are announced but not sent.
-pub const MAX_TEST_REPORT_BYTES: u64 = 8 * 1024 * 1024;
+/// Reports larger than this are announced but not sent: one event must fit the controller's 4 MiB
+/// message and journal-frame limits with room to spare.
+pub const MAX_TEST_REPORT_BYTES: u64 = 3 * 1024 * 1024;
 /// Artifacts larger than this are refused (they travel through the job's journal).
 pub const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;

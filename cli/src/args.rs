@@ -47,6 +47,10 @@ pub enum Command {
     Agents(AgentsArgs),
     /// Download a file a job kept (the pipeline's `bin_path`).
     Artifact(ArtifactArgs),
+    /// Run a job again: same repository, commit and settings.
+    Rerun(RerunArgs),
+    /// Connect a local repository to ZeroCI with git hooks.
+    Hook(HookArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Check a zeroCI.yaml offline and show the plan it would run (no controller, no profile).
@@ -72,6 +76,39 @@ pub struct RunArgs {
     /// Per-step timeout in seconds (default: the pipeline's or the controller's).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
+    /// The branch name to record for the job (default: taken from --ref or the checkout).
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RerunArgs {
+    /// Job id (or its result URL) to run again: same repository, commit and settings.
+    #[arg(value_name = "JOB", value_parser = parse_job_id)]
+    pub job: u64,
+    /// Print the new job's id (or its JSON with --json) and return without following.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print no live output; print the final job as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HookArgs {
+    #[command(subcommand)]
+    pub command: HookCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum HookCommand {
+    /// Install git hooks in a local repository so every commit (post-commit) or push (post-receive, bare
+    /// repositories) queues a job at once, with no polling.
+    Install {
+        /// The repository (work tree or bare).
+        #[arg(default_value = ".", value_name = "PATH")]
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]

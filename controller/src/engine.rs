@@ -270,11 +270,42 @@ impl Engine {
         Ok(job)
     }
 
+    /// Queues a new job with the repository, commit and settings of job `id`.
+    pub async fn rerun(&self, id: JobId, user: &str) -> Result<JobRecord, ControllerError> {
+        let old = self
+            .jobs
+            .get(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        self.submit(NewJob {
+            repo: old.repo,
+            repo_url: old.repo_url,
+            ref_name: old.ref_name,
+            // After its checkout a job holds the full commit id, so the rerun tests exactly that commit.
+            commit: old.commit,
+            triggered_by: format!("{user} (rerun of job {id})"),
+            step_timeout_secs: old.step_timeout_secs,
+        })
+        .await
+    }
+
     /// Cancels a job. Queued jobs end at once; running ones when their agent has stopped the step (or
     /// after the grace period plus a margin when it does not answer).
     pub async fn cancel(&self, id: JobId, reason: String) -> Result<JobRecord, ControllerError> {
-        if let Some(active) = self.active_job(id) {
+        loop {
+            // Under the claim lock a queued job cannot start running while we look at it.
+            let claim = self.claim_lock.lock().await;
+            let Some(active) = self.active_job(id) else {
+                return self.cancel_queued(id, reason).await;
+            };
+            drop(claim);
             let mut state = active.state.lock().await;
+            if !self
+                .active_job(id)
+                .is_some_and(|current| Arc::ptr_eq(&current, &active))
+            {
+                continue; // the next pipeline job took over meanwhile: cancel that one
+            }
             if state.record.status.is_final() || state.record.cancel_reason.is_some() {
                 return Ok(state.record.clone());
             }
@@ -282,8 +313,8 @@ impl Engine {
             self.jobs.put(&state.record).await?;
             let connected = active.session.lock().map(|s| s.is_some()).unwrap_or(false);
             if connected {
-                let deadline =
-                    zeroci::now_unix_ms() + (self.config.main.cancel_grace as i64 + 10) * 1000;
+                let grace_ms = (self.config.main.cancel_grace as i64 + 10) * 1000;
+                let deadline = zeroci::now_unix_ms() + grace_ms;
                 active.cancel_deadline_ms.store(deadline, Ordering::Relaxed);
                 active.send_to_agent(pb::controller_message::Kind::Cancel(pb::Cancel {
                     reason: reason.clone(),
@@ -297,7 +328,10 @@ impl Engine {
             }
             return Ok(state.record.clone());
         }
-        let _claim = self.claim_lock.lock().await;
+    }
+
+    /// Cancels a job that is not running (the caller holds the claim lock).
+    async fn cancel_queued(&self, id: JobId, reason: String) -> Result<JobRecord, ControllerError> {
         let mut record = self
             .jobs
             .get(id)
@@ -305,12 +339,8 @@ impl Engine {
             .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
         if record.status == JobStatus::Queued {
             record.cancel_reason = Some(reason.clone());
-            record.finish(
-                JobStatus::Cancelled,
-                reason,
-                zeroci::now_unix_ms(),
-                StepStatus::Cancelled,
-            );
+            let now = zeroci::now_unix_ms();
+            record.finish(JobStatus::Cancelled, reason, now, StepStatus::Cancelled);
             self.jobs.put(&record).await?;
             self.close_progress(id);
             info!(job_id = id, "queued job cancelled");
@@ -389,12 +419,27 @@ impl Engine {
         mut token: Option<String>,
     ) -> Result<(), ControllerError> {
         loop {
-            if let Some(token) = token.take() {
-                self.provision(&active, token).await?;
-            }
-            match self.supervise(&active).await? {
+            let outcome = match self.run_machine(&active, token.take()).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // A controller-side failure (the store, most likely): the job cannot be followed
+                    // any more. End it, so its machine, worker slot and followers are released.
+                    error!(job_id = active.id, error = %e, "ending job after a controller error");
+                    {
+                        let mut state = active.state.lock().await;
+                        let reason = format!("controller error: {e}");
+                        let _ = self
+                            .finalize(&active, &mut state, JobStatus::Error, reason)
+                            .await;
+                    }
+                    self.destroy_machine(&active, true).await;
+                    self.unregister(&active);
+                    return Err(e);
+                }
+            };
+            match outcome {
                 Outcome::Final => {
-                    self.destroy_machine(&active).await;
+                    self.destroy_machine(&active, true).await;
                     self.unregister(&active);
                     return Ok(());
                 }
@@ -406,15 +451,40 @@ impl Engine {
                     self.unregister(&active);
                     return Ok(());
                 }
-                Outcome::NextStage => {
-                    self.destroy_machine(&active).await;
-                    let (next, next_token) = self.next_stage(&active).await?;
+                Outcome::NextStage if self.shutdown.is_cancelled() => {
+                    // The next start finds the stage finished in the journal and goes on from there.
+                    info!(job_id = active.id, "shutting down between pipeline jobs");
                     self.unregister(&active);
-                    active = next;
-                    token = Some(next_token);
+                    return Ok(());
+                }
+                Outcome::NextStage => {
+                    // The record keeps naming this machine until the next one replaces it, so a crash
+                    // in between resumes the pipeline instead of starting it over.
+                    self.destroy_machine(&active, false).await;
+                    let next = self.next_stage(&active).await;
+                    self.unregister(&active);
+                    match next? {
+                        Some((next, next_token)) => {
+                            active = next;
+                            token = Some(next_token);
+                        }
+                        None => return Ok(()),
+                    }
                 }
             }
         }
+    }
+
+    /// Provisions the machine (when a bootstrap token is given) and supervises it.
+    async fn run_machine(
+        &self,
+        active: &Arc<ActiveJob>,
+        token: Option<String>,
+    ) -> Result<Outcome, ControllerError> {
+        if let Some(token) = token {
+            self.provision(active, token).await?;
+        }
+        self.supervise(active).await
     }
 
     async fn provision(
@@ -446,6 +516,8 @@ impl Engine {
         info!(job_id = id, attempt = active.attempt, machine = %request.name, "provisioning");
         match self.provisioner.create(&request).await {
             Ok(details) => {
+                // The agent's time to connect counts from a machine that exists, not from the claim.
+                active.touch();
                 let mut state = active.state.lock().await;
                 if let Some(machine) = state.record.machine.as_mut() {
                     machine.details = details;
@@ -468,22 +540,37 @@ impl Engine {
     }
 
     /// The next pipeline job of `done`'s job: a new attempt on a new machine, recorded before it exists.
+    /// `None` when the job ended meanwhile (cancelled between pipeline jobs). The old state stays locked
+    /// until the new attempt is registered, so a cancel sees either the old attempt or the new one.
     async fn next_stage(
         &self,
-        done: &ActiveJob,
-    ) -> Result<(Arc<ActiveJob>, String), ControllerError> {
-        let mut record = done.state.lock().await.record.clone();
+        done: &Arc<ActiveJob>,
+    ) -> Result<Option<(Arc<ActiveJob>, String)>, ControllerError> {
+        let mut old = done.state.lock().await;
+        if !old.record.status.is_final()
+            && let Some(reason) = old.record.cancel_reason.clone()
+        {
+            self.finalize(done, &mut old, JobStatus::Cancelled, reason)
+                .await?;
+        }
+        if old.record.status.is_final() {
+            old.record.machine = None;
+            self.jobs.put(&old.record).await?;
+            return Ok(None);
+        }
+        let mut record = old.record.clone();
         let token = random_token();
         record.attempt += 1;
         record.machine = Some(self.machine_record(&record, &token));
         self.jobs.put(&record).await?;
-        let writer = self.logs.writer(record.id)?;
+        // The journal writer moves on with the job: reopening it would rescan the whole journal.
+        let writer = std::mem::replace(&mut old.writer, Box::new(crate::store::ClosedWriter));
         info!(
             job_id = record.id,
             stage = record.stage(),
             "next pipeline job"
         );
-        Ok((self.register(record, writer, 0), token))
+        Ok(Some((self.register(record, writer, 0), token)))
     }
 
     fn machine_record(&self, record: &JobRecord, token: &str) -> MachineRecord {
@@ -584,6 +671,8 @@ impl Engine {
         reason: String,
     ) -> Result<(), ControllerError> {
         if state.record.status.is_final() {
+            // Already over (another path got here first): make sure the worker sees it too.
+            active.phase.send_replace(Phase::Final);
             return Ok(());
         }
         let running_as = if status == JobStatus::Cancelled {
@@ -602,7 +691,7 @@ impl Engine {
         if let Err(e) = state.writer.sync() {
             warn!(job_id = active.id, error = %e, "cannot sync journal");
         }
-        self.jobs.put(&state.record).await?;
+        let stored = self.jobs.put(&state.record).await;
         info!(job_id = active.id, status = status.as_str(), "job finished");
         active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
             reason: format!("job {}", status.as_str()),
@@ -611,7 +700,7 @@ impl Engine {
         active.phase.send_replace(Phase::Final);
         // Followers stop at the final status, not when the machine is gone.
         self.close_progress(active.id);
-        Ok(())
+        stored.map_err(ControllerError::from)
     }
 
     /// Ends this machine's part of the job; the worker provisions the next pipeline job's machine.
@@ -623,12 +712,17 @@ impl Engine {
         active.phase.send_replace(Phase::StageDone);
     }
 
-    async fn destroy_machine(&self, active: &ActiveJob) {
+    /// Destroys the attempt's machine; with `forget`, also clears it from the record (not when the next
+    /// pipeline job's machine is about to replace it).
+    async fn destroy_machine(&self, active: &ActiveJob, forget: bool) {
         let machine = active.state.lock().await.record.machine.clone();
         let Some(machine) = machine else { return };
         if let Err(e) = self.provisioner.destroy(&machine).await {
             // Keep the record so the next start tries again.
             error!(job_id = active.id, error = %e, "cannot destroy machine");
+            return;
+        }
+        if !forget {
             return;
         }
         let mut state = active.state.lock().await;

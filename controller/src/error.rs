@@ -18,6 +18,9 @@ pub enum ControllerError {
     PermissionDenied(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// Try again later (for example while the controller stops or restarts).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -34,6 +37,7 @@ impl From<ControllerError> for Status {
             ControllerError::FailedPrecondition(m) => Status::failed_precondition(m),
             ControllerError::PermissionDenied(m) => Status::permission_denied(m),
             ControllerError::Unauthenticated(m) => Status::unauthenticated(m),
+            ControllerError::Unavailable(m) => Status::unavailable(m),
             other => {
                 // Details go to the log; the client gets a short message, not our internals.
                 error!(error = ?other, "internal error");

@@ -41,6 +41,7 @@ impl IntoResponse for HttpError {
                 StatusCode::FORBIDDEN
             }
             ControllerError::FailedPrecondition(_) => StatusCode::CONFLICT,
+            ControllerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -100,7 +100,6 @@ async fn drain(
     tx: &LogTx,
 ) -> Result<bool, ControllerError> {
     loop {
-        let record = get(engine, id).await?;
         let logs = engine.logs.clone();
         let start = *offset;
         let batch = tokio::task::spawn_blocking(
@@ -128,6 +127,9 @@ async fn drain(
             // No journal: the job never reached a machine.
             return Ok(true);
         };
+        // Read after the frames: the record is updated after each frame is appended, so it already
+        // knows every step those frames mention.
+        let record = get(engine, id).await?;
         *offset = next;
         for frame in frames {
             // Frames of an abandoned earlier run of the job are not part of its log.

@@ -118,8 +118,9 @@ impl Engine {
                     "job {job_id} is already over ({})",
                     job.status.as_str()
                 )),
-                Some(_) => ControllerError::FailedPrecondition(format!(
-                    "job {job_id} has no machine running"
+                // Not over, just not attached here (yet): the agent should try again later.
+                Some(_) => ControllerError::Unavailable(format!(
+                    "job {job_id} is not being supervised by this controller right now"
                 )),
                 None => ControllerError::NotFound(format!("job {job_id} not found")),
             });
@@ -274,16 +275,29 @@ impl Engine {
             // A resend of something stored, or a late event after the end: acknowledge, store nothing.
             return Ok(state.last_seq);
         }
-        if event.seq != state.last_seq + 1 {
-            return Err(ControllerError::InvalidArgument(format!(
-                "event {} out of order: expected {}",
-                event.seq,
-                state.last_seq + 1
-            )));
+        let problem = if event.seq != state.last_seq + 1 {
+            Some(format!(
+                "expected event {}, got {}",
+                state.last_seq + 1,
+                event.seq
+            ))
+        } else if event.kind.is_none() {
+            Some(format!("event {} has no content", event.seq))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            // Refusing the stream would only make the agent resend the same thing forever: the job's
+            // record can no longer be complete, so it ends here, loudly.
+            let reason = format!("agent events lost or invalid ({problem})");
+            warn!(job_id = active.id, %reason, "ending job");
+            self.finalize(active, &mut state, JobStatus::Error, reason)
+                .await?;
+            return Ok(state.last_seq);
         }
-        let kind = event
-            .kind
-            .ok_or_else(|| ControllerError::InvalidArgument("event without content".into()))?;
+        let Some(kind) = event.kind else {
+            return Ok(state.last_seq);
+        };
         let at_ms = if event.at_unix_ms > 0 {
             event.at_unix_ms
         } else {
@@ -342,7 +356,6 @@ impl Engine {
         };
         let frame = Frame { header, payload };
         self.append_and_apply(active, &mut state, frame).await?;
-        state.last_seq = event.seq;
         Ok(state.last_seq)
     }
 
@@ -353,6 +366,10 @@ impl Engine {
         frame: Frame,
     ) -> Result<(), ControllerError> {
         let len = state.writer.append(&frame.header, &frame.payload)?;
+        if frame.header.seq > 0 {
+            // Stored: from here on a resend of it is a duplicate, whatever happens to the record below.
+            state.last_seq = frame.header.seq;
+        }
         let effect = apply::apply_frame(&mut state.record, &frame, self.plan_defaults());
         match effect {
             Effect::None => {}

@@ -8,3 +8,4 @@ mod lifecycle;
 mod pipelines;
 mod restart;
 mod security;
+mod triggers;

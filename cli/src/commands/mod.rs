@@ -10,6 +10,7 @@ use crate::client::{Client, load_profile};
 mod agents;
 mod artifact;
 mod completions;
+mod hook;
 mod jobs;
 mod lint;
 mod logs;
@@ -53,6 +54,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => logs::logs(profile, a).await,
         Command::Agents(a) => agents::agents(profile, a).await,
         Command::Artifact(a) => artifact::download(profile, a).await,
+        Command::Rerun(a) => run::rerun(profile, a).await,
+        Command::Hook(a) => hook::hook(profile, a),
         Command::Completions(a) => completions::completions(a),
         // Offline: no profile is loaded and nothing is dialled.
         Command::Lint(a) => lint::lint(a),

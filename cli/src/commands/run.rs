@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use zeroci::pb;
 
 use super::{EXIT_INTERRUPTED, exit_for_status};
-use crate::args::RunArgs;
+use crate::args::{RerunArgs, RunArgs};
 use crate::client::Client;
 use crate::display::{LogPrinter, Silent, eprint_line, print_json, write_stdout};
 use crate::follow::{Backoff, LogRequest, stream_logs};
@@ -28,7 +28,7 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
     let request = pb::SubmitJobRequest {
         repo_url: source.repo_url,
         commit: source.commit,
-        ref_name: source.ref_name,
+        ref_name: args.branch.unwrap_or(source.ref_name),
         repo_name: source.repo_name,
         step_timeout_secs: args.timeout.unwrap_or(0),
     };
@@ -38,11 +38,36 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
         .into_inner()
         .job
         .ok_or_else(|| anyhow!("the controller accepted the job but did not describe it"))?;
-    if !args.json {
+    after_submit(&mut client, job, args.detach, args.json).await
+}
+
+/// `zeroci rerun JOB`: a new job for the same commit, then the same output as `run`.
+pub async fn rerun(profile: Option<&Path>, args: RerunArgs) -> anyhow::Result<ExitCode> {
+    let mut client = super::connect(profile).await?;
+    let response = client
+        .rpc
+        .rerun_job(pb::RerunJobRequest { id: args.job })
+        .await;
+    let job = response
+        .map_err(|s| client.job_error(&s, args.job))?
+        .into_inner()
+        .job
+        .ok_or_else(|| anyhow!("the controller accepted the job but did not describe it"))?;
+    after_submit(&mut client, job, args.detach, args.json).await
+}
+
+/// Reports a queued job and, unless detached, follows it to its end.
+async fn after_submit(
+    client: &mut Client,
+    job: pb::Job,
+    detach: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if !json {
         eprint_line(&format!("job {} queued: {}", job.id, job.url));
     }
-    if args.detach {
-        if args.json {
+    if detach {
+        if json {
             print_json(&job_json(&job))?;
         } else {
             write_stdout(format!("{}\n", job.id).as_bytes())?;
@@ -55,8 +80,8 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
         step: None,
         backoff: Backoff::default(),
     };
-    if args.json {
-        let done = stream_logs(&mut client, &request, &mut Silent).await;
+    if json {
+        let done = stream_logs(client, &request, &mut Silent).await;
         let done = done
             .map_err(|e| keeps_running(e, job.id))?
             .ok_or_else(|| ended_early(job.id))?;
@@ -66,7 +91,7 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
         print_json(&job_json(&job))?;
         return Ok(ExitCode::from(exit_for_status(&job.status)));
     }
-    follow_live(&mut client, &request).await
+    follow_live(client, &request).await
 }
 
 /// Streams the job's output to the terminal until it is over; Ctrl-C stops following, not the job.

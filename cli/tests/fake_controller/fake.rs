@@ -151,6 +151,13 @@ impl server::ControlService for Fake {
         Ok(Response::new(pb::GetTestReportResponse::default()))
     }
 
+    async fn rerun_job(
+        &self,
+        _request: Request<pb::RerunJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        Err(Status::unimplemented("the fake controller does not rerun"))
+    }
+
     type DownloadArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
 
     async fn download_artifact(

@@ -29,6 +29,21 @@ pub struct LocalProvisioner {
 struct LocalDetails {
     pid: u32,
     dir: PathBuf,
+    /// The agent's start time (field 22 of /proc/PID/stat): after a reboot the pid may belong to
+    /// someone else, and destroy must not touch that process's session.
+    #[serde(default)]
+    start_time: Option<u64>,
+}
+
+/// The start time of process `pid` in clock ticks since boot, if it exists.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces); start time is field 22 overall.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 impl LocalProvisioner {
@@ -117,7 +132,13 @@ impl Provisioner for LocalProvisioner {
             let _ = child.wait().await;
         });
         info!(job_id = request.job_id, attempt = request.attempt, pid, machine = %name, "local agent started");
-        Ok(serde_json::to_value(LocalDetails { pid, dir }).unwrap_or_default())
+        let start_time = process_start_time(pid);
+        Ok(serde_json::to_value(LocalDetails {
+            pid,
+            dir,
+            start_time,
+        })
+        .unwrap_or_default())
     }
 
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
@@ -127,7 +148,17 @@ impl Provisioner for LocalProvisioner {
             .map(|d| d.dir.clone())
             .unwrap_or_else(|| self.machines_dir.join(&machine.name));
         if let Some(details) = &details {
-            stop_session(details.pid).await;
+            let same_process = match details.start_time {
+                Some(started) => process_start_time(details.pid) == Some(started),
+                // Recorded by an older controller: trust the pid only while it still runs in the machine.
+                None => std::fs::read_link(format!("/proc/{}/cwd", details.pid))
+                    .is_ok_and(|cwd| cwd.starts_with(&dir)),
+            };
+            if same_process {
+                stop_session(details.pid).await;
+            } else {
+                info!(machine = %machine.name, pid = details.pid, "agent process already gone");
+            }
         }
         // Keep the agent's own log for diagnosis; the job's output is in the journal already.
         if std::fs::create_dir_all(&self.agent_logs_dir).is_ok() {
@@ -165,4 +196,15 @@ async fn stop_session(sid: u32) {
         sid,
         killed, "machine processes did not stop on SIGTERM; killed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn start_time_of_this_process_is_readable_and_stable() {
+        let pid = std::process::id();
+        let first = super::process_start_time(pid).expect("start time");
+        assert_eq!(super::process_start_time(pid), Some(first));
+        assert_eq!(super::process_start_time(u32::MAX), None);
+    }
 }

@@ -180,6 +180,17 @@ impl pb::control_service_server::ControlService for ControlApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn rerun_job(
+        &self,
+        request: Request<pb::RerunJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let user = authorize_user(&request, Access::Write)?;
+        let job = self.engine.rerun(request.into_inner().id, &user).await?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job.to_pb(self.engine.domain())),
+        }))
+    }
+
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,

@@ -49,11 +49,17 @@ impl EmbeddedStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&path)(e)),
             };
-            let record: JobRecord =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+            let record: JobRecord = match serde_json::from_slice(&bytes) {
+                Ok(record) => record,
+                Err(e) => {
+                    // One damaged record (a torn write after power loss) must not keep the controller
+                    // from starting: set it aside for inspection and go on.
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(path = %path.display(), error = %e, "unreadable job record set aside");
+                    let _ = std::fs::rename(&path, &aside);
+                    continue;
+                }
+            };
             records.insert(id, record);
         }
         Ok(EmbeddedStore {
@@ -251,5 +257,11 @@ mod tests {
             unfinished.iter().map(|j| j.id).collect::<Vec<_>>(),
             vec![1, 3]
         );
+        drop(store);
+        // A damaged record is set aside; the store still opens.
+        std::fs::write(dir.path().join("jobs/1/job.json"), b"{ torn").unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(store.get(1).await.unwrap().is_none());
+        assert!(dir.path().join("jobs/1/job.json.corrupt").exists());
     }
 }

@@ -60,6 +60,27 @@ pub trait LogWriter: Send {
     fn sync(&self) -> Result<(), StoreError>;
 }
 
+/// The writer left behind when a job's journal writer moved to its next attempt: nothing may append
+/// through it any more.
+pub struct ClosedWriter;
+
+impl LogWriter for ClosedWriter {
+    fn append(&mut self, _header: &FrameHeader, _payload: &[u8]) -> Result<u64, StoreError> {
+        Err(StoreError::Io {
+            path: "journal".into(),
+            source: std::io::Error::other("this attempt's journal writer went to the next attempt"),
+        })
+    }
+
+    fn end_offset(&self) -> u64 {
+        0
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// Reads one job's journal from an offset.
 pub trait LogReader: Send {
     /// The next complete, valid frame; `None` at the end of what is written so far.

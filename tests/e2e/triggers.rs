@@ -1,0 +1,113 @@
+//! Local triggers: git hooks installed by `zeroci hook install`, and `zeroci rerun`.
+
+use crate::harness::{Repo, TestEnv};
+use std::process::Command;
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_commit_in_a_repository_with_the_hook_queues_a_job_before_git_returns() {
+    let env = TestEnv::start();
+    let repo = Repo::new(
+        &env,
+        "hooked",
+        &[("zeroCI.yaml", "script:\n  - echo hooked\n")],
+    );
+    let out = env.cli(&["hook", "install", repo.path_str()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(repo.path.join(".git/hooks/post-commit").exists());
+    let commit = repo.commit(&[("file", "1")], "change");
+    // The post-commit hook ran synchronously: the job is there already.
+    let jobs = env.cli(&["jobs", "--json"]).json();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs:#}");
+    let job = env.wait_job(jobs[0]["id"].as_u64().unwrap());
+    assert_eq!(job["status"], "success");
+    assert_eq!(job["commit"], commit);
+    assert_eq!(job["ref"], "main");
+    // Installing again replaces our own hook instead of refusing.
+    assert_eq!(env.cli(&["hook", "install", repo.path_str()]).code, 0);
+}
+
+#[test]
+fn a_push_to_a_bare_repository_queues_one_job_per_branch_with_slashes_kept() {
+    let env = TestEnv::start();
+    let bare = env.dir.path().join("origin.git");
+    git(
+        env.dir.path(),
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    let out = env.cli(&["hook", "install", bare.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let work = Repo::new(
+        &env,
+        "work",
+        &[("zeroCI.yaml", "script:\n  - echo \"$ZEROCI_BRANCH\"\n")],
+    );
+    git(
+        &work.path,
+        &["remote", "add", "origin", bare.to_str().unwrap()],
+    );
+    git(&work.path, &["push", "-q", "origin", "main:feature/a/b"]);
+    // post-receive runs before the push returns: the job is queued already.
+    let jobs = env.cli(&["jobs", "--json"]).json();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs:#}");
+    let id = jobs[0]["id"].as_u64().unwrap();
+    assert_eq!(env.wait_job(id)["status"], "success");
+    assert_eq!(env.raw_log(id, None), b"feature/a/b\n");
+    // Deleting the branch queues nothing.
+    git(&work.path, &["push", "-q", "origin", ":feature/a/b"]);
+    assert_eq!(
+        env.cli(&["jobs", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn rerun_tests_the_same_commit_again() {
+    let env = TestEnv::start();
+    let repo = Repo::new(
+        &env,
+        "again",
+        &[("zeroCI.yaml", "script:\n  - git rev-parse HEAD\n")],
+    );
+    let first = env.submit(&repo.path);
+    let first_job = env.wait_job(first);
+    repo.commit(
+        &[("later", "x")],
+        "a later commit the rerun must not pick up",
+    );
+    let out = env.cli(&["rerun", &first.to_string()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let second = env.cli(&["jobs", "--json"]).json()[0].clone();
+    assert_ne!(second["id"], first_job["id"]);
+    assert_eq!(second["commit"], first_job["commit"]);
+    assert!(
+        second["triggered_by"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("rerun of job {first}"))
+    );
+    assert_eq!(
+        out.stdout_str(),
+        format!("{}\n", first_job["commit"].as_str().unwrap())
+    );
+}
