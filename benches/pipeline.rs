@@ -4,12 +4,15 @@
 //! cargo build --release && cargo bench --bench pipeline            # all
 //! cargo bench --bench pipeline -- latency 20                              # 20 trivial jobs
 //! cargo bench --bench pipeline -- throughput 1024                         # a step printing 1024 MiB
+//! cargo bench --bench pipeline -- hook 20                                 # commits through the git hook
 //! ```
 //!
 //! - latency: submit → first output byte, and submit → final status, for a trivial repository
 //!   (`echo hello`), measured by a gRPC client following the log; median and worst of N runs.
 //! - throughput: one step prints N MiB to stdout; time from first byte to final status, MB/s through to
 //!   the store, and the controller's peak resident memory (VmHWM) during the run.
+//! - hook: `zeroci hook install` on a repository, then N commits; time from `git commit` returning to
+//!   the job's final status (median and worst).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -249,6 +252,68 @@ async fn throughput(mib: u64) {
     );
 }
 
+async fn hook(runs: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let controller = start_controller(&home);
+    let profile = home.join("cli.toml");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    table.insert("controller".into(), controller.addr.clone().into());
+    std::fs::write(&profile, toml::to_string(&table).unwrap()).unwrap();
+    let repo = repo(dir.path(), "hooked", "script:\n  - echo hello\n");
+    let installed = Command::new(bin_dir().join("zeroci"))
+        .arg("--profile")
+        .arg(&profile)
+        .args(["hook", "install"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(installed.success());
+    let mut client = client(&home, &controller.addr).await;
+    let mut times = Vec::new();
+    for n in 0..=runs {
+        std::fs::write(repo.join("counter"), n.to_string()).unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "bench"]);
+        let committed = Instant::now();
+        let jobs = client
+            .list_jobs(pb::ListJobsRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let id = jobs.into_inner().jobs[0].id;
+        let mut stream = client
+            .stream_logs(pb::StreamLogsRequest {
+                id,
+                follow: true,
+                step: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut status = String::new();
+        while let Some(event) = stream.next().await {
+            if let Some(pb::log_event::Kind::JobDone(job)) = event.unwrap().kind {
+                status = job.status;
+            }
+        }
+        assert_eq!(status, "success");
+        if n > 0 {
+            // The first commit warms the page cache and connections.
+            times.push(ms(committed.elapsed()));
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "hook ({runs} commits): git commit returned → final status median {:.1} ms (max {:.1})",
+        times[runs / 2],
+        times[runs - 1]
+    );
+}
+
 fn main() {
     zeroci::install_crypto_provider();
     // `cargo bench` passes `--bench`; skip flags.
@@ -265,6 +330,9 @@ fn main() {
     runtime.block_on(async {
         if what == "latency" || what == "all" {
             latency(n(20) as usize).await;
+        }
+        if what == "hook" || what == "all" {
+            hook(n(20) as usize).await;
         }
         if what == "throughput" || what == "all" {
             throughput(n(1024)).await;

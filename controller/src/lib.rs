@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod github;
 pub mod http;
 pub mod init;
 pub mod jobs;
