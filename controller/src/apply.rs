@@ -316,6 +316,7 @@ mod tests {
                 commit: "HEAD".into(),
                 triggered_by: "t".into(),
                 step_timeout_secs: 0,
+                github_repo: None,
             },
             0,
         );

@@ -34,6 +34,28 @@ pub struct Config {
     /// `local:/path` for a local repository.
     #[serde(default)]
     pub repos: BTreeMap<String, RepoConfig>,
+    /// GitHub: webhooks in, commit statuses out.
+    #[serde(default)]
+    pub github: Option<GitHubConfig>,
+}
+
+/// `[github]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubConfig {
+    /// Token for the contents API, commit statuses and cloning private repositories.
+    pub access_token: Option<String>,
+    /// Repositories (`owner/name`) whose webhooks start jobs.
+    #[serde(default)]
+    pub repos: Vec<String>,
+    /// The secret configured on the webhooks; deliveries are checked against it (HMAC-SHA256).
+    pub webhook_secret: Option<String>,
+    /// `https://api.github.com` (default) or `https://HOST/api/v3` for GitHub Enterprise.
+    pub api_url: Option<String>,
+    /// The commit status context (default `continuous-integration/ZeroCI`).
+    pub status_context: Option<String>,
+    /// Larger webhook bodies are refused with 413 (default 25 MiB, GitHub's own cap).
+    pub max_body_bytes: Option<usize>,
 }
 
 /// `[repos."owner/name"]`.
@@ -268,6 +290,29 @@ impl Config {
                 self.provisioner.kind
             ));
         }
+        if let Some(github) = &self.github {
+            for repo in &github.repos {
+                let mut parts = repo.split('/');
+                let valid = matches!((parts.next(), parts.next(), parts.next()), (Some(o), Some(n), None) if !o.is_empty() && !n.is_empty());
+                if !valid {
+                    return Err(format!("[github] repos: {repo:?} is not owner/name"));
+                }
+            }
+            if github
+                .webhook_secret
+                .as_deref()
+                .is_some_and(|s| s.len() < 8)
+            {
+                return Err("[github] webhook_secret must be at least 8 characters".into());
+            }
+            if let Some(url) = &github.api_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(format!(
+                    "[github] api_url must be an http(s) URL, got {url:?}"
+                ));
+            }
+        }
         for key in self.environment.keys() {
             check_var_name(key).map_err(|e| format!("[environment] {e}"))?;
         }
@@ -334,6 +379,7 @@ impl Config {
             provisioner: ProvisionerConfig::default(),
             environment: BTreeMap::new(),
             repos: BTreeMap::new(),
+            github: None,
         }
     }
 }

@@ -28,7 +28,9 @@ use zeroci::pki::CertificateAuthority;
 use crate::apply::{self, PlanDefaults};
 use crate::config::Config;
 use crate::error::ControllerError;
+use crate::github::GitHubApi;
 use crate::jobs::{JobId, JobRecord, JobStatus, MachineRecord, NewJob, StepStatus};
+use crate::notify::Notifier;
 use crate::provisioner::{MachineRequest, Provisioner};
 use crate::queue::JobQueue;
 use crate::store::{JobStore, LogStore, LogWriter};
@@ -143,6 +145,27 @@ pub struct Engine {
     claim_lock: Mutex<()>,
     workers: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// The GitHub API client when `[github]` is configured.
+    pub github: Option<Arc<GitHubApi>>,
+    /// Status changes for the notifiers, handled in order by one task.
+    notifications: mpsc::Sender<JobRecord>,
+}
+
+/// Runs the notifiers on their own task, one job change after another, so that a job's statuses
+/// reach GitHub in the order they happened and a slow notifier never holds up a job.
+fn spawn_notifier(notifiers: Vec<Arc<dyn Notifier>>, domain: String) -> mpsc::Sender<JobRecord> {
+    let (tx, mut rx) = mpsc::channel::<JobRecord>(1024);
+    if notifiers.is_empty() {
+        return tx; // nothing listens; sends fail quietly once the receiver is gone
+    }
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            for notifier in &notifiers {
+                notifier.job_changed(&job, &domain).await;
+            }
+        }
+    });
+    tx
 }
 
 pub(crate) fn sha256_hex(data: &str) -> String {
@@ -164,9 +187,14 @@ impl Engine {
         ca: CertificateAuthority,
         agent_endpoint: String,
         shutdown: CancellationToken,
+        github: Option<Arc<GitHubApi>>,
+        notifiers: Vec<Arc<dyn Notifier>>,
     ) -> Arc<Engine> {
         let workers = Arc::new(Semaphore::new(config.main.workers));
+        let notifications = spawn_notifier(notifiers, config.main.domain.clone());
         Arc::new(Engine {
+            github,
+            notifications,
             config,
             jobs,
             logs,
@@ -193,6 +221,19 @@ impl Engine {
     pub(crate) async fn requeue(&self, id: JobId) {
         self.open_progress(id);
         self.queue.push(id).await;
+    }
+
+    /// Tells the notifiers about a job's new status (never blocks; a full queue drops with a warning).
+    fn notify(&self, job: &JobRecord) {
+        if job.github_repo.is_none() {
+            return; // only GitHub jobs have a listener today
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.notifications.try_send(job.clone()) {
+            warn!(
+                job_id = job.id,
+                "notification queue full; status update dropped"
+            );
+        }
     }
 
     pub fn plan_defaults(&self) -> PlanDefaults {
@@ -266,6 +307,7 @@ impl Engine {
         let job = self.jobs.create(new, zeroci::now_unix_ms()).await?;
         self.open_progress(job.id);
         self.queue.push(job.id).await;
+        self.notify(&job);
         info!(job_id = job.id, repo = %job.repo, commit = %job.commit, "job queued");
         Ok(job)
     }
@@ -285,6 +327,7 @@ impl Engine {
             commit: old.commit,
             triggered_by: format!("{user} (rerun of job {id})"),
             step_timeout_secs: old.step_timeout_secs,
+            github_repo: old.github_repo,
         })
         .await
     }
@@ -692,6 +735,7 @@ impl Engine {
             warn!(job_id = active.id, error = %e, "cannot sync journal");
         }
         let stored = self.jobs.put(&state.record).await;
+        self.notify(&state.record);
         info!(job_id = active.id, status = status.as_str(), "job finished");
         active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
             reason: format!("job {}", status.as_str()),

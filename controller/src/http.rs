@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,10 +23,20 @@ use crate::jobs::JobId;
 
 /// The routes, ready for `axum::serve`.
 pub fn router(engine: Arc<Engine>) -> Router {
+    let body_limit = engine
+        .config
+        .github
+        .as_ref()
+        .and_then(|g| g.max_body_bytes)
+        .unwrap_or(crate::github::webhook::MAX_BODY_BYTES);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/jobs/{id}/log", get(raw_log))
         .route("/jobs/{id}/artifacts/{*name}", get(artifact))
+        .route("/webhooks/github", post(crate::webhooks::github))
+        // The original ZeroCI's path, so existing webhooks keep working.
+        .route("/git_trigger", post(crate::webhooks::github))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(engine)
 }
 

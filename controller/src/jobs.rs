@@ -248,6 +248,8 @@ pub struct NewJob {
     pub commit: String,
     pub triggered_by: String,
     pub step_timeout_secs: u64,
+    /// `owner/name` when the job is for a GitHub repository (commit statuses are set for it).
+    pub github_repo: Option<String>,
 }
 
 /// One job as stored.
@@ -284,6 +286,9 @@ pub struct JobRecord {
     /// Files kept by the job's stages, in order.
     #[serde(default)]
     pub artifacts: Vec<ArtifactRecord>,
+    /// `owner/name` when the job is for a GitHub repository (commit statuses are set for it).
+    #[serde(default)]
+    pub github_repo: Option<String>,
 }
 
 impl JobRecord {
@@ -308,6 +313,7 @@ impl JobRecord {
             stages: Vec::new(),
             first_attempt: 0,
             artifacts: Vec::new(),
+            github_repo: new.github_repo,
         }
     }
 
@@ -428,6 +434,7 @@ mod tests {
             commit: "abc".into(),
             triggered_by: "t".into(),
             step_timeout_secs: 0,
+            github_repo: None,
         };
         let mut job = JobRecord::new(1, new, 0);
         for (i, (kind, status)) in steps.iter().enumerate() {

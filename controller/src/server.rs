@@ -38,6 +38,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("GitHub client: {0}")]
+    GitHub(#[from] crate::github::GitHubError),
     #[error(
         "agent binary {0} not found; build it (cargo build --bins) or set [provisioner.local] agent_binary"
     )]
@@ -89,6 +91,54 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
 }
 
+/// For every `[repos."local:/path"]`: watch the repository's branch heads and queue a job for each new
+/// head (for hosts where `zeroci hook install` cannot be used).
+fn watch_local_repositories(
+    engine: &Arc<Engine>,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<(), ServeError> {
+    for key in config.repos.keys() {
+        let Some(path) = key.strip_prefix("local:") else {
+            continue;
+        };
+        let path = PathBuf::from(path);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::watch::RefUpdate>(64);
+        let (watch_path, watch_stop) = (path.clone(), stop.clone());
+        tokio::spawn(async move {
+            let options = crate::watch::WatchOptions::default();
+            if let Err(e) =
+                crate::watch::watch_refs(watch_path.clone(), tx, watch_stop, options).await
+            {
+                warn!(path = %watch_path.display(), error = %e, "cannot watch local repository");
+            }
+        });
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            while let Some(update) = rx.recv().await {
+                let repo = update
+                    .repo_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().trim_end_matches(".git").to_string());
+                let new = crate::jobs::NewJob {
+                    repo: repo.unwrap_or_else(|| update.repo_path.display().to_string()),
+                    repo_url: update.repo_path.display().to_string(),
+                    ref_name: update.branch,
+                    commit: update.commit,
+                    triggered_by: "ref watcher".into(),
+                    step_timeout_secs: 0,
+                    github_repo: None,
+                };
+                if let Err(e) = engine.submit(new).await {
+                    warn!(error = %e, "cannot queue a job for a watched repository");
+                }
+            }
+        });
+        info!(path = %path.display(), "watching local repository");
+    }
+    Ok(())
+}
+
 /// Serves until `shutdown` is cancelled, then drains (bounded).
 pub async fn serve(
     config: Config,
@@ -127,6 +177,31 @@ pub async fn serve(
     ));
     let bound = listener.local_addr()?;
     let stop_taking = CancellationToken::new();
+    let github = match &config.github {
+        Some(gh) => Some(Arc::new(crate::github::GitHubApi::new(
+            &crate::github::ApiSettings {
+                api_url: gh
+                    .api_url
+                    .clone()
+                    .unwrap_or_else(|| crate::github::ApiSettings::default().api_url),
+                access_token: gh.access_token.clone(),
+                status_context: gh
+                    .status_context
+                    .clone()
+                    .unwrap_or_else(|| crate::github::ApiSettings::default().status_context),
+            },
+        )?)),
+        None => None,
+    };
+    let mut notifiers: Vec<Arc<dyn crate::notify::Notifier>> = Vec::new();
+    if let Some(api) = &github
+        && config
+            .github
+            .as_ref()
+            .is_some_and(|g| g.access_token.is_some())
+    {
+        notifiers.push(Arc::new(crate::notify::GitHubStatuses { api: api.clone() }));
+    }
     let engine = Engine::new(
         config.clone(),
         store.clone(),
@@ -136,10 +211,13 @@ pub async fn serve(
         ca,
         agent_endpoint(bound),
         stop_taking.clone(),
+        github,
+        notifiers,
     );
     let tracker = TaskTracker::new();
     engine.recover(&tracker).await?;
     engine.start_workers(&tracker);
+    watch_local_repositories(&engine, &config, &stop_taking)?;
 
     let sessions_stop = CancellationToken::new();
     let server_stop = CancellationToken::new();

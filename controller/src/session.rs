@@ -250,10 +250,24 @@ impl Engine {
                 }
             }
         }
+        let mut repo_url = record.repo_url.clone();
+        if let (Some(_), Some(token)) = (
+            &record.github_repo,
+            self.config
+                .github
+                .as_ref()
+                .and_then(|g| g.access_token.clone()),
+        ) && let Some(rest) = repo_url.strip_prefix("https://")
+        {
+            // Private repositories clone with the token; it travels only in the assignment (never in
+            // the stored record) and is masked like any secret should git ever print the URL.
+            repo_url = format!("https://x-access-token:{token}@{rest}");
+            secrets.push(token);
+        }
         pb::Assignment {
             job_id: record.id,
             attempt: record.attempt,
-            repo_url: record.repo_url.clone(),
+            repo_url,
             commit: record.commit.clone(),
             repo_name: record.repo.clone(),
             branch: record.ref_name.clone(),

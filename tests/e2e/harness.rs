@@ -169,7 +169,7 @@ pub struct Settings {
     pub heartbeat_interval_ms: u64,
     pub cancel_grace: u64,
     /// Extra TOML merged into config.toml (e.g. `[repos."x"]` or `[environment]` tables).
-    pub extra: &'static str,
+    pub extra: String,
 }
 
 impl Default for Settings {
@@ -179,7 +179,7 @@ impl Default for Settings {
             lost_agent_timeout: 5,
             heartbeat_interval_ms: 300,
             cancel_grace: 2,
-            extra: "",
+            extra: String::new(),
         }
     }
 }
@@ -231,7 +231,7 @@ impl TestEnv {
         local.insert("agent_give_up".into(), 60i64.into());
         provisioner.insert("local".into(), local.into());
         config.insert("provisioner".into(), provisioner.into());
-        let extra: toml::Table = toml::from_str(settings.extra).expect("extra settings are TOML");
+        let extra: toml::Table = toml::from_str(&settings.extra).expect("extra settings are TOML");
         for (key, value) in extra {
             match (config.get_mut(&key).and_then(|v| v.as_table_mut()), value) {
                 (Some(existing), toml::Value::Table(more)) => existing.extend(more),
@@ -543,7 +543,12 @@ fn git(dir: &Path, args: &[&str]) -> String {
 impl Repo {
     /// A repository with `files` committed on branch main.
     pub fn new(env: &TestEnv, name: &str, files: &[(&str, &str)]) -> Repo {
-        let path = env.dir.path().join("repos").join(name);
+        Repo::at(&env.dir.path().join("repos").join(name), files)
+    }
+
+    /// A repository at `path` (for tests that must name it in the config before the controller starts).
+    pub fn at(path: &Path, files: &[(&str, &str)]) -> Repo {
+        let path = path.to_path_buf();
         std::fs::create_dir_all(&path).unwrap();
         git(&path, &["init", "-q", "-b", "main"]);
         let repo = Repo { path };

@@ -98,7 +98,7 @@ fn a_failing_test_does_not_stop_the_next_job_but_a_failing_install_does() {
 #[test]
 fn environment_and_zeroci_variables_reach_the_commands() {
     let env = TestEnv::start_with(Settings {
-        extra: "[environment]\nGLOBAL = \"g1\"\n[repos.envy]\nenv = { PER_REPO = \"r1\" }\n",
+        extra: "[environment]\nGLOBAL = \"g1\"\n[repos.envy]\nenv = { PER_REPO = \"r1\" }\n".into(),
         ..Settings::default()
     });
     let script = "script:\n  - echo \"$GLOBAL $PER_REPO $ZEROCI_REPO $ZEROCI_BRANCH $ZEROCI_COMMIT $ZEROCI_JOB_ID $CI\"\n";
@@ -116,7 +116,8 @@ fn environment_and_zeroci_variables_reach_the_commands() {
 #[test]
 fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
     let env = TestEnv::start_with(Settings {
-        extra: "[repos.secretive]\nsecrets = { TOKEN = \"s3cr3t-value\" }\nmask_base64 = true\n",
+        extra: "[repos.secretive]\nsecrets = { TOKEN = \"s3cr3t-value\" }\nmask_base64 = true\n"
+            .into(),
         ..Settings::default()
     });
     let yaml = r#"script:
@@ -143,7 +144,7 @@ fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
 #[test]
 fn a_step_silent_for_longer_than_the_idle_timeout_is_stopped() {
     let env = TestEnv::start_with(Settings {
-        extra: "[main]\nidle_timeout = 1\n",
+        extra: "[main]\nidle_timeout = 1\n".into(),
         ..Settings::default()
     });
     let repo = Repo::new(

@@ -111,3 +111,44 @@ fn rerun_tests_the_same_commit_again() {
         format!("{}\n", first_job["commit"].as_str().unwrap())
     );
 }
+
+#[test]
+fn a_watched_local_repository_gets_a_job_for_each_new_branch_head() {
+    let outside = tempfile::tempdir().unwrap();
+    let repo = Repo::at(
+        &outside.path().join("watched"),
+        &[("zeroCI.yaml", "script:\n  - echo \"$ZEROCI_BRANCH\"\n")],
+    );
+    let extra = format!("[repos.\"local:{}\"]\n", repo.path_str());
+    let env = TestEnv::start_with(crate::harness::Settings {
+        extra,
+        ..Default::default()
+    });
+    // The watcher's first scan only records the heads it finds; commits after it are jobs.
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    while !env.controller_log_text().contains("branch heads recorded") {
+        assert!(std::time::Instant::now() < deadline, "watcher not started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let sha = repo.commit(&[("f", "1")], "watched change");
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    let job = loop {
+        let jobs = env.cli(&["jobs", "--json"]).json();
+        if let Some(job) = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["commit"] == sha.as_str())
+        {
+            break job.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job for the new head"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let id = job["id"].as_u64().unwrap();
+    assert_eq!(env.wait_job(id)["status"], "success");
+    assert_eq!(env.raw_log(id, None), b"main\n");
+}

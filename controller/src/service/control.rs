@@ -60,6 +60,7 @@ impl pb::control_service_server::ControlService for ControlApi {
             commit: r.commit,
             triggered_by: user,
             step_timeout_secs: r.step_timeout_secs,
+            github_repo: None,
         };
         let job = self.engine.submit(new).await?;
         Ok(Response::new(pb::SubmitJobResponse {

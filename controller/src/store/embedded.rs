@@ -18,6 +18,9 @@ use crate::jobs::{JobId, JobRecord, NewJob};
 pub struct EmbeddedStore {
     jobs_dir: PathBuf,
     records: Mutex<BTreeMap<JobId, JobRecord>>,
+    /// Webhook delivery ids seen, mirrored in `deliveries` (one id per line, appended).
+    deliveries: Mutex<std::collections::HashSet<String>>,
+    deliveries_path: PathBuf,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -62,8 +65,16 @@ impl EmbeddedStore {
             };
             records.insert(id, record);
         }
+        let deliveries_path = state_dir.join("deliveries");
+        let deliveries = match std::fs::read_to_string(&deliveries_path) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(io_err(&deliveries_path)(e)),
+        };
         Ok(EmbeddedStore {
             jobs_dir,
+            deliveries: Mutex::new(deliveries),
+            deliveries_path,
             records: Mutex::new(records),
         })
     }
@@ -139,6 +150,23 @@ impl JobStore for EmbeddedStore {
             .filter(|j| !j.status.is_final())
             .cloned()
             .collect())
+    }
+
+    async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError> {
+        let mut seen = self.deliveries.lock().await;
+        if seen.contains(id) {
+            return Ok(false);
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.deliveries_path)
+            .map_err(io_err(&self.deliveries_path))?;
+        // One write per id: a crash leaves at worst a torn last line, which matches no real id.
+        file.write_all(format!("{id}\n").as_bytes())
+            .map_err(io_err(&self.deliveries_path))?;
+        seen.insert(id.to_string());
+        Ok(true)
     }
 
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError> {
@@ -224,6 +252,7 @@ mod tests {
             commit: "abc".into(),
             triggered_by: "test".into(),
             step_timeout_secs: 0,
+            github_repo: None,
         }
     }
 
@@ -252,6 +281,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1]);
+        assert!(store.claim_delivery("d-1").await.unwrap());
+        assert!(!store.claim_delivery("d-1").await.unwrap());
         let unfinished = store.unfinished().await.unwrap();
         assert_eq!(
             unfinished.iter().map(|j| j.id).collect::<Vec<_>>(),
@@ -263,5 +294,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert!(store.get(1).await.unwrap().is_none());
         assert!(dir.path().join("jobs/1/job.json.corrupt").exists());
+        // Delivery ids survive the reopen.
+        assert!(!store.claim_delivery("d-1").await.unwrap());
     }
 }

@@ -49,6 +49,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Jobs that still have a machine recorded (for cleaning up after a crash).
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError>;
+    /// Remembers a webhook delivery id; false when it was seen before (a redelivery), durably.
+    async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// Appends to one job's journal.

@@ -1,0 +1,210 @@
+//! `POST /webhooks/github` (and the original's `/git_trigger`): GitHub deliveries in, jobs out.
+//!
+//! Order of checks, each with its answer: webhooks configured (404) → signature over the exact body
+//! (401) → event parsed (400) → pings answered (200) → ignored events, deleted branches, tags and
+//! unknown repositories explained (200) → the pipeline file read at the commit through the contents API
+//! (502 when GitHub cannot be reached, so GitHub shows a failed delivery that can be redelivered) →
+//! `run_on` honoured (200 when it does not match) → the delivery id claimed (200 for a redelivery) →
+//! the job queued (202). Bodies over the limit are refused with 413 before any of this.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::github::webhook::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, repo_allowed};
+use crate::github::{WebhookEvent, parse_event, verify_signature};
+use crate::jobs::NewJob;
+
+/// What a runnable delivery asks for.
+struct Trigger {
+    repo: String,
+    clone_url: String,
+    commit: String,
+    /// The branch recorded with the job (the head branch for pull requests).
+    branch: String,
+    /// `push` or `pull_request`: the `run_on` key that must allow it.
+    event: &'static str,
+    /// The branch `run_on` filters on: the pushed branch, or a pull request's base branch.
+    filter_branch: String,
+    by: String,
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    (status, json, format!("{body}\n")).into_response()
+}
+
+fn ignored(reason: impl Into<String>) -> Response {
+    answer(StatusCode::OK, json!({ "ignored": reason.into() }))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn github(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = engine
+        .config
+        .github
+        .as_ref()
+        .and_then(|g| g.webhook_secret.clone())
+    else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "GitHub webhooks are not configured ([github] webhook_secret)" }),
+        );
+    };
+    if let Err(e) = verify_signature(secret.as_bytes(), &body, header(&headers, SIGNATURE_HEADER)) {
+        warn!(error = %e, "webhook delivery refused: bad signature");
+        return answer(StatusCode::UNAUTHORIZED, json!({ "error": e.to_string() }));
+    }
+    let Some(event) = header(&headers, EVENT_HEADER) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": format!("missing {EVENT_HEADER} header") }),
+        );
+    };
+    let delivery = header(&headers, DELIVERY_HEADER).map(str::to_string);
+    let trigger = match parse_event(event, &body) {
+        Err(e) => return answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
+        Ok(WebhookEvent::Ping { zen, .. }) => {
+            return answer(StatusCode::OK, json!({ "message": "pong", "zen": zen }));
+        }
+        Ok(WebhookEvent::Ignored { reason }) => return ignored(reason),
+        Ok(WebhookEvent::Push(push)) => {
+            if let Some(reason) = push.skip_reason() {
+                return ignored(reason);
+            }
+            let Some(branch) = push.branch.clone().filter(|_| push.tag.is_none()) else {
+                return ignored(format!(
+                    "{} is a tag; ZeroCI builds branches and pull requests",
+                    push.git_ref
+                ));
+            };
+            Trigger {
+                repo: push.repo,
+                clone_url: push.clone_url,
+                commit: push.commit,
+                filter_branch: branch.clone(),
+                branch,
+                event: "push",
+                by: push.pusher,
+            }
+        }
+        Ok(WebhookEvent::PullRequest(pr)) => Trigger {
+            repo: pr.repo,
+            clone_url: pr.head_clone_url,
+            commit: pr.head_sha,
+            branch: pr.head_ref,
+            event: "pull_request",
+            filter_branch: pr.base_ref,
+            by: format!("{} (#{})", pr.sender, pr.number),
+        },
+    };
+    let allowed = engine
+        .config
+        .github
+        .as_ref()
+        .is_some_and(|g| repo_allowed(&g.repos, &trigger.repo))
+        || engine
+            .config
+            .repos
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case(&trigger.repo));
+    if !allowed {
+        return ignored(format!(
+            "repository {} is not configured in [github] repos",
+            trigger.repo
+        ));
+    }
+    match run_on_allows(&engine, &trigger).await {
+        Err(response) => return response,
+        Ok(Some(reason)) => return ignored(reason),
+        Ok(None) => {}
+    }
+    if let Some(id) = &delivery {
+        match engine.jobs.claim_delivery(id).await {
+            Ok(true) => {}
+            Ok(false) => return ignored(format!("delivery {id} was handled already")),
+            Err(e) => {
+                return answer(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({ "error": e.to_string() }),
+                );
+            }
+        }
+    }
+    let new = NewJob {
+        repo: trigger.repo.clone(),
+        repo_url: trigger.clone_url,
+        ref_name: trigger.branch,
+        commit: trigger.commit,
+        triggered_by: format!("github {} by {}", trigger.event, trigger.by),
+        step_timeout_secs: 0,
+        github_repo: Some(trigger.repo),
+    };
+    match engine.submit(new).await {
+        Ok(job) => {
+            info!(job_id = job.id, delivery = ?delivery, "webhook queued a job");
+            let url = crate::jobs::job_url(engine.domain(), job.id);
+            answer(StatusCode::ACCEPTED, json!({ "job": job.id, "url": url }))
+        }
+        Err(e) => answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
+    }
+}
+
+/// Reads the pipeline file at the commit and applies its `run_on`. `Ok(Some(reason))`: not for this
+/// event. A file that does not parse still starts the job, which then shows every error.
+async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<String>, Response> {
+    let Some(api) = &engine.github else {
+        return Ok(None);
+    };
+    let file = api
+        .file_at(&trigger.repo, zeroci::pipeline::FILE_NAME, &trigger.commit)
+        .await
+        .map_err(|e| {
+            answer(
+                StatusCode::BAD_GATEWAY,
+                json!({ "error": format!("cannot read zeroCI.yaml from GitHub: {e}") }),
+            )
+        })?;
+    let Some(file) = file else {
+        return Ok(Some(format!(
+            "no {} at commit {}",
+            zeroci::pipeline::FILE_NAME,
+            trigger.commit
+        )));
+    };
+    let Ok(pipeline) = zeroci::pipeline::parse(&file) else {
+        return Ok(None);
+    };
+    let Some(run_on) = pipeline.run_on else {
+        return Ok(None);
+    };
+    let Some(rule) = run_on.get(trigger.event) else {
+        return Ok(Some(format!("run_on has no `{}` trigger", trigger.event)));
+    };
+    let branches: Vec<&str> = rule
+        .get("branches")
+        .and_then(|b| b.as_array())
+        .map(|list| list.iter().filter_map(|b| b.as_str()).collect())
+        .unwrap_or_default();
+    if branches.contains(&trigger.filter_branch.as_str()) {
+        Ok(None)
+    } else {
+        Ok(Some(format!(
+            "run_on.{}.branches does not include {}",
+            trigger.event, trigger.filter_branch
+        )))
+    }
+}

@@ -1,0 +1,367 @@
+//! GitHub webhooks against a stand-in GitHub API on localhost: signed deliveries built here, the
+//! pipeline file served from a real local repository, commit statuses recorded.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+
+use crate::harness::{Repo, Settings, TestEnv};
+
+const SECRET: &str = "webhook-s3cret";
+
+/// The fake GitHub: serves contents from a local repository, records statuses.
+struct FakeGitHub {
+    addr: String,
+    statuses: Arc<Mutex<Vec<(String, Value)>>>,
+    repo: Arc<Mutex<std::path::PathBuf>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+#[derive(Clone)]
+struct Shared {
+    repo: Arc<Mutex<std::path::PathBuf>>,
+    statuses: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl FakeGitHub {
+    fn start() -> FakeGitHub {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let repo = Arc::new(Mutex::new(std::path::PathBuf::new()));
+        let shared = Shared {
+            repo: repo.clone(),
+            statuses: statuses.clone(),
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app = axum::Router::new()
+            .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
+            .route("/repos/{owner}/{repo}/statuses/{sha}", post(status))
+            .with_state(shared);
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        FakeGitHub {
+            addr,
+            statuses,
+            repo,
+            _runtime: runtime,
+        }
+    }
+
+    /// The repository whose files the contents API serves.
+    fn serve(&self, repo: &Repo) {
+        *self.repo.lock().unwrap() = repo.path.clone();
+    }
+
+    fn statuses_for(&self, sha: &str) -> Vec<Value> {
+        self.statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == sha)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+async fn contents(
+    State(shared): State<Shared>,
+    Path((_owner, _repo, path)): Path<(String, String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let rev = query.get("ref").cloned().unwrap_or_else(|| "HEAD".into());
+    let repo = shared.repo.lock().unwrap().clone();
+    let out = std::process::Command::new("git")
+        .current_dir(&repo)
+        .args(["show", &format!("{rev}:{path}")])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            r#"{"message":"Not Found"}"#,
+        )
+            .into_response();
+    }
+    let body = json!({
+        "type": "file", "name": path, "path": path, "size": out.stdout.len(), "encoding": "base64",
+        "content": base64::engine::general_purpose::STANDARD.encode(&out.stdout), "sha": "0",
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn status(
+    State(shared): State<Shared>,
+    Path((_owner, _repo, sha)): Path<(String, String, String)>,
+    body: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    shared.statuses.lock().unwrap().push((sha, value));
+    (
+        axum::http::StatusCode::CREATED,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+fn settings(fake: &FakeGitHub, extra: &str) -> Settings {
+    Settings {
+        extra: format!(
+            "[github]\nrepos = [\"acme/widget\"]\nwebhook_secret = \"{SECRET}\"\napi_url = \"http://{}\"\naccess_token = \"tok-123456\"\nmax_body_bytes = 65536\n{extra}",
+            fake.addr
+        ),
+        ..Settings::default()
+    }
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn push_payload(repo: &Repo, branch: &str, after: &str) -> Vec<u8> {
+    json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": "0000000000000000000000000000000000000001",
+        "after": after,
+        "deleted": after.chars().all(|c| c == '0'),
+        "repository": { "full_name": "acme/widget", "clone_url": repo.path_str() },
+        "pusher": { "name": "octocat" },
+        "head_commit": { "message": "change" },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// POSTs a delivery to the controller; returns the status code and the JSON answer.
+fn deliver(
+    env: &TestEnv,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<String>,
+) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&env.http_addr).unwrap();
+    let mut head = format!(
+        "POST /webhooks/github HTTP/1.1\r\nHost: ci\r\nConnection: close\r\nContent-Type: application/json\r\nX-GitHub-Event: {event}\r\nX-GitHub-Delivery: {delivery}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(signature) = signature {
+        head.push_str(&format!("X-Hub-Signature-256: {signature}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // A refused oversized body may close the connection before it is all sent.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b.trim()).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn jobs(env: &TestEnv) -> Vec<Value> {
+    env.cli(&["jobs", "--json", "--limit", "100"])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(settings(&fake, ""));
+    let repo = Repo::new(
+        &env,
+        "widget",
+        &[(
+            "zeroCI.yaml",
+            "script:\n  - echo \"built $ZEROCI_BRANCH\"\n",
+        )],
+    );
+    fake.serve(&repo);
+    let sha = repo.commit(&[("a", "1")], "work on a branch with slashes");
+    let body = push_payload(&repo, "feature/x/y", &sha);
+    let (status, answer) = deliver(&env, "push", "d-1", &body, Some(sign(&body)));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["job"].as_u64().unwrap();
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_eq!(job["repo"], "acme/widget");
+    assert_eq!(job["ref"], "feature/x/y");
+    assert_eq!(env.raw_log(id, None), b"built feature/x/y\n");
+    // Statuses are sent in order by one task; wait for the final one to land.
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    while fake.statuses_for(&sha).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "statuses: {:?}",
+            fake.statuses_for(&sha)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let statuses = fake.statuses_for(&sha);
+    assert_eq!(statuses[0]["state"], "pending");
+    assert_eq!(statuses[1]["state"], "success");
+    assert_eq!(statuses[1]["context"], "continuous-integration/ZeroCI");
+    assert!(
+        statuses[1]["target_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/jobs/{id}"))
+    );
+    // The same delivery again starts nothing.
+    let (status, answer) = deliver(&env, "push", "d-1", &body, Some(sign(&body)));
+    assert_eq!(status, 200);
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("handled already"),
+        "{answer}"
+    );
+    assert_eq!(jobs(&env).len(), 1);
+}
+
+#[test]
+fn bad_missing_oversized_unknown_ping_deleted_and_filtered_deliveries_start_nothing() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(settings(&fake, ""));
+    let yaml = "script:\n  - echo hi\nrun_on:\n  push: {branches: [main]}\n";
+    let repo = Repo::new(&env, "widget", &[("zeroCI.yaml", yaml)]);
+    fake.serve(&repo);
+    let sha = repo.commit(&[("b", "1")], "b");
+    let body = push_payload(&repo, "main", &sha);
+
+    assert_eq!(
+        deliver(&env, "push", "x1", &body, Some("sha256=00".into())).0,
+        401
+    );
+    let mut forged = body.clone();
+    forged[10] ^= 1;
+    assert_eq!(
+        deliver(&env, "push", "x2", &forged, Some(sign(&body))).0,
+        401
+    );
+    assert_eq!(deliver(&env, "push", "x3", &body, None).0, 401);
+    let huge = vec![b' '; 100_000];
+    assert_eq!(deliver(&env, "push", "x4", &huge, Some(sign(&huge))).0, 413);
+
+    let ping = json!({"zen": "Keep it logically awesome.", "hook_id": 1, "repository": {"full_name": "acme/widget"}}).to_string();
+    let (status, answer) = deliver(
+        &env,
+        "ping",
+        "x5",
+        ping.as_bytes(),
+        Some(sign(ping.as_bytes())),
+    );
+    assert_eq!((status, answer["message"].as_str()), (200, Some("pong")));
+
+    let other = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("acme/widget", "evil/repo");
+    let (status, answer) = deliver(
+        &env,
+        "push",
+        "x6",
+        other.as_bytes(),
+        Some(sign(other.as_bytes())),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("not configured"),
+        "{answer}"
+    );
+
+    let deleted = push_payload(&repo, "main", "0000000000000000000000000000000000000000");
+    let (status, answer) = deliver(&env, "push", "x7", &deleted, Some(sign(&deleted)));
+    assert_eq!(status, 200);
+    assert!(
+        answer["ignored"].as_str().unwrap().contains("deleted"),
+        "{answer}"
+    );
+
+    // run_on allows pushes to main only.
+    let elsewhere = push_payload(&repo, "develop", &sha);
+    let (status, answer) = deliver(&env, "push", "x8", &elsewhere, Some(sign(&elsewhere)));
+    assert_eq!(status, 200);
+    assert!(
+        answer["ignored"].as_str().unwrap().contains("run_on"),
+        "{answer}"
+    );
+    assert!(jobs(&env).is_empty());
+
+    let (status, _) = deliver(&env, "push", "x9", &body, Some(sign(&body)));
+    assert_eq!(status, 202);
+    assert_eq!(jobs(&env).len(), 1);
+}
+
+#[test]
+fn a_burst_of_twenty_pushes_tests_every_commit() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(Settings {
+        workers: 3,
+        ..settings(&fake, "")
+    });
+    let repo = Repo::new(
+        &env,
+        "widget",
+        &[("zeroCI.yaml", "script:\n  - cat counter\n")],
+    );
+    fake.serve(&repo);
+    let mut commits = Vec::new();
+    for n in 0..20 {
+        let sha = repo.commit(&[("counter", &n.to_string())], "burst");
+        let body = push_payload(&repo, "main", &sha);
+        let (status, answer) = deliver(
+            &env,
+            "push",
+            &format!("burst-{n}"),
+            &body,
+            Some(sign(&body)),
+        );
+        assert_eq!(status, 202, "{answer}");
+        commits.push((answer["job"].as_u64().unwrap(), sha, n));
+    }
+    for (id, sha, n) in commits {
+        let job = env.wait_job(id);
+        assert_eq!(job["status"], "success");
+        assert_eq!(job["commit"], sha);
+        assert_eq!(env.raw_log(id, None), n.to_string().into_bytes());
+    }
+}
