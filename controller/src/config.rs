@@ -71,6 +71,17 @@ pub struct RepoConfig {
     /// Also mask the base64 encodings of the secrets (for tools that print credentials encoded).
     #[serde(default)]
     pub mask_base64: bool,
+    /// Branches on which a new commit supersedes the commits still queued for that branch (they end
+    /// `cancelled`, with the superseding job named). Empty: every commit is tested. `["*"]`: all branches.
+    #[serde(default)]
+    pub coalesce: Vec<String>,
+}
+
+impl RepoConfig {
+    /// True when queued commits of `branch` give way to a newer one.
+    pub fn coalesces(&self, branch: &str) -> bool {
+        !branch.is_empty() && self.coalesce.iter().any(|b| b == "*" || b == branch)
+    }
 }
 
 /// Secrets shorter than this are refused: masking them would hide ordinary output.
@@ -414,6 +425,8 @@ mod tests {
         assert_eq!(config.main.idle_timeout, 900);
         let repo = config.repo("threefoldtech/zeroCI", "").unwrap();
         assert!(repo.mask_base64);
+        assert!(repo.coalesces("main") && !repo.coalesces("dev"));
+        assert_eq!(config.github.unwrap().repos, ["threefoldtech/zeroCI"]);
     }
 
     #[test]

@@ -304,7 +304,14 @@ impl Engine {
                 "repo_url and commit must not start with '-'".into(),
             ));
         }
+        let coalesce = self
+            .config
+            .repo(&new.repo, &new.repo_url)
+            .is_some_and(|r| r.coalesces(&new.ref_name));
         let job = self.jobs.create(new, zeroci::now_unix_ms()).await?;
+        if coalesce {
+            self.supersede_queued(&job).await?;
+        }
         self.open_progress(job.id);
         self.queue.push(job.id).await;
         self.notify(&job);
@@ -371,6 +378,31 @@ impl Engine {
             }
             return Ok(state.record.clone());
         }
+    }
+
+    /// With coalescing on: the commits still queued for the same repository and branch give way to
+    /// `newer`. They end `cancelled` with a reason naming it, so nothing disappears without a trace.
+    async fn supersede_queued(&self, newer: &JobRecord) -> Result<(), ControllerError> {
+        let _claim = self.claim_lock.lock().await;
+        let filter = crate::store::JobFilter {
+            repo: Some(newer.repo.clone()),
+            status: Some(JobStatus::Queued),
+            limit: 0,
+        };
+        for older in self.jobs.list(&filter).await? {
+            if older.id < newer.id
+                && older.ref_name == newer.ref_name
+                && older.repo_url == newer.repo_url
+            {
+                let reason = format!(
+                    "superseded by job {} (newer commit on {})",
+                    newer.id, newer.ref_name
+                );
+                let record = self.cancel_queued(older.id, reason).await?;
+                self.notify(&record);
+            }
+        }
+        Ok(())
     }
 
     /// Cancels a job that is not running (the caller holds the claim lock).

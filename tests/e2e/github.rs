@@ -365,3 +365,53 @@ fn a_burst_of_twenty_pushes_tests_every_commit() {
         assert_eq!(env.raw_log(id, None), n.to_string().into_bytes());
     }
 }
+
+#[test]
+fn with_coalescing_a_newer_commit_supersedes_the_queued_ones_visibly() {
+    let fake = FakeGitHub::start();
+    let gate = tempfile::tempdir().unwrap();
+    let open = gate.path().join("open");
+    let extra = "[repos.\"acme/widget\"]\ncoalesce = [\"main\"]\n";
+    let env = TestEnv::start_with(Settings {
+        workers: 1,
+        ..settings(&fake, extra)
+    });
+    let script = format!(
+        "script:\n  - while [ ! -e {} ]; do sleep 0.02; done; cat counter\n",
+        open.display()
+    );
+    let repo = Repo::new(&env, "widget", &[("zeroCI.yaml", &script)]);
+    fake.serve(&repo);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let sha = repo.commit(&[("counter", &n.to_string())], "burst");
+        let body = push_payload(&repo, "main", &sha);
+        let (status, answer) = deliver(&env, "push", &format!("c-{n}"), &body, Some(sign(&body)));
+        assert_eq!(status, 202, "{answer}");
+        ids.push(answer["job"].as_u64().unwrap());
+        if n == 0 {
+            // Let the first job take the only worker before the others arrive.
+            let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+            while env.job(ids[0])["status"] == "queued" {
+                assert!(std::time::Instant::now() < deadline);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    std::fs::write(&open, "").unwrap();
+    assert_eq!(env.wait_job(ids[0])["status"], "success");
+    // Each queued commit gave way to the next one, the last one ran.
+    for pair in ids[1..].windows(2) {
+        let job = env.wait_job(pair[0]);
+        assert_eq!(job["status"], "cancelled", "{job:#}");
+        assert!(
+            job["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("superseded by job {}", pair[1])),
+            "{job:#}"
+        );
+    }
+    assert_eq!(env.wait_job(ids[4])["status"], "success");
+    assert_eq!(env.raw_log(ids[4], None), b"4");
+}
