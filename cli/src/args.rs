@@ -76,9 +76,14 @@ pub struct RunArgs {
     /// Per-step timeout in seconds (default: the pipeline's or the controller's).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
-    /// The branch name to record for the job (default: taken from --ref or the checkout).
+    /// The branch name to record for the job (default: taken from --ref or the checkout). With --repo,
+    /// the branch whose latest commit is tested.
     #[arg(long, value_name = "NAME")]
     pub branch: Option<String>,
+    /// A GitHub repository configured on the controller (`owner/name`): test the latest commit of
+    /// --branch, read from GitHub by the controller, instead of a local path or URL.
+    #[arg(long, value_name = "OWNER/NAME", requires = "branch")]
+    pub repo: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

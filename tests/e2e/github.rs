@@ -47,6 +47,9 @@ impl FakeGitHub {
         let app = axum::Router::new()
             .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
             .route("/repos/{owner}/{repo}/statuses/{sha}", post(status))
+            .route("/repos/{owner}/{repo}/branches/{branch}", get(branch))
+            // Git's "dumb HTTP" protocol: plain files of the repository, so the agent can clone.
+            .route("/acme/widget.git/{*path}", get(git_file))
             .with_state(shared);
         runtime.spawn(async move { axum::serve(listener, app).await });
         FakeGitHub {
@@ -102,6 +105,48 @@ async fn contents(
         body.to_string(),
     )
         .into_response()
+}
+
+async fn branch(
+    State(shared): State<Shared>,
+    Path((_owner, _repo, branch)): Path<(String, String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let repo = shared.repo.lock().unwrap().clone();
+    let out = std::process::Command::new("git")
+        .current_dir(&repo)
+        .args(["rev-parse", "--verify", &branch])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            r#"{"message":"Branch not found"}"#,
+        )
+            .into_response();
+    }
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let body = json!({ "name": branch, "commit": { "sha": sha } });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn git_file(
+    State(shared): State<Shared>,
+    Path(path): Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let repo = shared.repo.lock().unwrap().clone();
+    if path.contains("..") {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    }
+    match std::fs::read(repo.join(".git").join(&path)) {
+        Ok(bytes) => bytes.into_response(),
+        Err(_) => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn status(
@@ -414,4 +459,44 @@ fn with_coalescing_a_newer_commit_supersedes_the_queued_ones_visibly() {
     }
     assert_eq!(env.wait_job(ids[4])["status"], "success");
     assert_eq!(env.raw_log(ids[4], None), b"4");
+}
+
+#[test]
+fn a_manual_run_of_a_configured_repository_tests_the_branch_head_from_github() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(settings(&fake, ""));
+    let repo = Repo::new(
+        &env,
+        "widget",
+        &[("zeroCI.yaml", "script:\n  - git rev-parse HEAD\n")],
+    );
+    let sha = repo.commit(&[("n", "1")], "head of release/1.x");
+    let out = std::process::Command::new("git")
+        .current_dir(&repo.path)
+        .args(["branch", "release/1.x"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    repo.commit(&[("n", "2")], "main moves on");
+    let out = std::process::Command::new("git")
+        .current_dir(&repo.path)
+        .args(["update-server-info"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    fake.serve(&repo);
+    let out = env.cli(&["run", "--repo", "acme/widget", "--branch", "release/1.x"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_str(), format!("{sha}\n"));
+    let job = env.cli(&["jobs", "--json"]).json()[0].clone();
+    assert_eq!(job["repo"], "acme/widget");
+    assert_eq!(job["ref"], "release/1.x");
+    // Unknown repositories are refused with a clear message.
+    let out = env.cli(&["run", "--repo", "evil/repo", "--branch", "main"]);
+    assert_eq!(out.code, 4);
+    assert!(
+        out.stderr.contains("not in [github] repos"),
+        "{}",
+        out.stderr
+    );
 }

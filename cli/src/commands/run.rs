@@ -15,6 +15,24 @@ use crate::git;
 use crate::render::job_json;
 
 pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(repo) = args.repo.clone() {
+        // The controller resolves the branch's head through GitHub's API.
+        let mut client = super::connect(profile).await?;
+        let request = pb::SubmitJobRequest {
+            repo_url: String::new(),
+            commit: String::new(),
+            ref_name: args.branch.clone().unwrap_or_default(),
+            repo_name: repo,
+            step_timeout_secs: args.timeout.unwrap_or(0),
+        };
+        let response = client.rpc.submit_job(request).await;
+        let job = response
+            .map_err(|s| client.rpc_error(&s))?
+            .into_inner()
+            .job
+            .ok_or_else(|| anyhow!("the controller accepted the job but did not describe it"))?;
+        return after_submit(&mut client, job, args.detach, args.json).await;
+    }
     // Local problems (not a repository, unknown ref) are reported before the controller is involved.
     let source = git::resolve(&args.source, args.git_ref.as_deref()).await?;
     if source.dirty && !args.json {

@@ -22,6 +22,44 @@ impl ControlApi {
         ControlApi { engine }
     }
 
+    /// A configured GitHub repository's clone URL and the latest commit of `branch`.
+    async fn github_branch_head(
+        &self,
+        repo: &str,
+        branch: &str,
+    ) -> Result<(String, String), ControllerError> {
+        let Some(api) = &self.engine.github else {
+            return Err(ControllerError::InvalidArgument(
+                "repo_url is required: this controller has no [github] section for repository names".into(),
+            ));
+        };
+        let configured = self
+            .engine
+            .config
+            .github
+            .as_ref()
+            .is_some_and(|g| g.repos.iter().any(|r| r.eq_ignore_ascii_case(repo)));
+        if !configured {
+            return Err(ControllerError::InvalidArgument(format!(
+                "{repo} is not in [github] repos"
+            )));
+        }
+        if branch.is_empty() {
+            return Err(ControllerError::InvalidArgument(
+                "a branch is required with a repository name".into(),
+            ));
+        }
+        let commit = api.branch_head(repo, branch).await.map_err(|e| {
+            ControllerError::FailedPrecondition(format!(
+                "cannot read branch {branch} of {repo} from GitHub: {e}"
+            ))
+        })?;
+        let url = api
+            .clone_url(repo)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        Ok((url, commit))
+    }
+
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
         let job = self
             .engine
@@ -47,7 +85,14 @@ impl pb::control_service_server::ControlService for ControlApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let user = authorize_user(&request, Access::Write)?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let mut github_repo = None;
+        if r.repo_url.is_empty() && !r.repo_name.is_empty() {
+            let (url, commit) = self.github_branch_head(&r.repo_name, &r.ref_name).await?;
+            r.repo_url = url;
+            r.commit = commit;
+            github_repo = Some(r.repo_name.clone());
+        }
         let repo = if r.repo_name.is_empty() {
             repo_name(&r.repo_url)
         } else {
@@ -60,7 +105,7 @@ impl pb::control_service_server::ControlService for ControlApi {
             commit: r.commit,
             triggered_by: user,
             step_timeout_secs: r.step_timeout_secs,
-            github_repo: None,
+            github_repo,
         };
         let job = self.engine.submit(new).await?;
         Ok(Response::new(pb::SubmitJobResponse {
