@@ -287,6 +287,47 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
             .unwrap()
             .ends_with(&format!("/jobs/{id}"))
     );
+    // A pull request from a fork: the head commit is tested, the status goes to the base repository.
+    let pr_sha = repo.commit(&[("pr", "1")], "pull request work");
+    let pr = json!({
+        "action": "synchronize", "number": 7,
+        "pull_request": {
+            "number": 7,
+            "head": { "sha": pr_sha, "ref": "fix/typo", "repo": { "full_name": "fork/widget", "clone_url": repo.path_str() } },
+            "base": { "ref": "main", "repo": { "full_name": "acme/widget", "clone_url": repo.path_str() } },
+        },
+        "repository": { "full_name": "acme/widget", "clone_url": repo.path_str() },
+        "sender": { "login": "contributor" },
+    })
+    .to_string();
+    let (status, answer) = deliver(
+        &env,
+        "pull_request",
+        "pr-1",
+        pr.as_bytes(),
+        Some(sign(pr.as_bytes())),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let pr_job = env.wait_job(answer["job"].as_u64().unwrap());
+    assert_eq!(pr_job["commit"], pr_sha.as_str());
+    assert_eq!(pr_job["ref"], "fix/typo");
+    assert!(
+        pr_job["triggered_by"]
+            .as_str()
+            .unwrap()
+            .contains("pull_request by contributor"),
+        "{pr_job:#}"
+    );
+    let closed = pr.replace("synchronize", "closed");
+    let (status, answer) = deliver(
+        &env,
+        "pull_request",
+        "pr-2",
+        closed.as_bytes(),
+        Some(sign(closed.as_bytes())),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["ignored"].is_string());
     // The same delivery again starts nothing.
     let (status, answer) = deliver(&env, "push", "d-1", &body, Some(sign(&body)));
     assert_eq!(status, 200);
@@ -297,7 +338,7 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
             .contains("handled already"),
         "{answer}"
     );
-    assert_eq!(jobs(&env).len(), 1);
+    assert_eq!(jobs(&env).len(), 2);
 }
 
 #[test]
