@@ -25,7 +25,8 @@ fn failure_reason(record: &JobRecord) -> String {
     for step in &record.steps {
         let failed = matches!(
             (step.kind, step.status),
-            (_, StepStatus::Error) | (StepKind::Checkout | StepKind::Install, StepStatus::Failure)
+            (_, StepStatus::Error | StepStatus::Cancelled)
+                | (StepKind::Checkout | StepKind::Install, StepStatus::Failure)
         );
         if failed {
             let detail = if step.message.is_empty() {
