@@ -196,7 +196,7 @@ impl Executor {
             program: "git".into(),
             args: args.to_vec(),
             cwd: cwd.to_path_buf(),
-            env: vec![("GIT_TERMINAL_PROMPT".into(), "0".into())],
+            env: git_env(&self.assignment.git_http_header),
             timeout: None,
             idle_timeout: self.idle_timeout(),
         };
@@ -381,6 +381,23 @@ impl Executor {
         env.extend(fixed.into_iter().map(|(k, v)| (k.to_string(), v)));
         env
     }
+}
+
+/// The environment of the agent's own git commands: no prompts, and the controller's credential header
+/// (through git's environment-only config, so it never lands in .git/config where steps could read it).
+fn git_env(http_header: &str) -> Vec<(String, String)> {
+    let mut env = vec![("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())];
+    if !http_header.is_empty() {
+        env.extend([
+            ("GIT_CONFIG_COUNT".to_string(), "1".to_string()),
+            (
+                "GIT_CONFIG_KEY_0".to_string(),
+                "http.extraHeader".to_string(),
+            ),
+            ("GIT_CONFIG_VALUE_0".to_string(), http_header.to_string()),
+        ]);
+    }
+    env
 }
 
 /// A failed git command as the checkout's outcome: keeps a timeout's or cancel's own message.

@@ -246,3 +246,20 @@ async fn unknown_commit_and_cancel_before_steps() {
         Some(Kind::Finished(_))
     ));
 }
+
+#[test]
+fn the_credential_header_reaches_git_only_through_its_environment_config() {
+    assert_eq!(
+        super::git_env(""),
+        vec![("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())]
+    );
+    let env = super::git_env("Authorization: Basic eDp5");
+    assert!(env.contains(&(
+        "GIT_CONFIG_KEY_0".to_string(),
+        "http.extraHeader".to_string()
+    )));
+    assert!(env.contains(&(
+        "GIT_CONFIG_VALUE_0".to_string(),
+        "Authorization: Basic eDp5".to_string()
+    )));
+}

@@ -317,6 +317,8 @@ mod tests {
                 triggered_by: "t".into(),
                 step_timeout_secs: 0,
                 github_repo: None,
+                untrusted: false,
+                supersede: false,
             },
             0,
         );

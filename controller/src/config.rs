@@ -345,10 +345,20 @@ impl Config {
 
     /// The settings of a job's repository, matched by name, URL or `local:` path.
     pub fn repo(&self, name: &str, url: &str) -> Option<&RepoConfig> {
+        // GitHub names are case-insensitive; local paths may be written with a trailing slash or
+        // through a symlink, while jobs carry the resolved path.
+        let canonical = |p: &str| std::fs::canonicalize(p).ok();
+        let url_path = canonical(url);
         self.repos
-            .get(name)
-            .or_else(|| self.repos.get(url))
-            .or_else(|| self.repos.get(&format!("local:{url}")))
+            .iter()
+            .find(|(key, _)| {
+                key.eq_ignore_ascii_case(name)
+                    || key.as_str() == url
+                    || key.strip_prefix("local:").is_some_and(|p| {
+                        p == url || (url_path.is_some() && canonical(p) == url_path)
+                    })
+            })
+            .map(|(_, settings)| settings)
     }
 
     pub fn lost_agent_timeout(&self) -> Duration {

@@ -306,17 +306,22 @@ impl Engine {
                 "repo_url and commit must not start with '-'".into(),
             ));
         }
-        let coalesce = self
-            .config
-            .repo(&new.repo, &new.repo_url)
-            .is_some_and(|r| r.coalesces(&new.ref_name));
+        let coalesce = new.supersede
+            && self
+                .config
+                .repo(&new.repo, &new.repo_url)
+                .is_some_and(|r| r.coalesces(&new.ref_name));
+        // Under the claim lock, so that superseding and its notifications cannot interleave with
+        // another submission for the same branch (statuses must reach GitHub in order).
+        let _claim = self.claim_lock.lock().await;
         let job = self.jobs.create(new, zeroci::now_unix_ms()).await?;
-        if coalesce {
-            self.supersede_queued(&job).await?;
-        }
         self.open_progress(job.id);
-        self.queue.push(job.id).await;
         self.notify(&job);
+        if coalesce && let Err(e) = self.supersede_queued(&job).await {
+            // The new job runs regardless; older ones may run too.
+            warn!(job_id = job.id, error = %e, "cannot supersede queued jobs");
+        }
+        self.queue.push(job.id).await;
         info!(job_id = job.id, repo = %job.repo, commit = %job.commit, "job queued");
         Ok(job)
     }
@@ -337,6 +342,8 @@ impl Engine {
             triggered_by: format!("{user} (rerun of job {id})"),
             step_timeout_secs: old.step_timeout_secs,
             github_repo: old.github_repo,
+            untrusted: old.untrusted,
+            supersede: false,
         })
         .await
     }
@@ -384,8 +391,8 @@ impl Engine {
 
     /// With coalescing on: the commits still queued for the same repository and branch give way to
     /// `newer`. They end `cancelled` with a reason naming it, so nothing disappears without a trace.
+    /// The caller holds the claim lock.
     async fn supersede_queued(&self, newer: &JobRecord) -> Result<(), ControllerError> {
-        let _claim = self.claim_lock.lock().await;
         let filter = crate::store::JobFilter {
             repo: Some(newer.repo.clone()),
             status: Some(JobStatus::Queued),
@@ -400,8 +407,7 @@ impl Engine {
                     "superseded by job {} (newer commit on {})",
                     newer.id, newer.ref_name
                 );
-                let record = self.cancel_queued(older.id, reason).await?;
-                self.notify(&record);
+                self.cancel_queued(older.id, reason).await?;
             }
         }
         Ok(())
@@ -420,6 +426,7 @@ impl Engine {
             record.finish(JobStatus::Cancelled, reason, now, StepStatus::Cancelled);
             self.jobs.put(&record).await?;
             self.close_progress(id);
+            self.notify(&record);
             info!(job_id = id, "queued job cancelled");
         }
         Ok(record)

@@ -250,6 +250,11 @@ pub struct NewJob {
     pub step_timeout_secs: u64,
     /// `owner/name` when the job is for a GitHub repository (commit statuses are set for it).
     pub github_repo: Option<String>,
+    /// Code from outside the repository (a fork's pull request): no token, no secrets.
+    pub untrusted: bool,
+    /// A newer commit from a trigger: with coalescing on, it supersedes queued commits of its branch
+    /// (never for reruns).
+    pub supersede: bool,
 }
 
 /// One job as stored.
@@ -289,6 +294,9 @@ pub struct JobRecord {
     /// `owner/name` when the job is for a GitHub repository (commit statuses are set for it).
     #[serde(default)]
     pub github_repo: Option<String>,
+    /// Code from outside the repository (a fork's pull request): it gets no token and no secrets.
+    #[serde(default)]
+    pub untrusted: bool,
 }
 
 impl JobRecord {
@@ -314,6 +322,7 @@ impl JobRecord {
             first_attempt: 0,
             artifacts: Vec::new(),
             github_repo: new.github_repo,
+            untrusted: new.untrusted,
         }
     }
 
@@ -435,6 +444,8 @@ mod tests {
             triggered_by: "t".into(),
             step_timeout_secs: 0,
             github_repo: None,
+            untrusted: false,
+            supersede: false,
         };
         let mut job = JobRecord::new(1, new, 0);
         for (i, (kind, status)) in steps.iter().enumerate() {

@@ -128,6 +128,8 @@ fn watch_local_repositories(
                     triggered_by: "ref watcher".into(),
                     step_timeout_secs: 0,
                     github_repo: None,
+                    untrusted: false,
+                    supersede: true,
                 };
                 if let Err(e) = engine.submit(new).await {
                     warn!(error = %e, "cannot queue a job for a watched repository");

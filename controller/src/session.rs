@@ -243,6 +243,13 @@ impl Engine {
         let mut secrets = Vec::new();
         if let Some(repo) = self.config.repo(&record.repo, &record.repo_url) {
             env.extend(repo.env.clone());
+        }
+        // Secrets never go to code from outside the repository (a fork's pull request).
+        if let Some(repo) = self
+            .config
+            .repo(&record.repo, &record.repo_url)
+            .filter(|_| !record.untrusted)
+        {
             env.extend(repo.secrets.clone());
             for value in repo.secrets.values() {
                 secrets.push(value.clone());
@@ -251,24 +258,29 @@ impl Engine {
                 }
             }
         }
-        let mut repo_url = record.repo_url.clone();
-        if let (Some(_), Some(token)) = (
+        let mut git_http_header = String::new();
+        if let (Some(_), false, Some(token)) = (
             &record.github_repo,
+            record.untrusted,
             self.config
                 .github
                 .as_ref()
                 .and_then(|g| g.access_token.clone()),
-        ) && let Some(rest) = repo_url.strip_prefix("https://")
+        ) && record.repo_url.starts_with("https://")
         {
-            // Private repositories clone with the token; it travels only in the assignment (never in
-            // the stored record) and is masked like any secret should git ever print the URL.
-            repo_url = format!("https://x-access-token:{token}@{rest}");
+            // Private repositories clone with the token as an HTTP header for git alone: not in the URL
+            // (which git would keep in .git/config for the job to read) and never in the stored record.
+            use base64::Engine as _;
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+            git_http_header = format!("Authorization: Basic {basic}");
             secrets.push(token);
+            secrets.push(basic);
         }
         pb::Assignment {
             job_id: record.id,
             attempt: record.attempt,
-            repo_url,
+            repo_url: record.repo_url.clone(),
             commit: record.commit.clone(),
             repo_name: record.repo.clone(),
             branch: record.ref_name.clone(),
@@ -276,6 +288,7 @@ impl Engine {
             secrets,
             idle_timeout_secs: self.config.main.idle_timeout,
             checkout_step: record.checkout_step(),
+            git_http_header,
         }
     }
 

@@ -33,6 +33,8 @@ struct Trigger {
     /// The branch `run_on` filters on: the pushed branch, or a pull request's base branch.
     filter_branch: String,
     by: String,
+    /// A fork's pull request: runs without the token and the repository's secrets.
+    untrusted: bool,
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -99,6 +101,7 @@ pub async fn github(
                 branch,
                 event: "push",
                 by: push.pusher,
+                untrusted: false,
             }
         }
         Ok(WebhookEvent::PullRequest(pr)) => Trigger {
@@ -109,6 +112,7 @@ pub async fn github(
             event: "pull_request",
             filter_branch: pr.base_ref,
             by: format!("{} (#{})", pr.sender, pr.number),
+            untrusted: pr.from_fork,
         },
     };
     let allowed = engine
@@ -152,6 +156,8 @@ pub async fn github(
         triggered_by: format!("github {} by {}", trigger.event, trigger.by),
         step_timeout_secs: 0,
         github_repo: Some(trigger.repo),
+        untrusted: trigger.untrusted,
+        supersede: true,
     };
     match engine.submit(new).await {
         Ok(job) => {
@@ -159,7 +165,18 @@ pub async fn github(
             let url = crate::jobs::job_url(engine.domain(), job.id);
             answer(StatusCode::ACCEPTED, json!({ "job": job.id, "url": url }))
         }
-        Err(e) => answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
+        Err(e) => {
+            // No job: let GitHub's redelivery (or a retry) try again.
+            if let Some(id) = &delivery
+                && let Err(release) = engine.jobs.release_delivery(id).await
+            {
+                warn!(delivery = %id, error = %release, "cannot release the delivery id");
+            }
+            answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": e.to_string() }),
+            )
+        }
     }
 }
 

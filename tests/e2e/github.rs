@@ -247,15 +247,10 @@ fn jobs(env: &TestEnv) -> Vec<Value> {
 #[test]
 fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
     let fake = FakeGitHub::start();
-    let env = TestEnv::start_with(settings(&fake, ""));
-    let repo = Repo::new(
-        &env,
-        "widget",
-        &[(
-            "zeroCI.yaml",
-            "script:\n  - echo \"built $ZEROCI_BRANCH\"\n",
-        )],
-    );
+    let secret = "[repos.\"Acme/Widget\"]\nsecrets = { DEPLOY_KEY = \"deploy-123456\" }\n";
+    let env = TestEnv::start_with(settings(&fake, secret));
+    let yaml = "script:\n  - echo \"built $ZEROCI_BRANCH${DEPLOY_KEY:+ with-secret}\"\n";
+    let repo = Repo::new(&env, "widget", &[("zeroCI.yaml", yaml)]);
     fake.serve(&repo);
     let sha = repo.commit(&[("a", "1")], "work on a branch with slashes");
     let body = push_payload(&repo, "feature/x/y", &sha);
@@ -266,7 +261,7 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
     assert_eq!(job["status"], "success", "{job:#}");
     assert_eq!(job["repo"], "acme/widget");
     assert_eq!(job["ref"], "feature/x/y");
-    assert_eq!(env.raw_log(id, None), b"built feature/x/y\n");
+    assert_eq!(env.raw_log(id, None), b"built feature/x/y with-secret\n");
     // Statuses are sent in order by one task; wait for the final one to land.
     let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
     while fake.statuses_for(&sha).len() < 2 {
@@ -318,6 +313,9 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
             .contains("pull_request by contributor"),
         "{pr_job:#}"
     );
+    // A fork's code never sees the repository's secrets (nor the token).
+    let pr_id = pr_job["id"].as_u64().unwrap();
+    assert_eq!(env.raw_log(pr_id, None), b"built fix/typo\n");
     let closed = pr.replace("synchronize", "closed");
     let (status, answer) = deliver(
         &env,

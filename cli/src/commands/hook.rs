@@ -78,7 +78,7 @@ fn install(profile: Option<&Path>, path: &Path) -> anyhow::Result<ExitCode> {
     let mut written = Vec::new();
     // A push to a bare repository: one job per updated branch, at the exact pushed commit.
     let post_receive = format!(
-        "#!/bin/sh\n{MARKER}\nwhile read old new ref; do\n  case \"$new\" in 0000000000000000000000000000000000000000) continue ;; esac\n  case \"$ref\" in refs/heads/*) branch=\"${{ref#refs/heads/}}\" ;; *) branch=\"$ref\" ;; esac\n  {zeroci} --profile {profile} run {repo} --ref \"$new\" --branch \"$branch\" --detach >/dev/null \\\n    || echo \"zeroci: could not queue a job for $ref\" >&2\ndone\nexit 0\n"
+        "#!/bin/sh\n{MARKER}\nwhile read old new ref; do\n  case \"$new\" in *[!0]*) ;; *) continue ;; esac\n  case \"$ref\" in refs/heads/*) branch=\"${{ref#refs/heads/}}\" ;; *) branch=\"$ref\" ;; esac\n  {zeroci} --profile {profile} run {repo} --ref \"$new\" --branch \"$branch\" --detach >/dev/null \\\n    || echo \"zeroci: could not queue a job for $ref\" >&2\ndone\nexit 0\n"
     );
     written.push(write_hook(&hooks_dir.join("post-receive"), &post_receive)?);
     if !bare {

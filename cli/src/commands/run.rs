@@ -50,6 +50,11 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
         repo_name: source.repo_name,
         step_timeout_secs: args.timeout.unwrap_or(0),
     };
+    let mut request = tonic::Request::new(request);
+    if args.detach {
+        // Git hooks call `run --detach`: a controller that hangs must not hang the commit or push.
+        request.set_timeout(std::time::Duration::from_secs(10));
+    }
     let response = client.rpc.submit_job(request).await;
     let job = response
         .map_err(|s| client.rpc_error(&s))?

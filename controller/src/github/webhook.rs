@@ -169,6 +169,9 @@ pub struct PullRequest {
     pub head_clone_url: String,
     /// `sender.login`.
     pub sender: String,
+    /// The head commits come from another repository (a fork): untrusted code, which must never see
+    /// the access token or the repository's secrets.
+    pub from_fork: bool,
 }
 
 /// Parses one delivery. `event_header` is the `X-GitHub-Event` value.
@@ -343,6 +346,11 @@ fn parse_pull_request(body: &[u8]) -> Result<WebhookEvent, WebhookError> {
     // The top-level `repository` is the base repository; `base.repo` is the same, kept as a fallback.
     let base_repo = need(E, w.repository.or(base.repo), "repository")?;
     let base_clone_url = base_repo.clone_url;
+    let base_name = base_repo.full_name.clone();
+    // A head repository other than the base (a fork), or a deleted one, is somebody else's code.
+    let from_fork = head.repo.as_ref().is_none_or(
+        |r| !matches!((&r.full_name, &base_name), (Some(h), Some(b)) if h.eq_ignore_ascii_case(b)),
+    );
     let head_clone_url = head.repo.and_then(|r| r.clone_url).or(base_clone_url);
     Ok(WebhookEvent::PullRequest(PullRequest {
         repo: need_str(E, base_repo.full_name, "repository.full_name")?,
@@ -353,6 +361,7 @@ fn parse_pull_request(body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         base_ref: need_str(E, base.git_ref, "pull_request.base.ref")?,
         head_clone_url: need_str(E, head_clone_url, "pull_request.head.repo.clone_url")?,
         sender: need_str(E, w.sender.and_then(|s| s.login), "sender.login")?,
+        from_fork,
     }))
 }
 

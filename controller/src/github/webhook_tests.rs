@@ -198,6 +198,7 @@ fn pull_request_opened_from_a_fork() {
             base_ref: "development".into(),
             head_clone_url: "https://github.com/samaradel/zeroCI.git".into(),
             sender: "samaradel".into(),
+            from_fork: true,
         }
     );
 }
@@ -207,6 +208,14 @@ fn pull_request_synchronize_takes_the_new_head() {
     let pr = pull_request(fixture!("pull_request_synchronize.json"));
     assert_eq!(pr.action, "synchronize");
     assert_eq!(pr.head_sha, "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678");
+    assert!(
+        pr.from_fork,
+        "head samaradel/zeroCI is not the base repository"
+    );
+    // The same pull request from a branch of the base repository is trusted.
+    let same_repo = String::from_utf8_lossy(fixture!("pull_request_synchronize.json"))
+        .replace("samaradel/zeroCI", "threefoldtech/zeroCI");
+    assert!(!pull_request(same_repo.as_bytes()).from_fork);
 }
 
 #[test]

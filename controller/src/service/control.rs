@@ -106,6 +106,8 @@ impl pb::control_service_server::ControlService for ControlApi {
             triggered_by: user,
             step_timeout_secs: r.step_timeout_secs,
             github_repo,
+            untrusted: false,
+            supersede: true,
         };
         let job = self.engine.submit(new).await?;
         Ok(Response::new(pb::SubmitJobResponse {

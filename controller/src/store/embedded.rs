@@ -67,7 +67,17 @@ impl EmbeddedStore {
         }
         let deliveries_path = state_dir.join("deliveries");
         let deliveries = match std::fs::read_to_string(&deliveries_path) {
-            Ok(text) => text.lines().map(str::to_string).collect(),
+            // `id` claims, `-id` releases (a delivery whose job could not be created).
+            Ok(text) => {
+                let mut seen = std::collections::HashSet::new();
+                for line in text.lines() {
+                    match line.strip_prefix('-') {
+                        Some(released) => seen.remove(released),
+                        None => seen.insert(line.to_string()),
+                    };
+                }
+                seen
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => return Err(io_err(&deliveries_path)(e)),
         };
@@ -169,6 +179,19 @@ impl JobStore for EmbeddedStore {
         Ok(true)
     }
 
+    async fn release_delivery(&self, id: &str) -> Result<(), StoreError> {
+        let mut seen = self.deliveries.lock().await;
+        if seen.remove(id) {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.deliveries_path)
+                .map_err(io_err(&self.deliveries_path))?;
+            file.write_all(format!("-{id}\n").as_bytes())
+                .map_err(io_err(&self.deliveries_path))?;
+        }
+        Ok(())
+    }
+
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError> {
         let records = self.records.lock().await;
         Ok(records
@@ -253,6 +276,8 @@ mod tests {
             triggered_by: "test".into(),
             step_timeout_secs: 0,
             github_repo: None,
+            untrusted: false,
+            supersede: false,
         }
     }
 
@@ -294,7 +319,11 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert!(store.get(1).await.unwrap().is_none());
         assert!(dir.path().join("jobs/1/job.json.corrupt").exists());
-        // Delivery ids survive the reopen.
+        // Delivery ids survive the reopen; a released one can be claimed again, also after a reopen.
         assert!(!store.claim_delivery("d-1").await.unwrap());
+        store.release_delivery("d-1").await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(store.claim_delivery("d-1").await.unwrap());
     }
 }

@@ -51,6 +51,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Remembers a webhook delivery id; false when it was seen before (a redelivery), durably.
     async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError>;
+    /// Forgets a claimed delivery whose job could not be created, so a redelivery can try again.
+    async fn release_delivery(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// Appends to one job's journal.
