@@ -32,6 +32,8 @@ use crate::outbox::Outbox;
 
 /// Largest single read from a pipe, hence largest `Output` event.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// How long a read waits for more bytes to fill its chunk once some have arrived.
+const COALESCE_WAIT: Duration = Duration::from_micros(500);
 /// Exit code reported for a step stopped by a timeout (as `timeout(1)` does).
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 /// Most extra drain time granted for waiting on the outbox after the command exited.
@@ -452,6 +454,25 @@ impl PipeReader {
                     }
                 },
             };
+            // Take whatever else is already in the pipe (without waiting): a fast command then costs
+            // one event per 64 KiB instead of one per small write.
+            let mut filled = n;
+            let mut eof = false;
+            while filled < buf.len() {
+                // A writer in full flow refills the pipe within microseconds; waiting up to
+                // COALESCE_WAIT for it batches output without a delay anyone could see.
+                let more = tokio::time::timeout(COALESCE_WAIT, pipe.read(&mut buf[filled..])).await;
+                match more {
+                    Ok(Ok(0)) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(Ok(more)) => filled += more,
+                    // Nothing more yet, or an error the next read reports.
+                    _ => break,
+                }
+            }
+            let n = filled;
             self.activity.touch();
             if let Some(data) = self.masker.feed(Bytes::copy_from_slice(&buf[..n])) {
                 let started = Instant::now();
@@ -459,6 +480,9 @@ impl PipeReader {
                 if let Some(exited_at) = *self.exited.borrow() {
                     blocked += Instant::now().saturating_duration_since(started.max(exited_at));
                 }
+            }
+            if eof {
+                break;
             }
         }
         if let Some(data) = self.masker.finish() {
