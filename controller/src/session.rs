@@ -241,15 +241,12 @@ impl Engine {
         let mut env: std::collections::HashMap<String, String> =
             self.config.environment.clone().into_iter().collect();
         let mut secrets = Vec::new();
-        if let Some(repo) = self.config.repo(&record.repo, &record.repo_url) {
+        let settings = self.config.repo(&record.repo, &record.repo_url);
+        if let Some(repo) = settings {
             env.extend(repo.env.clone());
         }
         // Secrets never go to code from outside the repository (a fork's pull request).
-        if let Some(repo) = self
-            .config
-            .repo(&record.repo, &record.repo_url)
-            .filter(|_| !record.untrusted)
-        {
+        if let Some(repo) = settings.filter(|_| !record.untrusted) {
             env.extend(repo.secrets.clone());
             for value in repo.secrets.values() {
                 secrets.push(value.clone());
