@@ -490,7 +490,8 @@ impl Drop for TestEnv {
     }
 }
 
-/// Kills every process whose executable or command line mentions `dir` (agents and their steps).
+/// Kills every process whose executable, command line or working directory is under `dir` (agents and
+/// the steps they started).
 pub fn kill_processes_under(dir: &Path) {
     let needle = dir.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -508,7 +509,14 @@ pub fn kill_processes_under(dir: &Path) {
         let exe = std::fs::read_link(entry.path().join("exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) || exe.contains(&needle) {
+        // Steps run inside the machine's workspace: their working directory gives them away.
+        let cwd = std::fs::read_link(entry.path().join("cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle)
+            || exe.contains(&needle)
+            || cwd.contains(&needle)
+        {
             // SAFETY: kill(2) with a pid we just read; worst case it is gone already.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);

@@ -46,6 +46,14 @@ fn cancel_mid_step_kills_the_step_and_ends_cancelled() {
     assert!(!ps.contains("sleep\u{0}6001"), "sleep 6001 still running");
 }
 
+/// True when some process's command line contains `needle` (NUL-separated arguments).
+fn running(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(needle))
+    })
+}
+
 #[test]
 fn step_timeout_stops_the_job_with_exit_124() {
     let env = TestEnv::start();
@@ -72,7 +80,7 @@ fn killed_agent_is_declared_lost_and_the_job_ends_error() {
     let repo = Repo::new(
         &env,
         "victim",
-        &[("zeroCI.yaml", "script:\n  - echo started; sleep 600\n")],
+        &[("zeroCI.yaml", "script:\n  - echo started; sleep 6002\n")],
     );
     let mut run = env.spawn_cli(&["run", repo.path_str()], None);
     let mut stdout = Lines::new(run.child.stdout.take().unwrap());
@@ -99,13 +107,15 @@ fn killed_agent_is_declared_lost_and_the_job_ends_error() {
     );
     let finished = job["finished_at"].as_str().is_some();
     assert!(finished);
-    // The machine is destroyed: its directory is gone and the step's sleep with it.
+    // The machine is destroyed: its directory is gone, and the step the dead agent left behind too.
     let machines = env.home().join("state/machines");
     let deadline = std::time::Instant::now() + PATIENCE;
-    while std::fs::read_dir(&machines).map(|d| d.count()).unwrap_or(0) > 0 {
+    while std::fs::read_dir(&machines).map(|d| d.count()).unwrap_or(0) > 0
+        || running("sleep\u{0}6002")
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "machine directory not removed"
+            "machine not destroyed (directory or step left)"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

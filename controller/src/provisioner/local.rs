@@ -148,10 +148,15 @@ impl Provisioner for LocalProvisioner {
             .map(|d| d.dir.clone())
             .unwrap_or_else(|| self.machines_dir.join(&machine.name));
         if let Some(details) = &details {
-            let same_process = match details.start_time {
-                Some(started) => process_start_time(details.pid) == Some(started),
-                // Recorded by an older controller: trust the pid only while it still runs in the machine.
-                None => std::fs::read_link(format!("/proc/{}/cwd", details.pid))
+            // The kernel never hands out a pid that still names a live session, so: the leader alive
+            // with its recorded start time, or gone (its orphaned steps may live on in the session),
+            // means the session is ours; a leader pid with another start time was reused by someone
+            // else, and our session is empty.
+            let same_process = match (details.start_time, process_start_time(details.pid)) {
+                (_, None) => true,
+                (Some(recorded), Some(now)) => recorded == now,
+                // Recorded by an older controller: trust the pid only while it runs in the machine.
+                (None, Some(_)) => std::fs::read_link(format!("/proc/{}/cwd", details.pid))
                     .is_ok_and(|cwd| cwd.starts_with(&dir)),
             };
             if same_process {
