@@ -113,11 +113,8 @@ async fn artifact(
         .file_name()
         .map(|n| n.to_string_lossy().replace(['"', '\\'], "_"))
         .unwrap_or_else(|| "artifact".to_string());
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(crate::reports::stream_artifact(
-        engine, record, name, attempt, tx,
-    ));
-    let bytes = ReceiverStream::new(rx).map(|piece| {
+    let pieces = crate::reports::artifact_stream(engine, record, name, attempt);
+    let bytes = pieces.map(|piece| {
         piece
             .map(|p| p.data)
             .map_err(|status| std::io::Error::other(status.message().to_string()))

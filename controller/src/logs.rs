@@ -46,27 +46,22 @@ async fn stream(
     let mut progress = engine.watch_progress(id);
     let mut offset = 0;
     loop {
+        // The end flag is read before draining, so everything appended before it was set is sent.
+        let finished = !follow
+            || progress
+                .as_mut()
+                .is_none_or(|rx| rx.borrow_and_update().finished);
         if !drain(engine, id, &mut offset, step, tx).await? {
             return Ok(());
         }
-        if !follow {
+        if finished {
             break;
         }
         let Some(rx) = progress.as_mut() else { break };
-        if rx.borrow_and_update().finished {
-            // Frames appended just before the end flag: one more pass.
-            if !drain(engine, id, &mut offset, step, tx).await? {
-                return Ok(());
-            }
-            break;
-        }
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    if !drain(engine, id, &mut offset, step, tx).await? {
-                        return Ok(());
-                    }
-                    break;
+                    progress = None; // the job ended: one last pass
                 }
             }
             _ = tx.closed() => return Ok(()),

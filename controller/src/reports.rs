@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use zeroci::pb;
 
@@ -74,15 +75,19 @@ pub async fn test_reports(
             .map_err(|_| ControllerError::FailedPrecondition("report reader failed".into()))?,
     );
     let mut out: Vec<pb::StepTestReport> = Vec::new();
-    // Per step, the parser's totals, summed over the step's reports.
-    let mut sums: std::collections::HashMap<u32, crate::junit::TestTotals> = Default::default();
     for (step, report) in reports {
         let entry = match out.iter_mut().position(|r| r.step == step) {
             Some(i) => &mut out[i],
             None => {
+                // The record already holds the step's totals, summed over its reports as they came.
+                let totals = record
+                    .steps
+                    .iter()
+                    .find(|s| s.index == step)
+                    .and_then(|s| s.tests.as_ref());
                 out.push(pb::StepTestReport {
                     step,
-                    totals: Some(pb::TestTotals::default()),
+                    totals: Some(totals.map(crate::jobs::totals_to_pb).unwrap_or_default()),
                     ..Default::default()
                 });
                 out.last_mut().expect("just pushed")
@@ -94,10 +99,6 @@ pub async fn test_reports(
         }
         match crate::junit::parse(&report.xml) {
             Ok(parsed) => {
-                let mut totals = sums.remove(&step).unwrap_or_default();
-                totals.add(&parsed.totals);
-                entry.totals = Some(crate::jobs::totals_to_pb(&totals));
-                sums.insert(step, totals);
                 entry.truncated |= parsed.truncated;
                 entry
                     .cases
@@ -137,9 +138,21 @@ pub fn find_artifact(record: &JobRecord, name: &str) -> Result<(String, u32), Co
 }
 
 pub type ArtifactTx = mpsc::Sender<Result<pb::ArtifactData, Status>>;
+pub type ArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
 
-/// Streams an artifact's bytes in order.
-pub async fn stream_artifact(
+/// The bytes of an artifact, in order, read from the journal by a task of their own.
+pub fn artifact_stream(
+    engine: Arc<Engine>,
+    record: JobRecord,
+    name: String,
+    attempt: u32,
+) -> ArtifactStream {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(stream_artifact(engine, record, name, attempt, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn stream_artifact(
     engine: Arc<Engine>,
     record: JobRecord,
     name: String,

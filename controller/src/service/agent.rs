@@ -67,15 +67,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let identity = peer_identity(&request)?;
         let name = request.into_inner().name;
         let (record, attempt) = self.engine.artifact_for_agent(identity, &name).await?;
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(crate::reports::stream_artifact(
-            self.engine.clone(),
-            record,
-            name,
-            attempt,
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let pieces = crate::reports::artifact_stream(self.engine.clone(), record, name, attempt);
+        Ok(Response::new(pieces))
     }
 
     type AttachStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;

@@ -217,15 +217,8 @@ impl pb::control_service_server::ControlService for ControlApi {
             .map_err(ControllerError::from)?
             .ok_or_else(|| ControllerError::NotFound(format!("job {} not found", r.id)))?;
         let (name, attempt) = crate::reports::find_artifact(&record, &r.name)?;
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(crate::reports::stream_artifact(
-            self.engine.clone(),
-            record,
-            name,
-            attempt,
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let pieces = crate::reports::artifact_stream(self.engine.clone(), record, name, attempt);
+        Ok(Response::new(pieces))
     }
 
     async fn rerun_job(
