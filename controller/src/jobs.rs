@@ -2,7 +2,7 @@
 //!
 //! A [`JobRecord`] is the controller's view of one job. It is changed only by the engine and the agent
 //! sessions, always through the store, and every change to a step comes from applying a journal event
-//! (see [`crate::apply`]), so replaying the journal after a crash rebuilds the same record.
+//! (see [`crate::engine::apply`]), so replaying the journal after a crash rebuilds the same record.
 
 use serde::{Deserialize, Serialize};
 use zeroci::pb;

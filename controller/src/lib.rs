@@ -1,30 +1,27 @@
-//! The ZeroCI controller as a library: `main.rs` only parses arguments, binds the listener and calls
+//! The ZeroCI controller as a library: `main.rs` only parses arguments, binds the listeners and calls
 //! [`server::serve`] with a shutdown token, so tests and embedders can run it in-process.
 //!
-//! Map: [`config`] (config.toml) → [`server`] (wiring, shutdown) → [`engine`] (job lifecycle, workers,
-//! supervision) with [`session`] (agent events) and [`recovery`] (restart); [`service`] holds the gRPC
-//! front doors, [`logs`] serves journals; seams: [`store`], [`queue`], [`provisioner`].
+//! Map (the folders are the architecture):
+//! - [`config`] (config.toml, validated before binding) → [`server`] (wiring, shutdown);
+//! - [`api`]: the front doors — gRPC for agents and the CLI, HTTP for downloads and webhooks;
+//! - [`triggers`]: GitHub webhooks and watched local repositories, turned into jobs;
+//! - [`engine`]: the job lifecycle — queue consumers, claims and leases, machines, agent links,
+//!   recovery, and [`engine::apply`], the one pure reducer from log events to job records;
+//! - seams, each a trait with implementations beside it: [`store`] (job records, logs, reports,
+//!   artifacts), [`queue`], [`provisioner`], [`notify`];
+//! - [`github`], [`junit`]: clients and parsers with no engine inside.
 
-pub mod apply;
-pub mod auth;
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod github;
-pub mod http;
 pub mod init;
 pub mod jobs;
 pub mod junit;
-pub mod logs;
-pub mod masking;
 pub mod notify;
 pub mod provisioner;
 pub mod queue;
-pub mod recovery;
-pub mod reports;
 pub mod server;
-pub mod service;
-pub mod session;
 pub mod store;
-pub mod watch;
-pub mod webhooks;
+pub mod triggers;

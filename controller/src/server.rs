@@ -18,12 +18,12 @@ use zeroci::pb::agent_service_server::AgentServiceServer;
 use zeroci::pb::control_service_server::ControlServiceServer;
 use zeroci::pki::{CertificateAuthority, read_to_string};
 
+use crate::api::agent_service::AgentApi;
+use crate::api::control_service::ControlApi;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::provisioner::local::{DEFAULT_AGENT_GIVE_UP_SECS, LocalProvisioner};
 use crate::queue::InProcessQueue;
-use crate::service::agent::AgentApi;
-use crate::service::control::ControlApi;
 use crate::store::embedded::EmbeddedStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +103,13 @@ fn watch_local_repositories(
             continue;
         };
         let path = PathBuf::from(path);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::watch::RefUpdate>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::triggers::local_refs::RefUpdate>(64);
         let (watch_path, watch_stop) = (path.clone(), stop.clone());
         tokio::spawn(async move {
-            let options = crate::watch::WatchOptions::default();
+            let options = crate::triggers::local_refs::WatchOptions::default();
             if let Err(e) =
-                crate::watch::watch_refs(watch_path.clone(), tx, watch_stop, options).await
+                crate::triggers::local_refs::watch_refs(watch_path.clone(), tx, watch_stop, options)
+                    .await
             {
                 warn!(path = %watch_path.display(), error = %e, "cannot watch local repository");
             }
@@ -238,7 +239,7 @@ pub async fn serve(
         );
     let mut server = tokio::spawn(server);
     let http_server = http.map(|http| {
-        let app = crate::http::router(engine.clone());
+        let app = crate::api::http::router(engine.clone());
         let stop = server_stop.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, app)

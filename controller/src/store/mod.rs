@@ -7,12 +7,11 @@
 //! reads by followers run on the blocking pool.
 
 pub mod embedded;
-pub mod journal;
 
 use async_trait::async_trait;
 
 use crate::jobs::{JobId, JobRecord, JobStatus, NewJob};
-pub use journal::{Frame, FrameHeader, FrameKind};
+pub use embedded::journal::{Frame, FrameHeader, FrameKind};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use tracing::debug;
 use zeroci::pb;
 use zeroci::pb::log_event::Kind as LogKind;
 
-use crate::apply;
 use crate::engine::Engine;
+use crate::engine::apply;
 use crate::error::ControllerError;
 use crate::jobs::{JobId, JobRecord, StepStatus};
 use crate::store::{Frame, FrameKind};

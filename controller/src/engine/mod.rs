@@ -5,7 +5,7 @@
 //!   machine, asks the provisioner for it, then supervises: it waits for the agent's session to end the
 //!   job, declares the agent lost after `lost_agent_timeout` of silence, enforces the cancel deadline, and
 //!   always destroys the machine at the end.
-//! - Agent sessions (see [`crate::session`]) turn the agent's events into journal frames and record
+//! - Agent sessions (see [`crate::engine::agents`]) turn the agent's events into journal frames and record
 //!   changes; the job's [`ActiveJob`] holds the in-memory state they share with the worker.
 //! - On start, [`Engine::recover`] re-queues queued jobs, re-attaches to running ones (their agents
 //!   reconnect) and destroys machines left over by a crash.
@@ -25,7 +25,6 @@ use tracing::{error, info, warn};
 use zeroci::pb;
 use zeroci::pki::CertificateAuthority;
 
-use crate::apply::{self, PlanDefaults};
 use crate::config::Config;
 use crate::error::ControllerError;
 use crate::github::GitHubApi;
@@ -34,6 +33,7 @@ use crate::notify::Notifier;
 use crate::provisioner::{MachineRequest, Provisioner};
 use crate::queue::JobQueue;
 use crate::store::{JobStore, LogStore, LogWriter};
+use apply::PlanDefaults;
 
 /// Progress of a job's journal, watched by log followers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -176,6 +176,12 @@ pub(crate) fn sha256_hex(data: &str) -> String {
         .collect()
 }
 
+pub mod agents;
+pub mod apply;
+pub mod logs;
+pub mod masking;
+pub mod recovery;
+pub mod reports;
 mod workers;
 
 impl Engine {

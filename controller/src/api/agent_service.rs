@@ -19,7 +19,7 @@ use zeroci::pb;
 use zeroci::pb::agent_message::Kind as AgentKind;
 use zeroci::pb::controller_message::Kind as Reply;
 
-use crate::auth::peer_identity;
+use crate::api::auth::peer_identity;
 use crate::engine::{ActiveJob, AgentTx, Engine};
 
 /// Events handled before an `Ack` is sent even if more are already waiting.
@@ -67,7 +67,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let identity = peer_identity(&request)?;
         let name = request.into_inner().name;
         let (record, attempt) = self.engine.artifact_for_agent(identity, &name).await?;
-        let pieces = crate::reports::artifact_stream(self.engine.clone(), record, name, attempt);
+        let pieces =
+            crate::engine::reports::artifact_stream(self.engine.clone(), record, name, attempt);
         Ok(Response::new(pieces))
     }
 

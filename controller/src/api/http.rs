@@ -33,9 +33,15 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/jobs/{id}/log", get(raw_log))
         .route("/jobs/{id}/artifacts/{*name}", get(artifact))
-        .route("/webhooks/github", post(crate::webhooks::github))
+        .route(
+            "/webhooks/github",
+            post(crate::triggers::github_webhook::github),
+        )
         // The original ZeroCI's path, so existing webhooks keep working.
-        .route("/git_trigger", post(crate::webhooks::github))
+        .route(
+            "/git_trigger",
+            post(crate::triggers::github_webhook::github),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(engine)
 }
@@ -87,7 +93,9 @@ async fn raw_log(
 ) -> Result<Response, HttpError> {
     job_record(&engine, id).await?;
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(crate::logs::stream_logs(engine, id, false, None, tx));
+    tokio::spawn(crate::engine::logs::stream_logs(
+        engine, id, false, None, tx,
+    ));
     let bytes = ReceiverStream::new(rx).filter_map(|event| match event {
         Ok(pb::LogEvent {
             kind: Some(pb::log_event::Kind::Output(out)),
@@ -108,12 +116,12 @@ async fn artifact(
     Path((id, name)): Path<(JobId, String)>,
 ) -> Result<Response, HttpError> {
     let record = job_record(&engine, id).await?;
-    let (name, attempt) = crate::reports::find_artifact(&record, &name)?;
+    let (name, attempt) = crate::engine::reports::find_artifact(&record, &name)?;
     let file_name = std::path::Path::new(&name)
         .file_name()
         .map(|n| n.to_string_lossy().replace(['"', '\\'], "_"))
         .unwrap_or_else(|| "artifact".to_string());
-    let pieces = crate::reports::artifact_stream(engine, record, name, attempt);
+    let pieces = crate::engine::reports::artifact_stream(engine, record, name, attempt);
     let bytes = pieces.map(|piece| {
         piece
             .map(|p| p.data)

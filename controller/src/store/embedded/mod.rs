@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::journal::{self, FrameReader, JournalWriter};
+pub mod journal;
+
 use super::{Frame, FrameHeader, JobFilter, JobStore, LogReader, LogStore, LogWriter, StoreError};
 use crate::jobs::{JobId, JobRecord, NewJob};
+use journal::{FrameReader, JournalWriter};
 
 pub struct EmbeddedStore {
     jobs_dir: PathBuf,

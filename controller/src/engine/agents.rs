@@ -14,7 +14,7 @@ use zeroci::pb::agent_event::Kind as EventKind;
 use zeroci::pb::controller_message::Kind as Reply;
 use zeroci::pki::Identity;
 
-use crate::apply::{self, Effect};
+use crate::engine::apply::{self, Effect};
 use crate::engine::{ActiveJob, AgentTx, Engine, RunState, Session, sha256_hex};
 use crate::error::ControllerError;
 use crate::jobs::{JobRecord, JobStatus, StepKind, StepStatus};
@@ -251,7 +251,7 @@ impl Engine {
             for value in repo.secrets.values() {
                 secrets.push(value.clone());
                 if repo.mask_base64 {
-                    secrets.extend(crate::masking::base64_forms(value));
+                    secrets.extend(crate::engine::masking::base64_forms(value));
                 }
             }
         }

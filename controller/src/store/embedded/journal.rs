@@ -3,7 +3,7 @@
 //!
 //! Why a journal: a step may print gigabytes, so output never lives in memory; readers (`logs`,
 //! followers) stream it from the file; and because every change to a job's steps is a frame, replaying
-//! the journal after a crash rebuilds the job exactly (see `crate::apply`). A frame is acknowledged to
+//! the journal after a crash rebuilds the job exactly (see `crate::engine::apply`). A frame is acknowledged to
 //! the agent only after `write(2)` returned, which survives a controller crash (the page cache is the
 //! kernel's); a torn frame at the tail (power loss, full disk) fails its length or checksum and is cut off
 //! when the journal is next opened for writing, and the agent resends it because it was never acked.

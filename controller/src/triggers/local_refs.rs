@@ -326,4 +326,5 @@ async fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, GitFailure> {
 }
 
 #[cfg(test)]
+#[path = "local_refs_tests.rs"]
 mod tests;

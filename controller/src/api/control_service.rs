@@ -7,7 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zeroci::pb;
 
-use crate::auth::{Access, authorize_user};
+use crate::api::auth::{Access, authorize_user};
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobStatus, NewJob};
@@ -166,7 +166,7 @@ impl pb::control_service_server::ControlService for ControlApi {
         // Fail fast on unknown jobs, before the stream starts.
         self.job(r.id).await?;
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(crate::logs::stream_logs(
+        tokio::spawn(crate::engine::logs::stream_logs(
             self.engine.clone(),
             r.id,
             r.follow,
@@ -197,7 +197,7 @@ impl pb::control_service_server::ControlService for ControlApi {
     ) -> Result<Response<pb::GetTestReportResponse>, Status> {
         authorize_user(&request, Access::Read)?;
         let r = request.into_inner();
-        let steps = crate::reports::test_reports(&self.engine, r.id, r.step).await?;
+        let steps = crate::engine::reports::test_reports(&self.engine, r.id, r.step).await?;
         Ok(Response::new(pb::GetTestReportResponse { steps }))
     }
 
@@ -216,8 +216,9 @@ impl pb::control_service_server::ControlService for ControlApi {
             .await
             .map_err(ControllerError::from)?
             .ok_or_else(|| ControllerError::NotFound(format!("job {} not found", r.id)))?;
-        let (name, attempt) = crate::reports::find_artifact(&record, &r.name)?;
-        let pieces = crate::reports::artifact_stream(self.engine.clone(), record, name, attempt);
+        let (name, attempt) = crate::engine::reports::find_artifact(&record, &r.name)?;
+        let pieces =
+            crate::engine::reports::artifact_stream(self.engine.clone(), record, name, attempt);
         Ok(Response::new(pieces))
     }
 

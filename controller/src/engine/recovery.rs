@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use crate::apply::{self, Effect};
 use crate::engine::Engine;
+use crate::engine::apply::{self, Effect};
 use crate::error::ControllerError;
 use crate::jobs::{JobRecord, JobStatus};
 

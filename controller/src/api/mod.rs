@@ -1,0 +1,7 @@
+//! The front doors: the gRPC services (agents, the CLI) and the HTTP listener. Handlers stay short:
+//! authenticate, delegate to the engine, map errors through `ControllerError`'s single conversion.
+
+pub mod agent_service;
+pub mod auth;
+pub mod control_service;
+pub mod http;
