@@ -1,8 +1,8 @@
 //! Reading a job's log stream, and surviving a controller restart while following it.
 //!
-//! The controller replays a job's log from the beginning, in the same order, on every `StreamLogs`. So
-//! after a broken stream we ask again and skip as many events as were already handed on: the user sees
-//! every byte once, in order.
+//! Every stored log event carries its cursor. After a broken stream we ask again for the events after
+//! the last cursor handed on (and drop any event at or before it, should one come anyway): the user
+//! sees every byte once, in order.
 
 use std::time::{Duration, Instant};
 
@@ -83,14 +83,15 @@ pub async fn stream_logs<S: LogSource>(
     request: &LogRequest,
     sink: &mut dyn EventSink,
 ) -> anyhow::Result<Option<pb::Job>> {
-    let rpc_request = pb::StreamLogsRequest {
+    let mut rpc_request = pb::StreamLogsRequest {
         id: request.job,
         follow: request.follow,
         step: request.step,
+        after: None,
     };
     let backoff = request.backoff;
-    // Events handed to the sink (or skipped as already handed) so far, over all streams.
-    let mut delivered: u64 = 0;
+    // The cursor of the last event handed to the sink, over all streams.
+    let mut delivered: Option<(u32, u64)> = None;
     let mut opened_once = false;
     // Since when the stream has been failing, and whether the user was told.
     let mut failing_since: Option<Instant> = None;
@@ -110,15 +111,16 @@ pub async fn stream_logs<S: LogSource>(
                 opened_once = true;
                 let opened_at = Instant::now();
                 let before = delivered;
-                let mut index: u64 = 0;
                 let failure = loop {
                     match events.next().await {
                         Some(Ok(event)) => {
-                            index += 1;
-                            if index <= delivered {
-                                continue;
+                            if let Some(cursor) = &event.cursor {
+                                let at = (cursor.attempt, cursor.seq);
+                                if delivered.is_some_and(|d| at <= d) {
+                                    continue; // handed on already
+                                }
+                                delivered = Some(at);
                             }
-                            delivered = index;
                             match event.kind {
                                 Some(log_event::Kind::JobDone(job)) => return Ok(Some(job)),
                                 Some(kind) => sink.event(&kind)?,
@@ -160,6 +162,7 @@ pub async fn stream_logs<S: LogSource>(
             ));
         }
         failing_since = Some(since);
+        rpc_request.after = delivered.map(|(attempt, seq)| pb::LogCursor { attempt, seq });
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(backoff.max);
     }
@@ -177,6 +180,8 @@ mod tests {
     struct Scripted {
         script: Script,
         opens: usize,
+        /// The `after` of every request, in order.
+        afters: Vec<Option<(u32, u64)>>,
     }
 
     impl LogSource for Scripted {
@@ -184,9 +189,10 @@ mod tests {
 
         async fn open(
             &mut self,
-            _request: pb::StreamLogsRequest,
+            request: pb::StreamLogsRequest,
         ) -> Result<Self::Events, tonic::Status> {
             self.opens += 1;
+            self.afters.push(request.after.map(|c| (c.attempt, c.seq)));
             match self.script.pop_front() {
                 Some(Ok(events)) => Ok(tokio_stream::iter(events)),
                 Some(Err(status)) => Err(status),
@@ -221,8 +227,13 @@ mod tests {
         }
     }
 
-    fn out(s: &str) -> Result<pb::LogEvent, tonic::Status> {
+    fn at(seq: u64) -> Option<pb::LogCursor> {
+        Some(pb::LogCursor { attempt: 1, seq })
+    }
+
+    fn out(seq: u64, s: &str) -> Result<pb::LogEvent, tonic::Status> {
         Ok(pb::LogEvent {
+            cursor: at(seq),
             kind: Some(log_event::Kind::Output(pb::LogOutput {
                 step: 0,
                 stream: 1,
@@ -231,12 +242,13 @@ mod tests {
         })
     }
 
-    fn start(name: &str) -> Result<pb::LogEvent, tonic::Status> {
+    fn start(seq: u64, name: &str) -> Result<pb::LogEvent, tonic::Status> {
         let step = pb::StepInfo {
             name: name.into(),
             ..Default::default()
         };
         Ok(pb::LogEvent {
+            cursor: at(seq),
             kind: Some(log_event::Kind::StepStarted(step)),
         })
     }
@@ -248,6 +260,7 @@ mod tests {
             ..Default::default()
         };
         Ok(pb::LogEvent {
+            cursor: None,
             kind: Some(log_event::Kind::JobDone(job)),
         })
     }
@@ -270,20 +283,21 @@ mod tests {
         let broken = || Err(tonic::Status::unavailable("connection reset"));
         let mut source = Scripted {
             script: VecDeque::from([
-                Ok(vec![start("a"), out("one "), broken()]),
+                Ok(vec![start(1, "a"), out(2, "one "), broken()]),
                 // Controller restarting.
                 Err(tonic::Status::unavailable("refused")),
-                // Replays from the start, then more, then the stream just ends.
-                Ok(vec![start("a"), out("one "), out("two ")]),
+                // Resumes after the cursor asked for, then the stream just ends.
+                Ok(vec![out(3, "two ")]),
+                // A controller that replays some events anyway: they are dropped.
                 Ok(vec![
-                    start("a"),
-                    out("one "),
-                    out("two "),
-                    out("three"),
+                    out(2, "one "),
+                    out(3, "two "),
+                    out(4, "three"),
                     done(),
                 ]),
             ]),
             opens: 0,
+            afters: Vec::new(),
         };
         let mut sink = Collect::default();
         let job = stream_logs(&mut source, &request(true), &mut sink)
@@ -293,6 +307,10 @@ mod tests {
         assert_eq!(String::from_utf8(sink.output).unwrap(), "one two three");
         assert_eq!(sink.events, vec!["start a"]);
         assert_eq!(source.opens, 4);
+        assert_eq!(
+            source.afters,
+            vec![None, Some((1, 2)), Some((1, 2)), Some((1, 3))]
+        );
         assert!(
             sink.notices.iter().any(|n| n.contains("reconnecting")),
             "{:?}",
@@ -310,6 +328,7 @@ mod tests {
         let mut source = Scripted {
             script: VecDeque::from([Err(tonic::Status::not_found("no job"))]),
             opens: 0,
+            afters: Vec::new(),
         };
         let err = stream_logs(&mut source, &request(true), &mut Collect::default())
             .await
@@ -321,8 +340,9 @@ mod tests {
     #[tokio::test]
     async fn without_follow_the_end_of_the_stream_is_the_end() {
         let mut source = Scripted {
-            script: VecDeque::from([Ok(vec![start("a"), out("x")])]),
+            script: VecDeque::from([Ok(vec![start(1, "a"), out(2, "x")])]),
             opens: 0,
+            afters: Vec::new(),
         };
         let mut sink = Collect::default();
         assert!(
@@ -334,8 +354,12 @@ mod tests {
         assert_eq!(sink.output, b"x");
         // A broken stream is not retried either.
         let mut source = Scripted {
-            script: VecDeque::from([Ok(vec![out("x"), Err(tonic::Status::unavailable("gone"))])]),
+            script: VecDeque::from([Ok(vec![
+                out(1, "x"),
+                Err(tonic::Status::unavailable("gone")),
+            ])]),
             opens: 0,
+            afters: Vec::new(),
         };
         assert!(
             stream_logs(&mut source, &request(false), &mut Collect::default())
@@ -347,8 +371,9 @@ mod tests {
     #[tokio::test]
     async fn gives_up_eventually() {
         let mut source = Scripted {
-            script: VecDeque::from([Ok(vec![out("x")])]),
+            script: VecDeque::from([Ok(vec![out(1, "x")])]),
             opens: 0,
+            afters: Vec::new(),
         };
         let err = stream_logs(&mut source, &request(true), &mut Collect::default())
             .await

@@ -25,8 +25,10 @@ pub enum ConfigError {
 pub struct Config {
     pub main: MainConfig,
     pub tls: TlsConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "provisioner_with_default_kind")]
     pub provisioner: ProvisionerConfig,
+    #[serde(default)]
+    pub db: DbConfig,
     /// Exported to every job.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
@@ -124,6 +126,22 @@ pub struct MainConfig {
     /// Seconds a graceful shutdown waits for running work before leaving it to the next start.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: u64,
+    /// The address agents dial (`host:port`), when it is not `grpc_listen` (remote machines need a
+    /// routable address; an unspecified listen address is otherwise dialled as loopback).
+    #[serde(default)]
+    pub agent_endpoint: Option<String>,
+    /// This controller's name as the holder of job leases; default: the host name. Controllers that
+    /// share a store need distinct names; a restarted controller with the same name resumes its own
+    /// jobs at once instead of waiting for their leases to expire.
+    #[serde(default)]
+    pub controller_id: Option<String>,
+    /// Seconds a claim on a running job lasts without renewal; another controller takes the job over
+    /// only after that. Renewed every third of it while the job runs.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Seconds the store may keep refusing a job's output before the job ends `error`.
+    #[serde(default = "default_store_failure_timeout")]
+    pub store_failure_timeout: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,22 +157,48 @@ pub struct TlsConfig {
     pub agent_cert_ttl: u64,
 }
 
+/// `[provisioner]`: which kind of machine jobs get, and that kind's table (`[provisioner.local]`, ...).
+/// A new kind is one more variant here and one line in `provisioner::build`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionerConfig {
-    #[serde(default = "default_provisioner_kind")]
-    pub kind: String,
-    #[serde(default)]
-    pub local: LocalConfig,
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProvisionerConfig {
+    /// The agent as a child process of the controller in a private directory.
+    Local {
+        #[serde(default)]
+        local: LocalConfig,
+    },
 }
 
 impl Default for ProvisionerConfig {
     fn default() -> Self {
-        ProvisionerConfig {
-            kind: default_provisioner_kind(),
+        ProvisionerConfig::Local {
             local: LocalConfig::default(),
         }
     }
+}
+
+/// `[provisioner]` with `kind` optional (`local`), as configs written before the kinds existed have it.
+fn provisioner_with_default_kind<'de, D>(deserializer: D) -> Result<ProvisionerConfig, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let mut table = toml::Table::deserialize(deserializer)?;
+    table
+        .entry("kind")
+        .or_insert_with(|| toml::Value::String("local".into()));
+    ProvisionerConfig::deserialize(toml::Value::Table(table)).map_err(serde::de::Error::custom)
+}
+
+/// `[db]`: where jobs, logs, reports and artifacts are kept. A new backend is one more variant here and
+/// one line in `store::Stores::open`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DbConfig {
+    /// Files under `[main] state_dir` (the default).
+    #[default]
+    Embedded,
+    /// The controller's memory: nothing survives a restart (tests, benchmarks, throw-away runs).
+    Memory,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -193,8 +237,11 @@ fn default_shutdown_grace() -> u64 {
 fn default_agent_cert_ttl() -> u64 {
     24 * 3600
 }
-fn default_provisioner_kind() -> String {
-    "local".to_string()
+fn default_lease_secs() -> u64 {
+    30
+}
+fn default_store_failure_timeout() -> u64 {
+    30
 }
 
 impl Config {
@@ -220,14 +267,16 @@ impl Config {
                 .unwrap_or_default();
             invalid(format!("{at}{}", e.message()))
         })?;
-        // Absolute, because machines run with their own working directory.
-        let base =
-            std::path::absolute(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
-                ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
+        // Absolute, because machines run with their own working directory. A bare file name has an
+        // empty parent, which means the current directory.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         config.resolve_paths(&base);
         config.validate().map_err(invalid)?;
         Ok(config)
@@ -244,8 +293,12 @@ impl Config {
         fix(&mut self.tls.ca_key);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
-        if let Some(p) = &mut self.provisioner.local.agent_binary {
-            fix(p);
+        match &mut self.provisioner {
+            ProvisionerConfig::Local { local } => {
+                if let Some(p) = &mut local.agent_binary {
+                    fix(p);
+                }
+            }
         }
     }
 
@@ -295,11 +348,18 @@ impl Config {
         if self.tls.agent_cert_ttl < 60 {
             return Err("[tls] agent_cert_ttl must be at least 60 seconds".into());
         }
-        if self.provisioner.kind != "local" {
+        if let Some(endpoint) = &m.agent_endpoint
+            && !endpoint.contains(':')
+        {
             return Err(format!(
-                "[provisioner] kind {:?} is not available in this build (available: \"local\")",
-                self.provisioner.kind
+                "[main] agent_endpoint must be host:port (the address agents dial), got {endpoint:?}"
             ));
+        }
+        if m.lease_secs < 3 {
+            return Err("[main] lease_secs must be at least 3".into());
+        }
+        if m.store_failure_timeout == 0 {
+            return Err("[main] store_failure_timeout must be positive".into());
         }
         if let Some(github) = &self.github {
             for repo in &github.repos {
@@ -369,6 +429,25 @@ impl Config {
         Duration::from_secs(self.main.provision_timeout)
     }
 
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.main.lease_secs)
+    }
+
+    pub fn store_failure_timeout(&self) -> Duration {
+        Duration::from_secs(self.main.store_failure_timeout)
+    }
+
+    /// The lease holder name of this controller.
+    pub fn controller_id(&self) -> String {
+        self.main.controller_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "zeroci-controller".to_string())
+        })
+    }
+
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.main.heartbeat_interval_ms)
     }
@@ -389,6 +468,10 @@ impl Config {
                 idle_timeout: 0,
                 cancel_grace: default_cancel_grace(),
                 shutdown_grace: default_shutdown_grace(),
+                agent_endpoint: None,
+                controller_id: None,
+                lease_secs: default_lease_secs(),
+                store_failure_timeout: default_store_failure_timeout(),
             },
             tls: TlsConfig {
                 ca: "pki/ca.crt".into(),
@@ -398,6 +481,7 @@ impl Config {
                 agent_cert_ttl: default_agent_cert_ttl(),
             },
             provisioner: ProvisionerConfig::default(),
+            db: DbConfig::default(),
             environment: BTreeMap::new(),
             repos: BTreeMap::new(),
             github: None,

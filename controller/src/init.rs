@@ -98,7 +98,7 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
     let config_text = toml::to_string(&config).map_err(|e| InitError::Invalid(e.to_string()))?;
     std::fs::write(
         &config_path,
-        format!("# ZeroCI controller configuration (see design.md, config.toml)\n{config_text}"),
+        format!("# ZeroCI controller configuration. Every key is explained in examples/config.toml of the\n# ZeroCI sources and in its README (section Configuration).\n{config_text}"),
     )
     .map_err(io(&config_path))?;
     let client_host = if grpc.ip().is_unspecified() {

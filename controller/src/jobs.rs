@@ -239,6 +239,23 @@ pub struct MachineRecord {
     pub details: serde_json::Value,
 }
 
+/// Which controller runs a job's current attempt, and until when unless it renews the claim. Written
+/// with the claim (a compare-and-set on the record), renewed while the job runs, taken over by another
+/// controller only once `expires_at` has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The controller's `controller_id`.
+    pub owner: String,
+    /// Unix ms.
+    pub expires_at: i64,
+}
+
+impl Lease {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at
+    }
+}
+
 /// What a trigger asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
@@ -297,6 +314,13 @@ pub struct JobRecord {
     /// Code from outside the repository (a fork's pull request): it gets no token and no secrets.
     #[serde(default)]
     pub untrusted: bool,
+    /// Advanced by every store write; a write that does not name the stored revision is refused
+    /// (compare-and-set), so concurrent writers cannot overwrite each other.
+    #[serde(default)]
+    pub revision: u64,
+    /// The claim on a provisioning or running job; none while queued and once final.
+    #[serde(default)]
+    pub lease: Option<Lease>,
 }
 
 impl JobRecord {
@@ -323,6 +347,8 @@ impl JobRecord {
             artifacts: Vec::new(),
             github_repo: new.github_repo,
             untrusted: new.untrusted,
+            revision: 0,
+            lease: None,
         }
     }
 
@@ -394,6 +420,8 @@ impl JobRecord {
         self.status = status;
         self.reason = reason.into();
         self.finished_at = now;
+        // Nothing runs any more: no controller holds the job.
+        self.lease = None;
     }
 
     pub fn to_pb(&self, domain: &str) -> pb::Job {

@@ -5,7 +5,6 @@
 //! (agents reconnect to the next start) → stop the gRPC server, bounded.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,12 @@ use zeroci::pb::control_service_server::ControlServiceServer;
 use zeroci::pki::{CertificateAuthority, read_to_string};
 
 use crate::api::agent_service::AgentApi;
+use crate::api::auth::require_user_certificate;
 use crate::api::control_service::ControlApi;
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::provisioner::local::{DEFAULT_AGENT_GIVE_UP_SECS, LocalProvisioner};
-use crate::queue::InProcessQueue;
-use crate::store::embedded::EmbeddedStore;
+use crate::engine::{Engine, EngineParts};
+use crate::notify::Notifications;
+use crate::store::Stores;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -40,22 +39,16 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("GitHub client: {0}")]
     GitHub(#[from] crate::github::GitHubError),
-    #[error(
-        "agent binary {0} not found; build it (cargo build --bins) or set [provisioner.local] agent_binary"
-    )]
-    NoAgentBinary(PathBuf),
+    #[error(transparent)]
+    Provisioner(#[from] crate::provisioner::ProvisionError),
 }
 
-/// The agent binary next to the running executable (`target/<profile>/zeroci-agent` in a build tree).
-fn default_agent_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("zeroci-agent")))
-        .unwrap_or_else(|| PathBuf::from("zeroci-agent"))
-}
-
-/// The address agents on this host dial: the bound one, with an unspecified IP made loopback.
-fn agent_endpoint(bound: SocketAddr) -> String {
+/// The address agents dial: `[main] agent_endpoint`, or the bound one with an unspecified IP made
+/// loopback (agents on this host).
+fn agent_endpoint(config: &Config, bound: SocketAddr) -> String {
+    if let Some(endpoint) = &config.main.agent_endpoint {
+        return endpoint.clone();
+    }
     let ip = if bound.ip().is_unspecified() {
         if bound.is_ipv4() {
             "127.0.0.1".parse().expect("valid IP")
@@ -67,6 +60,11 @@ fn agent_endpoint(bound: SocketAddr) -> String {
     };
     SocketAddr::new(ip, bound.port()).to_string()
 }
+
+/// Longest a notifier may take for one job change.
+const NOTIFY_CALL_LIMIT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for queued notifications.
+const NOTIFY_DRAIN: Duration = Duration::from_secs(5);
 
 /// Accepted connections with Nagle's algorithm off: the protocol is many small request/response
 /// messages, and Nagle plus delayed ACKs would add ~40 ms to each exchange.
@@ -91,57 +89,6 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
 }
 
-/// For every `[repos."local:/path"]`: watch the repository's branch heads and queue a job for each new
-/// head (for hosts where `zeroci hook install` cannot be used).
-fn watch_local_repositories(
-    engine: &Arc<Engine>,
-    config: &Config,
-    stop: &CancellationToken,
-) -> Result<(), ServeError> {
-    for key in config.repos.keys() {
-        let Some(path) = key.strip_prefix("local:") else {
-            continue;
-        };
-        let path = PathBuf::from(path);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::triggers::local_refs::RefUpdate>(64);
-        let (watch_path, watch_stop) = (path.clone(), stop.clone());
-        tokio::spawn(async move {
-            let options = crate::triggers::local_refs::WatchOptions::default();
-            if let Err(e) =
-                crate::triggers::local_refs::watch_refs(watch_path.clone(), tx, watch_stop, options)
-                    .await
-            {
-                warn!(path = %watch_path.display(), error = %e, "cannot watch local repository");
-            }
-        });
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            while let Some(update) = rx.recv().await {
-                let repo = update
-                    .repo_path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().trim_end_matches(".git").to_string());
-                let new = crate::jobs::NewJob {
-                    repo: repo.unwrap_or_else(|| update.repo_path.display().to_string()),
-                    repo_url: update.repo_path.display().to_string(),
-                    ref_name: update.branch,
-                    commit: update.commit,
-                    triggered_by: "ref watcher".into(),
-                    step_timeout_secs: 0,
-                    github_repo: None,
-                    untrusted: false,
-                    supersede: true,
-                };
-                if let Err(e) = engine.submit(new).await {
-                    warn!(error = %e, "cannot queue a job for a watched repository");
-                }
-            }
-        });
-        info!(path = %path.display(), "watching local repository");
-    }
-    Ok(())
-}
-
 /// Serves until `shutdown` is cancelled, then drains (bounded).
 pub async fn serve(
     config: Config,
@@ -159,25 +106,8 @@ pub async fn serve(
         &read_to_string(&config.tls.cert)?,
         &read_to_string(&config.tls.key)?,
     );
-    let store = Arc::new(EmbeddedStore::open(&config.main.state_dir)?);
-    let agent_binary = config
-        .provisioner
-        .local
-        .agent_binary
-        .clone()
-        .unwrap_or_else(default_agent_binary);
-    if !agent_binary.is_file() {
-        return Err(ServeError::NoAgentBinary(agent_binary));
-    }
-    let provisioner = Arc::new(LocalProvisioner::new(
-        &config.main.state_dir,
-        agent_binary,
-        config
-            .provisioner
-            .local
-            .agent_give_up
-            .unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
-    ));
+    let stores = Stores::open(&config)?;
+    let provisioner = crate::provisioner::build(&config)?;
     let bound = listener.local_addr()?;
     let stop_taking = CancellationToken::new();
     let github = match &config.github {
@@ -205,24 +135,26 @@ pub async fn serve(
     {
         notifiers.push(Arc::new(crate::notify::GitHubStatuses { api: api.clone() }));
     }
-    let engine = Engine::new(
-        config.clone(),
-        store.clone(),
-        store,
-        Arc::new(InProcessQueue::default()),
+    let notifications =
+        Notifications::start(notifiers, config.main.domain.clone(), NOTIFY_CALL_LIMIT);
+    let engine = Engine::new(EngineParts {
+        config: config.clone(),
+        stores,
+        queue: crate::queue::build(&config),
         provisioner,
         ca,
-        agent_endpoint(bound),
-        stop_taking.clone(),
+        agent_endpoint: agent_endpoint(&config, bound),
+        shutdown: stop_taking.clone(),
         github,
-        notifiers,
-    );
+        notifications,
+    });
     let tracker = TaskTracker::new();
     engine.recover(&tracker).await?;
     engine.start_workers(&tracker);
-    watch_local_repositories(&engine, &config, &stop_taking)?;
+    tokio::spawn(engine.clone().take_over_expired(tracker.clone()));
+    crate::triggers::local_refs::watch_configured(&engine, &config, &stop_taking);
 
-    let sessions_stop = CancellationToken::new();
+    let links_stop = CancellationToken::new();
     let server_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .tls_config(tls)?
@@ -230,9 +162,12 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(AgentServiceServer::new(AgentApi::new(
             engine.clone(),
-            sessions_stop.clone(),
+            links_stop.clone(),
         )))
-        .add_service(ControlServiceServer::new(ControlApi::new(engine.clone())))
+        .add_service(ControlServiceServer::with_interceptor(
+            ControlApi::new(engine.clone()),
+            require_user_certificate,
+        ))
         .serve_with_incoming_shutdown(
             nodelay(TcpListenerStream::new(listener)),
             server_stop.clone().cancelled_owned(),
@@ -271,7 +206,9 @@ pub async fn serve(
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!("running jobs did not finish in time; their agents will reconnect to the next start");
     }
-    sessions_stop.cancel();
+    // Jobs that ended during the drain still get their notifications out.
+    engine.notifications.drain(NOTIFY_DRAIN).await;
+    links_stop.cancel();
     server_stop.cancel();
     if let Some(http_server) = http_server
         && tokio::time::timeout(Duration::from_secs(5), http_server)

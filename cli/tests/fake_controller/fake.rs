@@ -29,8 +29,20 @@ pub struct Fake(Arc<Mutex<State>>);
 
 impl Fake {
     pub fn new(final_status: &str, events: Vec<pb::LogEvent>, delay: Duration) -> Fake {
-        let mut events = events;
+        // Stored events carry their cursors, as the controller's do; `JobDone` is not stored.
+        let mut events: Vec<pb::LogEvent> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut event)| {
+                event.cursor = Some(pb::LogCursor {
+                    attempt: 1,
+                    seq: i as u64 + 1,
+                });
+                event
+            })
+            .collect();
         events.push(pb::LogEvent {
+            cursor: None,
             kind: Some(log_event::Kind::JobDone(job(final_status))),
         });
         Fake(Arc::new(Mutex::new(State {
@@ -87,6 +99,7 @@ pub fn step(status: &str, exit_code: Option<i32>) -> pb::StepInfo {
 
 pub fn started() -> pb::LogEvent {
     pb::LogEvent {
+        cursor: None,
         kind: Some(log_event::Kind::StepStarted(step("running", None))),
     }
 }
@@ -94,12 +107,14 @@ pub fn started() -> pb::LogEvent {
 pub fn finished(exit: i32) -> pb::LogEvent {
     let status = if exit == 0 { "success" } else { "failure" };
     pb::LogEvent {
+        cursor: None,
         kind: Some(log_event::Kind::StepFinished(step(status, Some(exit)))),
     }
 }
 
 pub fn output(bytes: &[u8]) -> pb::LogEvent {
     pb::LogEvent {
+        cursor: None,
         kind: Some(log_event::Kind::Output(pb::LogOutput {
             step: 0,
             stream: pb::OutputStream::Stdout as i32,
@@ -176,10 +191,21 @@ impl server::ControlService for Fake {
         if request.get_ref().id != JOB {
             return Err(Status::not_found("no such job"));
         }
+        let after = request.get_ref().after.map(|c| (c.attempt, c.seq));
         let (events, delay) = {
             let mut state = self.state();
             state.stream_calls += 1;
-            (state.events.clone(), state.delay)
+            // Resuming: only what follows the cursor asked for.
+            let events: Vec<pb::LogEvent> = state
+                .events
+                .iter()
+                .filter(|e| {
+                    e.cursor
+                        .is_none_or(|c| after.is_none_or(|a| (c.attempt, c.seq) > a))
+                })
+                .cloned()
+                .collect();
+            (events, state.delay)
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {

@@ -1,15 +1,16 @@
 //! `AgentService`: enrolment and the agents' long-lived `Attach` streams.
 //!
-//! Each stream gets a session task that reads events, stores them through the engine, acknowledges in
-//! batches (one `Ack` for every run of events that arrived together), and sends heartbeats. The task
-//! ends when the agent closes the stream, a newer stream of the same agent replaces it, or the
-//! controller stops its sessions at shutdown.
+//! Each stream gets a task ([`serve_link`]) that reads events, hands every run of events that arrived
+//! together to the engine as one batch (one durable append), acknowledges the batch with one `Ack`, and
+//! sends heartbeats. The task ends when the agent closes the stream, a newer stream of the same agent
+//! replaces it, or the controller stops its links at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,24 +23,26 @@ use zeroci::pb::controller_message::Kind as Reply;
 use crate::api::auth::peer_identity;
 use crate::engine::{ActiveJob, AgentTx, Engine};
 
-/// Events handled before an `Ack` is sent even if more are already waiting.
-const MAX_EVENTS_PER_ACK: usize = 256;
+/// Events stored in one batch (and acknowledged with one `Ack`) even if more are already waiting.
+const MAX_EVENTS_PER_BATCH: usize = 256;
+/// Payload bytes after which a batch is stored even if more events are waiting.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// How long a new stream may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AgentApi {
     engine: Arc<Engine>,
-    next_session: AtomicU64,
+    next_link: AtomicU64,
     /// Cancelled when the controller stops serving agents (after the shutdown drain).
-    sessions_stop: CancellationToken,
+    links_stop: CancellationToken,
 }
 
 impl AgentApi {
-    pub fn new(engine: Arc<Engine>, sessions_stop: CancellationToken) -> AgentApi {
+    pub fn new(engine: Arc<Engine>, links_stop: CancellationToken) -> AgentApi {
         AgentApi {
             engine,
-            next_session: AtomicU64::new(1),
-            sessions_stop,
+            next_link: AtomicU64::new(1),
+            links_stop,
         }
     }
 }
@@ -93,29 +96,22 @@ impl pb::agent_service_server::AgentService for AgentApi {
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
         };
         let (tx, rx) = mpsc::channel(64);
-        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let stop = self.sessions_stop.child_token();
+        let link_id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let stop = self.links_stop.child_token();
         let active = self
             .engine
-            .attach(
-                identity,
-                hello,
-                tx.clone(),
-                address,
-                session_id,
-                stop.clone(),
-            )
+            .attach(identity, hello, tx.clone(), address, link_id, stop.clone())
             .await?;
         let engine = self.engine.clone();
         tokio::spawn(async move {
-            run_session(&engine, &active, inbound, tx, stop).await;
-            engine.detach(&active, session_id);
+            serve_link(&engine, &active, inbound, tx, stop).await;
+            engine.detach(&active, link_id);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-async fn run_session(
+async fn serve_link(
     engine: &Engine,
     active: &ActiveJob,
     mut inbound: Streaming<pb::AgentMessage>,
@@ -143,32 +139,31 @@ async fn run_session(
             }
             _ = tx.closed() => return,
         };
-        // Handle this message and every one already waiting, then acknowledge them together.
+        // This message and every one already waiting form one batch.
         let mut next = Some(first);
-        let mut handled = 0;
-        let mut highest = acked;
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut ended = false;
         while let Some(message) = next.take() {
             let message = match message {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     debug!(job_id, "agent closed its stream");
-                    return;
+                    ended = true;
+                    break;
                 }
                 Err(status) => {
                     debug!(job_id, %status, "agent stream broke");
-                    return;
+                    ended = true;
+                    break;
                 }
             };
             active.touch();
             match message.kind {
-                Some(AgentKind::Event(event)) => match engine.handle_event(active, event).await {
-                    Ok(seq) => highest = seq,
-                    Err(e) => {
-                        warn!(job_id, error = %e, "refusing agent event");
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                },
+                Some(AgentKind::Event(event)) => {
+                    bytes += event.encoded_len();
+                    events.push(event);
+                }
                 Some(AgentKind::Heartbeat(_)) => {}
                 Some(AgentKind::GoingAway(bye)) => {
                     info!(job_id, reason = %bye.reason, "agent going away")
@@ -182,19 +177,32 @@ async fn run_session(
                     return;
                 }
             }
-            handled += 1;
-            if handled < MAX_EVENTS_PER_ACK {
+            if events.len() < MAX_EVENTS_PER_BATCH && bytes < MAX_BATCH_BYTES {
                 next = inbound.message().now_or_never();
             }
         }
-        if highest > acked {
-            acked = highest;
-            let ack = pb::ControllerMessage {
-                kind: Some(Reply::Ack(pb::Ack { seq: acked })),
-            };
-            if tx.send(Ok(ack)).await.is_err() {
-                return;
+        if !events.is_empty() {
+            match engine.handle_events(active, events).await {
+                Ok(seq) if seq > acked => {
+                    acked = seq;
+                    let ack = pb::ControllerMessage {
+                        kind: Some(Reply::Ack(pb::Ack { seq: acked })),
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Not acknowledged: the agent resends after reconnecting.
+                    warn!(job_id, error = %e, "cannot store agent events");
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
             }
+        }
+        if ended {
+            return;
         }
     }
 }

@@ -18,6 +18,15 @@ pub fn peer_identity<T>(request: &Request<T>) -> Result<Identity, ControllerErro
     Identity::from_der(leaf.as_ref()).map_err(|e| ControllerError::Unauthenticated(e.to_string()))
 }
 
+/// The control API's interceptor: every call needs a user certificate, whatever the method, so a
+/// method added later cannot forget it. Methods then check the role they need with
+/// [`authorize_user`].
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn require_user_certificate(request: Request<()>) -> Result<Request<()>, tonic::Status> {
+    authorize_user(&request, Access::Read)?;
+    Ok(request)
+}
+
 /// What a control-API caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

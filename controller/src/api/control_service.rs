@@ -166,11 +166,19 @@ impl pb::control_service_server::ControlService for ControlApi {
         // Fail fast on unknown jobs, before the stream starts.
         self.job(r.id).await?;
         let (tx, rx) = mpsc::channel(32);
+        let after = r
+            .after
+            .map(|c| crate::store::LogCursor::new(c.attempt, c.seq))
+            .unwrap_or(crate::store::LogCursor::START);
+        let request = crate::engine::logs::LogRequest {
+            id: r.id,
+            follow: r.follow,
+            step: r.step,
+            after,
+        };
         tokio::spawn(crate::engine::logs::stream_logs(
             self.engine.clone(),
-            r.id,
-            r.follow,
-            r.step,
+            request,
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -243,8 +251,8 @@ impl pb::control_service_server::ControlService for ControlApi {
             .active_jobs()
             .iter()
             .filter_map(|active| {
-                let session = active.session.lock().ok()?;
-                let mut info = session.as_ref()?.info.clone();
+                let link = active.link.lock().ok()?;
+                let mut info = link.as_ref()?.info.clone();
                 info.last_seen_unix_ms = active
                     .last_heard_ms
                     .load(std::sync::atomic::Ordering::Relaxed);

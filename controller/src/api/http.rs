@@ -93,12 +93,17 @@ async fn raw_log(
 ) -> Result<Response, HttpError> {
     job_record(&engine, id).await?;
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(crate::engine::logs::stream_logs(
-        engine, id, false, None, tx,
-    ));
+    let request = crate::engine::logs::LogRequest {
+        id,
+        follow: false,
+        step: None,
+        after: crate::store::LogCursor::START,
+    };
+    tokio::spawn(crate::engine::logs::stream_logs(engine, request, tx));
     let bytes = ReceiverStream::new(rx).filter_map(|event| match event {
         Ok(pb::LogEvent {
             kind: Some(pb::log_event::Kind::Output(out)),
+            ..
         }) => Some(Ok(out.data)),
         Ok(_) => None,
         Err(status) => Some(Err(std::io::Error::other(status.message().to_string()))),

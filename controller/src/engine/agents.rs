@@ -5,42 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use zeroci::pb;
-use zeroci::pb::agent_event::Kind as EventKind;
 use zeroci::pb::controller_message::Kind as Reply;
 use zeroci::pki::Identity;
 
-use crate::engine::apply::{self, Effect};
-use crate::engine::{ActiveJob, AgentTx, Engine, RunState, Session, sha256_hex};
+use crate::engine::apply;
+use crate::engine::{ActiveJob, AgentLink, AgentTx, Engine, sha256_hex};
 use crate::error::ControllerError;
-use crate::jobs::{JobRecord, JobStatus, StepKind, StepStatus};
-use crate::store::{Frame, FrameHeader, FrameKind};
-
-/// Why a job that ran to its end has the status it has, for `reason`.
-fn failure_reason(record: &JobRecord) -> String {
-    for step in &record.steps {
-        let failed = matches!(
-            (step.kind, step.status),
-            (_, StepStatus::Error | StepStatus::Cancelled)
-                | (StepKind::Checkout | StepKind::Install, StepStatus::Failure)
-        );
-        if failed {
-            let detail = if step.message.is_empty() {
-                step.exit_code
-                    .map(|c| format!("exit code {c}"))
-                    .unwrap_or_default()
-            } else {
-                step.message.clone()
-            };
-            return format!("step {:?} failed: {detail}", step.name);
-        }
-    }
-    String::new()
-}
+use crate::jobs::{JobRecord, JobStatus};
 
 impl Engine {
     /// Exchanges a one-time bootstrap token and a CSR for a job certificate.
@@ -74,7 +48,7 @@ impl Engine {
                 })?;
             // One-time: the token is forgotten as soon as it has been used.
             machine.token_sha256 = None;
-            self.jobs.put(&state.record).await?;
+            self.jobs.put(&mut state.record).await?;
             info!(
                 job_id = active.id,
                 attempt = active.attempt,
@@ -99,7 +73,7 @@ impl Engine {
         hello: pb::Hello,
         tx: AgentTx,
         address: String,
-        session_id: u64,
+        link_id: u64,
         stop: CancellationToken,
     ) -> Result<Arc<ActiveJob>, ControllerError> {
         let Identity::Agent { job_id, attempt } = identity else {
@@ -140,11 +114,11 @@ impl Engine {
         }
         if state.record.status == JobStatus::Provisioning {
             state.record.status = JobStatus::Running;
-            self.jobs.put(&state.record).await?;
+            self.jobs.put(&mut state.record).await?;
         }
         let run = apply::run_steps(&state.record);
         let welcome = pb::Welcome {
-            acked_seq: state.last_seq,
+            acked_seq: state.agent_seq,
             assignment: (!hello.has_assignment).then(|| self.assignment(&state.record)),
             heartbeat_interval_ms: self.config.main.heartbeat_interval_ms,
             run_steps: (!run.steps.is_empty()).then_some(run),
@@ -163,9 +137,9 @@ impl Engine {
             last_seen_unix_ms: now,
             connected_at_unix_ms: now,
         };
-        if let Ok(mut session) = active.session.lock() {
-            if let Some(old) = session.replace(Session {
-                id: session_id,
+        if let Ok(mut link) = active.link.lock() {
+            if let Some(old) = link.replace(AgentLink {
+                id: link_id,
                 tx,
                 info,
                 stop,
@@ -185,7 +159,7 @@ impl Engine {
         info!(
             job_id,
             attempt,
-            last_seq = state.last_seq,
+            acked_seq = state.agent_seq,
             resumed = hello.has_assignment,
             "agent attached"
         );
@@ -229,11 +203,11 @@ impl Engine {
     }
 
     /// Forgets a stream that ended, unless a newer one replaced it already.
-    pub fn detach(&self, active: &ActiveJob, session_id: u64) {
-        if let Ok(mut session) = active.session.lock()
-            && session.as_ref().is_some_and(|s| s.id == session_id)
+    pub fn detach(&self, active: &ActiveJob, link_id: u64) {
+        if let Ok(mut link) = active.link.lock()
+            && link.as_ref().is_some_and(|l| l.id == link_id)
         {
-            session.take();
+            link.take();
         }
     }
 
@@ -287,194 +261,5 @@ impl Engine {
             checkout_step: record.checkout_step(),
             git_http_header,
         }
-    }
-
-    /// Stores one agent event. Returns the highest stored sequence number (what to acknowledge).
-    pub async fn handle_event(
-        &self,
-        active: &ActiveJob,
-        event: pb::AgentEvent,
-    ) -> Result<u64, ControllerError> {
-        let mut state = active.state.lock().await;
-        if state.record.status.is_final() || event.seq <= state.last_seq {
-            // A resend of something stored, or a late event after the end: acknowledge, store nothing.
-            return Ok(state.last_seq);
-        }
-        let problem = if event.seq != state.last_seq + 1 {
-            Some(format!(
-                "expected event {}, got {}",
-                state.last_seq + 1,
-                event.seq
-            ))
-        } else if event.kind.is_none() {
-            Some(format!("event {} has no content", event.seq))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            // Refusing the stream would only make the agent resend the same thing forever: the job's
-            // record can no longer be complete, so it ends here, loudly.
-            let reason = format!("agent events lost or invalid ({problem})");
-            warn!(job_id = active.id, %reason, "ending job");
-            self.finalize(active, &mut state, JobStatus::Error, reason)
-                .await?;
-            return Ok(state.last_seq);
-        }
-        let Some(kind) = event.kind else {
-            return Ok(state.last_seq);
-        };
-        let at_ms = if event.at_unix_ms > 0 {
-            event.at_unix_ms
-        } else {
-            zeroci::now_unix_ms()
-        };
-        let (kind, step, stream, payload) = match kind {
-            EventKind::Output(o) => {
-                let stream = if o.stream == pb::OutputStream::Stderr as i32 {
-                    2
-                } else {
-                    1
-                };
-                (FrameKind::Output, o.step, stream, o.data)
-            }
-            EventKind::StepStarted(s) => (FrameKind::StepStarted, s.step, 0, Bytes::new()),
-            EventKind::StepExited(e) => (
-                FrameKind::StepExited,
-                e.step,
-                0,
-                Bytes::from(e.encode_to_vec()),
-            ),
-            EventKind::CheckedOut(c) => {
-                (FrameKind::CheckedOut, 0, 0, Bytes::from(c.encode_to_vec()))
-            }
-            EventKind::Finished(_) => (FrameKind::Finished, 0, 0, Bytes::new()),
-            EventKind::TestReport(r) => (
-                FrameKind::TestReport,
-                r.step,
-                0,
-                Bytes::from(r.encode_to_vec()),
-            ),
-            EventKind::Artifact(a) => {
-                // Filed under the stage's last step, which is what ran before it was kept.
-                let after = state
-                    .record
-                    .steps
-                    .iter()
-                    .filter(|s| s.stage == state.record.stage())
-                    .map(|s| s.index)
-                    .max();
-                (
-                    FrameKind::Artifact,
-                    after.unwrap_or(0),
-                    0,
-                    Bytes::from(a.encode_to_vec()),
-                )
-            }
-        };
-        let header = FrameHeader {
-            attempt: active.attempt,
-            step,
-            kind,
-            stream,
-            seq: event.seq,
-            at_ms,
-        };
-        let frame = Frame { header, payload };
-        self.append_and_apply(active, &mut state, frame).await?;
-        Ok(state.last_seq)
-    }
-
-    async fn append_and_apply(
-        &self,
-        active: &ActiveJob,
-        state: &mut RunState,
-        frame: Frame,
-    ) -> Result<(), ControllerError> {
-        let len = state.writer.append(&frame.header, &frame.payload)?;
-        if frame.header.seq > 0 {
-            // Stored: from here on a resend of it is a duplicate, whatever happens to the record below.
-            state.last_seq = frame.header.seq;
-        }
-        let effect = apply::apply_frame(&mut state.record, &frame, self.plan_defaults());
-        match effect {
-            Effect::None => {}
-            Effect::Changed => self.jobs.put(&state.record).await?,
-            Effect::RunSteps(run) => {
-                self.jobs.put(&state.record).await?;
-                active.send_to_agent(Reply::RunSteps(run));
-            }
-            Effect::ConfigError { step, message } => {
-                self.jobs.put(&state.record).await?;
-                self.publish_progress(active.id, len);
-                self.report_config_error(active, state, step, &message)
-                    .await?;
-                self.finalize(active, state, JobStatus::Error, message)
-                    .await?;
-                return Ok(());
-            }
-            Effect::Finished if state.record.has_next_stage() => {
-                self.jobs.put(&state.record).await?;
-                self.publish_progress(active.id, len);
-                self.end_stage(active);
-                return Ok(());
-            }
-            Effect::Finished => {
-                let status = state.record.final_status();
-                let reason = failure_reason(&state.record);
-                self.publish_progress(active.id, len);
-                self.finalize(active, state, status, reason).await?;
-                return Ok(());
-            }
-        }
-        self.publish_progress(active.id, len);
-        Ok(())
-    }
-
-    /// Writes the config step's start, message and end as controller frames (sequence number 0).
-    async fn report_config_error(
-        &self,
-        active: &ActiveJob,
-        state: &mut RunState,
-        step: u32,
-        message: &str,
-    ) -> Result<(), ControllerError> {
-        warn!(job_id = active.id, %message, "invalid pipeline file");
-        let now = zeroci::now_unix_ms();
-        let header = |kind, stream| FrameHeader {
-            attempt: active.attempt,
-            step,
-            kind,
-            stream,
-            seq: 0,
-            at_ms: now,
-        };
-        let exited = pb::StepExited {
-            step,
-            exit_code: 1,
-            timed_out: false,
-            cancelled: false,
-            message: message.to_string(),
-        };
-        let frames = [
-            Frame {
-                header: header(FrameKind::StepStarted, 0),
-                payload: Bytes::new(),
-            },
-            Frame {
-                header: header(FrameKind::Output, 2),
-                payload: Bytes::from(format!("{message}\n")),
-            },
-            Frame {
-                header: header(FrameKind::StepExited, 0),
-                payload: Bytes::from(exited.encode_to_vec()),
-            },
-        ];
-        for frame in frames {
-            let len = state.writer.append(&frame.header, &frame.payload)?;
-            apply::apply_frame(&mut state.record, &frame, self.plan_defaults());
-            self.publish_progress(active.id, len);
-        }
-        self.jobs.put(&state.record).await?;
-        Ok(())
     }
 }

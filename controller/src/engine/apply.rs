@@ -1,12 +1,12 @@
-//! How journal frames change a job record. Live event handling and crash recovery both go through
-//! [`apply_frame`], so a record rebuilt from the journal is the record the live path would have written.
+//! How log events change a job record. Live event handling and crash recovery both go through
+//! [`apply_event`], so a record rebuilt from the log is the record the live path would have written.
 //! Functions here are pure: no I/O, no clock.
 
 use prost::Message;
 use zeroci::pb;
 
 use crate::jobs::{ArtifactRecord, JobRecord, StageRecord, StepKind, StepRecord, StepStatus};
-use crate::store::{Frame, FrameKind};
+use crate::store::{ArtifactNote, EventKind, LogEvent, ReportNote};
 
 /// Name of the step that reports an invalid pipeline file (as the original ZeroCI named it).
 pub const CONFIG_STEP_NAME: &str = "zeroCI.yaml";
@@ -65,12 +65,12 @@ pub fn exit_status(exited: &pb::StepExited) -> (StepStatus, String) {
     }
 }
 
-/// Applies one frame of the job's current attempt to its record.
-pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults) -> Effect {
-    let at = frame.header.at_ms;
-    match frame.header.kind {
-        FrameKind::Output => Effect::None,
-        FrameKind::StepStarted => match record.step_mut(frame.header.step) {
+/// Applies one log event of the job's current run to its record.
+pub fn apply_event(record: &mut JobRecord, event: &LogEvent, defaults: PlanDefaults) -> Effect {
+    let at = event.at_ms;
+    match event.kind {
+        EventKind::Output => Effect::None,
+        EventKind::StepStarted => match record.step_mut(event.step) {
             Some(step) => {
                 step.status = StepStatus::Running;
                 step.started_at = at;
@@ -78,11 +78,11 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
             }
             None => Effect::None,
         },
-        FrameKind::StepExited => {
-            let Ok(exited) = pb::StepExited::decode(frame.payload.as_ref()) else {
+        EventKind::StepExited => {
+            let Ok(exited) = pb::StepExited::decode(event.payload.as_ref()) else {
                 return Effect::None;
             };
-            let Some(step) = record.step_mut(frame.header.step) else {
+            let Some(step) = record.step_mut(event.step) else {
                 return Effect::None;
             };
             let (mut status, message) = exit_status(&exited);
@@ -102,20 +102,20 @@ pub fn apply_frame(record: &mut JobRecord, frame: &Frame, defaults: PlanDefaults
             }
             Effect::Changed
         }
-        FrameKind::CheckedOut => {
-            let Ok(checked_out) = pb::CheckedOut::decode(frame.payload.as_ref()) else {
+        EventKind::CheckedOut => {
+            let Ok(checked_out) = pb::CheckedOut::decode(event.payload.as_ref()) else {
                 return Effect::None;
             };
             apply_checkout(record, &checked_out, defaults)
         }
-        FrameKind::Finished => Effect::Finished,
-        FrameKind::TestReport => match pb::TestReport::decode(frame.payload.as_ref()) {
-            Ok(report) => apply_test_report(record, frame.header.step, &report),
-            Err(_) => Effect::None,
+        EventKind::Finished => Effect::Finished,
+        EventKind::TestReport => match ReportNote::decode(&event.payload) {
+            Some(note) => apply_test_report(record, event.step, &note),
+            None => Effect::None,
         },
-        FrameKind::Artifact => match pb::ArtifactChunk::decode(frame.payload.as_ref()) {
-            Ok(chunk) => apply_artifact(record, frame, &chunk),
-            Err(_) => Effect::None,
+        EventKind::Artifact => match ArtifactNote::decode(&event.payload) {
+            Some(note) => apply_artifact(record, event, &note),
+            None => Effect::None,
         },
     }
 }
@@ -260,42 +260,38 @@ pub fn run_steps(record: &JobRecord) -> pb::RunSteps {
     }
 }
 
-fn apply_test_report(record: &mut JobRecord, step: u32, report: &pb::TestReport) -> Effect {
+fn apply_test_report(record: &mut JobRecord, step: u32, note: &ReportNote) -> Effect {
     let Some(step) = record.step_mut(step) else {
         return Effect::None;
     };
-    if report.too_large {
-        step.message = format!("test report {} is too large to keep", report.source);
+    if note.too_large {
+        step.message = format!("test report {} is too large to keep", note.source);
         return Effect::Changed;
     }
-    match crate::junit::parse(&report.xml) {
-        Ok(parsed) => {
-            // A step may send more than one report: they add up.
-            step.tests
-                .get_or_insert_with(Default::default)
-                .add(&parsed.totals);
-        }
-        // Kept in the journal as sent; a broken report never fails the job by itself.
-        Err(e) => step.message = format!("test report {} is unreadable: {e}", report.source),
+    match &note.totals {
+        // A step may send more than one report: they add up.
+        Some(totals) => step.tests.get_or_insert_with(Default::default).add(totals),
+        // Kept as sent; a broken report never fails the job by itself.
+        None => step.message = format!("test report {} is unreadable: {}", note.source, note.error),
     }
     Effect::Changed
 }
 
-fn apply_artifact(record: &mut JobRecord, frame: &Frame, chunk: &pb::ArtifactChunk) -> Effect {
-    if !chunk.last {
+fn apply_artifact(record: &mut JobRecord, event: &LogEvent, note: &ArtifactNote) -> Effect {
+    if !note.last {
         return Effect::None;
     }
-    // From the frame, not the record: a replay applies earlier stages' frames too.
-    let stage = frame.header.attempt.saturating_sub(record.first_attempt);
+    // From the event, not the record: a replay applies earlier stages' events too.
+    let stage = event.cursor.attempt.saturating_sub(record.first_attempt);
     record
         .artifacts
-        .retain(|a| !(a.name == chunk.name && a.stage == stage));
+        .retain(|a| !(a.name == note.name && a.stage == stage));
     record.artifacts.push(ArtifactRecord {
-        name: chunk.name.clone(),
-        size: chunk.offset + chunk.data.len() as u64,
+        name: note.name.clone(),
+        size: note.offset + note.len,
         stage,
-        after_step: frame.header.step,
-        error: chunk.error.clone(),
+        after_step: event.step,
+        error: note.error.clone(),
     });
     Effect::Changed
 }
@@ -304,7 +300,7 @@ fn apply_artifact(record: &mut JobRecord, frame: &Frame, chunk: &pb::ArtifactChu
 mod tests {
     use super::*;
     use crate::jobs::NewJob;
-    use crate::store::FrameHeader;
+    use crate::store::LogCursor;
 
     fn record() -> JobRecord {
         let mut r = JobRecord::new(
@@ -328,16 +324,14 @@ mod tests {
         r
     }
 
-    fn frame(kind: FrameKind, step: u32, payload: Vec<u8>) -> Frame {
-        Frame {
-            header: FrameHeader {
-                attempt: 1,
-                step,
-                kind,
-                stream: 0,
-                seq: 1,
-                at_ms: 10,
-            },
+    fn frame(kind: EventKind, step: u32, payload: Vec<u8>) -> LogEvent {
+        LogEvent {
+            cursor: LogCursor::new(1, 1),
+            agent_seq: 1,
+            step,
+            kind,
+            stream: 0,
+            at_ms: 10,
             payload: payload.into(),
         }
     }
@@ -346,21 +340,21 @@ mod tests {
         step_timeout_secs: 99,
     };
 
-    fn checked_out(file: &str) -> Frame {
+    fn checked_out(file: &str) -> LogEvent {
         let msg = pb::CheckedOut {
             commit: "abc123".into(),
             has_pipeline_file: true,
             pipeline_file: file.as_bytes().to_vec().into(),
             pipeline_file_too_large: false,
         };
-        frame(FrameKind::CheckedOut, 0, msg.encode_to_vec())
+        frame(EventKind::CheckedOut, 0, msg.encode_to_vec())
     }
 
     #[test]
     fn checkout_produces_the_plan_once_even_when_replayed() {
         let mut r = record();
         let f = checked_out("install:\n  - echo a\nscript:\n  - echo b\n  - echo c\n");
-        let Effect::RunSteps(run) = apply_frame(&mut r, &f, DEFAULTS) else {
+        let Effect::RunSteps(run) = apply_event(&mut r, &f, DEFAULTS) else {
             panic!()
         };
         let steps = run.steps;
@@ -368,7 +362,7 @@ mod tests {
         assert_eq!(steps[0].kind, pb::StepKind::Install as i32);
         assert_eq!(steps[1].timeout_secs, 99);
         assert_eq!(r.commit, "abc123");
-        apply_frame(&mut r, &f, DEFAULTS);
+        apply_event(&mut r, &f, DEFAULTS);
         assert_eq!(r.steps.len(), 4);
     }
 
@@ -376,7 +370,7 @@ mod tests {
     fn several_pipeline_jobs_are_planned_at_once_and_run_stage_by_stage() {
         let mut r = record();
         let yaml = "jobs:\n  - name: a\n    script:\n      - {name: s, cmd: make}\n    bin_path: out/x\n  - name: b\n    install: pip install\n    script:\n      - {name: t, cmd: test}\n";
-        let Effect::RunSteps(run) = apply_frame(&mut r, &checked_out(yaml), DEFAULTS) else {
+        let Effect::RunSteps(run) = apply_event(&mut r, &checked_out(yaml), DEFAULTS) else {
             panic!()
         };
         assert_eq!(
@@ -400,18 +394,19 @@ mod tests {
         );
         assert_eq!(r.stages[1].checkout_step, 2);
         // The artifact kept by stage 0 goes to stage 1.
-        let chunk = pb::ArtifactChunk {
+        let note = ArtifactNote {
             name: "out/x".into(),
             offset: 0,
-            data: b"bin".to_vec().into(),
+            len: 3,
             last: true,
             error: String::new(),
         };
-        apply_frame(
+        apply_event(
             &mut r,
-            &frame(FrameKind::Artifact, 1, chunk.encode_to_vec()),
+            &frame(EventKind::Artifact, 1, note.encode().to_vec()),
             DEFAULTS,
         );
+        assert_eq!(r.artifacts[0].size, 3);
         assert!(r.has_next_stage());
         r.attempt = 2;
         assert_eq!(r.checkout_step(), 2);
@@ -425,7 +420,7 @@ mod tests {
     fn invalid_pipeline_gives_a_config_step_with_the_parser_message() {
         let mut r = record();
         let Effect::ConfigError { step, message } =
-            apply_frame(&mut r, &checked_out("scrpt: [a]\n"), DEFAULTS)
+            apply_event(&mut r, &checked_out("scrpt: [a]\n"), DEFAULTS)
         else {
             panic!()
         };
@@ -451,8 +446,8 @@ mod tests {
             pipeline_file: Default::default(),
             pipeline_file_too_large: true,
         };
-        let f = frame(FrameKind::CheckedOut, 0, msg.encode_to_vec());
-        let Effect::ConfigError { message, .. } = apply_frame(&mut r, &f, DEFAULTS) else {
+        let f = frame(EventKind::CheckedOut, 0, msg.encode_to_vec());
+        let Effect::ConfigError { message, .. } = apply_event(&mut r, &f, DEFAULTS) else {
             panic!()
         };
         assert!(
@@ -471,16 +466,16 @@ mod tests {
             cancelled: false,
             message: String::new(),
         };
-        apply_frame(
+        apply_event(
             &mut r,
-            &frame(FrameKind::StepExited, 0, exited(3, false).encode_to_vec()),
+            &frame(EventKind::StepExited, 0, exited(3, false).encode_to_vec()),
             DEFAULTS,
         );
         assert_eq!(r.steps[0].status, StepStatus::Failure);
         assert_eq!(r.steps[0].exit_code, Some(3));
-        apply_frame(
+        apply_event(
             &mut r,
-            &frame(FrameKind::StepExited, 0, exited(124, true).encode_to_vec()),
+            &frame(EventKind::StepExited, 0, exited(124, true).encode_to_vec()),
             DEFAULTS,
         );
         assert_eq!(r.steps[0].status, StepStatus::Error);

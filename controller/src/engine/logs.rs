@@ -1,9 +1,11 @@
-//! Serving a job's log: replay its journal from the start and, when following, keep reading as frames
-//! are appended until the job is over. Readers work from the file, never from memory, so any number of
-//! followers of any size of log cost the controller a bounded amount of memory each.
+//! Serving a job's log: read it from the store after a cursor and, when following, keep reading as
+//! events are appended until the job is over. Readers stream from the store, never from memory, so any
+//! number of followers of any size of log cost the controller a bounded amount of memory each; a
+//! client that lost its stream resumes after the last cursor it received.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -15,43 +17,43 @@ use crate::engine::Engine;
 use crate::engine::apply;
 use crate::error::ControllerError;
 use crate::jobs::{JobId, JobRecord, StepStatus};
-use crate::store::{Frame, FrameKind};
-
-/// Frames read per batch are capped at about this many payload bytes.
-const BATCH_BYTES: usize = 1024 * 1024;
+use crate::store::{EventKind, LogCursor, LogEvent, Payloads};
 
 pub type LogTx = mpsc::Sender<Result<pb::LogEvent, Status>>;
 
-/// Streams the log of job `id` into `tx` until done (or until the client goes away).
-pub async fn stream_logs(
-    engine: Arc<Engine>,
-    id: JobId,
-    follow: bool,
-    step: Option<u32>,
-    tx: LogTx,
-) {
-    if let Err(e) = stream(&engine, id, follow, step, &tx).await {
+/// What to stream.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRequest {
+    pub id: JobId,
+    pub follow: bool,
+    /// Only this step's events.
+    pub step: Option<u32>,
+    /// Only events after this one.
+    pub after: LogCursor,
+}
+
+/// Streams the log into `tx` until done (or until the client goes away).
+pub async fn stream_logs(engine: Arc<Engine>, request: LogRequest, tx: LogTx) {
+    if let Err(e) = stream(&engine, request, &tx).await {
         let _ = tx.send(Err(Status::from(e))).await;
     }
 }
 
 async fn stream(
     engine: &Arc<Engine>,
-    id: JobId,
-    follow: bool,
-    step: Option<u32>,
+    request: LogRequest,
     tx: &LogTx,
 ) -> Result<(), ControllerError> {
     // Subscribe before the first read so the end of the job cannot slip between the two.
-    let mut progress = engine.watch_progress(id);
-    let mut offset = 0;
+    let mut progress = engine.watch_progress(request.id);
+    let mut after = request.after;
     loop {
         // The end flag is read before draining, so everything appended before it was set is sent.
-        let finished = !follow
+        let finished = !request.follow
             || progress
                 .as_mut()
                 .is_none_or(|rx| rx.borrow_and_update().finished);
-        if !drain(engine, id, &mut offset, step, tx).await? {
+        if !drain(engine, &request, &mut after, tx).await? {
             return Ok(());
         }
         if finished {
@@ -67,10 +69,11 @@ async fn stream(
             _ = tx.closed() => return Ok(()),
         }
     }
-    let record = get(engine, id).await?;
+    let record = get(engine, request.id).await?;
     if record.status.is_final() {
         let _ = tx
             .send(Ok(pb::LogEvent {
+                cursor: None,
                 kind: Some(LogKind::JobDone(record.to_pb(engine.domain()))),
             }))
             .await;
@@ -86,98 +89,82 @@ async fn get(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError> {
         .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
 }
 
-/// Sends every complete frame after `offset`; false when the client went away.
+/// Sends every stored event after `after`; false when the client went away.
 async fn drain(
     engine: &Arc<Engine>,
-    id: JobId,
-    offset: &mut u64,
-    step: Option<u32>,
+    request: &LogRequest,
+    after: &mut LogCursor,
     tx: &LogTx,
 ) -> Result<bool, ControllerError> {
-    loop {
-        let logs = engine.logs.clone();
-        let start = *offset;
-        let batch = tokio::task::spawn_blocking(
-            move || -> Result<Option<(Vec<Frame>, u64, bool)>, ControllerError> {
-                let Some(mut reader) = logs.reader(id, start, false)? else {
-                    return Ok(None);
-                };
-                let mut frames = Vec::new();
-                let mut bytes = 0;
-                while bytes < BATCH_BYTES {
-                    match reader.next_frame()? {
-                        Some(frame) => {
-                            bytes += frame.payload.len() + 64;
-                            frames.push(frame);
-                        }
-                        None => return Ok(Some((frames, reader.offset(), false))),
-                    }
-                }
-                Ok(Some((frames, reader.offset(), true)))
-            },
-        )
-        .await
-        .map_err(|e| ControllerError::FailedPrecondition(format!("log reader failed: {e}")))??;
-        let Some((frames, next, more)) = batch else {
-            // No journal: the job never reached a machine.
-            return Ok(true);
-        };
-        // Read after the frames: the record is updated after each frame is appended, so it already
-        // knows every step those frames mention.
-        let record = get(engine, id).await?;
-        *offset = next;
-        for frame in frames {
-            // Frames of an abandoned earlier run of the job are not part of its log.
-            if frame.header.attempt < record.first_attempt
-                || step.is_some_and(|s| s != frame.header.step)
+    let mut events = engine
+        .logs
+        .read(request.id, *after, Payloads::All)
+        .ready_chunks(64);
+    // Read once the first events are in, and again when a step event names a step it does not know
+    // yet: the record is updated after each append, so a fresh one knows every step in the log.
+    let mut record: Option<JobRecord> = None;
+    while let Some(chunk) = events.next().await {
+        for event in chunk {
+            let event = event?;
+            *after = event.cursor;
+            if record.is_none() {
+                record = Some(get(engine, request.id).await?);
+            }
+            let current = record.as_ref().expect("read above");
+            // Events of an abandoned earlier run of the job are not part of its log.
+            if event.cursor.attempt < current.first_attempt
+                || request.step.is_some_and(|s| s != event.step)
             {
                 continue;
             }
-            let Some(event) = log_event(&record, frame) else {
-                continue;
+            let is_step_event =
+                matches!(event.kind, EventKind::StepStarted | EventKind::StepExited);
+            let converted = match log_event(current, event.clone()) {
+                None if is_step_event => {
+                    let fresh = get(engine, request.id).await?;
+                    let converted = log_event(&fresh, event);
+                    record = Some(fresh);
+                    converted
+                }
+                converted => converted,
             };
-            if tx.send(Ok(event)).await.is_err() {
-                debug!(job_id = id, "log client went away");
+            let Some(converted) = converted else { continue };
+            if tx.send(Ok(converted)).await.is_err() {
+                debug!(job_id = request.id, "log client went away");
                 return Ok(false);
             }
         }
-        if !more {
-            return Ok(true);
-        }
     }
+    Ok(true)
 }
 
-fn log_event(record: &JobRecord, frame: Frame) -> Option<pb::LogEvent> {
-    let kind = match frame.header.kind {
-        FrameKind::Output => LogKind::Output(pb::LogOutput {
-            step: frame.header.step,
-            stream: if frame.header.stream == 2 {
+fn log_event(record: &JobRecord, event: LogEvent) -> Option<pb::LogEvent> {
+    let cursor = pb::LogCursor {
+        attempt: event.cursor.attempt,
+        seq: event.cursor.seq,
+    };
+    let kind = match event.kind {
+        EventKind::Output => LogKind::Output(pb::LogOutput {
+            step: event.step,
+            stream: if event.stream == 2 {
                 pb::OutputStream::Stderr
             } else {
                 pb::OutputStream::Stdout
             } as i32,
-            data: frame.payload,
+            data: event.payload,
         }),
-        FrameKind::StepStarted => {
-            let mut info = record
-                .steps
-                .iter()
-                .find(|s| s.index == frame.header.step)?
-                .to_pb();
+        EventKind::StepStarted => {
+            let mut info = record.steps.iter().find(|s| s.index == event.step)?.to_pb();
             info.status = StepStatus::Running.as_str().to_string();
             info.exit_code = None;
-            info.started_at_unix_ms = frame.header.at_ms;
+            info.started_at_unix_ms = event.at_ms;
             info.finished_at_unix_ms = 0;
             info.message.clear();
             LogKind::StepStarted(info)
         }
-        FrameKind::StepExited => {
-            let mut info = record
-                .steps
-                .iter()
-                .find(|s| s.index == frame.header.step)?
-                .to_pb();
-            if let Ok(exited) = pb::StepExited::decode(frame.payload.as_ref()) {
+        EventKind::StepExited => {
+            let mut info = record.steps.iter().find(|s| s.index == event.step)?.to_pb();
+            if let Ok(exited) = pb::StepExited::decode(event.payload.as_ref()) {
                 let (status, message) = apply::exit_status(&exited);
                 info.exit_code = Some(exited.exit_code);
                 if info.kind != "config" {
@@ -185,13 +172,16 @@ fn log_event(record: &JobRecord, frame: Frame) -> Option<pb::LogEvent> {
                 }
                 info.message = message;
             }
-            info.finished_at_unix_ms = frame.header.at_ms;
+            info.finished_at_unix_ms = event.at_ms;
             LogKind::StepFinished(info)
         }
-        FrameKind::CheckedOut
-        | FrameKind::Finished
-        | FrameKind::TestReport
-        | FrameKind::Artifact => return None,
+        EventKind::CheckedOut
+        | EventKind::Finished
+        | EventKind::TestReport
+        | EventKind::Artifact => return None,
     };
-    Some(pb::LogEvent { kind: Some(kind) })
+    Some(pb::LogEvent {
+        cursor: Some(cursor),
+        kind: Some(kind),
+    })
 }

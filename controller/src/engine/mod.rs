@@ -1,88 +1,53 @@
 //! The engine: job lifecycle from submission to a destroyed machine.
 //!
 //! - Triggers call [`Engine::submit`]; the job is stored `queued` and pushed on the queue.
-//! - `workers` worker tasks pop jobs. A worker claims a job (`provisioning`, attempt + 1), records the
-//!   machine, asks the provisioner for it, then supervises: it waits for the agent's session to end the
-//!   job, declares the agent lost after `lost_agent_timeout` of silence, enforces the cancel deadline, and
-//!   always destroys the machine at the end.
-//! - Agent sessions (see [`crate::engine::agents`]) turn the agent's events into journal frames and record
-//!   changes; the job's [`ActiveJob`] holds the in-memory state they share with the worker.
-//! - On start, [`Engine::recover`] re-queues queued jobs, re-attaches to running ones (their agents
-//!   reconnect) and destroys machines left over by a crash.
+//! - `workers` worker tasks pop deliveries ([`workers`]). A worker claims the job by a compare-and-set on
+//!   its record (new attempt, `provisioning`, a lease naming this controller), records the machine, asks
+//!   the provisioner for it, then supervises: it renews the lease, waits for the agent to end the job,
+//!   declares the agent lost after `lost_agent_timeout` of silence, ends a job whose store keeps failing,
+//!   enforces the cancel deadline, always destroys the machine at the end, and acknowledges the delivery.
+//! - Agent links ([`agents`]) turn the agent's events into log events (appended in batches, durable
+//!   before they are acknowledged) and record changes through [`apply`], the one pure reducer that
+//!   recovery uses too; the job's [`ActiveJob`] holds the in-memory state they share with the worker.
+//! - On start, [`Engine::recover`] re-queues queued jobs, re-attaches to running ones whose lease is this
+//!   controller's or expired (their agents reconnect), and destroys machines left over by a crash; while
+//!   running it keeps taking over jobs whose lease expired (another controller died).
 //!
 //! Shutdown: the root token stops workers from taking jobs; running jobs get `shutdown_grace` to finish
-//! and are otherwise left to their agents until the next start.
+//! and are otherwise left to their agents until the next start (their lease runs out meanwhile).
+
+pub mod active;
+pub mod agents;
+pub mod apply;
+mod events;
+pub mod logs;
+pub mod masking;
+pub mod recovery;
+pub mod reports;
+mod workers;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Semaphore, mpsc, watch};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::{error, info, warn};
 use zeroci::pb;
 use zeroci::pki::CertificateAuthority;
 
+pub use active::{ActiveJob, AgentLink, AgentTx, LogProgress, Phase, RunState};
+use apply::PlanDefaults;
+
 use crate::config::Config;
 use crate::error::ControllerError;
 use crate::github::GitHubApi;
-use crate::jobs::{JobId, JobRecord, JobStatus, MachineRecord, NewJob, StepStatus};
-use crate::notify::Notifier;
-use crate::provisioner::{MachineRequest, Provisioner};
+use crate::jobs::{JobId, JobRecord, JobStatus, NewJob, StepStatus};
+use crate::notify::Notifications;
+use crate::provisioner::Provisioner;
 use crate::queue::JobQueue;
-use crate::store::{JobStore, LogStore, LogWriter};
-use apply::PlanDefaults;
-
-/// Progress of a job's journal, watched by log followers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogProgress {
-    /// Bytes of complete frames in the journal.
-    pub len: u64,
-    /// The job has reached a final status; nothing more will be appended.
-    pub finished: bool,
-}
-
-/// The sending half of an agent's response stream.
-pub type AgentTx = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
-
-/// The agent connection currently serving a job.
-pub struct Session {
-    /// Distinguishes successive connections of the same agent.
-    pub id: u64,
-    pub tx: AgentTx,
-    pub info: pb::AgentInfo,
-    /// Cancelled when a newer connection of the same agent replaces this one.
-    pub stop: CancellationToken,
-}
-
-/// State of one job attempt that is provisioning or running.
-pub struct ActiveJob {
-    pub id: JobId,
-    pub attempt: u32,
-    pub state: Mutex<RunState>,
-    pub session: StdMutex<Option<Session>>,
-    /// Unix ms of the last message from the agent (or of the claim, before it connected).
-    pub last_heard_ms: AtomicI64,
-    /// The agent has connected at least once (then `lost_agent_timeout` applies, not
-    /// `provision_timeout`).
-    pub connected: AtomicBool,
-    /// Unix ms after which a cancelled job is closed even if its agent never confirms; 0 when none.
-    pub cancel_deadline_ms: AtomicI64,
-    /// Where this machine's work is; the worker waits on it.
-    pub phase: watch::Sender<Phase>,
-}
-
-/// Progress of one machine's work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// This pipeline job is done and the next one runs on a fresh machine.
-    StageDone,
-    /// The job has its final status.
-    Final,
-}
+use crate::store::{ArtifactStore, JobStore, LogCursor, LogStore, ReportStore, Stores};
 
 /// How supervising a machine ended.
 enum Outcome {
@@ -92,53 +57,35 @@ enum Outcome {
     LeftRunning,
 }
 
-/// What the session and the worker change together, under one lock.
-pub struct RunState {
-    pub record: JobRecord,
-    pub writer: Box<dyn LogWriter>,
-    /// Highest agent event sequence number stored for this attempt.
-    pub last_seq: u64,
-}
-
-impl ActiveJob {
-    /// Sends a message to the connected agent, if any. A closed stream just means it is gone.
-    /// Never blocks: when the agent is not reading its stream fast enough to take a control message, the
-    /// stream is closed instead, and the agent's reconnect gets the same state in `Welcome`.
-    pub fn send_to_agent(&self, message: pb::controller_message::Kind) {
-        let Ok(session) = self.session.lock() else {
-            return;
-        };
-        let Some(session) = session.as_ref() else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            session.tx.try_send(Ok(pb::ControllerMessage {
-                kind: Some(message),
-            }))
-        {
-            warn!(
-                job_id = self.id,
-                "agent stream is backed up; closing it so the agent reconnects"
-            );
-            session.stop.cancel();
-        }
-    }
-
-    pub fn touch(&self) {
-        self.last_heard_ms
-            .store(zeroci::now_unix_ms(), Ordering::Relaxed);
-    }
+/// What the engine is built from; everything but the config is a seam.
+pub struct EngineParts {
+    pub config: Arc<Config>,
+    pub stores: Stores,
+    pub queue: Arc<dyn JobQueue>,
+    pub provisioner: Arc<dyn Provisioner>,
+    pub ca: CertificateAuthority,
+    /// The address agents dial.
+    pub agent_endpoint: String,
+    /// Cancelled when the controller stops taking jobs.
+    pub shutdown: CancellationToken,
+    /// The GitHub API client when `[github]` is configured.
+    pub github: Option<Arc<GitHubApi>>,
+    pub notifications: Notifications,
 }
 
 pub struct Engine {
     pub config: Arc<Config>,
     pub jobs: Arc<dyn JobStore>,
     pub logs: Arc<dyn LogStore>,
+    pub reports: Arc<dyn ReportStore>,
+    pub artifacts: Arc<dyn ArtifactStore>,
     queue: Arc<dyn JobQueue>,
     provisioner: Arc<dyn Provisioner>,
     pub ca: CertificateAuthority,
     /// The address agents dial.
     agent_endpoint: String,
+    /// This controller's name in job leases.
+    owner: String,
     pub active: StdMutex<HashMap<JobId, Arc<ActiveJob>>>,
     progress: StdMutex<HashMap<JobId, watch::Sender<LogProgress>>>,
     /// Serialises claiming a queued job against cancelling it.
@@ -147,25 +94,7 @@ pub struct Engine {
     pub shutdown: CancellationToken,
     /// The GitHub API client when `[github]` is configured.
     pub github: Option<Arc<GitHubApi>>,
-    /// Status changes for the notifiers, handled in order by one task.
-    notifications: mpsc::Sender<JobRecord>,
-}
-
-/// Runs the notifiers on their own task, one job change after another, so that a job's statuses
-/// reach GitHub in the order they happened and a slow notifier never holds up a job.
-fn spawn_notifier(notifiers: Vec<Arc<dyn Notifier>>, domain: String) -> mpsc::Sender<JobRecord> {
-    let (tx, mut rx) = mpsc::channel::<JobRecord>(1024);
-    if notifiers.is_empty() {
-        return tx; // nothing listens; sends fail quietly once the receiver is gone
-    }
-    tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
-            for notifier in &notifiers {
-                notifier.job_changed(&job, &domain).await;
-            }
-        }
-    });
-    tx
+    pub notifications: Notifications,
 }
 
 pub(crate) fn sha256_hex(data: &str) -> String {
@@ -176,36 +105,29 @@ pub(crate) fn sha256_hex(data: &str) -> String {
         .collect()
 }
 
-pub mod agents;
-pub mod apply;
-pub mod logs;
-pub mod masking;
-pub mod recovery;
-pub mod reports;
-mod workers;
-
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        jobs: Arc<dyn JobStore>,
-        logs: Arc<dyn LogStore>,
-        queue: Arc<dyn JobQueue>,
-        provisioner: Arc<dyn Provisioner>,
-        ca: CertificateAuthority,
-        agent_endpoint: String,
-        shutdown: CancellationToken,
-        github: Option<Arc<GitHubApi>>,
-        notifiers: Vec<Arc<dyn Notifier>>,
-    ) -> Arc<Engine> {
-        let workers = Arc::new(Semaphore::new(config.main.workers));
-        let notifications = spawn_notifier(notifiers, config.main.domain.clone());
+    pub fn new(parts: EngineParts) -> Arc<Engine> {
+        let EngineParts {
+            config,
+            stores,
+            queue,
+            provisioner,
+            ca,
+            agent_endpoint,
+            shutdown,
+            github,
+            notifications,
+        } = parts;
         Arc::new(Engine {
+            workers: Arc::new(Semaphore::new(config.main.workers)),
+            owner: config.controller_id(),
+            jobs: stores.jobs,
+            logs: stores.logs,
+            reports: stores.reports,
+            artifacts: stores.artifacts,
             github,
             notifications,
             config,
-            jobs,
-            logs,
             queue,
             provisioner,
             ca,
@@ -213,7 +135,6 @@ impl Engine {
             active: StdMutex::new(HashMap::new()),
             progress: StdMutex::new(HashMap::new()),
             claim_lock: Mutex::new(()),
-            workers,
             shutdown,
         })
     }
@@ -226,22 +147,22 @@ impl Engine {
         self.workers.clone()
     }
 
-    pub(crate) async fn requeue(&self, id: JobId) {
-        self.open_progress(id);
-        self.queue.push(id).await;
+    /// This controller's name in job leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
-    /// Tells the notifiers about a job's new status (never blocks; a full queue drops with a warning).
+    pub(crate) async fn requeue(&self, id: JobId) {
+        self.open_progress(id);
+        if let Err(e) = self.queue.push(id).await {
+            // The record stays queued: the next start (or take-over scan) queues it again.
+            error!(job_id = id, error = %e, "cannot queue job");
+        }
+    }
+
+    /// Tells the notifiers about a job's new status (never blocks).
     fn notify(&self, job: &JobRecord) {
-        if job.github_repo.is_none() {
-            return; // only GitHub jobs have a listener today
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.notifications.try_send(job.clone()) {
-            warn!(
-                job_id = job.id,
-                "notification queue full; status update dropped"
-            );
-        }
+        self.notifications.send(job);
     }
 
     pub fn plan_defaults(&self) -> PlanDefaults {
@@ -265,7 +186,7 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// A receiver for the journal progress of a job that is not over; `None` once it is.
+    /// A receiver for the log progress of a job that is not over; `None` once it is.
     pub fn watch_progress(&self, id: JobId) -> Option<watch::Receiver<LogProgress>> {
         self.progress.lock().ok()?.get(&id).map(|tx| tx.subscribe())
     }
@@ -277,11 +198,11 @@ impl Engine {
         }
     }
 
-    pub fn publish_progress(&self, id: JobId, len: u64) {
+    pub fn publish_progress(&self, id: JobId, last: LogCursor) {
         if let Ok(map) = self.progress.lock()
             && let Some(tx) = map.get(&id)
         {
-            tx.send_modify(|p| p.len = len);
+            tx.send_modify(|p| p.last = last);
         }
     }
 
@@ -327,7 +248,7 @@ impl Engine {
             // The new job runs regardless; older ones may run too.
             warn!(job_id = job.id, error = %e, "cannot supersede queued jobs");
         }
-        self.queue.push(job.id).await;
+        self.requeue(job.id).await;
         info!(job_id = job.id, repo = %job.repo, commit = %job.commit, "job queued");
         Ok(job)
     }
@@ -375,9 +296,9 @@ impl Engine {
                 return Ok(state.record.clone());
             }
             state.record.cancel_reason = Some(reason.clone());
-            self.jobs.put(&state.record).await?;
-            let connected = active.session.lock().map(|s| s.is_some()).unwrap_or(false);
-            if connected {
+            self.jobs.put(&mut state.record).await?;
+            active.provisioning.cancel();
+            if active.is_linked() {
                 let grace_ms = (self.config.main.cancel_grace as i64 + 10) * 1000;
                 let deadline = zeroci::now_unix_ms() + grace_ms;
                 active.cancel_deadline_ms.store(deadline, Ordering::Relaxed);
@@ -430,7 +351,7 @@ impl Engine {
             record.cancel_reason = Some(reason.clone());
             let now = zeroci::now_unix_ms();
             record.finish(JobStatus::Cancelled, reason, now, StepStatus::Cancelled);
-            self.jobs.put(&record).await?;
+            self.jobs.put(&mut record).await?;
             self.close_progress(id);
             self.notify(&record);
             info!(job_id = id, "queued job cancelled");
@@ -464,10 +385,9 @@ impl Engine {
         state
             .record
             .finish(status, reason, zeroci::now_unix_ms(), running_as);
-        if let Err(e) = state.writer.sync() {
-            warn!(job_id = active.id, error = %e, "cannot sync journal");
-        }
-        let stored = self.jobs.put(&state.record).await;
+        // Nothing more is appended to its log: the backend may release what it holds for it.
+        self.logs.close(active.id).await;
+        let stored = self.jobs.put(&mut state.record).await;
         self.notify(&state.record);
         info!(job_id = active.id, status = status.as_str(), "job finished");
         active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
@@ -504,7 +424,7 @@ impl Engine {
         }
         let mut state = active.state.lock().await;
         state.record.machine = None;
-        if let Err(e) = self.jobs.put(&state.record).await {
+        if let Err(e) = self.jobs.put(&mut state.record).await {
             error!(job_id = active.id, error = %e, "cannot record machine destruction");
         }
     }
@@ -517,33 +437,20 @@ impl Engine {
         {
             map.remove(&active.id);
         }
-        if let Ok(mut session) = active.session.lock() {
-            session.take();
+        if let Ok(mut link) = active.link.lock() {
+            link.take();
         }
     }
 
+    /// Makes an attempt active on this controller.
     pub(crate) fn register(
         &self,
         record: JobRecord,
-        writer: Box<dyn LogWriter>,
-        last_seq: u64,
+        logged: LogCursor,
+        agent_seq: u64,
     ) -> Arc<ActiveJob> {
         let id = record.id;
-        let attempt = record.attempt;
-        let active = Arc::new(ActiveJob {
-            id,
-            attempt,
-            state: Mutex::new(RunState {
-                record,
-                writer,
-                last_seq,
-            }),
-            session: StdMutex::new(None),
-            last_heard_ms: AtomicI64::new(zeroci::now_unix_ms()),
-            connected: AtomicBool::new(false),
-            cancel_deadline_ms: AtomicI64::new(0),
-            phase: watch::channel(Phase::Running).0,
-        });
+        let active = Arc::new(ActiveJob::new(record, logged, agent_seq));
         if let Ok(mut map) = self.active.lock() {
             map.insert(id, active.clone());
         }

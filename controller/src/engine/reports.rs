@@ -1,11 +1,10 @@
-//! What a job kept besides its log, read back from its journal: parsed test reports and artifacts.
-//! Both are stored as journal frames when the agent sends them, so they get the same exactly-once,
-//! survive-a-crash treatment as output, and reading them never needs a second store.
+//! What a job kept besides its log: parsed test reports and artifacts. Their bytes are in the report
+//! and artifact stores; the log holds a note of each, in order, so they get the same exactly-once,
+//! survive-a-crash treatment as output.
 
 use std::sync::Arc;
 
-use prost::Message;
-use tokio::sync::mpsc;
+use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use zeroci::pb;
@@ -13,7 +12,7 @@ use zeroci::pb;
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobId, JobRecord};
-use crate::store::{Frame, FrameKind};
+use crate::store::{EventKind, LogCursor, Payloads, ReportNote};
 
 async fn record(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError> {
     engine
@@ -23,33 +22,6 @@ async fn record(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError
         .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
 }
 
-/// Calls `each` for every frame of `kind` in the job's current run, on the blocking pool.
-async fn scan<F>(
-    engine: &Engine,
-    record: &JobRecord,
-    kind: FrameKind,
-    mut each: F,
-) -> Result<(), ControllerError>
-where
-    F: FnMut(Frame) -> bool + Send + 'static,
-{
-    let logs = engine.logs.clone();
-    let (id, first) = (record.id, record.first_attempt);
-    tokio::task::spawn_blocking(move || -> Result<(), ControllerError> {
-        let Some(mut reader) = logs.reader(id, 0, true)? else {
-            return Ok(());
-        };
-        while let Some(frame) = reader.next_frame()? {
-            if frame.header.kind == kind && frame.header.attempt >= first && !each(frame) {
-                break;
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| ControllerError::FailedPrecondition(format!("journal reader failed: {e}")))?
-}
-
 /// The parsed test reports of a job's steps (or of one step), in step order.
 pub async fn test_reports(
     engine: &Engine,
@@ -57,25 +29,22 @@ pub async fn test_reports(
     step: Option<u32>,
 ) -> Result<Vec<pb::StepTestReport>, ControllerError> {
     let record = record(engine, id).await?;
-    let reports = Arc::new(std::sync::Mutex::new(Vec::<(u32, pb::TestReport)>::new()));
-    let sink = reports.clone();
-    scan(engine, &record, FrameKind::TestReport, move |frame| {
-        if step.is_none_or(|s| s == frame.header.step)
-            && let Ok(report) = pb::TestReport::decode(frame.payload.as_ref())
-            && let Ok(mut all) = sink.lock()
+    let mut notes: Vec<(u32, LogCursor, ReportNote)> = Vec::new();
+    let mut events = engine
+        .logs
+        .read(id, LogCursor::START, Payloads::WithoutOutput);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.kind == EventKind::TestReport
+            && event.cursor.attempt >= record.first_attempt
+            && step.is_none_or(|s| s == event.step)
+            && let Some(note) = ReportNote::decode(&event.payload)
         {
-            all.push((frame.header.step, report));
+            notes.push((event.step, event.cursor, note));
         }
-        true
-    })
-    .await?;
-    let reports = std::mem::take(
-        &mut *reports
-            .lock()
-            .map_err(|_| ControllerError::FailedPrecondition("report reader failed".into()))?,
-    );
+    }
     let mut out: Vec<pb::StepTestReport> = Vec::new();
-    for (step, report) in reports {
+    for (step, at, note) in notes {
         let entry = match out.iter_mut().position(|r| r.step == step) {
             Some(i) => &mut out[i],
             None => {
@@ -93,11 +62,15 @@ pub async fn test_reports(
                 out.last_mut().expect("just pushed")
             }
         };
-        if report.too_large {
-            entry.error = format!("{} is too large to keep", report.source);
+        if note.too_large {
+            entry.error = format!("{} is too large to keep", note.source);
             continue;
         }
-        match crate::junit::parse(&report.xml) {
+        let Some(xml) = engine.reports.report(id, at).await? else {
+            entry.error = format!("{} was not kept", note.source);
+            continue;
+        };
+        match crate::junit::parse(&xml) {
             Ok(parsed) => {
                 entry.truncated |= parsed.truncated;
                 entry
@@ -112,7 +85,7 @@ pub async fn test_reports(
                         time_secs: c.time_secs,
                     }));
             }
-            Err(e) => entry.error = format!("{} is unreadable: {e}", report.source),
+            Err(e) => entry.error = format!("{} is unreadable: {e}", note.source),
         }
     }
     out.sort_by_key(|r| r.step);
@@ -137,50 +110,27 @@ pub fn find_artifact(record: &JobRecord, name: &str) -> Result<(String, u32), Co
         })
 }
 
-pub type ArtifactTx = mpsc::Sender<Result<pb::ArtifactData, Status>>;
 pub type ArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
 
-/// The bytes of an artifact, in order, read from the journal by a task of their own.
+/// The bytes of an artifact, in order, read from the artifact store by a task of their own.
 pub fn artifact_stream(
     engine: Arc<Engine>,
     record: JobRecord,
     name: String,
     attempt: u32,
 ) -> ArtifactStream {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(stream_artifact(engine, record, name, attempt, tx));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut bytes = engine.artifacts.read_artifact(record.id, attempt, &name);
+        while let Some(piece) = bytes.next().await {
+            let item = piece
+                .map(|data| pb::ArtifactData { data })
+                .map_err(|e| Status::from(ControllerError::from(e)));
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return; // the client went away, or the error was its last message
+            }
+        }
+    });
     ReceiverStream::new(rx)
-}
-
-async fn stream_artifact(
-    engine: Arc<Engine>,
-    record: JobRecord,
-    name: String,
-    attempt: u32,
-    tx: ArtifactTx,
-) {
-    let sink = tx.clone();
-    let result = scan(&engine, &record, FrameKind::Artifact, move |frame| {
-        if frame.header.attempt != attempt {
-            return true;
-        }
-        let Ok(chunk) = pb::ArtifactChunk::decode(frame.payload.as_ref()) else {
-            return true;
-        };
-        if chunk.name != name {
-            return true;
-        }
-        if !chunk.data.is_empty()
-            && sink
-                .blocking_send(Ok(pb::ArtifactData { data: chunk.data }))
-                .is_err()
-        {
-            return false; // the client went away
-        }
-        !chunk.last
-    })
-    .await;
-    if let Err(e) = result {
-        let _ = tx.send(Err(Status::from(e))).await;
-    }
 }

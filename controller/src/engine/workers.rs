@@ -1,7 +1,43 @@
-//! The worker side of the engine: taking queued jobs, provisioning a machine per pipeline job,
-//! supervising it (lost agent, cancel deadline, shutdown drain) and destroying it afterwards.
+//! The worker side of the engine: taking queued jobs, claiming them, provisioning a machine per
+//! pipeline job, supervising it (lease renewal, lost agent, failing store, cancel deadline, shutdown
+//! drain) and destroying it afterwards.
 
 use super::*;
+use crate::jobs::{Lease, MachineRecord};
+use crate::provisioner::{MachineLedger, MachineRequest, ProvisionError};
+use crate::queue::Delivery;
+use tracing::Instrument;
+
+/// Machines asked for at most this many times when the provisioner says trying again may help.
+const PROVISION_TRIES: u32 = 3;
+
+/// Records a machine's progress in its job's record, for the provisioner.
+struct JobLedger<'a> {
+    engine: &'a Engine,
+    active: &'a ActiveJob,
+}
+
+#[async_trait::async_trait]
+impl MachineLedger for JobLedger<'_> {
+    async fn record(&self, details: serde_json::Value) -> Result<(), ProvisionError> {
+        let mut state = self.active.state.lock().await;
+        let name = match state.record.machine.as_mut() {
+            Some(machine) => {
+                machine.details = details;
+                machine.name.clone()
+            }
+            None => String::new(),
+        };
+        self.engine
+            .jobs
+            .put(&mut state.record)
+            .await
+            .map_err(|e| ProvisionError::Record {
+                name,
+                message: e.to_string(),
+            })
+    }
+}
 
 impl Engine {
     /// Starts the worker tasks. Call after [`Engine::recover`].
@@ -21,19 +57,51 @@ impl Engine {
                     Err(_) => return,
                 },
             };
-            let id = tokio::select! {
+            let delivery = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                id = self.queue.pop() => id,
+                delivery = self.queue.pop() => delivery,
             };
-            if let Err(e) = self.run_job(id).await {
-                error!(job_id = id, worker, error = %e, "job failed inside the controller");
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    warn!(worker, error = %e, "cannot take a job from the queue; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let id = delivery.job;
+            let span = tracing::info_span!("job", job_id = id, worker);
+            match self.run_job(id).instrument(span).await {
+                Ok(true) => self.ack(&delivery).await,
+                Ok(false) => {} // left running at shutdown: the delivery stays pending
+                Err(e) => {
+                    error!(job_id = id, worker, error = %e, "job failed inside the controller");
+                    self.ack(&delivery).await;
+                }
             }
             drop(permit);
         }
     }
 
-    /// Claims a queued job: new attempt, machine recorded, journal opened. Returns the job and the clear
-    /// bootstrap token (only its hash is stored).
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(e) = self.queue.ack(delivery).await {
+            warn!(job_id = delivery.job, error = %e, "cannot acknowledge the queue delivery");
+        }
+    }
+
+    /// A lease on a job for this controller, from now.
+    pub(crate) fn new_lease(&self) -> Lease {
+        Lease {
+            owner: self.owner.clone(),
+            expires_at: zeroci::now_unix_ms() + self.config.lease().as_millis() as i64,
+        }
+    }
+
+    /// Claims a queued job by compare-and-set on its record: new attempt, a lease for this controller,
+    /// the machine recorded. Returns the job and the clear bootstrap token (only its hash is stored);
+    /// `None` when there is nothing to run (cancelled while queued, claimed elsewhere, a duplicate).
     pub(super) async fn claim(
         &self,
         id: JobId,
@@ -55,26 +123,39 @@ impl Engine {
         record.stages.clear();
         record.artifacts.clear();
         record.machine = Some(self.machine_record(&record, &token));
+        record.lease = Some(self.new_lease());
         // Recorded before the machine exists, so a crash never leaves an unknown machine.
-        self.jobs.put(&record).await?;
-        let writer = self.logs.writer(id)?;
-        Ok(Some((self.register(record, writer, 0), token)))
+        match self.jobs.put(&mut record).await {
+            Ok(()) => {}
+            Err(crate::store::StoreError::Conflict { .. }) => {
+                info!(
+                    job_id = id,
+                    "job was claimed or changed elsewhere; not running it"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let first = LogCursor::new(record.attempt, 0);
+        Ok(Some((self.register(record, first, 0), token)))
     }
 
-    pub(super) async fn run_job(self: &Arc<Self>, id: JobId) -> Result<(), ControllerError> {
+    /// Runs a delivered job to its end. False when it was left running at shutdown.
+    pub(super) async fn run_job(self: &Arc<Self>, id: JobId) -> Result<bool, ControllerError> {
         let Some((active, token)) = self.claim(id).await? else {
-            return Ok(());
+            return Ok(true);
         };
         self.drive(active, Some(token)).await
     }
 
     /// Provisions the machine (when a bootstrap `token` is given) and supervises it; then the next
     /// pipeline job's machine, until the job is over (or left running at shutdown).
+    /// Returns false when the job was left running at shutdown.
     pub(crate) async fn drive(
         &self,
         mut active: Arc<ActiveJob>,
         mut token: Option<String>,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<bool, ControllerError> {
         loop {
             let outcome = match self.run_machine(&active, token.take()).await {
                 Ok(outcome) => outcome,
@@ -98,7 +179,7 @@ impl Engine {
                 Outcome::Final => {
                     self.destroy_machine(&active, true).await;
                     self.unregister(&active);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Outcome::LeftRunning => {
                     info!(
@@ -106,13 +187,13 @@ impl Engine {
                         "shutting down; job left running for the next start"
                     );
                     self.unregister(&active);
-                    return Ok(());
+                    return Ok(false);
                 }
                 Outcome::NextStage if self.shutdown.is_cancelled() => {
-                    // The next start finds the stage finished in the journal and goes on from there.
+                    // The next start finds the stage finished in the log and goes on from there.
                     info!(job_id = active.id, "shutting down between pipeline jobs");
                     self.unregister(&active);
-                    return Ok(());
+                    return Ok(false);
                 }
                 Outcome::NextStage => {
                     // The record keeps naming this machine until the next one replaces it, so a crash
@@ -125,7 +206,7 @@ impl Engine {
                             active = next;
                             token = Some(next_token);
                         }
-                        None => return Ok(()),
+                        None => return Ok(true),
                     }
                 }
             }
@@ -170,29 +251,58 @@ impl Engine {
                 },
             }
         };
-        info!(job_id = id, attempt = active.attempt, machine = %request.name, "provisioning");
-        match self.provisioner.create(&request).await {
-            Ok(details) => {
-                // The agent's time to connect counts from a machine that exists, not from the claim.
-                active.touch();
-                let mut state = active.state.lock().await;
-                if let Some(machine) = state.record.machine.as_mut() {
-                    machine.details = details;
+        let ledger = JobLedger {
+            engine: self,
+            active,
+        };
+        let stop = active.provisioning.clone();
+        let _stop_at_shutdown = {
+            let (stop, shutdown) = (stop.clone(), self.shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+            })
+            .abort_handle()
+        };
+        let mut tries = 0;
+        let failure = loop {
+            tries += 1;
+            info!(job_id = id, attempt = active.attempt, machine = %request.name, tries, "provisioning");
+            match self.provisioner.create(&request, &ledger, &stop).await {
+                Ok(details) => {
+                    // The agent's time to connect counts from a machine that exists, not from the claim.
+                    active.touch();
+                    let mut state = active.state.lock().await;
+                    if let Some(machine) = state.record.machine.as_mut() {
+                        machine.details = details;
+                    }
+                    self.jobs.put(&mut state.record).await?;
+                    return Ok(());
                 }
-                self.jobs.put(&state.record).await?;
+                Err(e) if e.is_retryable() && tries < PROVISION_TRIES && !stop.is_cancelled() => {
+                    warn!(job_id = id, error = %e, "provisioning failed; trying again");
+                    let machine = active.state.lock().await.record.machine.clone();
+                    if let Some(machine) = machine
+                        && let Err(e) = self.provisioner.destroy(&machine).await
+                    {
+                        break e;
+                    }
+                    let pause = Duration::from_millis(500 * u64::from(tries));
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(e) => break e,
             }
-            Err(e) => {
-                warn!(job_id = id, error = %e, "provisioning failed");
-                let mut state = active.state.lock().await;
-                self.finalize(
-                    active,
-                    &mut state,
-                    JobStatus::Error,
-                    format!("provisioning failed: {e}"),
-                )
-                .await?;
-            }
-        }
+        };
+        warn!(job_id = id, error = %failure, "provisioning failed");
+        let mut state = active.state.lock().await;
+        let (status, reason) = match (&failure, state.record.cancel_reason.clone()) {
+            (ProvisionError::Cancelled { .. }, Some(reason)) => (JobStatus::Cancelled, reason),
+            _ => (JobStatus::Error, format!("provisioning failed: {failure}")),
+        };
+        self.finalize(active, &mut state, status, reason).await?;
         Ok(())
     }
 
@@ -212,22 +322,24 @@ impl Engine {
         }
         if old.record.status.is_final() {
             old.record.machine = None;
-            self.jobs.put(&old.record).await?;
+            self.jobs.put(&mut old.record).await?;
             return Ok(None);
         }
-        let mut record = old.record.clone();
         let token = random_token();
-        record.attempt += 1;
-        record.machine = Some(self.machine_record(&record, &token));
-        self.jobs.put(&record).await?;
-        // The journal writer moves on with the job: reopening it would rescan the whole journal.
-        let writer = std::mem::replace(&mut old.writer, Box::new(crate::store::ClosedWriter));
+        old.record.attempt += 1;
+        old.record.machine = Some(self.machine_record(&old.record, &token));
+        old.record.lease = Some(self.new_lease());
+        self.jobs.put(&mut old.record).await?;
+        let record = old.record.clone();
+        // The old attempt stores nothing more: its agent was told it is done.
+        old.retired = true;
         info!(
             job_id = record.id,
             stage = record.stage(),
             "next pipeline job"
         );
-        Ok(Some((self.register(record, writer, 0), token)))
+        let first = LogCursor::new(record.attempt, 0);
+        Ok(Some((self.register(record, first, 0), token)))
     }
 
     pub(super) fn machine_record(&self, record: &JobRecord, token: &str) -> MachineRecord {
@@ -243,7 +355,7 @@ impl Engine {
     pub(crate) async fn supervise_recovered(
         &self,
         active: Arc<ActiveJob>,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<bool, ControllerError> {
         self.drive(active, None).await
     }
 
@@ -252,15 +364,20 @@ impl Engine {
         let mut phase = active.phase.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew = tokio::time::interval(self.config.lease() / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await; // the claim has just been written
         loop {
             match *phase.borrow_and_update() {
                 Phase::Final => return Ok(Outcome::Final),
                 Phase::StageDone => return Ok(Outcome::NextStage),
+                Phase::Released => return Ok(Outcome::LeftRunning),
                 Phase::Running => {}
             }
             tokio::select! {
                 _ = phase.changed() => {}
                 _ = tick.tick() => self.check_deadlines(active).await?,
+                _ = renew.tick() => self.renew_lease(active).await?,
                 _ = self.shutdown.cancelled() => {
                     if !self.wait_for_drain(active).await {
                         return Ok(Outcome::LeftRunning);
@@ -289,7 +406,23 @@ impl Engine {
         };
         let silent_ms = now - active.last_heard_ms.load(Ordering::Relaxed);
         let cancel_deadline = active.cancel_deadline_ms.load(Ordering::Relaxed);
-        if silent_ms > limit.as_millis() as i64 {
+        let store_trouble = active
+            .store_trouble()
+            .filter(|t| now - t.since_ms > self.config.store_failure_timeout().as_millis() as i64);
+        if let Some(trouble) = store_trouble {
+            // The agent is alive and resending, but nothing it sends can be kept: end the job instead
+            // of letting it resend forever. Its record may not be storable either; the next start then
+            // finds the agent gone.
+            let mut state = active.state.lock().await;
+            let reason = format!(
+                "the store keeps failing: {} (for {}s)",
+                trouble.error,
+                (now - trouble.since_ms) / 1000
+            );
+            warn!(job_id = active.id, %reason, "ending job");
+            self.finalize(active, &mut state, JobStatus::Error, reason)
+                .await?;
+        } else if silent_ms > limit.as_millis() as i64 {
             let mut state = active.state.lock().await;
             let reason = if connected {
                 format!("agent lost: no message for {}s", silent_ms / 1000)
@@ -317,5 +450,36 @@ impl Engine {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Extends this controller's lease on a job it supervises. A conflict means another controller
+    /// took the job over (this one was partitioned from the store past its lease): stop supervising.
+    pub(super) async fn renew_lease(&self, active: &ActiveJob) -> Result<(), ControllerError> {
+        let mut state = active.state.lock().await;
+        if state.record.status.is_final() || state.retired {
+            return Ok(());
+        }
+        state.record.lease = Some(self.new_lease());
+        match self.jobs.put(&mut state.record).await {
+            Ok(()) => Ok(()),
+            Err(crate::store::StoreError::Conflict { .. }) => {
+                warn!(
+                    job_id = active.id,
+                    "lease lost to another controller; letting the job go"
+                );
+                state.retired = true;
+                active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
+                    reason: "another controller took this job over".into(),
+                    done: false,
+                }));
+                active.phase.send_replace(Phase::Released);
+                Ok(())
+            }
+            // The store is down: keep going; the failing-store deadline ends the job if it lasts.
+            Err(e) => {
+                warn!(job_id = active.id, error = %e, "cannot renew the lease");
+                Ok(())
+            }
+        }
     }
 }

@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{MachineRequest, ProvisionError, Provisioner};
+use tokio_util::sync::CancellationToken;
+
+use super::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
+use crate::config::LocalConfig;
 use crate::jobs::MachineRecord;
 
 /// How long an agent keeps trying to reach a controller that went away before it gives up.
@@ -25,9 +28,11 @@ pub struct LocalProvisioner {
     agent_give_up_secs: u64,
 }
 
+/// What is recorded of a local machine: the directory before it is made, then the agent's process.
 #[derive(Debug, Serialize, Deserialize)]
 struct LocalDetails {
-    pid: u32,
+    #[serde(default)]
+    pid: Option<u32>,
     dir: PathBuf,
     /// The agent's start time (field 22 of /proc/PID/stat): after a reboot the pid may belong to
     /// someone else, and destroy must not touch that process's session.
@@ -46,7 +51,40 @@ fn process_start_time(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The agent binary next to the running executable (`target/<profile>/zeroci-agent` in a build tree).
+fn default_agent_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("zeroci-agent")))
+        .unwrap_or_else(|| PathBuf::from("zeroci-agent"))
+}
+
 impl LocalProvisioner {
+    /// From `[provisioner.local]`; fails when the agent binary is missing.
+    pub fn from_config(
+        state_dir: &Path,
+        config: &LocalConfig,
+    ) -> Result<LocalProvisioner, ProvisionError> {
+        let agent_binary = config
+            .agent_binary
+            .clone()
+            .unwrap_or_else(default_agent_binary);
+        if !agent_binary.is_file() {
+            return Err(ProvisionError::Unavailable {
+                kind: "local",
+                message: format!(
+                    "agent binary {} not found; build it (cargo build --bins) or set [provisioner.local] agent_binary",
+                    agent_binary.display()
+                ),
+            });
+        }
+        Ok(LocalProvisioner::new(
+            state_dir,
+            agent_binary,
+            config.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
+        ))
+    }
+
     pub fn new(
         state_dir: &Path,
         agent_binary: PathBuf,
@@ -78,13 +116,26 @@ impl Provisioner for LocalProvisioner {
         "local"
     }
 
-    async fn create(&self, request: &MachineRequest) -> Result<serde_json::Value, ProvisionError> {
+    async fn create(
+        &self,
+        request: &MachineRequest,
+        ledger: &dyn MachineLedger,
+        cancel: &CancellationToken,
+    ) -> Result<serde_json::Value, ProvisionError> {
         let name = request.name.clone();
+        // Local failures are the host's (disk full, permissions): trying again at once rarely helps.
         let prepare = |message: String| ProvisionError::Prepare {
             name: name.clone(),
             message,
+            retryable: false,
         };
         let dir = self.machines_dir.join(&request.name);
+        let mut details = LocalDetails {
+            pid: None,
+            dir: dir.clone(),
+            start_time: None,
+        };
+        ledger.record(details.to_value()).await?;
         // A leftover directory from an earlier crash of the same attempt is replaced.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| prepare(format!("{}: {e}", dir.display())))?;
@@ -113,6 +164,9 @@ impl Provisioner for LocalProvisioner {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if cancel.is_cancelled() {
+            return Err(ProvisionError::Cancelled { name });
+        }
         // A session of its own: destroy finds every process the job started by session id (steps run
         // in process groups of their own), and Ctrl-C on the controller's terminal does not reach jobs.
         // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
@@ -122,23 +176,21 @@ impl Provisioner for LocalProvisioner {
         let mut child = command.spawn().map_err(|e| ProvisionError::Start {
             name: name.clone(),
             message: e.to_string(),
+            retryable: false,
         })?;
         let pid = child.id().ok_or_else(|| ProvisionError::Start {
             name: name.clone(),
             message: "agent exited immediately".into(),
+            retryable: true,
         })?;
         // Reap the child whenever it exits so it never lingers as a zombie.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
         info!(job_id = request.job_id, attempt = request.attempt, pid, machine = %name, "local agent started");
-        let start_time = process_start_time(pid);
-        Ok(serde_json::to_value(LocalDetails {
-            pid,
-            dir,
-            start_time,
-        })
-        .unwrap_or_default())
+        details.pid = Some(pid);
+        details.start_time = process_start_time(pid);
+        Ok(details.to_value())
     }
 
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
@@ -147,22 +199,22 @@ impl Provisioner for LocalProvisioner {
             .as_ref()
             .map(|d| d.dir.clone())
             .unwrap_or_else(|| self.machines_dir.join(&machine.name));
-        if let Some(details) = &details {
+        if let Some((details, pid)) = details.as_ref().and_then(|d| Some((d, d.pid?))) {
             // The kernel never hands out a pid that still names a live session, so: the leader alive
             // with its recorded start time, or gone (its orphaned steps may live on in the session),
             // means the session is ours; a leader pid with another start time was reused by someone
             // else, and our session is empty.
-            let same_process = match (details.start_time, process_start_time(details.pid)) {
+            let same_process = match (details.start_time, process_start_time(pid)) {
                 (_, None) => true,
                 (Some(recorded), Some(now)) => recorded == now,
                 // Recorded by an older controller: trust the pid only while it runs in the machine.
-                (None, Some(_)) => std::fs::read_link(format!("/proc/{}/cwd", details.pid))
+                (None, Some(_)) => std::fs::read_link(format!("/proc/{pid}/cwd"))
                     .is_ok_and(|cwd| cwd.starts_with(&dir)),
             };
             if same_process {
-                stop_session(details.pid).await;
+                stop_session(pid).await;
             } else {
-                info!(machine = %machine.name, pid = details.pid, "agent process already gone");
+                info!(machine = %machine.name, pid, "agent process already gone");
             }
         }
         // Keep the agent's own log for diagnosis; the job's output is in the journal already.
@@ -180,6 +232,12 @@ impl Provisioner for LocalProvisioner {
                 message: e.to_string(),
             }),
         }
+    }
+}
+
+impl LocalDetails {
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

@@ -1,16 +1,23 @@
 //! The provisioner seam: make a machine for one job attempt, put the agent on it and start it with a
 //! one-time bootstrap token; destroy it afterwards. `local` (child process in a private directory) is the
-//! default; ThreeFold Grid VMs, SSH hosts and pool agents are further implementations.
+//! default; VMs, ThreeFold Grid, SSH hosts and pool agents are further implementations, each one more
+//! module plus one line in [`build`].
 //!
-//! The engine records the machine in the job before calling `create` and calls `destroy` on every path
-//! out of a job (success, failure, error, cancel, lost agent) and for leftovers after a crash, so
-//! `destroy` must accept a machine that is half made or already gone.
+//! The engine records the machine in the job before calling `create`, and `create` writes down what it
+//! has made so far in the [`MachineLedger`] before every step that costs something (a directory, a VM,
+//! a grid contract), so that after a crash halfway `destroy` finds and removes the half-made machine.
+//! `destroy` is called on every path out of a job (success, failure, error, cancel, lost agent) and for
+//! leftovers after a crash, so it must accept a machine that is half made or already gone.
 
 pub mod local;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 use zeroci::bootstrap::Bootstrap;
 
+use crate::config::{Config, ProvisionerConfig};
 use crate::jobs::{JobId, MachineRecord};
 
 /// What the engine asks for.
@@ -27,19 +34,74 @@ pub struct MachineRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("cannot prepare machine {name}: {message}")]
-    Prepare { name: String, message: String },
+    Prepare {
+        name: String,
+        message: String,
+        /// Trying again may work (a busy host, a network error); false for a bad image or config.
+        retryable: bool,
+    },
     #[error("cannot start the agent on {name}: {message}")]
-    Start { name: String, message: String },
+    Start {
+        name: String,
+        message: String,
+        retryable: bool,
+    },
     #[error("cannot destroy machine {name}: {message}")]
     Destroy { name: String, message: String },
+    #[error("making machine {name} was cancelled")]
+    Cancelled { name: String },
+    /// The ledger could not record progress: going on would make a machine nobody knows about.
+    #[error("cannot record machine {name}: {message}")]
+    Record { name: String, message: String },
+    /// The provisioner cannot work at all (missing binary, bad settings); found at start-up.
+    #[error("{kind} machines are unavailable: {message}")]
+    Unavailable { kind: &'static str, message: String },
+}
+
+impl ProvisionError {
+    /// Whether asking for a machine again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProvisionError::Prepare { retryable, .. } | ProvisionError::Start { retryable, .. } => {
+                *retryable
+            }
+            ProvisionError::Destroy { .. } | ProvisionError::Record { .. } => true,
+            ProvisionError::Cancelled { .. } | ProvisionError::Unavailable { .. } => false,
+        }
+    }
+}
+
+/// Where `create` writes down what exists so far (directory, process, VM, contract): the engine keeps
+/// it, durably, in the job's machine record, and `destroy` gets it back.
+#[async_trait]
+pub trait MachineLedger: Send + Sync {
+    /// Replaces the recorded details of the machine being made. Returns once they are stored.
+    async fn record(&self, details: serde_json::Value) -> Result<(), ProvisionError>;
 }
 
 #[async_trait]
 pub trait Provisioner: Send + Sync + 'static {
     /// The `[provisioner] kind` this implements.
     fn kind(&self) -> &'static str;
-    /// Creates the machine and starts the agent; returns details to record with the machine.
-    async fn create(&self, request: &MachineRequest) -> Result<serde_json::Value, ProvisionError>;
+    /// Creates the machine and starts the agent; returns the details to record with the machine.
+    /// Records progress in `ledger` before each costly step; stops with [`ProvisionError::Cancelled`]
+    /// when `cancel` fires (the job was cancelled, or the controller is stopping).
+    async fn create(
+        &self,
+        request: &MachineRequest,
+        ledger: &dyn MachineLedger,
+        cancel: &CancellationToken,
+    ) -> Result<serde_json::Value, ProvisionError>;
     /// Destroys the machine and everything on it; succeeds when it is already gone.
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError>;
+}
+
+/// The provisioner `[provisioner] kind` names. One line per kind.
+pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
+    match &config.provisioner {
+        ProvisionerConfig::Local { local } => Ok(Arc::new(local::LocalProvisioner::from_config(
+            &config.main.state_dir,
+            local,
+        )?)),
+    }
 }

@@ -1,75 +1,52 @@
-//! The job queue seam. Workers `pop` job ids; triggers `push` them. The in-process queue is the default;
-//! a Redis-streams queue shared by controller replicas is one more implementation.
+//! The job queue seam. Triggers `push` job ids; workers `pop` a [`Delivery`] and `ack` it once the job
+//! has reached a final status (or turned out to need nothing), so a queue shared by several
+//! controllers (Redis streams with a consumer group) can hand the job of a controller that died to
+//! another one.
 //!
-//! The store stays the source of truth: after a restart the engine pushes every stored `queued` job
-//! again, so the in-process queue needs no persistence of its own.
+//! The store stays the source of truth: a popped job runs only if its claim on the record succeeds,
+//! and after a restart the engine pushes every stored `queued` job again, so the in-process queue
+//! needs no persistence of its own. A Redis queue is one more module plus one line in [`build`].
 
-use std::collections::VecDeque;
+mod in_process;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::{Mutex, Notify};
 
 use crate::jobs::JobId;
+pub use in_process::InProcessQueue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue's backend failed (a connection lost); the caller retries later.
+    #[error("queue {backend}: {source}")]
+    Backend {
+        backend: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A job handed to one worker, pending until acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub job: JobId,
+    /// The backend's handle for acknowledging it (a stream entry id); empty in process.
+    pub receipt: String,
+}
 
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// Adds a job at the back.
-    async fn push(&self, id: JobId);
-    /// Waits for the next job.
-    async fn pop(&self) -> JobId;
-    /// Jobs waiting now.
+    async fn push(&self, id: JobId) -> Result<(), QueueError>;
+    /// Waits for the next job. It stays pending, charged to this controller, until [`JobQueue::ack`].
+    async fn pop(&self) -> Result<Delivery, QueueError>;
+    /// The delivery's job is over for this queue (final, or nothing to run).
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+    /// Jobs waiting now (not counting pending ones).
     async fn waiting(&self) -> usize;
 }
 
-/// FIFO queue inside the controller process.
-#[derive(Default)]
-pub struct InProcessQueue {
-    items: Mutex<VecDeque<JobId>>,
-    available: Notify,
-}
-
-#[async_trait]
-impl JobQueue for InProcessQueue {
-    async fn push(&self, id: JobId) {
-        self.items.lock().await.push_back(id);
-        // notify_one stores a permit when nobody waits, so a push between a pop's check and its wait
-        // is not lost.
-        self.available.notify_one();
-    }
-
-    async fn pop(&self) -> JobId {
-        loop {
-            if let Some(id) = self.items.lock().await.pop_front() {
-                return id;
-            }
-            self.available.notified().await;
-        }
-    }
-
-    async fn waiting(&self) -> usize {
-        self.items.lock().await.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[tokio::test]
-    async fn pops_in_order_and_wakes_waiters() {
-        let q = Arc::new(InProcessQueue::default());
-        q.push(1).await;
-        q.push(2).await;
-        assert_eq!(q.pop().await, 1);
-        assert_eq!(q.pop().await, 2);
-        let waiter = tokio::spawn({
-            let q = q.clone();
-            async move { q.pop().await }
-        });
-        tokio::task::yield_now().await;
-        q.push(3).await;
-        assert_eq!(waiter.await.unwrap(), 3);
-        assert_eq!(q.waiting().await, 0);
-    }
+/// The queue for this configuration.
+pub fn build(_config: &crate::config::Config) -> Arc<dyn JobQueue> {
+    Arc::new(InProcessQueue::default())
 }

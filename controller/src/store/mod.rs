@@ -1,17 +1,33 @@
-//! Storage seams. The engine sees two traits: [`JobStore`] for job records and [`LogStore`] for each
-//! job's event journal (output and step events, see [`journal`]). The embedded backend
-//! ([`embedded::EmbeddedStore`]) keeps both under the state directory; a MongoDB backend is one more
-//! implementation of the same traits.
+//! Storage seams. The engine sees four traits, bundled in [`Stores`]:
+//! - [`JobStore`]: job records (compare-and-set on a revision, leases for claims), webhook deliveries;
+//! - [`LogStore`]: each job's log, appended in batches and read as a stream from a [`LogCursor`];
+//! - [`ReportStore`]: test reports as sent (bounded: 3 MiB each);
+//! - [`ArtifactStore`]: files jobs kept, of any size.
 //!
-//! Journal access is synchronous (plain file I/O, fast enough for the agent session's hot path); long
-//! reads by followers run on the blocking pool.
+//! Durability rule, for every backend: a call that writes returns only once what it wrote survives a
+//! crash of the controller and of the machine it runs on (embedded: `fsync` of the file and, for new
+//! files, of their directory; a database: its acknowledged write). The engine acknowledges agent events
+//! only after the log append that holds them returned, and appends everything that arrived together in
+//! one call, so the cost of that rule is paid once per batch, not per event.
+//!
+//! Backends: [`embedded`] (files under the state directory, the default) and [`memory`] (nothing kept
+//! across restarts; for tests, benchmarks and throw-away controllers). A new backend is one more
+//! module plus one line in [`Stores::open`].
 
 pub mod embedded;
+mod log;
+pub mod memory;
+
+use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
 
+use crate::config::{Config, DbConfig};
 use crate::jobs::{JobId, JobRecord, JobStatus, NewJob};
-pub use embedded::journal::{Frame, FrameHeader, FrameKind};
+pub use log::{ArtifactNote, ArtifactPiece, EventKind, LogCursor, LogEvent, Payloads, ReportNote};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +39,23 @@ pub enum StoreError {
     },
     #[error("corrupt record {path}: {message}")]
     Corrupt { path: String, message: String },
+    /// The record changed since it was read: another writer (a controller that took the job over, a
+    /// cancel) got there first. Read it again and decide again.
+    #[error("job {id} changed meanwhile (revision {expected} expected, {found} stored)")]
+    Conflict {
+        id: JobId,
+        expected: u64,
+        found: u64,
+    },
+    /// Events appended out of order: a bug in the caller, refused so the log stays readable.
+    #[error("log of job {id}: {message}")]
+    OutOfOrder { id: JobId, message: String },
+    /// A backend's own failure (a database driver, a network), kept whole for the log.
+    #[error("{backend}: {source}")]
+    Backend {
+        backend: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Which jobs to list.
@@ -34,74 +67,112 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
-/// Job records.
+/// Job records and webhook deliveries.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
-    /// Stores a new queued job under a fresh id.
+    /// Stores a new queued job under an id never used before by this store (also not by a record that
+    /// was set aside as corrupt). Durable on return.
     async fn create(&self, new: NewJob, now_ms: i64) -> Result<JobRecord, StoreError>;
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
-    /// Replaces the stored record (durably before returning).
-    async fn put(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Compare-and-set: replaces the stored record when its revision is `job.revision`, then advances
+    /// `job.revision`. [`StoreError::Conflict`] when someone else wrote it meanwhile. Durable on
+    /// return. Claims and lease renewals are puts of a record whose lease changed, so two controllers
+    /// can never both think they hold one attempt.
+    async fn put(&self, job: &mut JobRecord) -> Result<(), StoreError>;
     /// Newest first.
     async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;
-    /// Jobs whose status is not final, oldest first (for recovery after a restart).
+    /// Jobs whose status is not final, oldest first (recovery, lease take-over).
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Jobs that still have a machine recorded (for cleaning up after a crash).
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError>;
-    /// Remembers a webhook delivery id; false when it was seen before (a redelivery), durably.
+    /// Remembers a webhook delivery id; false when it was seen before (a redelivery). Durable.
     async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError>;
     /// Forgets a claimed delivery whose job could not be created, so a redelivery can try again.
     async fn release_delivery(&self, id: &str) -> Result<(), StoreError>;
 }
 
-/// Appends to one job's journal.
-pub trait LogWriter: Send {
-    /// Appends a frame; returns the journal's new length in bytes.
-    fn append(&mut self, header: &FrameHeader, payload: &[u8]) -> Result<u64, StoreError>;
-    fn end_offset(&self) -> u64;
-    /// Makes everything appended durable.
-    fn sync(&self) -> Result<(), StoreError>;
-}
+/// A stream of a job's log events.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogEvent, StoreError>> + Send>>;
+/// A stream of an artifact's bytes, in order.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 
-/// The writer left behind when a job's journal writer moved to its next attempt: nothing may append
-/// through it any more.
-pub struct ClosedWriter;
-
-impl LogWriter for ClosedWriter {
-    fn append(&mut self, _header: &FrameHeader, _payload: &[u8]) -> Result<u64, StoreError> {
-        Err(StoreError::Io {
-            path: "journal".into(),
-            source: std::io::Error::other("this attempt's journal writer went to the next attempt"),
-        })
-    }
-
-    fn end_offset(&self) -> u64 {
-        0
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-/// Reads one job's journal from an offset.
-pub trait LogReader: Send {
-    /// The next complete, valid frame; `None` at the end of what is written so far.
-    fn next_frame(&mut self) -> Result<Option<Frame>, StoreError>;
-    /// Offset just after the last frame returned.
-    fn offset(&self) -> u64;
-}
-
-/// Job journals.
+/// Job logs. The engine is the only writer of a job's log (it holds the job's lease), and appends the
+/// cursors of an attempt in order without gaps.
+#[async_trait]
 pub trait LogStore: Send + Sync + 'static {
-    /// Opens the journal for appending, repairing a torn tail first. One writer per job at a time.
-    fn writer(&self, id: JobId) -> Result<Box<dyn LogWriter>, StoreError>;
-    /// Reads from `offset`; output payloads are left empty when `skip_output`. `None` when the job has
-    /// no journal yet.
-    fn reader(
-        &self,
-        id: JobId,
-        offset: u64,
-        skip_output: bool,
-    ) -> Result<Option<Box<dyn LogReader>>, StoreError>;
+    /// Appends `events`, which follow everything stored for the job, and returns once they are
+    /// durable. On an error nothing of the batch may be visible after a restart as a partial event
+    /// (whole events may be: the caller resends the batch, and cursors already stored are skipped).
+    async fn append(&self, job: JobId, events: Vec<LogEvent>) -> Result<(), StoreError>;
+    /// The job's events after `after`, in order, up to what is stored when the stream gets there.
+    /// A job with no log yet gives an empty stream.
+    fn read(&self, job: JobId, after: LogCursor, payloads: Payloads) -> LogStream;
+    /// The job's log gets no more appends from this controller (it ended, or another one took it
+    /// over): release what was held open for it.
+    async fn close(&self, job: JobId);
+}
+
+/// Test reports as the agent sent them (JUnit XML, capped at 3 MiB by the agent), keyed by the log
+/// cursor of their [`EventKind::TestReport`] event.
+#[async_trait]
+pub trait ReportStore: Send + Sync + 'static {
+    /// Keeps a report; writing the same key again replaces it with the same bytes (a resend after a
+    /// crash). Durable on return.
+    async fn put_report(&self, job: JobId, at: LogCursor, xml: Bytes) -> Result<(), StoreError>;
+    /// The report kept at `at`, if any.
+    async fn report(&self, job: JobId, at: LogCursor) -> Result<Option<Bytes>, StoreError>;
+}
+
+/// Files jobs kept (`bin_path`), of any size, keyed by job, attempt and name.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Writes pieces at their offsets (writing a piece again writes the same bytes) and returns once
+    /// they are durable.
+    async fn put_pieces(&self, job: JobId, pieces: Vec<ArtifactPiece>) -> Result<(), StoreError>;
+    /// The artifact's bytes in order; an error item when it does not exist.
+    fn read_artifact(&self, job: JobId, attempt: u32, name: &str) -> ByteStream;
+}
+
+/// The four stores the engine works with.
+#[derive(Clone)]
+pub struct Stores {
+    pub jobs: Arc<dyn JobStore>,
+    pub logs: Arc<dyn LogStore>,
+    pub reports: Arc<dyn ReportStore>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+}
+
+impl Stores {
+    /// The backend `[db] backend` names. One line per backend.
+    pub fn open(config: &Config) -> Result<Stores, StoreError> {
+        match &config.db {
+            DbConfig::Embedded => Ok(Stores::all(Arc::new(embedded::EmbeddedStore::open(
+                &config.main.state_dir,
+            )?))),
+            DbConfig::Memory => Ok(Stores::all(Arc::new(memory::MemoryStore::default()))),
+        }
+    }
+
+    /// Every seam served by one backend object.
+    pub fn all<S>(store: Arc<S>) -> Stores
+    where
+        S: JobStore + LogStore + ReportStore + ArtifactStore,
+    {
+        Stores {
+            jobs: store.clone(),
+            logs: store.clone(),
+            reports: store.clone(),
+            artifacts: store,
+        }
+    }
+}
+
+/// Reads every event of a stream into a vector (for small logs and tests).
+pub async fn collect_log(mut stream: LogStream) -> Result<Vec<LogEvent>, StoreError> {
+    use futures::StreamExt;
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event?);
+    }
+    Ok(events)
 }

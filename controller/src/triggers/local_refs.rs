@@ -325,6 +325,53 @@ async fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, GitFailure> {
     }
 }
 
+/// For every `[repos."local:/path"]`: watch the repository's branch heads and queue a job for each new
+/// head (for hosts where `zeroci hook install` cannot be used).
+pub fn watch_configured(
+    engine: &std::sync::Arc<crate::engine::Engine>,
+    config: &crate::config::Config,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    for key in config.repos.keys() {
+        let Some(path) = key.strip_prefix("local:") else {
+            continue;
+        };
+        let path = std::path::PathBuf::from(path);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RefUpdate>(64);
+        let (watch_path, watch_stop) = (path.clone(), stop.clone());
+        tokio::spawn(async move {
+            let options = WatchOptions::default();
+            if let Err(e) = watch_refs(watch_path.clone(), tx, watch_stop, options).await {
+                tracing::warn!(path = %watch_path.display(), error = %e, "cannot watch local repository");
+            }
+        });
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            while let Some(update) = rx.recv().await {
+                let repo = update
+                    .repo_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().trim_end_matches(".git").to_string());
+                let new = crate::jobs::NewJob {
+                    repo: repo.unwrap_or_else(|| update.repo_path.display().to_string()),
+                    repo_url: update.repo_path.display().to_string(),
+                    ref_name: update.branch,
+                    commit: update.commit,
+                    triggered_by: "ref watcher".into(),
+                    step_timeout_secs: 0,
+                    github_repo: None,
+                    untrusted: false,
+                    supersede: true,
+                };
+                if let Err(e) = engine.submit(new).await {
+                    tracing::warn!(error = %e, "cannot queue a job for a watched repository");
+                }
+            }
+        });
+        tracing::info!(path = %path.display(), "watching local repository");
+    }
+}
+
 #[cfg(test)]
 #[path = "local_refs_tests.rs"]
 mod tests;

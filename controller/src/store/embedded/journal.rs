@@ -1,92 +1,53 @@
-//! The per-job event journal: an append-only file of checksummed frames (output bytes and step events)
-//! in the order the controller accepted them.
+//! The embedded backend's log file: an append-only file of checksummed frames, one per log event, in
+//! cursor order.
 //!
-//! Why a journal: a step may print gigabytes, so output never lives in memory; readers (`logs`,
-//! followers) stream it from the file; and because every change to a job's steps is a frame, replaying
-//! the journal after a crash rebuilds the job exactly (see `crate::engine::apply`). A frame is acknowledged to
-//! the agent only after `write(2)` returned, which survives a controller crash (the page cache is the
-//! kernel's); a torn frame at the tail (power loss, full disk) fails its length or checksum and is cut off
-//! when the journal is next opened for writing, and the agent resends it because it was never acked.
+//! Why frames in one file: a step may print gigabytes, so output never lives in memory; readers stream
+//! it from the file. A batch of frames is written with one `write(2)` and made durable with one
+//! `fdatasync(2)` before the append returns (the engine then acknowledges the agent). A torn frame at the
+//! tail (power loss, full disk) fails its length or checksum and is cut off when the file is next
+//! opened for writing; the agent resends it because it was never acknowledged.
 //!
 //! Frame layout, little-endian: `len:u32 crc:u32 attempt:u32 step:u32 kind:u8 stream:u8 _:u16 seq:u64
-//! at_ms:i64` then `len` payload bytes; `crc` is CRC-32 of everything after the crc field.
+//! agent_seq:u64 at_ms:i64` then `len` payload bytes; `crc` is CRC-32 of everything after the crc
+//! field. `attempt` and `seq` are the event's cursor.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 
-pub const HEADER_LEN: usize = 36;
-/// Largest payload accepted; agents send at most 64 KiB per output event.
+use crate::store::{EventKind, LogCursor, LogEvent, Payloads};
+
+pub const HEADER_LEN: usize = 44;
+/// Largest payload accepted; agents send at most 64 KiB per output event, reports go elsewhere.
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// The sparse index gets an entry at least every this many bytes (and at each attempt's first frame),
+/// so finding a cursor reads at most this much of headers.
+const INDEX_EVERY_BYTES: u64 = 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FrameKind {
-    Output = 1,
-    StepStarted = 2,
-    StepExited = 3,
-    CheckedOut = 4,
-    Finished = 5,
-    TestReport = 6,
-    Artifact = 7,
-}
-
-impl FrameKind {
-    fn from_u8(v: u8) -> Option<FrameKind> {
-        Some(match v {
-            1 => FrameKind::Output,
-            2 => FrameKind::StepStarted,
-            3 => FrameKind::StepExited,
-            4 => FrameKind::CheckedOut,
-            5 => FrameKind::Finished,
-            6 => FrameKind::TestReport,
-            7 => FrameKind::Artifact,
-            _ => return None,
-        })
-    }
-}
-
-/// Everything about a frame but its payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameHeader {
-    pub attempt: u32,
-    pub step: u32,
-    pub kind: FrameKind,
-    /// 1 stdout, 2 stderr (as in the proto enum); 0 for events.
-    pub stream: u8,
-    /// The agent's event sequence number; 0 for frames the controller wrote itself.
-    pub seq: u64,
-    pub at_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub header: FrameHeader,
-    pub payload: Bytes,
-}
-
-fn encode_header(h: &FrameHeader, payload: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+fn encode_frame(event: &LogEvent, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&(event.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // crc, filled below
-    out.extend_from_slice(&h.attempt.to_le_bytes());
-    out.extend_from_slice(&h.step.to_le_bytes());
-    out.push(h.kind as u8);
-    out.push(h.stream);
+    out.extend_from_slice(&event.cursor.attempt.to_le_bytes());
+    out.extend_from_slice(&event.step.to_le_bytes());
+    out.push(event.kind as u8);
+    out.push(event.stream);
     out.extend_from_slice(&[0; 2]);
-    out.extend_from_slice(&h.seq.to_le_bytes());
-    out.extend_from_slice(&h.at_ms.to_le_bytes());
+    out.extend_from_slice(&event.cursor.seq.to_le_bytes());
+    out.extend_from_slice(&event.agent_seq.to_le_bytes());
+    out.extend_from_slice(&event.at_ms.to_le_bytes());
+    out.extend_from_slice(&event.payload);
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[8..]);
-    crc.update(payload);
-    out[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.update(&out[start + 8..]);
+    let crc = crc.finalize();
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A header parsed from bytes, with its payload length and checksum still to verify.
 struct RawHeader {
-    header: FrameHeader,
+    event: LogEvent,
     len: usize,
     crc: u32,
     bytes: [u8; HEADER_LEN],
@@ -100,13 +61,14 @@ fn decode_header(bytes: [u8; HEADER_LEN]) -> Option<RawHeader> {
         return None;
     }
     Some(RawHeader {
-        header: FrameHeader {
-            attempt: u32_at(8),
+        event: LogEvent {
+            cursor: LogCursor::new(u32_at(8), u64_at(20)),
+            agent_seq: u64_at(28),
             step: u32_at(12),
-            kind: FrameKind::from_u8(bytes[16])?,
+            kind: EventKind::from_u8(bytes[16])?,
             stream: bytes[17],
-            seq: u64_at(20),
-            at_ms: u64_at(28) as i64,
+            at_ms: u64_at(36) as i64,
+            payload: Bytes::new(),
         },
         len,
         crc: u32_at(4),
@@ -121,23 +83,27 @@ fn crc_matches(raw: &RawHeader, payload: &[u8]) -> bool {
     crc.finalize() == raw.crc
 }
 
-/// Reads frames sequentially from a position. Stops (returns `None`) at the end of the valid frames:
+/// Reads frames sequentially from a byte offset. Stops (returns `None`) at the end of the valid frames:
 /// end of file, a torn frame, or a checksum mismatch.
 pub struct FrameReader {
     reader: BufReader<File>,
     offset: u64,
-    /// Payloads of frames of these kinds are skipped (not read) when `skip_output` is set.
-    skip_output: bool,
+    payloads: Payloads,
 }
 
 impl FrameReader {
-    pub fn open(path: &Path, offset: u64, skip_output: bool) -> io::Result<FrameReader> {
+    pub fn open(path: &Path, offset: u64, payloads: Payloads) -> io::Result<FrameReader> {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
+        // Skipping output reads headers only: a small buffer avoids reading the payloads it seeks past.
+        let capacity = match payloads {
+            Payloads::All => 256 * 1024,
+            Payloads::WithoutOutput => 16 * 1024,
+        };
         Ok(FrameReader {
-            reader: BufReader::with_capacity(256 * 1024, file),
+            reader: BufReader::with_capacity(capacity, file),
             offset,
-            skip_output,
+            payloads,
         })
     }
 
@@ -148,7 +114,7 @@ impl FrameReader {
 
     /// The next valid frame, or `None` at the end of the valid part. Output payloads are empty when
     /// skipping output (their checksum is then not verified).
-    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+    pub fn next_event(&mut self) -> io::Result<Option<LogEvent>> {
         let mut head = [0u8; HEADER_LEN];
         if !read_full(&mut self.reader, &mut head)? {
             return Ok(None);
@@ -156,28 +122,24 @@ impl FrameReader {
         let Some(raw) = decode_header(head) else {
             return Ok(None);
         };
-        if self.skip_output && raw.header.kind == FrameKind::Output {
+        let end = self.offset + (HEADER_LEN + raw.len) as u64;
+        if self.payloads == Payloads::WithoutOutput && raw.event.kind == EventKind::Output {
             // Make sure the whole payload is there before accepting the frame.
-            let end = self.offset + (HEADER_LEN + raw.len) as u64;
             if end > self.reader.get_ref().metadata()?.len() {
                 return Ok(None);
             }
             self.reader.seek_relative(raw.len as i64)?;
             self.offset = end;
-            return Ok(Some(Frame {
-                header: raw.header,
-                payload: Bytes::new(),
-            }));
+            return Ok(Some(raw.event));
         }
         let mut payload = vec![0u8; raw.len];
         if !read_full(&mut self.reader, &mut payload)? || !crc_matches(&raw, &payload) {
             return Ok(None);
         }
-        self.offset += (HEADER_LEN + raw.len) as u64;
-        Ok(Some(Frame {
-            header: raw.header,
-            payload: Bytes::from(payload),
-        }))
+        self.offset = end;
+        let mut event = raw.event;
+        event.payload = Bytes::from(payload);
+        Ok(Some(event))
     }
 }
 
@@ -195,149 +157,280 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Appends frames to one job's journal.
+/// Cursor → byte offset for some frames of a log: where to start reading to find a cursor.
+#[derive(Debug, Default, Clone)]
+pub struct SparseIndex {
+    /// Ascending by cursor and offset.
+    entries: Vec<(LogCursor, u64)>,
+    /// Offset of the last entry (to space them out).
+    last_indexed: u64,
+}
+
+impl SparseIndex {
+    fn note(&mut self, cursor: LogCursor, offset: u64) {
+        let new_attempt = self
+            .entries
+            .last()
+            .is_none_or(|(c, _)| c.attempt != cursor.attempt);
+        if new_attempt || offset >= self.last_indexed + INDEX_EVERY_BYTES {
+            self.entries.push((cursor, offset));
+            self.last_indexed = offset;
+        }
+    }
+
+    /// An offset at or before the first frame whose cursor is greater than `after`.
+    pub fn start_for(&self, after: LogCursor) -> u64 {
+        let i = self.entries.partition_point(|(c, _)| *c <= after);
+        if i == 0 { 0 } else { self.entries[i - 1].1 }
+    }
+
+    /// Reads the headers of the whole file at `path` to index it (a log no writer has open).
+    pub fn build(path: &Path) -> io::Result<SparseIndex> {
+        let mut index = SparseIndex::default();
+        let mut reader = match FrameReader::open(path, 0, Payloads::WithoutOutput) {
+            Ok(reader) => reader,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(index),
+            Err(e) => return Err(e),
+        };
+        let mut at = 0;
+        while let Some(event) = reader.next_event()? {
+            index.note(event.cursor, at);
+            at = reader.offset();
+        }
+        Ok(index)
+    }
+}
+
+/// Appends frames to one job's log file.
 pub struct JournalWriter {
     file: File,
     len: u64,
+    last: LogCursor,
     buf: Vec<u8>,
 }
 
 impl JournalWriter {
-    /// Opens (creating) the journal at `path`, first cutting off any torn frame at its tail.
-    pub fn open(path: &Path) -> io::Result<JournalWriter> {
+    /// Opens (creating) the log at `path`, first cutting off any torn frame at its tail. Returns the
+    /// writer and an index of the file.
+    pub fn open(path: &Path) -> io::Result<(JournalWriter, SparseIndex)> {
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)?;
-        let mut reader = FrameReader::open(path, 0, false)?;
-        while reader.next_frame()?.is_some() {}
+        let mut reader = FrameReader::open(path, 0, Payloads::All)?;
+        let mut index = SparseIndex::default();
+        let mut last = LogCursor::START;
+        let mut at = 0;
+        while let Some(event) = reader.next_event()? {
+            index.note(event.cursor, at);
+            last = event.cursor;
+            at = reader.offset();
+        }
         let valid = reader.offset();
         if file.metadata()?.len() != valid {
             file.set_len(valid)?;
+            file.sync_data()?;
         }
-        Ok(JournalWriter {
+        let writer = JournalWriter {
             file,
             len: valid,
-            buf: Vec::with_capacity(HEADER_LEN),
-        })
+            last,
+            buf: Vec::new(),
+        };
+        Ok((writer, index))
     }
 
-    /// Appends one frame; returns the journal's new length.
-    pub fn append(&mut self, header: &FrameHeader, payload: &[u8]) -> io::Result<u64> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "frame payload too large",
-            ));
+    /// The cursor of the last frame written.
+    pub fn last(&self) -> LogCursor {
+        self.last
+    }
+
+    /// Appends the events whose cursors follow the last one written (others were stored by an earlier
+    /// try of the same batch and are skipped), in one write, then makes them durable. Notes index
+    /// entries for the new frames in `index`.
+    pub fn append(&mut self, events: &[LogEvent], index: &mut SparseIndex) -> io::Result<()> {
+        self.buf.clear();
+        let stored = self.last;
+        let mut last = stored;
+        let mut notes = Vec::new();
+        for event in events.iter().filter(|e| e.cursor > stored) {
+            if event.payload.len() > MAX_PAYLOAD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "log event payload too large",
+                ));
+            }
+            if event.cursor <= last {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cursor {:?} does not follow {:?}", event.cursor, last),
+                ));
+            }
+            notes.push((event.cursor, self.len + self.buf.len() as u64));
+            encode_frame(event, &mut self.buf);
+            last = event.cursor;
         }
-        encode_header(header, payload, &mut self.buf);
-        // One write(2) per frame: header and payload land together or (on a crash) as a torn tail.
-        self.buf.extend_from_slice(payload);
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // One write(2) per batch: frames land whole or (on a crash) leave a torn tail that is cut off.
+        let written = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
             // Leave no partial frame behind for readers; the caller reports the error.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
         self.len += self.buf.len() as u64;
-        // Keep a big payload's buffer from staying allocated for the life of the job.
-        if self.buf.capacity() > 256 * 1024 {
-            self.buf = Vec::with_capacity(HEADER_LEN);
+        self.last = last;
+        for (cursor, offset) in notes {
+            index.note(cursor, offset);
         }
-        Ok(self.len)
+        // Keep a big batch's buffer from staying allocated for the life of the job.
+        if self.buf.capacity() > 1024 * 1024 {
+            self.buf = Vec::new();
+        }
+        Ok(())
     }
-
-    pub fn end_offset(&self) -> u64 {
-        self.len
-    }
-
-    /// Forces the journal to disk (used at job end; not per frame).
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-/// Where a job's journal lives under the jobs directory.
-pub fn journal_path(job_dir: &Path) -> PathBuf {
-    job_dir.join("journal")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn header(kind: FrameKind, seq: u64) -> FrameHeader {
-        FrameHeader {
-            attempt: 1,
+    fn event(attempt: u32, seq: u64, kind: EventKind, payload: &[u8]) -> LogEvent {
+        LogEvent {
+            cursor: LogCursor::new(attempt, seq),
+            agent_seq: seq,
             step: 2,
             kind,
             stream: 1,
-            seq,
             at_ms: 7,
+            payload: Bytes::copy_from_slice(payload),
         }
+    }
+
+    fn read_all(path: &Path, payloads: Payloads) -> Vec<LogEvent> {
+        let mut r = FrameReader::open(path, 0, payloads).unwrap();
+        let mut out = Vec::new();
+        while let Some(e) = r.next_event().unwrap() {
+            out.push(e);
+        }
+        out
     }
 
     #[test]
     fn frames_round_trip_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let mut w = JournalWriter::open(&path).unwrap();
-        w.append(&header(FrameKind::Output, 1), b"hello\x00\xff")
+        let path = dir.path().join("log");
+        let (mut w, mut index) = JournalWriter::open(&path).unwrap();
+        let first = event(1, 1, EventKind::Output, b"hello\x00\xff");
+        let second = event(1, 2, EventKind::StepExited, b"{}");
+        w.append(&[first.clone(), second.clone()], &mut index)
             .unwrap();
-        w.append(&header(FrameKind::StepExited, 2), b"{}").unwrap();
-        let good_len = w.end_offset();
+        let good_len = std::fs::metadata(&path).unwrap().len();
         drop(w);
         // A torn frame: a header promising more bytes than exist.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         let mut torn = Vec::new();
-        encode_header(&header(FrameKind::Output, 3), &[1; 100], &mut torn);
-        torn.extend_from_slice(&[1; 10]);
+        encode_frame(&event(1, 3, EventKind::Output, &[1; 100]), &mut torn);
+        torn.truncate(HEADER_LEN + 10);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&torn).unwrap();
         drop(f);
 
-        let mut r = FrameReader::open(&path, 0, false).unwrap();
-        let first = r.next_frame().unwrap().unwrap();
-        assert_eq!(first.payload.as_ref(), b"hello\x00\xff");
-        assert_eq!(first.header, header(FrameKind::Output, 1));
-        assert_eq!(
-            r.next_frame().unwrap().unwrap().header.kind,
-            FrameKind::StepExited
-        );
-        assert!(r.next_frame().unwrap().is_none());
-
-        let w = JournalWriter::open(&path).unwrap();
-        assert_eq!(w.end_offset(), good_len);
+        assert_eq!(read_all(&path, Payloads::All), vec![first, second]);
+        let (w, _) = JournalWriter::open(&path).unwrap();
+        assert_eq!(w.last(), LogCursor::new(1, 2));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+    }
+
+    #[test]
+    fn a_retried_batch_stores_each_event_once_and_order_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut w, mut index) = JournalWriter::open(&path).unwrap();
+        let batch = [
+            event(1, 1, EventKind::Output, b"a"),
+            event(1, 2, EventKind::Output, b"b"),
+        ];
+        w.append(&batch, &mut index).unwrap();
+        w.append(&batch, &mut index).unwrap();
+        assert_eq!(read_all(&path, Payloads::All).len(), 2);
+        let gap = w.append(
+            &[
+                event(1, 4, EventKind::Output, b"d"),
+                event(1, 3, EventKind::Output, b"c"),
+            ],
+            &mut index,
+        );
+        assert!(gap.is_err());
+        assert_eq!(
+            read_all(&path, Payloads::All).len(),
+            2,
+            "nothing of a refused batch"
+        );
     }
 
     #[test]
     fn corrupted_payload_ends_the_valid_part() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let mut w = JournalWriter::open(&path).unwrap();
-        w.append(&header(FrameKind::Output, 1), b"abc").unwrap();
-        w.append(&header(FrameKind::Output, 2), b"def").unwrap();
+        let path = dir.path().join("log");
+        let (mut w, mut index) = JournalWriter::open(&path).unwrap();
+        w.append(
+            &[
+                event(1, 1, EventKind::Output, b"abc"),
+                event(1, 2, EventKind::Output, b"def"),
+            ],
+            &mut index,
+        )
+        .unwrap();
         drop(w);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let mut r = FrameReader::open(&path, 0, false).unwrap();
-        assert!(r.next_frame().unwrap().is_some());
-        assert!(r.next_frame().unwrap().is_none());
+        assert_eq!(read_all(&path, Payloads::All).len(), 1);
     }
 
     #[test]
-    fn skipping_output_still_sees_events_and_sequence_numbers() {
+    fn skipping_output_still_sees_events_and_the_index_finds_cursors() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let mut w = JournalWriter::open(&path).unwrap();
-        w.append(&header(FrameKind::Output, 1), &[9; 5000]).unwrap();
-        w.append(&header(FrameKind::Finished, 2), b"").unwrap();
-        let mut r = FrameReader::open(&path, 0, true).unwrap();
-        let out = r.next_frame().unwrap().unwrap();
-        assert!(out.payload.is_empty());
-        assert_eq!(out.header.seq, 1);
-        assert_eq!(r.next_frame().unwrap().unwrap().header.seq, 2);
+        let path = dir.path().join("log");
+        let (mut w, mut index) = JournalWriter::open(&path).unwrap();
+        let big = vec![9u8; 64 * 1024];
+        let batch: Vec<LogEvent> = (1..=40)
+            .map(|seq| event(1, seq, EventKind::Output, &big))
+            .chain([event(2, 1, EventKind::Finished, b"")])
+            .collect();
+        w.append(&batch, &mut index).unwrap();
+        let events = read_all(&path, Payloads::WithoutOutput);
+        assert_eq!(events.len(), 41);
+        assert!(events[0].payload.is_empty());
+        assert_eq!(events[40].kind, EventKind::Finished);
+        // The writer's index and one built from the file agree, and lead to the right frame.
+        let built = SparseIndex::build(&path).unwrap();
+        for after in [
+            LogCursor::START,
+            LogCursor::new(1, 20),
+            LogCursor::new(1, 40),
+        ] {
+            let start = index.start_for(after);
+            assert_eq!(start, built.start_for(after));
+            let mut r = FrameReader::open(&path, start, Payloads::WithoutOutput).unwrap();
+            let next = std::iter::from_fn(|| r.next_event().unwrap())
+                .find(|e| e.cursor > after)
+                .unwrap();
+            assert_eq!(
+                next.cursor,
+                if after.seq == 40 {
+                    LogCursor::new(2, 1)
+                } else {
+                    after.next().max(LogCursor::new(1, 1))
+                }
+            );
+        }
     }
 }

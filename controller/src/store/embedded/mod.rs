@@ -1,35 +1,71 @@
 //! The embedded store: what `zeroci-controller` uses out of the box, with nothing to install.
 //!
-//! Layout under the state directory: `jobs/<id>/job.json` (the record, replaced atomically by write +
-//! rename) and `jobs/<id>/journal` (see [`super::journal`]). All records are also kept in memory (they
-//! are small; logs are not), so reads and listings never touch the disk.
+//! Layout under the state directory:
+//! - `jobs/<id>/job.json`: the record, replaced atomically (write a temporary file, fsync it, rename,
+//!   fsync the directory), so a crash leaves the old record or the new one, durably;
+//! - `jobs/<id>/log`: the job's log ([`journal`]);
+//! - `jobs/<id>/reports/`, `jobs/<id>/artifacts/`: see [`files`];
+//! - `deliveries`: webhook delivery ids, one per line (`-id` releases one), fsynced per line.
+//!
+//! All records are also kept in memory (they are small; logs are not), so reads and listings never
+//! touch the disk. A job id is never reused: the next id follows the highest job directory, and a
+//! directory stays when its record is set aside as corrupt.
 
-use std::collections::BTreeMap;
+mod files;
+pub mod journal;
+mod logs;
+
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-pub mod journal;
-
-use super::{Frame, FrameHeader, JobFilter, JobStore, LogReader, LogStore, LogWriter, StoreError};
+use super::{JobFilter, JobStore, StoreError};
 use crate::jobs::{JobId, JobRecord, NewJob};
-use journal::{FrameReader, JournalWriter};
 
 pub struct EmbeddedStore {
     jobs_dir: PathBuf,
-    records: Mutex<BTreeMap<JobId, JobRecord>>,
-    /// Webhook delivery ids seen, mirrored in `deliveries` (one id per line, appended).
-    deliveries: Mutex<std::collections::HashSet<String>>,
+    records: Mutex<Records>,
+    /// Webhook delivery ids seen, mirrored in `deliveries`.
+    deliveries: Mutex<HashSet<String>>,
     deliveries_path: PathBuf,
+    /// Logs, reports and artifacts: what is read and written on the blocking pool.
+    files: Arc<files::JobFiles>,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+struct Records {
+    by_id: BTreeMap<JobId, JobRecord>,
+    /// Highest id ever given out, including jobs whose record was set aside.
+    highest_id: JobId,
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Makes a directory entry (a new or renamed file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old content or the new one, durably.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes).map_err(io_err(&tmp))?;
+    file.sync_data().map_err(io_err(&tmp))?;
+    // Rename is atomic: a reader (or a restart) sees the old file or the new one, never half.
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    sync_dir(dir)
 }
 
 impl EmbeddedStore {
@@ -37,7 +73,10 @@ impl EmbeddedStore {
     pub fn open(state_dir: &Path) -> Result<EmbeddedStore, StoreError> {
         let jobs_dir = state_dir.join("jobs");
         std::fs::create_dir_all(&jobs_dir).map_err(io_err(&jobs_dir))?;
-        let mut records = BTreeMap::new();
+        let mut records = Records {
+            by_id: BTreeMap::new(),
+            highest_id: 0,
+        };
         for entry in std::fs::read_dir(&jobs_dir).map_err(io_err(&jobs_dir))? {
             let entry = entry.map_err(io_err(&jobs_dir))?;
             let Some(id) = entry
@@ -47,47 +86,19 @@ impl EmbeddedStore {
             else {
                 continue;
             };
-            let path = entry.path().join("job.json");
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                // A directory made by `create` just before a crash, before its record was written.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let record: JobRecord = match serde_json::from_slice(&bytes) {
-                Ok(record) => record,
-                Err(e) => {
-                    // One damaged record (a torn write after power loss) must not keep the controller
-                    // from starting: set it aside for inspection and go on.
-                    let aside = path.with_extension("json.corrupt");
-                    tracing::error!(path = %path.display(), error = %e, "unreadable job record set aside");
-                    let _ = std::fs::rename(&path, &aside);
-                    continue;
-                }
-            };
-            records.insert(id, record);
+            records.highest_id = records.highest_id.max(id);
+            if let Some(record) = load_record(&entry.path().join("job.json"))? {
+                records.by_id.insert(id, record);
+            }
         }
         let deliveries_path = state_dir.join("deliveries");
-        let deliveries = match std::fs::read_to_string(&deliveries_path) {
-            // `id` claims, `-id` releases (a delivery whose job could not be created).
-            Ok(text) => {
-                let mut seen = std::collections::HashSet::new();
-                for line in text.lines() {
-                    match line.strip_prefix('-') {
-                        Some(released) => seen.remove(released),
-                        None => seen.insert(line.to_string()),
-                    };
-                }
-                seen
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => return Err(io_err(&deliveries_path)(e)),
-        };
+        let deliveries = load_deliveries(&deliveries_path)?;
         Ok(EmbeddedStore {
+            files: Arc::new(files::JobFiles::new(jobs_dir.clone())),
             jobs_dir,
+            records: Mutex::new(records),
             deliveries: Mutex::new(deliveries),
             deliveries_path,
-            records: Mutex::new(records),
         })
     }
 
@@ -96,18 +107,68 @@ impl EmbeddedStore {
     }
 
     fn write_record(&self, job: &JobRecord) -> Result<(), StoreError> {
-        let dir = self.job_dir(job.id);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let path = dir.join("job.json");
-        let tmp = dir.join("job.json.tmp");
+        let path = self.job_dir(job.id).join("job.json");
         let bytes = serde_json::to_vec_pretty(job).map_err(|e| StoreError::Corrupt {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&bytes).map_err(io_err(&tmp))?;
-        // Rename is atomic: a reader (or a restart) sees the old record or the new one, never half.
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        write_durably(&path, &bytes)
+    }
+
+    fn append_delivery_line(&self, line: &str) -> Result<(), StoreError> {
+        let path = &self.deliveries_path;
+        let created = !path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        // One write per line: a crash leaves at worst a torn last line, which matches no real id.
+        file.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io_err(path))?;
+        if created {
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        }
+        Ok(())
+    }
+}
+
+/// A record from disk; `None` when there is none (a directory made just before a crash) or when it is
+/// unreadable, in which case it is set aside for inspection so that one damaged record (a torn write
+/// after power loss) does not keep the controller from starting.
+fn load_record(path: &Path) -> Result<Option<JobRecord>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(record) => Ok(Some(record)),
+        Err(e) => {
+            let aside = path.with_extension("json.corrupt");
+            tracing::error!(path = %path.display(), error = %e, "unreadable job record set aside");
+            let _ = std::fs::rename(path, &aside);
+            Ok(None)
+        }
+    }
+}
+
+/// Delivery ids from the file: `id` claims, `-id` releases (a delivery whose job could not be created).
+fn load_deliveries(path: &Path) -> Result<HashSet<String>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut seen = HashSet::new();
+            for line in text.lines() {
+                match line.strip_prefix('-') {
+                    Some(released) => seen.remove(released),
+                    None => seen.insert(line.to_string()),
+                };
+            }
+            Ok(seen)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -115,51 +176,64 @@ impl EmbeddedStore {
 impl JobStore for EmbeddedStore {
     async fn create(&self, new: NewJob, now_ms: i64) -> Result<JobRecord, StoreError> {
         let mut records = self.records.lock().await;
-        let id = records.keys().next_back().copied().unwrap_or(0) + 1;
+        let id = records.highest_id + 1;
+        let dir = self.job_dir(id);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // The directory reserves the id, also across a crash before the record is written.
+        records.highest_id = id;
+        sync_dir(&self.jobs_dir)?;
         let job = JobRecord::new(id, new, now_ms);
         self.write_record(&job)?;
-        records.insert(id, job.clone());
+        records.by_id.insert(id, job.clone());
         Ok(job)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.records.lock().await.get(&id).cloned())
+        Ok(self.records.lock().await.by_id.get(&id).cloned())
     }
 
-    async fn put(&self, job: &JobRecord) -> Result<(), StoreError> {
+    async fn put(&self, job: &mut JobRecord) -> Result<(), StoreError> {
         let mut records = self.records.lock().await;
-        self.write_record(job)?;
-        records.insert(job.id, job.clone());
+        let found = records.by_id.get(&job.id).map(|r| r.revision).unwrap_or(0);
+        if found != job.revision {
+            return Err(StoreError::Conflict {
+                id: job.id,
+                expected: job.revision,
+                found,
+            });
+        }
+        let mut next = job.clone();
+        next.revision += 1;
+        self.write_record(&next)?;
+        job.revision = next.revision;
+        records.by_id.insert(job.id, next);
         Ok(())
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
         let records = self.records.lock().await;
-        let limit = if filter.limit == 0 {
-            usize::MAX
-        } else {
-            filter.limit
-        };
-        Ok(records
-            .values()
-            .rev()
-            .filter(|j| filter.status.is_none_or(|s| j.status == s))
-            .filter(|j| {
-                filter
-                    .repo
-                    .as_ref()
-                    .is_none_or(|r| &j.repo == r || &j.repo_url == r)
-            })
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(super::memory::filter_newest_first(
+            records.by_id.values(),
+            filter,
+        ))
     }
 
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
         let records = self.records.lock().await;
         Ok(records
+            .by_id
             .values()
             .filter(|j| !j.status.is_final())
+            .cloned()
+            .collect())
+    }
+
+    async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let records = self.records.lock().await;
+        Ok(records
+            .by_id
+            .values()
+            .filter(|j| j.machine.is_some())
             .cloned()
             .collect())
     }
@@ -169,14 +243,7 @@ impl JobStore for EmbeddedStore {
         if seen.contains(id) {
             return Ok(false);
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.deliveries_path)
-            .map_err(io_err(&self.deliveries_path))?;
-        // One write per id: a crash leaves at worst a torn last line, which matches no real id.
-        file.write_all(format!("{id}\n").as_bytes())
-            .map_err(io_err(&self.deliveries_path))?;
+        self.append_delivery_line(id)?;
         seen.insert(id.to_string());
         Ok(true)
     }
@@ -184,83 +251,9 @@ impl JobStore for EmbeddedStore {
     async fn release_delivery(&self, id: &str) -> Result<(), StoreError> {
         let mut seen = self.deliveries.lock().await;
         if seen.remove(id) {
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&self.deliveries_path)
-                .map_err(io_err(&self.deliveries_path))?;
-            file.write_all(format!("-{id}\n").as_bytes())
-                .map_err(io_err(&self.deliveries_path))?;
+            self.append_delivery_line(&format!("-{id}"))?;
         }
         Ok(())
-    }
-
-    async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let records = self.records.lock().await;
-        Ok(records
-            .values()
-            .filter(|j| j.machine.is_some())
-            .cloned()
-            .collect())
-    }
-}
-
-struct EmbeddedWriter {
-    inner: JournalWriter,
-    path: PathBuf,
-}
-
-impl LogWriter for EmbeddedWriter {
-    fn append(&mut self, header: &FrameHeader, payload: &[u8]) -> Result<u64, StoreError> {
-        self.inner
-            .append(header, payload)
-            .map_err(io_err(&self.path))
-    }
-
-    fn end_offset(&self) -> u64 {
-        self.inner.end_offset()
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync().map_err(io_err(&self.path))
-    }
-}
-
-struct EmbeddedReader {
-    inner: FrameReader,
-    path: PathBuf,
-}
-
-impl LogReader for EmbeddedReader {
-    fn next_frame(&mut self) -> Result<Option<Frame>, StoreError> {
-        self.inner.next_frame().map_err(io_err(&self.path))
-    }
-
-    fn offset(&self) -> u64 {
-        self.inner.offset()
-    }
-}
-
-impl LogStore for EmbeddedStore {
-    fn writer(&self, id: JobId) -> Result<Box<dyn LogWriter>, StoreError> {
-        let dir = self.job_dir(id);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let path = journal::journal_path(&dir);
-        let inner = JournalWriter::open(&path).map_err(io_err(&path))?;
-        Ok(Box::new(EmbeddedWriter { inner, path }))
-    }
-
-    fn reader(
-        &self,
-        id: JobId,
-        offset: u64,
-        skip_output: bool,
-    ) -> Result<Option<Box<dyn LogReader>>, StoreError> {
-        let path = journal::journal_path(&self.job_dir(id));
-        match FrameReader::open(&path, offset, skip_output) {
-            Ok(inner) => Ok(Some(Box::new(EmbeddedReader { inner, path }))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
     }
 }
 
@@ -284,14 +277,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_survive_reopen_and_ids_keep_growing() {
+    async fn records_survive_reopen_and_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let a = store.create(new_job("a"), 1).await.unwrap();
         let mut b = store.create(new_job("b"), 2).await.unwrap();
         assert_eq!((a.id, b.id), (1, 2));
         b.status = JobStatus::Success;
-        store.put(&b).await.unwrap();
+        store.put(&mut b).await.unwrap();
         drop(store);
 
         let store = EmbeddedStore::open(dir.path()).unwrap();
@@ -299,7 +292,8 @@ mod tests {
             store.get(2).await.unwrap().unwrap().status,
             JobStatus::Success
         );
-        assert_eq!(store.create(new_job("c"), 3).await.unwrap().id, 3);
+        let c = store.create(new_job("c"), 3).await.unwrap();
+        assert_eq!(c.id, 3);
         let listed = store
             .list(&JobFilter {
                 repo: Some("a".into()),
@@ -316,16 +310,37 @@ mod tests {
             vec![1, 3]
         );
         drop(store);
-        // A damaged record is set aside; the store still opens.
-        std::fs::write(dir.path().join("jobs/1/job.json"), b"{ torn").unwrap();
+        // The newest record is damaged: it is set aside, the store still opens, and its id stays taken.
+        std::fs::write(dir.path().join("jobs/3/job.json"), b"{ torn").unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        assert!(store.get(1).await.unwrap().is_none());
-        assert!(dir.path().join("jobs/1/job.json.corrupt").exists());
+        assert!(store.get(3).await.unwrap().is_none());
+        assert!(dir.path().join("jobs/3/job.json.corrupt").exists());
+        assert_eq!(store.create(new_job("d"), 4).await.unwrap().id, 4);
         // Delivery ids survive the reopen; a released one can be claimed again, also after a reopen.
         assert!(!store.claim_delivery("d-1").await.unwrap());
         store.release_delivery("d-1").await.unwrap();
         drop(store);
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert!(store.claim_delivery("d-1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn puts_are_compare_and_set_on_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut mine = store.create(new_job("a"), 1).await.unwrap();
+        let mut theirs = mine.clone();
+        mine.status = JobStatus::Provisioning;
+        store.put(&mut mine).await.unwrap();
+        theirs.status = JobStatus::Cancelled;
+        assert!(matches!(
+            store.put(&mut theirs).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let stored = store.get(1).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Provisioning);
+        assert_eq!(stored.revision, mine.revision);
     }
 }

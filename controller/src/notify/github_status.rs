@@ -1,0 +1,63 @@
+//! Setting GitHub commit statuses: `pending` while queued or running, then `success` / `failure` /
+//! `error` with a one-line description and a link to the result page.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::Notifier;
+use crate::github::{GitHubApi, StatusState};
+use crate::jobs::{JobRecord, JobStatus, job_url};
+
+/// Sets `pending` / `success` / `failure` / `error` statuses on GitHub commits of GitHub jobs.
+pub struct GitHubStatuses {
+    pub api: Arc<GitHubApi>,
+}
+
+/// The commit status for a job status, with its one-line description.
+pub fn status_for(job: &JobRecord) -> (StatusState, String) {
+    let took = if job.finished_at > job.started_at && job.started_at > 0 {
+        format!(
+            " in {:.1}s",
+            (job.finished_at - job.started_at) as f64 / 1000.0
+        )
+    } else {
+        String::new()
+    };
+    match job.status {
+        JobStatus::Queued => (
+            StatusState::Pending,
+            format!("ZeroCI job {} queued", job.id),
+        ),
+        JobStatus::Provisioning | JobStatus::Running => (
+            StatusState::Pending,
+            format!("ZeroCI job {} running", job.id),
+        ),
+        JobStatus::Success => (StatusState::Success, format!("passed{took}")),
+        JobStatus::Failure => (StatusState::Failure, format!("tests failed{took}")),
+        JobStatus::Error => (StatusState::Error, format!("error: {}", job.reason)),
+        JobStatus::Cancelled => (StatusState::Error, format!("cancelled: {}", job.reason)),
+    }
+}
+
+#[async_trait]
+impl Notifier for GitHubStatuses {
+    fn name(&self) -> &'static str {
+        "github-status"
+    }
+
+    async fn job_changed(&self, job: &JobRecord, domain: &str) {
+        let Some(repo) = &job.github_repo else { return };
+        let (state, description) = status_for(job);
+        // Retried inside with backoff; a final failure is logged and dropped, never fatal to the job.
+        self.api
+            .report_status(
+                repo,
+                &job.commit,
+                state,
+                &job_url(domain, job.id),
+                &description,
+            )
+            .await;
+    }
+}
