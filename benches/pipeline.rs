@@ -23,16 +23,7 @@ use tokio_stream::StreamExt;
 use zeroci::pb;
 use zeroci::pb::control_service_client::ControlServiceClient;
 
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CI_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("bench path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
+use zeroci_testkit::{bin_dir, git};
 
 struct Controller {
     child: Child,
@@ -46,27 +37,9 @@ impl Drop for Controller {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@example.com")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@example.com")
-        .status()
-        .expect("git")
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
 fn repo(root: &Path, name: &str, yaml: &str) -> PathBuf {
     let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("zeroCI.yaml"), yaml).unwrap();
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "bench"]);
+    zeroci_testkit::init_repo(&dir, &[("zeroCI.yaml", yaml)]);
     dir
 }
 
@@ -157,6 +130,7 @@ async fn run_once(
             id: job.id,
             follow: true,
             step: None,
+            after: None,
         })
         .await
         .unwrap()
@@ -172,7 +146,7 @@ async fn run_once(
                 }
                 bytes += out.data.len() as u64;
             }
-            Some(pb::log_event::Kind::JobDone(job)) => status = job.status,
+            Some(pb::log_event::Kind::JobDone(job)) => status = job.status().word(),
             _ => {}
         }
     }
@@ -240,10 +214,10 @@ async fn throughput(mib: u64) {
     assert_eq!(t.status, "success");
     let first = t.first_byte.unwrap_or_default();
     let secs = (t.done - first).as_secs_f64();
-    let journal = home.join("state/jobs/1/journal");
-    let stored = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    let log = home.join("state/jobs/1/log");
+    let stored = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     println!(
-        "throughput: {mib} MiB printed, {} bytes streamed back, journal {} bytes; first byte→final status {:.2} s = {:.0} MB/s; controller peak RSS {:.1} MiB",
+        "throughput: {mib} MiB printed, {} bytes streamed back, log file {} bytes; first byte→final status {:.2} s = {:.0} MB/s; controller peak RSS {:.1} MiB",
         t.bytes,
         stored,
         secs,
@@ -290,6 +264,7 @@ async fn hook(runs: usize) {
                 id,
                 follow: true,
                 step: None,
+                after: None,
             })
             .await
             .unwrap()
@@ -297,7 +272,7 @@ async fn hook(runs: usize) {
         let mut status = String::new();
         while let Some(event) = stream.next().await {
             if let Some(pb::log_event::Kind::JobDone(job)) = event.unwrap().kind {
-                status = job.status;
+                status = job.status().word();
             }
         }
         assert_eq!(status, "success");

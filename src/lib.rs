@@ -9,6 +9,7 @@
 //! - [`profile`]: the CLI profile file.
 //! - [`telemetry`]: `tracing` set-up for the binaries.
 //! - [`process`]: process-group helpers used by the agent and the local provisioner.
+//! - [`words`]: the words for the control API's status and kind enums.
 
 pub mod bootstrap;
 pub mod pipeline;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod profile;
 pub mod telemetry;
 pub mod tls;
+pub mod words;
 
 /// Generated protobuf and gRPC code for package `zeroci.v1`.
 pub mod pb {

@@ -4,17 +4,17 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Job statuses the controller knows; offered to `jobs --status` so a typo is caught here, not as an
-/// empty list.
-pub const JOB_STATUSES: [&str; 7] = [
-    "queued",
-    "provisioning",
-    "running",
-    "success",
-    "failure",
-    "error",
-    "cancelled",
-];
+/// A job status word for `jobs --status`, checked here so a typo is caught, not answered with an
+/// empty list. The words are the control API's own (see `zeroci::words`).
+fn job_status(word: &str) -> Result<zeroci::pb::JobStatus, String> {
+    zeroci::pb::JobStatus::from_word(word).ok_or_else(|| {
+        let words: Vec<String> = zeroci::pb::JobStatus::ALL
+            .iter()
+            .map(|s| s.word())
+            .collect();
+        format!("use one of {}", words.join(", "))
+    })
+}
 
 /// zeroci: submit, follow and inspect ZeroCI jobs.
 #[derive(Debug, Parser)]
@@ -122,8 +122,8 @@ pub struct JobsArgs {
     #[arg(long, value_name = "R")]
     pub repo: Option<String>,
     /// Only jobs with this status.
-    #[arg(long, value_name = "S", value_parser = clap::builder::PossibleValuesParser::new(JOB_STATUSES))]
-    pub status: Option<String>,
+    #[arg(long, value_name = "S", value_parser = job_status)]
+    pub status: Option<zeroci::pb::JobStatus>,
     /// At most this many jobs (default 50).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
@@ -303,7 +303,7 @@ mod tests {
         let Command::Jobs(jobs) = args.command else {
             panic!("not jobs")
         };
-        assert_eq!(jobs.status.as_deref(), Some("failure"));
+        assert_eq!(jobs.status, Some(zeroci::pb::JobStatus::Failure));
         assert_eq!(jobs.limit, Some(5));
         assert!(jobs.json);
         assert!(Args::try_parse_from(["zeroci", "jobs", "--status", "failed"]).is_err());

@@ -132,7 +132,7 @@ impl LogPrinter {
     fn finished_line(&self, step: &pb::StepInfo) -> String {
         let what = match step.exit_code {
             Some(code) => format!("exit {code}"),
-            None => step.status.clone(),
+            None => step.status().word(),
         };
         let took = (step.finished_at_unix_ms > 0)
             .then(|| elapsed_ms(step.started_at_unix_ms, step.finished_at_unix_ms, 0))
@@ -143,7 +143,7 @@ impl LogPrinter {
             _ => String::new(),
         };
         if self.fancy {
-            let mark = if step.status == "success" {
+            let mark = if step.status() == pb::StepStatus::Success {
                 self.paint("32", "✔")
             } else {
                 self.paint("31", "✘")
@@ -174,7 +174,12 @@ impl LogPrinter {
             )
         })
         .unwrap_or(0);
-        let mut line = format!("job {} {} in {}", job.id, job.status, format_duration(ms));
+        let mut line = format!(
+            "job {} {} in {}",
+            job.id,
+            job.status().word(),
+            format_duration(ms)
+        );
         if !job.url.is_empty() {
             line.push_str(" — ");
             line.push_str(&job.url);
@@ -374,8 +379,8 @@ mod tests {
         pb::StepInfo {
             index: 1,
             name: "unit".into(),
-            kind: "script".into(),
-            status: status.into(),
+            kind: pb::StepKind::Script as i32,
+            status: pb::StepStatus::from_word(status).expect("a step status") as i32,
             exit_code: exit,
             started_at_unix_ms: 10_000,
             finished_at_unix_ms: 11_200,
@@ -437,7 +442,7 @@ mod tests {
     fn summary() {
         let job = pb::Job {
             id: 7,
-            status: "success".into(),
+            status: pb::JobStatus::Success as i32,
             url: "http://ci/jobs/7".into(),
             created_at_unix_ms: 1_000,
             started_at_unix_ms: 2_000,
@@ -449,7 +454,7 @@ mod tests {
             vec!["job 7 success in 3.2s — http://ci/jobs/7"]
         );
         let job = pb::Job {
-            status: "error".into(),
+            status: pb::JobStatus::Error as i32,
             reason: "install failed".into(),
             url: String::new(),
             ..job

@@ -256,7 +256,7 @@ mod tests {
     fn done() -> Result<pb::LogEvent, tonic::Status> {
         let job = pb::Job {
             id: 1,
-            status: "success".into(),
+            status: pb::JobStatus::Success as i32,
             ..Default::default()
         };
         Ok(pb::LogEvent {
@@ -303,7 +303,7 @@ mod tests {
         let job = stream_logs(&mut source, &request(true), &mut sink)
             .await
             .unwrap();
-        assert_eq!(job.unwrap().status, "success");
+        assert_eq!(job.unwrap().status(), pb::JobStatus::Success);
         assert_eq!(String::from_utf8(sink.output).unwrap(), "one two three");
         assert_eq!(sink.events, vec!["start a"]);
         assert_eq!(source.opens, 4);

@@ -12,7 +12,7 @@ use zeroci::pb;
 pub fn job_json(job: &pb::Job) -> Value {
     json!({
         "id": job.id,
-        "status": job.status,
+        "status": job.status().word(),
         "repo": job.repo,
         "repo_url": job.repo_url,
         "ref": job.ref_name,
@@ -122,8 +122,8 @@ fn step_json(step: &pb::StepInfo) -> Value {
     json!({
         "index": step.index,
         "name": step.name,
-        "kind": step.kind,
-        "status": step.status,
+        "kind": step.kind().word(),
+        "status": step.status().word(),
         "exit_code": step.exit_code,
         "started_at": timestamp_json(step.started_at_unix_ms),
         "finished_at": timestamp_json(step.finished_at_unix_ms),
@@ -275,7 +275,7 @@ pub fn jobs_table(jobs: &[pb::Job], now_ms: i64) -> String {
         .map(|j| {
             vec![
                 j.id.to_string(),
-                j.status.clone(),
+                j.status().word(),
                 or_dash(&j.repo).to_string(),
                 or_dash(&j.ref_name).to_string(),
                 or_dash(short_commit(&j.commit)).to_string(),
@@ -337,7 +337,7 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
     } else {
         format!("{} ({})", or_dash(&job.repo), job.repo_url)
     };
-    let _ = writeln!(out, "job {}: {}", job.id, job.status);
+    let _ = writeln!(out, "job {}: {}", job.id, job.status().word());
     let mut field = |name: &str, value: &str| {
         let _ = writeln!(out, "  {:<14}{}", format!("{name}:"), value);
     };
@@ -368,8 +368,8 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
             vec![
                 s.index.to_string(),
                 s.name.clone(),
-                s.kind.clone(),
-                s.status.clone(),
+                s.kind().word(),
+                s.status().word(),
                 s.exit_code
                     .map_or_else(|| "-".to_string(), |c| c.to_string()),
                 job_duration(s.started_at_unix_ms, s.finished_at_unix_ms, now_ms),
@@ -405,7 +405,7 @@ mod tests {
     fn sample_job() -> pb::Job {
         pb::Job {
             id: 7,
-            status: "failure".into(),
+            status: pb::JobStatus::Failure as i32,
             repo: "demo".into(),
             repo_url: "/src/demo".into(),
             ref_name: "main".into(),
@@ -418,8 +418,8 @@ mod tests {
                 pb::StepInfo {
                     index: 0,
                     name: "checkout".into(),
-                    kind: "checkout".into(),
-                    status: "success".into(),
+                    kind: pb::StepKind::Checkout as i32,
+                    status: pb::StepStatus::Success as i32,
                     exit_code: Some(0),
                     started_at_unix_ms: 1_700_000_001_500,
                     finished_at_unix_ms: 1_700_000_002_000,
@@ -430,8 +430,8 @@ mod tests {
                 pb::StepInfo {
                     index: 1,
                     name: "unit".into(),
-                    kind: "script".into(),
-                    status: "pending".into(),
+                    kind: pb::StepKind::Script as i32,
+                    status: pb::StepStatus::Pending as i32,
                     exit_code: None,
                     ..Default::default()
                 },

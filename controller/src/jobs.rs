@@ -23,38 +23,39 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub fn as_str(self) -> &'static str {
+    pub fn to_pb(self) -> pb::JobStatus {
         match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Provisioning => "provisioning",
-            JobStatus::Running => "running",
-            JobStatus::Success => "success",
-            JobStatus::Failure => "failure",
-            JobStatus::Error => "error",
-            JobStatus::Cancelled => "cancelled",
+            JobStatus::Queued => pb::JobStatus::Queued,
+            JobStatus::Provisioning => pb::JobStatus::Provisioning,
+            JobStatus::Running => pb::JobStatus::Running,
+            JobStatus::Success => pb::JobStatus::Success,
+            JobStatus::Failure => pb::JobStatus::Failure,
+            JobStatus::Error => pb::JobStatus::Error,
+            JobStatus::Cancelled => pb::JobStatus::Cancelled,
         }
     }
 
-    pub fn parse(s: &str) -> Option<JobStatus> {
-        [
-            JobStatus::Queued,
-            JobStatus::Provisioning,
-            JobStatus::Running,
-            JobStatus::Success,
-            JobStatus::Failure,
-            JobStatus::Error,
-            JobStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+    pub fn from_pb(status: pb::JobStatus) -> Option<JobStatus> {
+        Some(match status {
+            pb::JobStatus::Unspecified => return None,
+            pb::JobStatus::Queued => JobStatus::Queued,
+            pb::JobStatus::Provisioning => JobStatus::Provisioning,
+            pb::JobStatus::Running => JobStatus::Running,
+            pb::JobStatus::Success => JobStatus::Success,
+            pb::JobStatus::Failure => JobStatus::Failure,
+            pb::JobStatus::Error => JobStatus::Error,
+            pb::JobStatus::Cancelled => JobStatus::Cancelled,
+        })
+    }
+
+    /// The user-facing word (as the control API's enum spells it).
+    pub fn word(self) -> String {
+        self.to_pb().word()
     }
 
     /// True for success, failure, error and cancelled: nothing changes a job after that.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Success | JobStatus::Failure | JobStatus::Error | JobStatus::Cancelled
-        )
+        self.to_pb().is_final()
     }
 }
 
@@ -69,20 +70,12 @@ pub enum StepKind {
 }
 
 impl StepKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Checkout => "checkout",
-            StepKind::Install => "install",
-            StepKind::Script => "script",
-            StepKind::Config => "config",
-        }
-    }
-
     pub fn to_pb(self) -> pb::StepKind {
         match self {
             StepKind::Checkout => pb::StepKind::Checkout,
             StepKind::Install => pb::StepKind::Install,
-            StepKind::Script | StepKind::Config => pb::StepKind::Script,
+            StepKind::Script => pb::StepKind::Script,
+            StepKind::Config => pb::StepKind::Config,
         }
     }
 }
@@ -102,15 +95,15 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    pub fn as_str(self) -> &'static str {
+    pub fn to_pb(self) -> pb::StepStatus {
         match self {
-            StepStatus::Pending => "pending",
-            StepStatus::Running => "running",
-            StepStatus::Success => "success",
-            StepStatus::Failure => "failure",
-            StepStatus::Error => "error",
-            StepStatus::Skipped => "skipped",
-            StepStatus::Cancelled => "cancelled",
+            StepStatus::Pending => pb::StepStatus::Pending,
+            StepStatus::Running => pb::StepStatus::Running,
+            StepStatus::Success => pb::StepStatus::Success,
+            StepStatus::Failure => pb::StepStatus::Failure,
+            StepStatus::Error => pb::StepStatus::Error,
+            StepStatus::Skipped => pb::StepStatus::Skipped,
+            StepStatus::Cancelled => pb::StepStatus::Cancelled,
         }
     }
 }
@@ -200,8 +193,8 @@ impl StepRecord {
         pb::StepInfo {
             index: self.index,
             name: self.name.clone(),
-            kind: self.kind.as_str().to_string(),
-            status: self.status.as_str().to_string(),
+            kind: self.kind.to_pb() as i32,
+            status: self.status.to_pb() as i32,
             exit_code: self.exit_code,
             started_at_unix_ms: self.started_at,
             finished_at_unix_ms: self.finished_at,
@@ -427,7 +420,7 @@ impl JobRecord {
     pub fn to_pb(&self, domain: &str) -> pb::Job {
         pb::Job {
             id: self.id,
-            status: self.status.as_str().to_string(),
+            status: self.status.to_pb() as i32,
             repo: self.repo.clone(),
             repo_url: self.repo_url.clone(),
             ref_name: self.ref_name.clone(),

@@ -263,16 +263,10 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
     assert_eq!(job["ref"], "feature/x/y");
     assert_eq!(env.raw_log(id, None), b"built feature/x/y with-secret\n");
     // Statuses are sent in order by one task; wait for the final one to land.
-    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
-    while fake.statuses_for(&sha).len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "statuses: {:?}",
-            fake.statuses_for(&sha)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let statuses = fake.statuses_for(&sha);
+    let statuses = zeroci_testkit::wait_for("the pending and final statuses", || {
+        let statuses = fake.statuses_for(&sha);
+        (statuses.len() >= 2).then_some(statuses)
+    });
     assert_eq!(statuses[0]["state"], "pending");
     assert_eq!(statuses[1]["state"], "success");
     assert_eq!(statuses[1]["context"], "continuous-integration/ZeroCI");
@@ -475,11 +469,9 @@ fn with_coalescing_a_newer_commit_supersedes_the_queued_ones_visibly() {
         ids.push(answer["job"].as_u64().unwrap());
         if n == 0 {
             // Let the first job take the only worker before the others arrive.
-            let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
-            while env.job(ids[0])["status"] == "queued" {
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+            zeroci_testkit::wait_for("the first job to leave the queue", || {
+                (env.job(ids[0])["status"] != "queued").then_some(())
+            });
         }
     }
     std::fs::write(&open, "").unwrap();

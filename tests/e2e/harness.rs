@@ -15,27 +15,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Generous upper bound for anything a test waits on; tests end as soon as the awaited signal comes.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use zeroci_testkit::bin;
 
-pub fn bin(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("CI_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/e2e-HASH → target/<profile>
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target directory")
-                .to_path_buf()
-        }
-    };
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo test --workspace`, which builds it, or set CI_BIN_DIR",
-        path.display()
-    );
-    path
+/// How long to wait for what should happen soon (raised on slow machines with ZEROCI_TEST_PATIENCE).
+pub fn patience() -> Duration {
+    zeroci_testkit::patience()
 }
 
 /// A child process in its own process group, killed with its group on drop; its output is captured.
@@ -109,7 +93,7 @@ impl Lines {
 
     /// The first line (from now on) that contains `needle`.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
@@ -330,7 +314,7 @@ impl TestEnv {
             let _ = stderr.read_to_string(&mut buf);
             buf
         });
-        let status = proc.wait_timeout(PATIENCE).unwrap_or_else(|| {
+        let status = proc.wait_timeout(patience()).unwrap_or_else(|| {
             panic!(
                 "zeroci {args:?} did not finish; controller log:\n{}",
                 self.controller_log_text()
@@ -401,7 +385,7 @@ impl TestEnv {
         use std::io::Write;
         let mut stream =
             std::net::TcpStream::connect(&self.http_addr).expect("connect to HTTP listener");
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_read_timeout(Some(patience())).unwrap();
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
@@ -530,23 +514,7 @@ pub struct Repo {
     pub path: PathBuf,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use zeroci_testkit::git;
 
 impl Repo {
     /// A repository with `files` committed on branch main.

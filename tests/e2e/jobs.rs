@@ -133,7 +133,7 @@ fn twenty_jobs_submitted_at_once_all_finish_with_at_most_workers_running() {
     let mut ids = Vec::new();
     for mut proc in submitters {
         let status = proc
-            .wait_timeout(crate::harness::PATIENCE)
+            .wait_timeout(crate::harness::patience())
             .expect("submit finished");
         assert!(status.success());
         let mut out = String::new();

@@ -1,8 +1,6 @@
 //! Stopping jobs: cancel, step timeout, a killed agent.
 
-use std::time::Duration;
-
-use crate::harness::{Lines, PATIENCE, Repo, Settings, TestEnv, step};
+use crate::harness::{Lines, Repo, Settings, TestEnv, patience, step};
 
 #[test]
 fn cancel_mid_step_kills_the_step_and_ends_cancelled() {
@@ -23,7 +21,7 @@ fn cancel_mid_step_kills_the_step_and_ends_cancelled() {
         .unwrap();
     let out = env.cli(&["cancel", &id.to_string()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let status = run.wait_timeout(PATIENCE).expect("run ends after cancel");
+    let status = run.wait_timeout(patience()).expect("run ends after cancel");
     assert_eq!(status.code(), Some(3));
     let job = env.job(id);
     assert_eq!(job["status"], "cancelled");
@@ -96,7 +94,7 @@ fn killed_agent_is_declared_lost_and_the_job_ends_error() {
         libc::kill(pid as i32, libc::SIGKILL);
     }
     let status = run
-        .wait_timeout(PATIENCE)
+        .wait_timeout(patience())
         .expect("run ends once the agent is declared lost");
     assert_eq!(status.code(), Some(2));
     let job = env.job(id);
@@ -109,14 +107,9 @@ fn killed_agent_is_declared_lost_and_the_job_ends_error() {
     assert!(finished);
     // The machine is destroyed: its directory is gone, and the step the dead agent left behind too.
     let machines = env.home().join("state/machines");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while std::fs::read_dir(&machines).map(|d| d.count()).unwrap_or(0) > 0
-        || running("sleep\u{0}6002")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "machine not destroyed (directory or step left)"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    zeroci_testkit::wait_for("the machine destroyed (no directory, no step left)", || {
+        let left = std::fs::read_dir(&machines).map(|d| d.count()).unwrap_or(0) > 0
+            || running("sleep\u{0}6002");
+        (!left).then_some(())
+    });
 }

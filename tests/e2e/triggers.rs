@@ -125,29 +125,20 @@ fn a_watched_local_repository_gets_a_job_for_each_new_branch_head() {
         ..Default::default()
     });
     // The watcher's first scan only records the heads it finds; commits after it are jobs.
-    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
-    while !env.controller_log_text().contains("branch heads recorded") {
-        assert!(std::time::Instant::now() < deadline, "watcher not started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    zeroci_testkit::wait_for("the watcher's first scan", || {
+        env.controller_log_text()
+            .contains("branch heads recorded")
+            .then_some(())
+    });
     let sha = repo.commit(&[("f", "1")], "watched change");
-    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
-    let job = loop {
+    let job = zeroci_testkit::wait_for("a job for the new head", || {
         let jobs = env.cli(&["jobs", "--json"]).json();
-        if let Some(job) = jobs
-            .as_array()
+        jobs.as_array()
             .unwrap()
             .iter()
             .find(|j| j["commit"] == sha.as_str())
-        {
-            break job.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no job for the new head"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+            .cloned()
+    });
     let id = job["id"].as_u64().unwrap();
     assert_eq!(env.wait_job(id)["status"], "success");
     assert_eq!(env.raw_log(id, None), b"main\n");

@@ -303,20 +303,7 @@ impl Fake {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+use zeroci_testkit::git;
 
 /// A repository with a `zeroCI.yaml`; returns the commit the job should run. With `off_branch`, the
 /// commit is only reachable from `refs/pull/1/head`, so the agent must fetch it after cloning.

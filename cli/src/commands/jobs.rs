@@ -13,7 +13,7 @@ pub async fn list(profile: Option<&Path>, args: JobsArgs) -> anyhow::Result<Exit
     let mut client = super::connect(profile).await?;
     let request = pb::ListJobsRequest {
         repo: args.repo.unwrap_or_default(),
-        status: args.status.unwrap_or_default(),
+        status: args.status.map_or(0, |s| s as i32),
         limit: args.limit.unwrap_or(0),
     };
     let response = client.rpc.list_jobs(request).await;
@@ -76,6 +76,6 @@ pub async fn cancel(profile: Option<&Path>, args: CancelArgs) -> anyhow::Result<
     let job = response
         .map_err(|s| client.job_error(&s, args.job))?
         .into_inner();
-    write_stdout(format!("job {}: {}\n", job.id, job.status).as_bytes())?;
+    write_stdout(format!("job {}: {}\n", job.id, job.status().word()).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use zeroci::pb;
+
 use crate::args::{Args, Command};
 use crate::client::{Client, load_profile};
 
@@ -33,12 +35,12 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Exit status for a job's final status.
-pub fn exit_for_status(status: &str) -> u8 {
+pub fn exit_for_status(status: pb::JobStatus) -> u8 {
     match status {
-        "success" => EXIT_OK,
-        "failure" => EXIT_FAILURE,
-        "error" => EXIT_ERROR,
-        "cancelled" => EXIT_CANCELLED,
+        pb::JobStatus::Success => EXIT_OK,
+        pb::JobStatus::Failure => EXIT_FAILURE,
+        pb::JobStatus::Error => EXIT_ERROR,
+        pb::JobStatus::Cancelled => EXIT_CANCELLED,
         // A status this CLI does not know (newer controller): not a result to report as success.
         _ => EXIT_TROUBLE,
     }
@@ -73,10 +75,10 @@ mod tests {
 
     #[test]
     fn status_exit_codes() {
-        assert_eq!(exit_for_status("success"), 0);
-        assert_eq!(exit_for_status("failure"), 1);
-        assert_eq!(exit_for_status("error"), 2);
-        assert_eq!(exit_for_status("cancelled"), 3);
-        assert_eq!(exit_for_status("running"), 4);
+        assert_eq!(exit_for_status(pb::JobStatus::Success), 0);
+        assert_eq!(exit_for_status(pb::JobStatus::Failure), 1);
+        assert_eq!(exit_for_status(pb::JobStatus::Error), 2);
+        assert_eq!(exit_for_status(pb::JobStatus::Cancelled), 3);
+        assert_eq!(exit_for_status(pb::JobStatus::Running), 4);
     }
 }

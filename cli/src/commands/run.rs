@@ -112,7 +112,7 @@ async fn after_submit(
         let stored = client.rpc.get_job(pb::GetJobRequest { id: job.id }).await;
         let job = stored.map(|r| r.into_inner()).unwrap_or(done);
         print_json(&job_json(&job))?;
-        return Ok(ExitCode::from(exit_for_status(&job.status)));
+        return Ok(ExitCode::from(exit_for_status(job.status())));
     }
     follow_live(client, &request).await
 }
@@ -148,7 +148,7 @@ async fn follow_live(client: &mut Client, request: &LogRequest) -> anyhow::Resul
         }
     };
     printer.summary(&done)?;
-    Ok(ExitCode::from(exit_for_status(&done.status)))
+    Ok(ExitCode::from(exit_for_status(done.status())))
 }
 
 /// Resolves on Ctrl-C; never, when the signal cannot be watched.

@@ -61,7 +61,7 @@ impl Fake {
 pub fn job(status: &str) -> pb::Job {
     pb::Job {
         id: JOB,
-        status: status.into(),
+        status: pb::JobStatus::from_word(status).expect("a job status") as i32,
         repo: "demo".into(),
         repo_url: "/src/demo".into(),
         ref_name: "main".into(),
@@ -82,8 +82,8 @@ pub fn step(status: &str, exit_code: Option<i32>) -> pb::StepInfo {
     pb::StepInfo {
         index: 0,
         name: "build".into(),
-        kind: "script".into(),
-        status: status.into(),
+        kind: pb::StepKind::Script as i32,
+        status: pb::StepStatus::from_word(status).expect("a step status") as i32,
         exit_code,
         started_at_unix_ms: 1_700_000_001_000,
         finished_at_unix_ms: if exit_code.is_some() {
@@ -132,7 +132,7 @@ impl server::ControlService for Fake {
         self.state().submitted.push(request.into_inner());
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(pb::Job {
-                status: "queued".into(),
+                status: pb::JobStatus::Queued as i32,
                 finished_at_unix_ms: 0,
                 ..job("queued")
             }),

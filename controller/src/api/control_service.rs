@@ -121,15 +121,21 @@ impl pb::control_service_server::ControlService for ControlApi {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         authorize_user(&request, Access::Read)?;
         let r = request.into_inner();
-        let status = if r.status.is_empty() {
-            None
-        } else {
-            Some(JobStatus::parse(&r.status).ok_or_else(|| {
-                ControllerError::InvalidArgument(format!(
-                    "unknown status {:?}: use queued, provisioning, running, success, failure, error or cancelled",
-                    r.status
+        let status = match pb::JobStatus::try_from(r.status) {
+            Ok(pb::JobStatus::Unspecified) => None,
+            Ok(status) => JobStatus::from_pb(status),
+            Err(_) => {
+                return Err(ControllerError::InvalidArgument(format!(
+                    "unknown job status {}: this controller knows {}",
+                    r.status,
+                    pb::JobStatus::ALL
+                        .iter()
+                        .map(|s| s.word())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
-            })?)
+                .into());
+            }
         };
         let filter = JobFilter {
             repo: (!r.repo.is_empty()).then_some(r.repo),

@@ -91,7 +91,7 @@ impl Engine {
             return Err(match self.jobs.get(job_id).await? {
                 Some(job) if job.status.is_final() => ControllerError::FailedPrecondition(format!(
                     "job {job_id} is already over ({})",
-                    job.status.as_str()
+                    job.status.word()
                 )),
                 // Not over, just not attached here (yet): the agent should try again later.
                 Some(_) => ControllerError::Unavailable(format!(

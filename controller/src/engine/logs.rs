@@ -155,7 +155,7 @@ fn log_event(record: &JobRecord, event: LogEvent) -> Option<pb::LogEvent> {
         }),
         EventKind::StepStarted => {
             let mut info = record.steps.iter().find(|s| s.index == event.step)?.to_pb();
-            info.status = StepStatus::Running.as_str().to_string();
+            info.status = StepStatus::Running.to_pb() as i32;
             info.exit_code = None;
             info.started_at_unix_ms = event.at_ms;
             info.finished_at_unix_ms = 0;
@@ -167,8 +167,8 @@ fn log_event(record: &JobRecord, event: LogEvent) -> Option<pb::LogEvent> {
             if let Ok(exited) = pb::StepExited::decode(event.payload.as_ref()) {
                 let (status, message) = apply::exit_status(&exited);
                 info.exit_code = Some(exited.exit_code);
-                if info.kind != "config" {
-                    info.status = status.as_str().to_string();
+                if info.kind() != pb::StepKind::Config {
+                    info.status = status.to_pb() as i32;
                 }
                 info.message = message;
             }

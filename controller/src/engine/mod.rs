@@ -389,9 +389,9 @@ impl Engine {
         self.logs.close(active.id).await;
         let stored = self.jobs.put(&mut state.record).await;
         self.notify(&state.record);
-        info!(job_id = active.id, status = status.as_str(), "job finished");
+        info!(job_id = active.id, status = %status.word(), "job finished");
         active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
-            reason: format!("job {}", status.as_str()),
+            reason: format!("job {}", status.word()),
             done: true,
         }));
         active.phase.send_replace(Phase::Final);
