@@ -50,13 +50,8 @@ impl Engine {
 
     pub(super) async fn worker_loop(self: Arc<Self>, worker: usize) {
         loop {
-            let permit = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                permit = self.workers.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
+            // The job first, then a slot: an idle worker holds no slot, so jobs taken over from a dead
+            // controller (which need one) are not starved by workers waiting on an empty queue.
             let delivery = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 delivery = self.queue.pop() => delivery,
@@ -70,6 +65,14 @@ impl Engine {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
+            };
+            let permit = tokio::select! {
+                // Not acknowledged: the next start (or another controller) runs it.
+                _ = self.shutdown.cancelled() => return,
+                permit = self.workers.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
             };
             let id = delivery.job;
             let span = tracing::info_span!("job", job_id = id, worker);

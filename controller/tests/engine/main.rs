@@ -1,0 +1,348 @@
+//! The engine's behaviour on its seams' second implementations: the in-memory store and a scripted
+//! provisioner, with agents played in-process. These tests run jobs without spawning a binary, so they
+//! can break the store or the clock's assumptions on purpose.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use support::*;
+use zeroci::pb;
+use zeroci_controller::jobs::JobStatus;
+use zeroci_controller::store::Stores;
+use zeroci_controller::store::memory::MemoryStore;
+
+fn memory() -> Stores {
+    Stores::all(Arc::new(MemoryStore::default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_events_are_stored_exactly_once() {
+    let controller = Controller::start(test_config("a"), memory()).await;
+    let mut requests = controller.provisioner.requests();
+    let id = controller.submit().await;
+    let request = requests.recv().await.expect("a machine request");
+    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let events = agent.events(vec![
+        started(0),
+        exited(0, 0),
+        checked_out("echo"),
+        started(1),
+        output(1, "one "),
+        output(1, "two "),
+        output(1, "three"),
+        exited(1, 0),
+        finished(),
+    ]);
+    let engine = &controller.engine;
+    // The first batch is stored and acknowledged; the agent, not having seen the ack, resends part of
+    // it together with new events, then resends everything.
+    assert_eq!(
+        engine
+            .handle_events(&agent.active, events[..5].to_vec())
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        engine
+            .handle_events(&agent.active, events[2..7].to_vec())
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        engine
+            .handle_events(&agent.active, events.clone())
+            .await
+            .unwrap(),
+        9
+    );
+    let job = controller.finished(id).await;
+    assert_eq!(job.status, JobStatus::Success, "{job:?}");
+    let (bytes, seqs) = stored_output(engine, id).await;
+    assert_eq!(bytes, b"one two three");
+    assert_eq!(
+        seqs,
+        (1..=9).collect::<Vec<u64>>(),
+        "each event once, in order"
+    );
+    // Late resends after the end change nothing.
+    engine.handle_events(&agent.active, events).await.unwrap();
+    assert_eq!(stored_output(engine, id).await.1.len(), 9);
+    agent.rx.close();
+    zeroci_testkit::eventually("the machine destroyed", || async {
+        controller
+            .provisioner
+            .destroyed()
+            .contains(&request.name)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_events_ends_the_job_instead_of_corrupting_its_log() {
+    let controller = Controller::start(test_config("a"), memory()).await;
+    let mut requests = controller.provisioner.requests();
+    let id = controller.submit().await;
+    let request = requests.recv().await.unwrap();
+    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let events = agent.events(vec![
+        started(0),
+        exited(0, 0),
+        checked_out("echo"),
+        started(1),
+    ]);
+    let sent = vec![events[0].clone(), events[1].clone(), events[3].clone()];
+    assert_eq!(
+        controller
+            .engine
+            .handle_events(&agent.active, sent)
+            .await
+            .unwrap(),
+        2
+    );
+    let job = controller.finished(id).await;
+    assert_eq!(job.status, JobStatus::Error);
+    assert!(
+        job.reason.contains("expected event 3, got 4"),
+        "{}",
+        job.reason
+    );
+    assert_eq!(stored_output(&controller.engine, id).await.1, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_claims_leave_every_job_cancelled_and_no_machine_behind() {
+    let controller = Controller::start(test_config("a"), memory()).await;
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(controller.submit().await);
+    }
+    // Workers claim and provision while the cancels arrive: each job is either still queued, being
+    // claimed, or provisioning when its cancel lands.
+    let cancels: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let engine = controller.engine.clone();
+            tokio::spawn(async move { engine.cancel(id, "race".into()).await.unwrap() })
+        })
+        .collect();
+    for cancel in cancels {
+        cancel.await.unwrap();
+    }
+    for &id in &ids {
+        let job = controller.finished(id).await;
+        assert_eq!(job.status, JobStatus::Cancelled, "job {id}: {job:?}");
+        assert_eq!(job.reason, "race");
+    }
+    zeroci_testkit::eventually("every machine made to be destroyed", || async {
+        let created = controller.provisioner.created();
+        let destroyed = controller.provisioner.destroyed();
+        created.iter().all(|m| destroyed.contains(m)).then_some(())
+    })
+    .await;
+    for id in ids {
+        assert!(controller.record(id).await.machine.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_declared_lost_and_its_machine_destroyed() {
+    let controller = Controller::start(test_config("a"), memory()).await;
+    let mut requests = controller.provisioner.requests();
+    let id = controller.submit().await;
+    let request = requests.recv().await.unwrap();
+    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let events = agent.events(vec![
+        started(0),
+        exited(0, 0),
+        checked_out("sleep 600"),
+        started(1),
+    ]);
+    controller
+        .engine
+        .handle_events(&agent.active, events)
+        .await
+        .unwrap();
+    // The agent says nothing more.
+    let job = controller.finished(id).await;
+    assert_eq!(job.status, JobStatus::Error);
+    assert!(job.reason.starts_with("agent lost"), "{}", job.reason);
+    assert_eq!(
+        job.steps[1].status,
+        zeroci_controller::jobs::StepStatus::Error
+    );
+    zeroci_testkit::eventually("the machine destroyed", || async {
+        controller
+            .provisioner
+            .destroyed()
+            .contains(&request.name)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_keeps_failing_ends_the_job_in_bounded_time() {
+    let store = Arc::new(FailingStore::default());
+    let controller = Controller::start(test_config("a"), Stores::all(store.clone())).await;
+    let mut requests = controller.provisioner.requests();
+    let id = controller.submit().await;
+    let request = requests.recv().await.unwrap();
+    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let first = agent.events(vec![started(0), exited(0, 0), checked_out("echo")]);
+    controller
+        .engine
+        .handle_events(&agent.active, first)
+        .await
+        .unwrap();
+    store.fail_logs.store(true, Ordering::SeqCst);
+    let more = agent.events(vec![started(1), output(1, "lost?")]);
+    // The agent keeps resending (it is alive), the store keeps refusing: nothing is acknowledged,
+    // and the job ends instead of looping.
+    let job = zeroci_testkit::eventually("the job ended by the failing store", || async {
+        let refused = controller
+            .engine
+            .handle_events(&agent.active, more.clone())
+            .await;
+        let job = controller.record(id).await;
+        if !job.status.is_final() {
+            assert!(
+                refused.is_err(),
+                "nothing is acknowledged while the store fails"
+            );
+        }
+        job.status.is_final().then_some(job)
+    })
+    .await;
+    assert_eq!(job.status, JobStatus::Error);
+    assert!(
+        job.reason.contains("the store keeps failing"),
+        "{}",
+        job.reason
+    );
+    assert!(job.reason.contains("No space left"), "{}", job.reason);
+    zeroci_testkit::eventually("the machine destroyed", || async {
+        controller
+            .provisioner
+            .destroyed()
+            .contains(&request.name)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_provisioning_failure_is_retried_on_a_clean_machine() {
+    let controller = Controller::start(test_config("a"), memory()).await;
+    controller.provisioner.fail_next.store(1, Ordering::SeqCst);
+    let mut requests = controller.provisioner.requests();
+    let id = controller.submit().await;
+    let request = requests.recv().await.unwrap();
+    assert_eq!(controller.provisioner.created().len(), 2, "asked twice");
+    assert!(
+        controller.provisioner.destroyed().contains(&request.name),
+        "the failed try cleaned up"
+    );
+    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let events = agent.events(whole_run("ok"));
+    controller
+        .engine
+        .handle_events(&agent.active, events)
+        .await
+        .unwrap();
+    assert_eq!(controller.finished(id).await.status, JobStatus::Success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_on_one_store_claim_a_job_once() {
+    let store: Stores = memory();
+    let a = Controller::start(test_config("a"), store.clone()).await;
+    let b = Controller::start(test_config("b"), store.clone()).await;
+    let (mut a_requests, mut b_requests) = (a.provisioner.requests(), b.provisioner.requests());
+    let id = a.submit().await;
+    // The same job reaches b's queue too (a shared queue redelivering, a duplicate push).
+    b.engine.recover(&b.tracker).await.unwrap();
+    let (winner, request) = tokio::select! {
+        Some(request) = a_requests.recv() => (&a, request),
+        Some(request) = b_requests.recv() => (&b, request),
+    };
+    let mut agent = FakeAgent::attach(&winner.engine, id, request.attempt).await;
+    let events = agent.events(whole_run("once"));
+    winner
+        .engine
+        .handle_events(&agent.active, events)
+        .await
+        .unwrap();
+    assert_eq!(winner.finished(id).await.status, JobStatus::Success);
+    assert_eq!(
+        a.provisioner.created().len() + b.provisioner.created().len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_controllers_job_is_taken_over_only_after_its_lease_expired() {
+    let store: Stores = memory();
+    let a = Controller::start(test_config("a"), store.clone()).await;
+    let mut a_requests = a.provisioner.requests();
+    let id = a.submit().await;
+    let request = a_requests.recv().await.unwrap();
+    let mut agent = FakeAgent::attach(&a.engine, id, request.attempt).await;
+    let first = agent.events(vec![
+        started(0),
+        exited(0, 0),
+        checked_out("echo"),
+        started(1),
+        output(1, "before "),
+    ]);
+    a.engine.handle_events(&agent.active, first).await.unwrap();
+    // Controller a stops supervising (as if it died): its lease is no longer renewed.
+    a.stop().await;
+    let lease = store
+        .jobs
+        .get(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease
+        .expect("a's lease");
+    assert_eq!(lease.owner, "a");
+    let b = Controller::start(test_config("b"), store.clone()).await;
+    assert!(
+        b.engine.active_job(id).is_none(),
+        "a live lease is respected"
+    );
+    let taken = zeroci_testkit::eventually("b to take the job over", || async {
+        b.engine.active_job(id)
+    })
+    .await;
+    assert!(
+        zeroci::now_unix_ms() >= lease.expires_at,
+        "taken over before the lease expired"
+    );
+    let record = b.record(id).await;
+    assert_eq!(record.lease.as_ref().map(|l| l.owner.as_str()), Some("b"));
+    assert_eq!(record.attempt, taken.attempt, "the same attempt goes on");
+    // The agent reconnects to b and finishes; nothing is lost or repeated at the switch.
+    let mut agent = FakeAgent::attach(&b.engine, id, taken.attempt).await;
+    let welcome = match agent.rx.recv().await.unwrap().unwrap().kind {
+        Some(pb::controller_message::Kind::Welcome(w)) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert_eq!(welcome.acked_seq, 5);
+    let rest = vec![
+        support::event(5, output(1, "before ")), // a resend of what a stored
+        support::event(6, output(1, "after")),
+        support::event(7, exited(1, 0)),
+        support::event(8, finished()),
+    ];
+    b.engine.handle_events(&agent.active, rest).await.unwrap();
+    assert_eq!(b.finished(id).await.status, JobStatus::Success);
+    let (bytes, seqs) = stored_output(&b.engine, id).await;
+    assert_eq!(bytes, b"before after");
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+}
