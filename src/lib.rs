@@ -1,7 +1,9 @@
 //! ZeroCI's shared library: what the controller, the agent, the CLI and the end-to-end tests all need.
 //!
 //! - [`pb`]: the generated gRPC code for `proto/zeroci/v1` (agent and control APIs).
+//! - [`backoff`]: the one retry pacing (capped exponential, full jitter).
 //! - [`bootstrap`]: the file a provisioner leaves for the agent.
+//! - [`signals`]: the one SIGINT/SIGTERM handling of the binaries.
 //! - [`pki`]: the certificate authority, certificates for controller, users and agents, and reading an
 //!   identity back out of a peer certificate.
 //! - [`tls`]: tonic TLS configurations built from PEM files.
@@ -11,11 +13,13 @@
 //! - [`process`]: process-group helpers used by the agent and the local provisioner.
 //! - [`words`]: the words for the control API's status and kind enums.
 
+pub mod backoff;
 pub mod bootstrap;
 pub mod pipeline;
 pub mod pki;
 pub mod process;
 pub mod profile;
+pub mod signals;
 pub mod telemetry;
 pub mod tls;
 pub mod words;

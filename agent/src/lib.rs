@@ -10,7 +10,8 @@
 //! [`run`], and every process group the job started is SIGKILLed before [`run`] returns.
 
 pub mod artifacts;
-pub mod backoff;
+/// The retry pacing, shared with the other binaries.
+pub use zeroci::backoff;
 pub mod bootstrap;
 pub mod control;
 pub mod enroll;
@@ -24,7 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -243,30 +243,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Cancels `shutdown` and publishes the `GoingAway` reason on the first SIGTERM or SIGINT; cancels
-/// `force` on the second (installing handlers replaces the default "terminate", so a second signal must
-/// still mean something).
+/// `force` on the second.
 fn watch_signals(
     shutdown: CancellationToken,
     force: CancellationToken,
     reason: watch::Sender<Option<String>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "shutdown requested");
+    zeroci::signals::watch(shutdown, force, move |name| {
         let _ = reason.send(Some(format!("agent received {name}")));
-        shutdown.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: stopping now");
-        force.cancel();
-    }))
+    })
 }
 
 /// Aborts a task when dropped, so no task outlives [`run`].

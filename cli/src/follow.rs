@@ -10,6 +10,8 @@ use anyhow::anyhow;
 use tokio_stream::{Stream, StreamExt};
 use zeroci::pb::{self, log_event};
 
+use zeroci::backoff::Backoff;
+
 use crate::client::{Client, is_retryable};
 use crate::display::EventSink;
 
@@ -41,18 +43,19 @@ impl LogSource for Client {
     }
 }
 
-/// How hard to try to get a broken follow stream back.
+/// How hard to try to get a broken follow stream back: retries paced by [`zeroci::backoff::Backoff`]
+/// from `first` up to `max`.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub struct Reconnect {
     pub first: Duration,
     pub max: Duration,
     /// Stop after failing continuously for this long (a controller restart takes seconds, not minutes).
     pub give_up_after: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
+impl Default for Reconnect {
+    fn default() -> Reconnect {
+        Reconnect {
             first: Duration::from_millis(250),
             max: Duration::from_secs(5),
             give_up_after: Duration::from_secs(300),
@@ -70,7 +73,7 @@ pub struct LogRequest {
     /// Keep reading until the job is over, reconnecting when the stream breaks.
     pub follow: bool,
     pub step: Option<u32>,
-    pub backoff: Backoff,
+    pub reconnect: Reconnect,
 }
 
 /// Streams the log into `sink`. Returns the final job when the stream said the job is over (always, when
@@ -89,13 +92,13 @@ pub async fn stream_logs<S: LogSource>(
         step: request.step,
         after: None,
     };
-    let backoff = request.backoff;
+    let reconnect = request.reconnect;
+    let mut pacing = Backoff::new(reconnect.first, reconnect.max);
     // The cursor of the last event handed to the sink, over all streams.
     let mut delivered: Option<(u32, u64)> = None;
     let mut opened_once = false;
     // Since when the stream has been failing, and whether the user was told.
     let mut failing_since: Option<Instant> = None;
-    let mut delay = backoff.first;
     loop {
         let failure = match source.open(rpc_request).await {
             Err(status) => {
@@ -142,7 +145,7 @@ pub async fn stream_logs<S: LogSource>(
                 if delivered > before || opened_at.elapsed() >= HEALTHY_AFTER {
                     // This stream worked for a while: a new failure, a fresh budget.
                     failing_since = None;
-                    delay = backoff.first;
+                    pacing.reset();
                 }
                 failure
             }
@@ -154,17 +157,16 @@ pub async fn stream_logs<S: LogSource>(
                 Instant::now()
             }
         };
-        if since.elapsed() >= backoff.give_up_after {
+        if since.elapsed() >= reconnect.give_up_after {
             return Err(anyhow!(
                 "could not get the log of job {} back for {}s: {failure}",
                 request.job,
-                backoff.give_up_after.as_secs()
+                reconnect.give_up_after.as_secs()
             ));
         }
         failing_since = Some(since);
         rpc_request.after = delivered.map(|(attempt, seq)| pb::LogCursor { attempt, seq });
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(backoff.max);
+        pacing.wait().await;
     }
 }
 
@@ -270,7 +272,7 @@ mod tests {
             job: 1,
             follow,
             step: None,
-            backoff: Backoff {
+            reconnect: Reconnect {
                 first: Duration::from_millis(1),
                 max: Duration::from_millis(2),
                 give_up_after: Duration::from_millis(200),

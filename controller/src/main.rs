@@ -147,7 +147,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         // The readiness line tests and scripts wait for.
         println!("zeroci-controller ready grpc={bound}{http_bound}");
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        let force = CancellationToken::new();
+        zeroci::signals::watch(shutdown.clone(), force.clone(), |_| {})?;
+        tokio::spawn(async move {
+            force.cancelled().await;
+            std::process::exit(130);
+        });
         let listeners = zeroci_controller::server::Listeners {
             grpc: listener,
             http,
@@ -155,27 +160,4 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         zeroci_controller::server::serve(config, listeners, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// First SIGINT/SIGTERM: graceful shutdown. Second: exit now.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    for n in 0..2 {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        if n == 0 {
-            tracing::info!("signal received: shutting down (send it again to exit at once)");
-            shutdown.cancel();
-        } else {
-            std::process::exit(130);
-        }
-    }
 }

@@ -8,7 +8,7 @@ use zeroci::pb;
 
 use crate::args::{LogsArgs, StepSelector};
 use crate::display::LogPrinter;
-use crate::follow::{Backoff, LogRequest, stream_logs};
+use crate::follow::{LogRequest, Reconnect, stream_logs};
 
 pub async fn logs(profile: Option<&Path>, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let mut client = super::connect(profile).await?;
@@ -27,7 +27,7 @@ pub async fn logs(profile: Option<&Path>, args: LogsArgs) -> anyhow::Result<Exit
         job: args.job,
         follow: args.follow,
         step,
-        backoff: Backoff::default(),
+        reconnect: Reconnect::default(),
     };
     let mut printer = if args.raw {
         LogPrinter::raw()

@@ -10,7 +10,7 @@ use super::{EXIT_INTERRUPTED, exit_for_status};
 use crate::args::{RerunArgs, RunArgs};
 use crate::client::Client;
 use crate::display::{LogPrinter, Silent, eprint_line, print_json, write_stdout};
-use crate::follow::{Backoff, LogRequest, stream_logs};
+use crate::follow::{LogRequest, Reconnect, stream_logs};
 use crate::git;
 use crate::render::job_json;
 
@@ -101,7 +101,7 @@ async fn after_submit(
         job: job.id,
         follow: true,
         step: None,
-        backoff: Backoff::default(),
+        reconnect: Reconnect::default(),
     };
     if json {
         let done = stream_logs(client, &request, &mut Silent).await;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use zeroci::pb;
 use zeroci::pb::agent_message::Kind as AgentKind;
 use zeroci::pb::controller_message::Kind as Reply;
@@ -103,10 +103,19 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .attach(identity, hello, tx.clone(), address, link_id, stop.clone())
             .await?;
         let engine = self.engine.clone();
-        tokio::spawn(async move {
-            serve_link(&engine, &active, inbound, tx, stop).await;
-            engine.detach(&active, link_id);
-        });
+        let span = tracing::info_span!(
+            "agent_link",
+            job_id = active.id,
+            attempt = active.attempt,
+            link_id
+        );
+        tokio::spawn(
+            async move {
+                serve_link(&engine, &active, inbound, tx, stop).await;
+                engine.detach(&active, link_id);
+            }
+            .instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

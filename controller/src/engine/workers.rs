@@ -268,6 +268,8 @@ impl Engine {
             .abort_handle()
         };
         let mut tries = 0;
+        let mut pacing =
+            zeroci::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         let failure = loop {
             tries += 1;
             info!(job_id = id, attempt = active.attempt, machine = %request.name, tries, "provisioning");
@@ -290,10 +292,9 @@ impl Engine {
                     {
                         break e;
                     }
-                    let pause = Duration::from_millis(500 * u64::from(tries));
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(pause) => {}
+                        _ = pacing.wait() => {}
                     }
                 }
                 Err(e) => break e,

@@ -20,7 +20,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::exchange::{self, Method, Reply, check_ok, parse_json};
-pub use super::retry::Backoff;
+pub use super::retry::RetryPolicy;
 
 /// GitHub's own API; `api_url` is this unless GitHub Enterprise is used.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -153,7 +153,7 @@ pub struct GitHubApi {
     web_base: String,
     token: Option<String>,
     status_context: String,
-    backoff: Backoff,
+    backoff: RetryPolicy,
 }
 
 impl fmt::Debug for GitHubApi {
@@ -207,12 +207,12 @@ impl GitHubApi {
             web_base,
             token: settings.access_token.clone().filter(|t| !t.is_empty()),
             status_context: settings.status_context.clone(),
-            backoff: Backoff::default(),
+            backoff: RetryPolicy::default(),
         })
     }
 
     /// Replaces the retry schedule (tests use a millisecond base).
-    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+    pub fn with_retry_policy(mut self, backoff: RetryPolicy) -> Self {
         self.backoff = backoff;
         self
     }
@@ -343,7 +343,7 @@ impl GitHubApi {
     }
 
     /// Sets a commit status, with the configured context. Transient failures are retried (see
-    /// [`Backoff`]); the caller logs a final error and goes on, since a missing status must never fail
+    /// [`RetryPolicy`]); the caller logs a final error and goes on, since a missing status must never fail
     /// a job (see [`GitHubApi::report_status`]).
     pub async fn set_status(
         &self,

@@ -9,7 +9,7 @@ use octocrab::Octocrab;
 use serde::Deserialize;
 
 use super::api::GitHubError;
-use super::retry::{Backoff, Failure, with_retries};
+use super::retry::{Failure, RetryPolicy, with_retries};
 
 /// One HTTP answer, whatever its status, with the body read (bounded).
 pub(super) struct Reply {
@@ -27,7 +27,7 @@ pub(super) enum Method<'a> {
 /// for the caller to interpret (404 means different things to different calls).
 pub(super) async fn request(
     client: &Octocrab,
-    backoff: Backoff,
+    backoff: RetryPolicy,
     route: &str,
     method: &Method<'_>,
     limit: usize,

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 
-use super::api::{ApiSettings, Backoff, DEFAULT_STATUS_CONTEXT, GitHubApi};
+use super::api::{ApiSettings, DEFAULT_STATUS_CONTEXT, GitHubApi, RetryPolicy};
 
 pub(crate) const TOKEN: &str = "ghp_testtoken123";
 pub(crate) const REPO: &str = "threefoldtech/zeroCI";
@@ -227,7 +227,7 @@ pub(crate) fn client(api_url: &str) -> GitHubApi {
         status_context: DEFAULT_STATUS_CONTEXT.to_string(),
     })
     .expect("client")
-    .with_backoff(Backoff {
+    .with_retry_policy(RetryPolicy {
         base: Duration::from_millis(1),
         cap: Duration::from_millis(5),
         attempts: 4,

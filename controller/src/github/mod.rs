@@ -11,7 +11,7 @@ pub(crate) mod fake_github;
 mod retry;
 pub mod webhook;
 
-pub use api::{ApiSettings, Backoff, GitHubApi, GitHubError, StatusState};
+pub use api::{ApiSettings, GitHubApi, GitHubError, RetryPolicy, StatusState};
 pub use webhook::{
     PullRequest, Push, SignatureError, WebhookError, WebhookEvent, parse_event, verify_signature,
 };

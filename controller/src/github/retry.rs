@@ -9,24 +9,25 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use rand::Rng;
+use zeroci::backoff::Backoff;
 
 use super::api::GitHubError;
 use super::exchange::{Reply, status_error};
 
-/// The retry schedule: attempt `n` (from 1) waits a random time in `[d/2, d]` before attempt `n + 1`,
-/// where `d = min(cap, base * 2^(n-1))`, raised to the server's `Retry-After` hint (still capped).
+/// How often and how patiently to retry: up to `attempts` tries in all, waiting between them as
+/// [`zeroci::backoff::Backoff`] paces them from `base` to `cap`, raised to the server's `Retry-After`
+/// hint (still capped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub struct RetryPolicy {
     pub base: Duration,
     pub cap: Duration,
     /// Attempts in all, the first included.
     pub attempts: u32,
 }
 
-impl Default for Backoff {
+impl Default for RetryPolicy {
     fn default() -> Self {
-        Backoff {
+        RetryPolicy {
             base: Duration::from_millis(200),
             cap: Duration::from_secs(5),
             attempts: 4,
@@ -34,19 +35,12 @@ impl Default for Backoff {
     }
 }
 
-impl Backoff {
-    /// The wait after failed attempt `attempt` (1-based).
-    pub fn delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        let ceiling = self.base.saturating_mul(factor).min(self.cap);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        let jittered = if ceiling_ms == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
-        };
-        jittered.max(hint.unwrap_or_default()).min(self.cap)
-    }
+/// The wait before the next attempt: the backoff's pick, raised to the server's hint, capped.
+fn next_delay(pacing: &mut Backoff, hint: Option<Duration>) -> Duration {
+    pacing
+        .next_delay()
+        .max(hint.unwrap_or_default())
+        .min(pacing.cap())
 }
 
 /// Why one attempt did not produce an answer to hand back.
@@ -140,10 +134,10 @@ impl Failure {
     }
 }
 
-/// Runs `attempt` until it succeeds, fails fatally, or `backoff.attempts` are used up; the error comes
+/// Runs `attempt` until it succeeds, fails fatally, or `policy.attempts` are used up; the error comes
 /// with the number of attempts made.
 pub(super) async fn with_retries<T, F, Fut>(
-    backoff: Backoff,
+    policy: RetryPolicy,
     what: &str,
     mut attempt: F,
 ) -> Result<T, (u32, Failure)>
@@ -151,7 +145,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let attempts = backoff.attempts.max(1);
+    let attempts = policy.attempts.max(1);
+    let mut pacing = Backoff::new(policy.base, policy.cap);
     let mut n = 1;
     loop {
         match attempt().await {
@@ -159,7 +154,7 @@ where
             Err(failure @ Failure::Fatal(_)) => return Err((n, failure)),
             Err(failure @ Failure::Retry { .. }) if n >= attempts => return Err((n, failure)),
             Err(failure @ Failure::Retry { after, .. }) => {
-                let delay = backoff.delay(n, after);
+                let delay = next_delay(&mut pacing, after);
                 tracing::warn!(
                     what,
                     attempt = n,
@@ -200,26 +195,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delay_grows_within_jitter_and_is_capped() {
-        let b = Backoff::default();
+    fn delays_stay_under_the_cap_and_a_server_hint_raises_them() {
+        let policy = RetryPolicy::default();
+        let mut pacing = Backoff::new(policy.base, policy.cap);
         for _ in 0..100 {
-            let d1 = b.delay(1, None);
-            assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
-            let d3 = b.delay(3, None);
-            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
-            assert!(b.delay(30, None) <= b.cap);
-            assert!(b.delay(u32::MAX, None) <= b.cap);
+            assert!(next_delay(&mut pacing, None) <= policy.cap);
         }
-    }
-
-    #[test]
-    fn server_hint_raises_the_delay_but_not_past_the_cap() {
-        let b = Backoff::default();
+        let mut pacing = Backoff::new(policy.base, policy.cap);
         assert_eq!(
-            b.delay(1, Some(Duration::from_secs(2))),
+            next_delay(&mut pacing, Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
-        assert_eq!(b.delay(1, Some(Duration::from_secs(3600))), b.cap);
+        assert_eq!(
+            next_delay(&mut pacing, Some(Duration::from_secs(3600))),
+            policy.cap
+        );
     }
 
     fn reply(status: u16, headers: &[(&'static str, &'static str)]) -> Reply {

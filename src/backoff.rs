@@ -1,8 +1,10 @@
-//! Capped exponential backoff with full jitter, for enrollment retries and reconnects.
+//! Capped exponential backoff with full jitter: the one retry pacing of every ZeroCI binary (agent
+//! enrolment and reconnects, the CLI following a log across a controller restart, the controller's
+//! GitHub calls and machine retries).
 //!
-//! The delay before retry `n` is uniform in `[0, min(cap, base * 2^n)]` ("full jitter"), so many agents
-//! that lost the controller at the same moment do not all come back at the same moment. The sleep is
-//! injectable so tests can observe the delays without waiting for them.
+//! The delay before retry `n` is uniform in `[0, min(cap, base * 2^n)]` ("full jitter"), so many
+//! clients that lost the same server at the same moment do not all come back at the same moment. The
+//! sleep is injectable so tests can observe the delays without waiting for them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +17,9 @@ use rand::{Rng, SeedableRng};
 /// How a [`Backoff`] waits; the default is `tokio::time::sleep`.
 pub type SleepFn = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// First ceiling of the reconnect backoff.
+/// First ceiling of the default backoff (an agent reconnecting).
 pub const DEFAULT_BASE: Duration = Duration::from_millis(50);
-/// Largest delay between reconnect attempts.
+/// Largest delay of the default backoff.
 pub const DEFAULT_CAP: Duration = Duration::from_secs(2);
 
 /// Retry pacing; see the module docs. Not shared: each retry loop owns one.
@@ -91,6 +93,16 @@ impl Backoff {
     /// Back to the first, shortest ceiling (after a success).
     pub fn reset(&mut self) {
         self.failures = 0;
+    }
+
+    /// Failures counted since the last reset.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The largest delay this backoff ever picks.
+    pub fn cap(&self) -> Duration {
+        self.cap
     }
 }
 
