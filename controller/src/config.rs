@@ -160,7 +160,7 @@ pub struct TlsConfig {
 /// `[provisioner]`: which kind of machine jobs get, and that kind's table (`[provisioner.local]`, ...).
 /// A new kind is one more variant here and one line in `provisioner::build`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ProvisionerConfig {
     /// The agent as a child process of the controller in a private directory.
     Local {
@@ -191,14 +191,20 @@ where
 
 /// `[db]`: where jobs, logs, reports and artifacts are kept. A new backend is one more variant here and
 /// one line in `store::Stores::open`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// (Variants are structs, even empty ones: serde refuses unknown keys only in those.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DbConfig {
     /// Files under `[main] state_dir` (the default).
-    #[default]
-    Embedded,
+    Embedded {},
     /// The controller's memory: nothing survives a restart (tests, benchmarks, throw-away runs).
-    Memory,
+    Memory {},
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig::Embedded {}
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -521,6 +527,38 @@ mod tests {
         assert!(repo.mask_base64);
         assert!(repo.coalesces("main") && !repo.coalesces("dev"));
         assert_eq!(config.github.unwrap().repos, ["threefoldtech/zeroCI"]);
+        assert!(matches!(config.db, DbConfig::Embedded {}));
+        assert_eq!(config.main.lease_secs, 30);
+    }
+
+    #[test]
+    fn provisioner_kind_defaults_to_local_and_its_table_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = toml::to_string(&Config::for_init("127.0.0.1:0", None, "http://x")).unwrap();
+        let base = base.replace("[provisioner]\nkind = \"local\"\n", "");
+        let text = base.replace(
+            "[provisioner.local]",
+            "[provisioner.local]\nagent_give_up = 7",
+        );
+        let config = Config::load(&write(dir.path(), &text)).unwrap();
+        let ProvisionerConfig::Local { local } = config.provisioner;
+        assert_eq!(local.agent_give_up, Some(7));
+        let bad = text.replace(
+            "[db]\nbackend = \"embedded\"",
+            "[db]\nbackend = \"memory\"\nuri = \"x\"",
+        );
+        assert!(
+            Config::load(&write(dir.path(), &bad)).is_err(),
+            "unknown keys in [db]"
+        );
+        let bad = text.replace(
+            "[provisioner.local]",
+            "[provisioner]\nflavour = 1\n[provisioner.local]",
+        );
+        assert!(
+            Config::load(&write(dir.path(), &bad)).is_err(),
+            "unknown keys in [provisioner]"
+        );
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub enum ControllerError {
     Pki(#[from] zeroci::pki::PkiError),
 }
 
+impl ControllerError {
+    /// A write was refused because the job's record changed under this controller: another one
+    /// claimed the job (its lease here expired).
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, ControllerError::Store(StoreError::Conflict { .. }))
+    }
+}
+
 impl From<ControllerError> for Status {
     fn from(err: ControllerError) -> Status {
         match err {

@@ -48,7 +48,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Runs git in `dir` with a fixed identity and returns its trimmed stdout; panics with git's stderr.
+/// Runs git in `dir` with a fixed identity and no system or user configuration, and returns its trimmed stdout; panics with git's stderr.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .current_dir(dir)
@@ -57,6 +57,10 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_AUTHOR_EMAIL", "t@example.com")
         .env("GIT_COMMITTER_NAME", "t")
         .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        // The machine's own git configuration must not change what tests see.
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .expect("git runs");
     assert!(

@@ -61,12 +61,7 @@ impl ControlApi {
     }
 
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
-        let job = self
-            .engine
-            .jobs
-            .get(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        let job = self.engine.job(id).await?;
         Ok(job.to_pb(self.engine.domain()))
     }
 }
@@ -223,13 +218,7 @@ impl pb::control_service_server::ControlService for ControlApi {
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         authorize_user(&request, Access::Read)?;
         let r = request.into_inner();
-        let record = self
-            .engine
-            .jobs
-            .get(r.id)
-            .await
-            .map_err(ControllerError::from)?
-            .ok_or_else(|| ControllerError::NotFound(format!("job {} not found", r.id)))?;
+        let record = self.engine.job(r.id).await?;
         let (name, attempt) = crate::engine::reports::find_artifact(&record, &r.name)?;
         let pieces =
             crate::engine::reports::artifact_stream(self.engine.clone(), record, name, attempt);

@@ -78,12 +78,7 @@ impl From<ControllerError> for HttpError {
 }
 
 async fn job_record(engine: &Engine, id: JobId) -> Result<crate::jobs::JobRecord, HttpError> {
-    Ok(engine
-        .jobs
-        .get(id)
-        .await
-        .map_err(ControllerError::from)?
-        .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?)
+    Ok(engine.job(id).await?)
 }
 
 /// `GET /jobs/{id}/log`: exactly the bytes the job's commands wrote, so far.

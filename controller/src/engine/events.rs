@@ -76,7 +76,16 @@ impl Engine {
                 state.agent_seq = last.agent_seq;
             }
         }
-        self.apply_batch(active, &mut state, &batch.events).await?;
+        if let Err(e) = self.apply_batch(active, &mut state, &batch.events).await {
+            if e.is_lease_lost() {
+                // The events are stored (another controller reads them from the log); the job is
+                // that controller's now.
+                warn!(job_id = active.id, "job taken over by another controller");
+                self.release(active, &mut state);
+                return Ok(state.agent_seq);
+            }
+            return Err(e);
+        }
         if let Some(problem) = batch.problem {
             // Refusing the stream would only make the agent resend the same thing forever: the job's
             // record can no longer be complete, so it ends here, loudly.

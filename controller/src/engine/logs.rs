@@ -69,7 +69,7 @@ async fn stream(
             _ = tx.closed() => return Ok(()),
         }
     }
-    let record = get(engine, request.id).await?;
+    let record = engine.job(request.id).await?;
     if record.status.is_final() {
         let _ = tx
             .send(Ok(pb::LogEvent {
@@ -79,14 +79,6 @@ async fn stream(
             .await;
     }
     Ok(())
-}
-
-async fn get(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError> {
-    engine
-        .jobs
-        .get(id)
-        .await?
-        .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
 }
 
 /// Sends every stored event after `after`; false when the client went away.
@@ -108,7 +100,7 @@ async fn drain(
             let event = event?;
             *after = event.cursor;
             if record.is_none() {
-                record = Some(get(engine, request.id).await?);
+                record = Some(engine.job(request.id).await?);
             }
             let current = record.as_ref().expect("read above");
             // Events of an abandoned earlier run of the job are not part of its log.
@@ -121,7 +113,7 @@ async fn drain(
                 matches!(event.kind, EventKind::StepStarted | EventKind::StepExited);
             let converted = match log_event(current, event.clone()) {
                 None if is_step_event => {
-                    let fresh = get(engine, request.id).await?;
+                    let fresh = engine.job(request.id).await?;
                     let converted = log_event(&fresh, event);
                     record = Some(fresh);
                     converted

@@ -214,6 +214,14 @@ impl Engine {
         }
     }
 
+    /// The stored record of job `id`; NotFound when there is none.
+    pub async fn job(&self, id: JobId) -> Result<JobRecord, ControllerError> {
+        self.jobs
+            .get(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
+    }
+
     // === Triggers ===
 
     pub async fn submit(&self, new: NewJob) -> Result<JobRecord, ControllerError> {
@@ -255,11 +263,7 @@ impl Engine {
 
     /// Queues a new job with the repository, commit and settings of job `id`.
     pub async fn rerun(&self, id: JobId, user: &str) -> Result<JobRecord, ControllerError> {
-        let old = self
-            .jobs
-            .get(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        let old = self.job(id).await?;
         self.submit(NewJob {
             repo: old.repo,
             repo_url: old.repo_url,
@@ -342,11 +346,7 @@ impl Engine {
 
     /// Cancels a job that is not running (the caller holds the claim lock).
     async fn cancel_queued(&self, id: JobId, reason: String) -> Result<JobRecord, ControllerError> {
-        let mut record = self
-            .jobs
-            .get(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))?;
+        let mut record = self.job(id).await?;
         if record.status == JobStatus::Queued {
             record.cancel_reason = Some(reason.clone());
             let now = zeroci::now_unix_ms();
@@ -398,6 +398,19 @@ impl Engine {
         // Followers stop at the final status, not when the machine is gone.
         self.close_progress(active.id);
         stored.map_err(ControllerError::from)
+    }
+
+    /// Lets a job go that another controller took over (this one's lease expired, or it wrote over a
+    /// revision it no longer held): nothing more is stored through this attempt, the agent is asked to
+    /// reconnect (it will find the new holder), and the worker stops supervising without destroying the
+    /// machine, which is the new holder's now.
+    pub(crate) fn release(&self, active: &ActiveJob, state: &mut RunState) {
+        state.retired = true;
+        active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
+            reason: "another controller took this job over".into(),
+            done: false,
+        }));
+        active.phase.send_replace(Phase::Released);
     }
 
     /// Ends this machine's part of the job; the worker provisions the next pipeline job's machine.

@@ -14,21 +14,13 @@ use crate::error::ControllerError;
 use crate::jobs::{JobId, JobRecord};
 use crate::store::{EventKind, LogCursor, Payloads, ReportNote};
 
-async fn record(engine: &Engine, id: JobId) -> Result<JobRecord, ControllerError> {
-    engine
-        .jobs
-        .get(id)
-        .await?
-        .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
-}
-
 /// The parsed test reports of a job's steps (or of one step), in step order.
 pub async fn test_reports(
     engine: &Engine,
     id: JobId,
     step: Option<u32>,
 ) -> Result<Vec<pb::StepTestReport>, ControllerError> {
-    let record = record(engine, id).await?;
+    let record = engine.job(id).await?;
     let mut notes: Vec<(u32, LogCursor, ReportNote)> = Vec::new();
     let mut events = engine
         .logs

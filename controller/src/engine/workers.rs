@@ -162,6 +162,15 @@ impl Engine {
         loop {
             let outcome = match self.run_machine(&active, token.take()).await {
                 Ok(outcome) => outcome,
+                Err(e) if e.is_lease_lost() => {
+                    // Another controller holds the job now: its machine and agent are its own.
+                    warn!(job_id = active.id, error = %e, "job taken over by another controller");
+                    let mut state = active.state.lock().await;
+                    self.release(&active, &mut state);
+                    drop(state);
+                    self.unregister(&active);
+                    return Ok(true);
+                }
                 Err(e) => {
                     // A controller-side failure (the store, most likely): the job cannot be followed
                     // any more. End it, so its machine, worker slot and followers are released.

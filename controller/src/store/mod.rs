@@ -146,10 +146,10 @@ impl Stores {
     /// The backend `[db] backend` names. One line per backend.
     pub fn open(config: &Config) -> Result<Stores, StoreError> {
         match &config.db {
-            DbConfig::Embedded => Ok(Stores::all(Arc::new(embedded::EmbeddedStore::open(
+            DbConfig::Embedded {} => Ok(Stores::all(Arc::new(embedded::EmbeddedStore::open(
                 &config.main.state_dir,
             )?))),
-            DbConfig::Memory => Ok(Stores::all(Arc::new(memory::MemoryStore::default()))),
+            DbConfig::Memory {} => Ok(Stores::all(Arc::new(memory::MemoryStore::default()))),
         }
     }
 

@@ -3,34 +3,9 @@
 use super::*;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
+use zeroci_testkit::{git as git_in, patience};
 
-/// Generous: the build machine is shared and loaded; a correct watch answers in milliseconds.
-const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(25);
-
-/// Runs git in `dir` with a fixed identity and no user or system configuration (a signing or
-/// hook setting on the host must not change the test).
-fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// A work tree with one commit on `main`.
 fn repo_with_commit() -> TempDir {
@@ -69,7 +44,7 @@ impl Watch {
             options,
             Some(ready_tx),
         ));
-        tokio::time::timeout(WAIT, ready_rx)
+        tokio::time::timeout(patience(), ready_rx)
             .await
             .expect("first scan in time")
             .expect("watch started");
@@ -77,7 +52,7 @@ impl Watch {
     }
 
     async fn next(&mut self) -> RefUpdate {
-        tokio::time::timeout(WAIT, self.rx.recv())
+        tokio::time::timeout(patience(), self.rx.recv())
             .await
             .expect("an update in time")
             .expect("watch still running")
@@ -85,7 +60,7 @@ impl Watch {
 
     async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(WAIT, self.task)
+        let result = tokio::time::timeout(patience(), self.task)
             .await
             .expect("watch ends on shutdown")
             .expect("watch task did not panic");
@@ -235,7 +210,7 @@ async fn dropped_receiver_ends_the_task() {
     let Watch { rx, task, .. } = Watch::start(repo.path(), false).await;
     drop(rx);
     commit(repo.path(), "second");
-    let result = tokio::time::timeout(WAIT, task)
+    let result = tokio::time::timeout(patience(), task)
         .await
         .expect("watch ends without a receiver")
         .expect("no panic");

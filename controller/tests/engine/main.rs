@@ -20,10 +20,7 @@ fn memory() -> Stores {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_events_are_stored_exactly_once() {
     let controller = Controller::start(test_config("a"), memory()).await;
-    let mut requests = controller.provisioner.requests();
-    let id = controller.submit().await;
-    let request = requests.recv().await.expect("a machine request");
-    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let (id, request, mut agent) = controller.run_job().await;
     let events = agent.events(vec![
         started(0),
         exited(0, 0),
@@ -85,10 +82,7 @@ async fn resent_events_are_stored_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_events_ends_the_job_instead_of_corrupting_its_log() {
     let controller = Controller::start(test_config("a"), memory()).await;
-    let mut requests = controller.provisioner.requests();
-    let id = controller.submit().await;
-    let request = requests.recv().await.unwrap();
-    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let (id, request, mut agent) = controller.run_job().await;
     let events = agent.events(vec![
         started(0),
         exited(0, 0),
@@ -152,10 +146,7 @@ async fn cancels_racing_claims_leave_every_job_cancelled_and_no_machine_behind()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_is_declared_lost_and_its_machine_destroyed() {
     let controller = Controller::start(test_config("a"), memory()).await;
-    let mut requests = controller.provisioner.requests();
-    let id = controller.submit().await;
-    let request = requests.recv().await.unwrap();
-    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let (id, request, mut agent) = controller.run_job().await;
     let events = agent.events(vec![
         started(0),
         exited(0, 0),
@@ -189,10 +180,7 @@ async fn a_silent_agent_is_declared_lost_and_its_machine_destroyed() {
 async fn a_store_that_keeps_failing_ends_the_job_in_bounded_time() {
     let store = Arc::new(FailingStore::default());
     let controller = Controller::start(test_config("a"), Stores::all(store.clone())).await;
-    let mut requests = controller.provisioner.requests();
-    let id = controller.submit().await;
-    let request = requests.recv().await.unwrap();
-    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
+    let (id, request, mut agent) = controller.run_job().await;
     let first = agent.events(vec![started(0), exited(0, 0), checked_out("echo")]);
     controller
         .engine
@@ -239,15 +227,12 @@ async fn a_store_that_keeps_failing_ends_the_job_in_bounded_time() {
 async fn a_retryable_provisioning_failure_is_retried_on_a_clean_machine() {
     let controller = Controller::start(test_config("a"), memory()).await;
     controller.provisioner.fail_next.store(1, Ordering::SeqCst);
-    let mut requests = controller.provisioner.requests();
-    let id = controller.submit().await;
-    let request = requests.recv().await.unwrap();
+    let (id, request, mut agent) = controller.run_job().await;
     assert_eq!(controller.provisioner.created().len(), 2, "asked twice");
     assert!(
         controller.provisioner.destroyed().contains(&request.name),
         "the failed try cleaned up"
     );
-    let mut agent = FakeAgent::attach(&controller.engine, id, request.attempt).await;
     let events = agent.events(whole_run("ok"));
     controller
         .engine
@@ -288,10 +273,7 @@ async fn two_controllers_on_one_store_claim_a_job_once() {
 async fn a_dead_controllers_job_is_taken_over_only_after_its_lease_expired() {
     let store: Stores = memory();
     let a = Controller::start(test_config("a"), store.clone()).await;
-    let mut a_requests = a.provisioner.requests();
-    let id = a.submit().await;
-    let request = a_requests.recv().await.unwrap();
-    let mut agent = FakeAgent::attach(&a.engine, id, request.attempt).await;
+    let (id, _, mut agent) = a.run_job().await;
     let first = agent.events(vec![
         started(0),
         exited(0, 0),

@@ -245,6 +245,16 @@ impl Controller {
         self.engine.submit(new).await.expect("submitted").id
     }
 
+    /// Submits a job and plays its agent once its machine is asked for: the job id, the machine
+    /// request and the attached agent.
+    pub async fn run_job(&self) -> (JobId, MachineRequest, FakeAgent) {
+        let mut requests = self.provisioner.requests();
+        let id = self.submit().await;
+        let request = requests.recv().await.expect("a machine request");
+        let agent = FakeAgent::attach(&self.engine, id, request.attempt).await;
+        (id, request, agent)
+    }
+
     pub async fn record(&self, id: JobId) -> JobRecord {
         self.engine.jobs.get(id).await.unwrap().expect("job exists")
     }

@@ -2,10 +2,12 @@
 //! cursor order.
 //!
 //! Why frames in one file: a step may print gigabytes, so output never lives in memory; readers stream
-//! it from the file. A batch of frames is written with one `write(2)` and made durable with one
+//! it from the file. A batch of frames is written with one `writev(2)` and made durable with one
 //! `fdatasync(2)` before the append returns (the engine then acknowledges the agent). A torn frame at the
 //! tail (power loss, full disk) fails its length or checksum and is cut off when the file is next
-//! opened for writing; the agent resends it because it was never acknowledged.
+//! opened for writing; the agent resends it because it was never acknowledged. (A batch goes out as one
+//! `writev(2)` of headers and payloads, so payloads are never copied; a very large batch may take more
+//! than one call, which changes nothing: only the fsync makes it count.)
 //!
 //! Frame layout, little-endian: `len:u32 crc:u32 attempt:u32 step:u32 kind:u8 stream:u8 _:u16 seq:u64
 //! agent_seq:u64 at_ms:i64` then `len` payload bytes; `crc` is CRC-32 of everything after the crc
@@ -26,7 +28,8 @@ pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// so finding a cursor reads at most this much of headers.
 const INDEX_EVERY_BYTES: u64 = 1024 * 1024;
 
-fn encode_frame(event: &LogEvent, out: &mut Vec<u8>) {
+/// Appends the frame's header (checksum included) to `out`; the payload is written beside it.
+fn encode_header(event: &LogEvent, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&(event.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // crc, filled below
@@ -38,11 +41,35 @@ fn encode_frame(event: &LogEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(&event.cursor.seq.to_le_bytes());
     out.extend_from_slice(&event.agent_seq.to_le_bytes());
     out.extend_from_slice(&event.at_ms.to_le_bytes());
-    out.extend_from_slice(&event.payload);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[start + 8..]);
+    crc.update(&event.payload);
     let crc = crc.finalize();
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The whole frame, for tests.
+#[cfg(test)]
+fn encode_frame(event: &LogEvent, out: &mut Vec<u8>) {
+    encode_header(event, out);
+    out.extend_from_slice(&event.payload);
+}
+
+/// Most slices one `writev(2)` takes (IOV_MAX on Linux).
+const MAX_SLICES_PER_WRITE: usize = 1024;
+
+/// Writes every slice whole, with as few `writev(2)` calls as the kernel allows.
+fn write_all_vectored(file: &mut File, mut slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let some = slices.len().min(MAX_SLICES_PER_WRITE);
+        match file.write_vectored(&slices[..some]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A header parsed from bytes, with its payload length and checksum still to verify.
@@ -206,7 +233,8 @@ pub struct JournalWriter {
     file: File,
     len: u64,
     last: LogCursor,
-    buf: Vec<u8>,
+    /// The headers of the batch being written.
+    headers: Vec<u8>,
 }
 
 impl JournalWriter {
@@ -236,7 +264,7 @@ impl JournalWriter {
             file,
             len: valid,
             last,
-            buf: Vec::new(),
+            headers: Vec::new(),
         };
         Ok((writer, index))
     }
@@ -250,10 +278,12 @@ impl JournalWriter {
     /// try of the same batch and are skipped), in one write, then makes them durable. Notes index
     /// entries for the new frames in `index`.
     pub fn append(&mut self, events: &[LogEvent], index: &mut SparseIndex) -> io::Result<()> {
-        self.buf.clear();
+        self.headers.clear();
         let stored = self.last;
         let mut last = stored;
         let mut notes = Vec::new();
+        let mut fresh = Vec::new();
+        let mut bytes = 0;
         for event in events.iter().filter(|e| e.cursor > stored) {
             if event.payload.len() > MAX_PAYLOAD {
                 return Err(io::Error::new(
@@ -267,31 +297,37 @@ impl JournalWriter {
                     format!("cursor {:?} does not follow {:?}", event.cursor, last),
                 ));
             }
-            notes.push((event.cursor, self.len + self.buf.len() as u64));
-            encode_frame(event, &mut self.buf);
+            notes.push((event.cursor, self.len + bytes));
+            bytes += (HEADER_LEN + event.payload.len()) as u64;
+            encode_header(event, &mut self.headers);
+            fresh.push(event);
             last = event.cursor;
         }
-        if self.buf.is_empty() {
+        if fresh.is_empty() {
             return Ok(());
         }
-        // One write(2) per batch: frames land whole or (on a crash) leave a torn tail that is cut off.
-        let written = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
+        // Headers from one buffer, payloads where they are (no copy), in as few writev(2) calls as the
+        // kernel takes: frames land whole or (on a crash) leave a torn tail that is cut off.
+        let mut slices = Vec::with_capacity(fresh.len() * 2);
+        for (i, event) in fresh.iter().enumerate() {
+            slices.push(io::IoSlice::new(
+                &self.headers[i * HEADER_LEN..(i + 1) * HEADER_LEN],
+            ));
+            if !event.payload.is_empty() {
+                slices.push(io::IoSlice::new(&event.payload));
+            }
+        }
+        let written =
+            write_all_vectored(&mut self.file, &mut slices).and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             // Leave no partial frame behind for readers; the caller reports the error.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
-        self.len += self.buf.len() as u64;
+        self.len += bytes;
         self.last = last;
         for (cursor, offset) in notes {
             index.note(cursor, offset);
-        }
-        // Keep a big batch's buffer from staying allocated for the life of the job.
-        if self.buf.capacity() > 1024 * 1024 {
-            self.buf = Vec::new();
         }
         Ok(())
     }
@@ -372,6 +408,18 @@ mod tests {
             2,
             "nothing of a refused batch"
         );
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_writev_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut w, mut index) = JournalWriter::open(&path).unwrap();
+        let batch: Vec<LogEvent> = (1..=3000)
+            .map(|seq| event(1, seq, EventKind::Output, format!("{seq},").as_bytes()))
+            .collect();
+        w.append(&batch, &mut index).unwrap();
+        assert_eq!(read_all(&path, Payloads::All), batch);
     }
 
     #[test]
