@@ -1,7 +1,6 @@
 //! Local triggers: git hooks installed by `zeroci hook install`, and `zeroci rerun`.
 
 use crate::harness::{Repo, TestEnv};
-use std::process::Command;
 use zeroci_testkit::git;
 
 #[test]

@@ -472,5 +472,10 @@ fn unexpected(what: &str, reason: String) -> GitHubError {
 }
 
 #[cfg(test)]
-#[path = "api_tests.rs"]
-mod tests;
+mod tests {
+    #[test]
+    fn paths_are_escaped_per_segment() {
+        assert_eq!(super::encode_path("/.ci/zeroCI.yaml"), ".ci/zeroCI.yaml");
+        assert_eq!(super::encode_path("a b/c#d"), "a%20b/c%23d");
+    }
+}

@@ -6,8 +6,6 @@
 
 pub mod api;
 mod exchange;
-#[cfg(test)]
-pub(crate) mod fake_github;
 mod retry;
 pub mod webhook;
 

@@ -82,7 +82,7 @@ async fn resent_events_are_stored_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_events_ends_the_job_instead_of_corrupting_its_log() {
     let controller = Controller::start(test_config("a"), memory()).await;
-    let (id, request, mut agent) = controller.run_job().await;
+    let (id, _, mut agent) = controller.run_job().await;
     let events = agent.events(vec![
         started(0),
         exited(0, 0),

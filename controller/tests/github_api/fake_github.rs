@@ -3,7 +3,7 @@
 //! raw media type), a branch endpoint, and commit statuses recorded with what was posted. Failures
 //! (502s, a fixed refusal with headers) can be scripted, so retry behaviour is observable.
 //!
-//! `pub(crate)` under `cfg(test)` so engine and router tests can point a `GitHubApi` at it too.
+//! Test code only: it lives with the tests, not in the controller's sources.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,35 +18,35 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 
-use super::api::{ApiSettings, DEFAULT_STATUS_CONTEXT, GitHubApi, RetryPolicy};
+use zeroci_controller::github::api::{ApiSettings, DEFAULT_STATUS_CONTEXT, GitHubApi, RetryPolicy};
 
-pub(crate) const TOKEN: &str = "ghp_testtoken123";
-pub(crate) const REPO: &str = "threefoldtech/zeroCI";
-pub(crate) const SHA: &str = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c";
-pub(crate) const YAML: &[u8] =
+pub const TOKEN: &str = "ghp_testtoken123";
+pub const REPO: &str = "threefoldtech/zeroCI";
+pub const SHA: &str = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c";
+pub const YAML: &[u8] =
     b"jobs:\n  - name: tests\n    install: apt-get update\n    script:\n      - pytest\n";
 
 #[derive(Default)]
-pub(crate) struct FakeState {
+pub struct FakeState {
     /// (repo, path, ref) → file bytes.
-    pub(crate) files: HashMap<(String, String, String), Vec<u8>>,
+    pub files: HashMap<(String, String, String), Vec<u8>>,
     /// Paths served as GitHub serves files over 1 MiB: `encoding: none`, bytes only as raw.
-    pub(crate) large: Vec<String>,
+    pub large: Vec<String>,
     /// (repo, branch) → head SHA.
-    pub(crate) branches: HashMap<(String, String), String>,
+    pub branches: HashMap<(String, String), String>,
     /// The next this-many status posts answer 502.
-    pub(crate) status_failures: u32,
+    pub status_failures: u32,
     /// Every status post answers this, when set.
-    pub(crate) status_answer: Option<(u16, Vec<(&'static str, &'static str)>)>,
+    pub status_answer: Option<(u16, Vec<(&'static str, &'static str)>)>,
     /// Every status post as `owner/name@sha` and its JSON body, the ones answered 502 included.
-    pub(crate) statuses: Vec<(String, serde_json::Value)>,
+    pub statuses: Vec<(String, serde_json::Value)>,
     /// Every request: (raw path and query, Authorization, Accept).
-    pub(crate) seen: Vec<(String, Option<String>, Option<String>)>,
+    pub seen: Vec<(String, Option<String>, Option<String>)>,
     /// Branch names as the server decoded them from the path.
-    pub(crate) branch_names: Vec<String>,
+    pub branch_names: Vec<String>,
 }
 
-pub(crate) type Fake = Arc<Mutex<FakeState>>;
+pub type Fake = Arc<Mutex<FakeState>>;
 
 fn note(fake: &Fake, uri: &Uri, headers: &HeaderMap) {
     let h = |name| {
@@ -196,7 +196,7 @@ async fn status(
 
 /// Serves the fake under `prefix` ("" for api.github.com's layout, "/api/v3" for Enterprise's) and
 /// returns a client pointed at it with a fast retry schedule.
-pub(crate) async fn serve(fake: &Fake, prefix: &str) -> GitHubApi {
+pub async fn serve(fake: &Fake, prefix: &str) -> GitHubApi {
     // The prefix is written into each route (not `nest`) so handlers see the full path GitHub would.
     let app = Router::new()
         .route(
@@ -220,7 +220,7 @@ pub(crate) async fn serve(fake: &Fake, prefix: &str) -> GitHubApi {
     client(&format!("http://{addr}{prefix}"))
 }
 
-pub(crate) fn client(api_url: &str) -> GitHubApi {
+pub fn client(api_url: &str) -> GitHubApi {
     GitHubApi::new(&ApiSettings {
         api_url: api_url.to_string(),
         access_token: Some(TOKEN.to_string()),
@@ -234,7 +234,7 @@ pub(crate) fn client(api_url: &str) -> GitHubApi {
     })
 }
 
-pub(crate) fn fake_with_yaml() -> Fake {
+pub fn fake_with_yaml() -> Fake {
     let fake = Fake::default();
     fake.lock().expect("lock").files.insert(
         (REPO.into(), "zeroCI.yaml".into(), SHA.into()),

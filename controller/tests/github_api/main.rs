@@ -1,7 +1,9 @@
-//! Tests for `api.rs` against the fake GitHub in `fake_github.rs`.
+//! The GitHub API client (`github/api.rs`) against the fake GitHub in `fake_github.rs`.
 
-use super::*;
-use crate::github::fake_github::{Fake, REPO, SHA, TOKEN, YAML, client, fake_with_yaml, serve};
+mod fake_github;
+
+use fake_github::{Fake, REPO, SHA, TOKEN, YAML, client, fake_with_yaml, serve};
+use zeroci_controller::github::api::*;
 
 #[tokio::test]
 async fn file_at_decodes_wrapped_base64_at_the_ref_with_the_token() {
@@ -318,10 +320,4 @@ async fn debug_output_hides_the_token() {
 fn building_a_client_outside_a_runtime_is_an_error_not_a_panic() {
     let err = GitHubApi::new(&ApiSettings::default()).expect_err("no runtime");
     assert!(matches!(err, GitHubError::NoRuntime), "{err}");
-}
-
-#[test]
-fn paths_are_escaped_per_segment() {
-    assert_eq!(encode_path("/.ci/zeroCI.yaml"), ".ci/zeroCI.yaml");
-    assert_eq!(encode_path("a b/c#d"), "a%20b/c%23d");
 }
