@@ -17,8 +17,15 @@ use tokio::io::AsyncReadExt;
 use zeroci::pb::{self, Assignment, StepKind, agent_event::Kind};
 
 use crate::artifacts::{self, Fetcher};
+use crate::backoff::Backoff;
 use crate::control::JobControl;
 use crate::step::{Outcome, ProcessSpec, StepContext, report_exit, run_process, run_step};
+
+/// How many times a failing `git clone` is tried before the checkout fails.
+const CLONE_ATTEMPTS: u32 = 3;
+/// Pacing of clone retries (see [`Executor::clone_with_retries`]).
+const CLONE_RETRY_BASE: Duration = Duration::from_millis(100);
+const CLONE_RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// The pipeline file read from the root of the checkout.
 pub const PIPELINE_FILE: &str = "zeroCI.yaml";
@@ -118,7 +125,7 @@ impl Executor {
             &workspace.to_string_lossy(),
         ]
         .map(String::from);
-        let outcome = self.git(&self.workdir, &clone_args, &mut last_seq).await;
+        let outcome = self.clone_with_retries(&clone_args, &mut last_seq).await;
         if !outcome.succeeded() {
             return (failed(outcome, "git clone failed", last_seq), None);
         }
@@ -186,6 +193,47 @@ impl Executor {
                     None,
                 )
             }
+        }
+    }
+
+    /// `git clone`, tried up to [`CLONE_ATTEMPTS`] times. A clone fails for passing reasons: a network
+    /// blip, or — for a repository on the same host — a commit landing while git hard-links the
+    /// objects directory (git dies on an object file renamed under it). Each failure stays in the
+    /// checkout log with a line saying a retry follows; a cancelled job stops retrying.
+    async fn clone_with_retries(&self, clone_args: &[String], last_seq: &mut u64) -> Outcome {
+        let mut backoff = Backoff::new(CLONE_RETRY_BASE, CLONE_RETRY_CAP);
+        let mut attempt = 1;
+        loop {
+            let outcome = self.git(&self.workdir, clone_args, last_seq).await;
+            if outcome.succeeded() || attempt == CLONE_ATTEMPTS || self.ctx.cancel.is_cancelled() {
+                return outcome;
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(attempt, exit_code = outcome.exit_code, ?delay, "git clone failed; retrying");
+            let note = format!(
+                "zeroci: git clone failed (attempt {attempt} of {CLONE_ATTEMPTS}); retrying\n"
+            );
+            let seq = self
+                .ctx
+                .outbox
+                .push(Kind::Output(pb::Output {
+                    step: self.assignment.checkout_step,
+                    stream: pb::OutputStream::Stderr as i32,
+                    data: note.into(),
+                }))
+                .await;
+            *last_seq = (*last_seq).max(seq);
+            if let Err(error) = tokio::fs::remove_dir_all(self.workspace()).await
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, "cannot remove the failed clone");
+                return outcome;
+            }
+            tokio::select! {
+                () = backoff.sleep(delay) => {}
+                () = self.ctx.cancel.cancelled() => return outcome,
+            }
+            attempt += 1;
         }
     }
 

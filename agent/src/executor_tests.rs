@@ -112,6 +112,18 @@ fn checked_out(events: &[AgentEvent]) -> Option<pb::CheckedOut> {
     })
 }
 
+/// Everything step 0 (the checkout) printed, in order.
+fn checkout_output(events: &[AgentEvent]) -> Vec<u8> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Output(o)) if o.step == 0 => Some(o.data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 fn exits(events: &[AgentEvent]) -> Vec<(u32, i32)> {
     events
         .iter()
@@ -213,11 +225,34 @@ async fn failed_clone_ends_the_job_after_step_0() {
     assert_eq!(exited.step, 0);
     assert_ne!(exited.exit_code, 0);
     assert_eq!(exited.message, "git clone failed");
+    let log = String::from_utf8(checkout_output(&events)).unwrap();
+    assert!(log.contains("attempt 1 of 3"), "{log}");
+    assert!(log.contains("attempt 2 of 3"), "{log}");
+    assert!(!log.contains("attempt 3 of 3"), "{log}");
     assert_eq!(events.len(), events.iter().filter(|e| e.seq > 0).count());
     assert!(matches!(
         events.last().unwrap().kind,
         Some(Kind::Finished(_))
     ));
+}
+
+#[tokio::test]
+async fn a_failed_clone_is_cleaned_up_and_tried_again() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(root.path(), &[("README", b"x")]);
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha);
+    // Leftovers in the workspace make the first clone fail; the retry starts from an empty one.
+    let leftovers = root.path().join("work/workspace");
+    std::fs::create_dir_all(&leftovers).unwrap();
+    std::fs::write(leftovers.join("stale"), "x").unwrap();
+    job.control.deliver_steps(pb::RunSteps::default());
+    let events = job.run().await;
+    assert_eq!(checked_out(&events).unwrap().commit, sha);
+    assert_eq!(exits(&events), vec![(0, 0)]);
+    let log = String::from_utf8(checkout_output(&events)).unwrap();
+    assert!(log.contains("already exists"), "{log}");
+    assert!(log.contains("zeroci: git clone failed (attempt 1 of 3); retrying"), "{log}");
+    assert!(!leftovers.join("stale").exists());
 }
 
 #[tokio::test]
