@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Contents of `bootstrap.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     /// gRPC address of the controller (`host:port` or `https://` URL).
@@ -17,6 +17,16 @@ pub struct Bootstrap {
     pub token: String,
     /// The job the machine was made for (informational; the certificate is what counts).
     pub job_id: u64,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a credential: it never reaches a log line.
+        f.debug_struct("Bootstrap")
+            .field("controller", &self.controller)
+            .field("job_id", &self.job_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Errors reading or writing the bootstrap file.
@@ -50,12 +60,27 @@ impl Bootstrap {
 
     /// Reads the file.
     pub fn read(path: &Path) -> Result<Bootstrap, BootstrapError> {
-        let text = std::fs::read(path).map_err(|source| BootstrapError::Io {
+        let file = std::fs::File::open(path).map_err(|source| BootstrapError::Io {
             path: path.display().to_string(),
             source,
         })?;
+        Bootstrap::read_from(file, &path.display().to_string())
+    }
+
+    /// Reads a bootstrap from `reader` (an inherited descriptor); `name` says which in errors.
+    pub fn read_from(reader: impl std::io::Read, name: &str) -> Result<Bootstrap, BootstrapError> {
+        use std::io::Read;
+        let mut text = Vec::new();
+        // A bootstrap is a few KiB; a larger one is not a bootstrap.
+        reader
+            .take(1 << 20)
+            .read_to_end(&mut text)
+            .map_err(|source| BootstrapError::Io {
+                path: name.to_string(),
+                source,
+            })?;
         serde_json::from_slice(&text).map_err(|source| BootstrapError::Invalid {
-            path: path.display().to_string(),
+            path: name.to_string(),
             source,
         })
     }

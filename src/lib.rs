@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod process;
 pub mod profile;
+pub mod sandbox;
 pub mod signals;
 pub mod telemetry;
 pub mod tls;

@@ -91,6 +91,91 @@ pub fn become_session_leader() -> io::Result<()> {
     }
 }
 
+/// For a `pre_exec` hook: moves the process into a network namespace of its own whose loopback device
+/// is up, so a step sees no network but can still talk to itself. Raw syscalls only (no allocation),
+/// as the hook runs between fork and exec.
+pub fn enter_private_network() -> io::Result<()> {
+    // SAFETY: unshare, socket, ioctl and close have no memory-safety preconditions; `request` is a
+    // properly sized, zeroed ifreq that lives across the calls.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        let mut result = libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request);
+        if result == 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(socket, libc::SIOCSIFFLAGS, &request);
+        }
+        let error = io::Error::last_os_error();
+        libc::close(socket);
+        if result != 0 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// A pipe whose two ends close on exec (the child's end is handed over with [`inherit_fd`]):
+/// `(read, write)`.
+pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// For a `pre_exec` hook: makes `fd` available as `target` in the new program (dup2 clears
+/// close-on-exec; a descriptor already numbered `target` has the flag cleared by hand).
+pub fn inherit_fd(fd: i32, target: i32) -> io::Result<()> {
+    // SAFETY: dup2 and fcntl have no memory-safety preconditions.
+    let rc = unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, target)
+        }
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The namespaces every `local` machine's sandbox gets: user, mount, PID, IPC, UTS.
+pub const SANDBOX_NAMESPACES: i32 = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+/// For a `pre_exec` hook: the namespaces of a `local` machine's sandbox (user, mount, PID, IPC, UTS).
+/// The controller runs a probe with it at start-up to learn whether the kernel allows them.
+pub fn enter_sandbox_namespaces() -> io::Result<()> {
+    // SAFETY: unshare has no memory-safety preconditions.
+    if unsafe { libc::unshare(SANDBOX_NAMESPACES) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

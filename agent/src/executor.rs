@@ -115,6 +115,11 @@ impl Executor {
         }
         let workspace = self.workspace();
         let mut last_seq = 0;
+        if self.ctx.options.unisolated {
+            last_seq = self
+                .checkout_note("zeroci: this job runs unisolated ([provisioner.local] isolation = \"none\"): its steps run as the controller's user and can read the controller's files\n".into())
+                .await;
+        }
         let clone_args = [
             "clone",
             "--no-checkout",
@@ -209,20 +214,16 @@ impl Executor {
                 return outcome;
             }
             let delay = backoff.next_delay();
-            tracing::warn!(attempt, exit_code = outcome.exit_code, ?delay, "git clone failed; retrying");
+            tracing::warn!(
+                attempt,
+                exit_code = outcome.exit_code,
+                ?delay,
+                "git clone failed; retrying"
+            );
             let note = format!(
                 "zeroci: git clone failed (attempt {attempt} of {CLONE_ATTEMPTS}); retrying\n"
             );
-            let seq = self
-                .ctx
-                .outbox
-                .push(Kind::Output(pb::Output {
-                    step: self.assignment.checkout_step,
-                    stream: pb::OutputStream::Stderr as i32,
-                    data: note.into(),
-                }))
-                .await;
-            *last_seq = (*last_seq).max(seq);
+            *last_seq = (*last_seq).max(self.checkout_note(note).await);
             if let Err(error) = tokio::fs::remove_dir_all(self.workspace()).await
                 && error.kind() != std::io::ErrorKind::NotFound
             {
@@ -235,6 +236,18 @@ impl Executor {
             }
             attempt += 1;
         }
+    }
+
+    /// A line of ZeroCI's own in the checkout's log (stderr); returns its sequence number.
+    async fn checkout_note(&self, note: String) -> u64 {
+        self.ctx
+            .outbox
+            .push(Kind::Output(pb::Output {
+                step: self.assignment.checkout_step,
+                stream: pb::OutputStream::Stderr as i32,
+                data: note.into(),
+            }))
+            .await
     }
 
     /// Runs git with its output streamed as checkout output.

@@ -73,6 +73,8 @@ impl Job {
                 kill_grace: Duration::from_secs(1),
                 drain_limit: Duration::from_millis(200),
                 shared_test_xml: None,
+                isolate_network: false,
+                unisolated: false,
             },
         };
         let assignment = Assignment {
@@ -251,7 +253,10 @@ async fn a_failed_clone_is_cleaned_up_and_tried_again() {
     assert_eq!(exits(&events), vec![(0, 0)]);
     let log = String::from_utf8(checkout_output(&events)).unwrap();
     assert!(log.contains("already exists"), "{log}");
-    assert!(log.contains("zeroci: git clone failed (attempt 1 of 3); retrying"), "{log}");
+    assert!(
+        log.contains("zeroci: git clone failed (attempt 1 of 3); retrying"),
+        "{log}"
+    );
     assert!(!leftovers.join("stale").exists());
 }
 

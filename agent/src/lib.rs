@@ -18,6 +18,8 @@ pub mod enroll;
 pub mod executor;
 pub mod mask;
 pub mod outbox;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 pub mod session;
 pub mod step;
 
@@ -48,8 +50,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What `zeroci-agent run` was told.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The bootstrap file; deleted after a successful enrollment.
-    pub bootstrap: PathBuf,
+    /// Where the controller's address, CA and one-time token come from.
+    pub bootstrap: BootstrapSource,
     /// Where the job works (`workspace/`, `test-results/`); created if missing.
     pub workdir: PathBuf,
     /// Give up after this long without a working connection.
@@ -62,7 +64,11 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// The configuration with default tunables.
-    pub fn new(bootstrap: PathBuf, workdir: PathBuf, give_up_after: Duration) -> AgentConfig {
+    pub fn new(
+        bootstrap: BootstrapSource,
+        workdir: PathBuf,
+        give_up_after: Duration,
+    ) -> AgentConfig {
         AgentConfig {
             bootstrap,
             workdir,
@@ -71,6 +77,15 @@ impl AgentConfig {
             run_options: RunOptions::default(),
         }
     }
+}
+
+/// How the agent gets its [`Bootstrap`].
+#[derive(Debug, Clone)]
+pub enum BootstrapSource {
+    /// A file the provisioner wrote (VMs, remote hosts); deleted after a successful enrollment.
+    File(PathBuf),
+    /// Already read, from a descriptor the provisioner handed over (local machines): nothing on disk.
+    Given(Bootstrap),
 }
 
 /// Why the agent stopped without finishing its job normally.
@@ -120,7 +135,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         .map_err(AgentError::Signals)?;
     let _stop_signals = AbortOnDrop(signals);
 
-    let bootstrap = Bootstrap::read(&config.bootstrap)?;
+    let bootstrap = match &config.bootstrap {
+        BootstrapSource::File(path) => Bootstrap::read(path)?,
+        BootstrapSource::Given(bootstrap) => bootstrap.clone(),
+    };
     let workdir_error = |source| AgentError::Workdir {
         path: config.workdir.clone(),
         source,
@@ -135,8 +153,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         () = shutdown.cancelled() => return Err(AgentError::Interrupted("before enrollment".into())),
     };
     // The token is spent; the file has no further use and should not linger on the machine.
-    if let Err(error) = std::fs::remove_file(&config.bootstrap) {
-        tracing::warn!(path = %config.bootstrap.display(), %error, "cannot delete the bootstrap file");
+    if let BootstrapSource::File(path) = &config.bootstrap
+        && let Err(error) = std::fs::remove_file(path)
+    {
+        tracing::warn!(path = %path.display(), %error, "cannot delete the bootstrap file");
     }
     let job_id = enrolled.job_id;
 

@@ -50,6 +50,10 @@ pub struct RunOptions {
     pub drain_limit: Duration,
     /// A fixed report path read after each script step when the step's own `ZEROCI_TEST_XML` is absent.
     pub shared_test_xml: Option<std::path::PathBuf>,
+    /// Run each command in a network namespace of its own with only loopback (`network = "none"`).
+    pub isolate_network: bool,
+    /// The machine does not isolate the job: the checkout log says so.
+    pub unisolated: bool,
 }
 
 impl Default for RunOptions {
@@ -58,6 +62,8 @@ impl Default for RunOptions {
             kill_grace: Duration::from_secs(5),
             drain_limit: Duration::from_secs(2),
             shared_test_xml: None,
+            isolate_network: false,
+            unisolated: false,
         }
     }
 }
@@ -208,7 +214,12 @@ pub async fn run_process(spec: &ProcessSpec, ctx: &StepContext) -> Result<Outcom
         program: spec.program.clone(),
         source,
     };
-    let mut child = Command::new(&spec.program)
+    let mut command = Command::new(&spec.program);
+    if ctx.options.isolate_network {
+        // SAFETY: the hook makes raw syscalls only (unshare, socket, ioctl, close): no allocation.
+        unsafe { command.pre_exec(zeroci::process::enter_private_network) };
+    }
+    let mut child = command
         .args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

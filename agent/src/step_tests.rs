@@ -52,6 +52,8 @@ impl Harness {
                 kill_grace: Duration::from_secs(2),
                 drain_limit: Duration::from_millis(300),
                 shared_test_xml: None,
+                isolate_network: false,
+                unisolated: false,
             },
         };
         Harness {

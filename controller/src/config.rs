@@ -39,6 +39,9 @@ pub struct Config {
     /// GitHub: webhooks in, commit statuses out.
     #[serde(default)]
     pub github: Option<GitHubConfig>,
+    /// The file this was read from (absolute), so sandboxes can hide it; not a key of the file.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// `[github]`.
@@ -214,6 +217,27 @@ pub struct LocalConfig {
     pub agent_binary: Option<PathBuf>,
     /// Seconds an agent keeps trying to reach a controller that went away.
     pub agent_give_up: Option<u64>,
+    /// `namespaces` (default): each job in a sandbox of its own. `none`: jobs run as the controller's
+    /// own user beside its files, for hosts that refuse namespaces; fork pull requests are refused then.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// `host` (default) or `none`: steps without any network (the checkout still has it).
+    #[serde(default)]
+    pub network: zeroci::sandbox::StepNetwork,
+    /// Host directories a sandboxed job sees read-only; default: the system's (`/usr`, `/etc`, ...).
+    pub read_only_paths: Option<Vec<PathBuf>>,
+    /// When the controller runs as root, job N runs as host user `first_uid + N % 65536`
+    /// (default 1000000): no job shares a user with the controller, and rarely with another job.
+    pub first_uid: Option<u32>,
+}
+
+/// How `local` machines are separated from the controller and from each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Namespaces,
+    None,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -284,6 +308,7 @@ impl Config {
             source,
         })?;
         config.resolve_paths(&base);
+        config.file = std::path::absolute(path).ok();
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -491,6 +516,7 @@ impl Config {
             environment: BTreeMap::new(),
             repos: BTreeMap::new(),
             github: None,
+            file: None,
         }
     }
 }

@@ -441,25 +441,30 @@ fn a_burst_of_twenty_pushes_tests_every_commit() {
         assert_eq!(job["status"], "success", "job {id}: {job}");
         assert_eq!(job["commit"], sha);
         // The step alone: a clone retried after a concurrent push leaves a note in the checkout log.
-        assert_eq!(env.raw_log(id, Some("cat counter")), n.to_string().into_bytes());
+        assert_eq!(
+            env.raw_log(id, Some("cat counter")),
+            n.to_string().into_bytes()
+        );
     }
 }
 
 #[test]
 fn with_coalescing_a_newer_commit_supersedes_the_queued_ones_visibly() {
     let fake = FakeGitHub::start();
-    let gate = tempfile::tempdir().unwrap();
-    let open = gate.path().join("open");
     let extra = "[repos.\"acme/widget\"]\ncoalesce = [\"main\"]\n";
     let env = TestEnv::start_with(Settings {
         workers: 1,
         ..settings(&fake, extra)
     });
+    // The gate lives in the repository's .git: a sandboxed job sees the repository it clones from,
+    // nothing else of the host.
+    let repo = Repo::new(&env, "widget", &[("README", "widget")]);
+    let open = repo.path.join(".git/gate-open");
     let script = format!(
         "script:\n  - while [ ! -e {} ]; do sleep 0.02; done; cat counter\n",
         open.display()
     );
-    let repo = Repo::new(&env, "widget", &[("zeroCI.yaml", &script)]);
+    repo.commit(&[("zeroCI.yaml", &script)], "pipeline");
     fake.serve(&repo);
     let mut ids = Vec::new();
     for n in 0..5 {

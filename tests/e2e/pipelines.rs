@@ -12,12 +12,12 @@ const TWO_JOBS: &str = r#"jobs:
   - name: build
     script:
       - name: compile
-        cmd: mkdir -p out && printf 'binary from %s' "$ZEROCI_COMMIT" > out/app.bin && echo "machine $(basename $(dirname $ZEROCI_WORKSPACE))"
+        cmd: mkdir -p out && printf 'binary from %s' "$ZEROCI_COMMIT" > out/app.bin && echo "machine $(hostname)"
     bin_path: out/app.bin
   - name: test
     script:
       - name: use
-        cmd: cat out/app.bin && echo && echo "machine $(basename $(dirname $ZEROCI_WORKSPACE))"
+        cmd: cat out/app.bin && echo && echo "machine $(hostname)"
 "#;
 
 #[test]

@@ -261,6 +261,8 @@ impl Engine {
                     token,
                     job_id: id,
                 },
+                repo_url: state.record.repo_url.clone(),
+                untrusted: state.record.untrusted,
             }
         };
         let ledger = JobLedger {

@@ -1,5 +1,7 @@
 //! The `local` provisioner: each machine is a private directory under the state directory with its own
-//! copy of the agent binary, and the agent runs as a child process in its own process group.
+//! copy of the agent binary; the agent runs as a session leader of its own, inside a sandbox of fresh
+//! Linux namespaces (`zeroci-agent sandbox`, see the agent's `sandbox` module) unless `isolation =
+//! "none"`. The agent gets its bootstrap token on an inherited descriptor, never in a file.
 //!
 //! Agents outlive a controller crash on purpose: they keep running their job and reconnect when the
 //! controller is back. `destroy` therefore works from the recorded process id, not from a child handle.
@@ -14,8 +16,12 @@ use tracing::{info, warn};
 
 use tokio_util::sync::CancellationToken;
 
+use std::os::fd::AsRawFd;
+
+use zeroci::sandbox::{SandboxSpec, StepNetwork};
+
 use super::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
-use crate::config::LocalConfig;
+use crate::config::{Config, Isolation, LocalConfig};
 use crate::jobs::MachineRecord;
 
 /// How long an agent keeps trying to reach a controller that went away before it gives up.
@@ -26,7 +32,31 @@ pub struct LocalProvisioner {
     agent_logs_dir: PathBuf,
     agent_binary: PathBuf,
     agent_give_up_secs: u64,
+    /// `None`: `isolation = "none"`.
+    sandbox: Option<SandboxSettings>,
 }
+
+/// What every sandbox of this controller shares.
+#[derive(Debug, Clone)]
+struct SandboxSettings {
+    network: StepNetwork,
+    read_only: Vec<PathBuf>,
+    /// The controller's state, keys and config, hidden where they lie under a `read_only` path.
+    hidden: Vec<PathBuf>,
+    /// Host user of job 0's root when the controller runs as root; `None` otherwise.
+    first_uid: Option<u32>,
+}
+
+impl SandboxSettings {
+    /// Job N's host user: spread over 65536 users so concurrent jobs rarely share one.
+    fn uid_for(&self, job_id: u64) -> Option<u32> {
+        let offset = u32::try_from(job_id % 65_536).unwrap_or(0);
+        self.first_uid.map(|first| first.saturating_add(offset))
+    }
+}
+
+/// The first host user of sandboxed jobs when the controller runs as root.
+pub const DEFAULT_FIRST_UID: u32 = 1_000_000;
 
 /// What is recorded of a local machine: the directory before it is made, then the agent's process.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,11 +90,13 @@ fn default_agent_binary() -> PathBuf {
 }
 
 impl LocalProvisioner {
-    /// From `[provisioner.local]`; fails when the agent binary is missing.
+    /// From `[provisioner.local]`; fails when the agent binary is missing, or when sandboxes are asked
+    /// for and the kernel refuses namespaces.
     pub fn from_config(
-        state_dir: &Path,
+        whole: &Config,
         config: &LocalConfig,
     ) -> Result<LocalProvisioner, ProvisionError> {
+        let state_dir = &whole.main.state_dir;
         let agent_binary = config
             .agent_binary
             .clone()
@@ -78,24 +110,41 @@ impl LocalProvisioner {
                 ),
             });
         }
-        Ok(LocalProvisioner::new(
-            state_dir,
-            agent_binary,
-            config.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
-        ))
-    }
-
-    pub fn new(
-        state_dir: &Path,
-        agent_binary: PathBuf,
-        agent_give_up_secs: u64,
-    ) -> LocalProvisioner {
-        LocalProvisioner {
+        let sandbox = match config.isolation {
+            Isolation::None => {
+                warn!(
+                    "[provisioner.local] isolation = \"none\": jobs run unisolated, as this controller's user"
+                );
+                None
+            }
+            Isolation::Namespaces => {
+                check_namespaces(&agent_binary)?;
+                let mut hidden = vec![
+                    state_dir.clone(),
+                    whole.tls.ca.clone(),
+                    whole.tls.ca_key.clone(),
+                    whole.tls.cert.clone(),
+                    whole.tls.key.clone(),
+                ];
+                hidden.extend(whole.file.clone());
+                Some(SandboxSettings {
+                    network: config.network,
+                    read_only: config
+                        .read_only_paths
+                        .clone()
+                        .unwrap_or_else(zeroci::sandbox::default_read_only_paths),
+                    hidden,
+                    first_uid: nix_is_root().then(|| config.first_uid.unwrap_or(DEFAULT_FIRST_UID)),
+                })
+            }
+        };
+        Ok(LocalProvisioner {
             machines_dir: state_dir.join("machines"),
             agent_logs_dir: state_dir.join("agent-logs"),
             agent_binary,
-            agent_give_up_secs,
-        }
+            agent_give_up_secs: config.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
+            sandbox,
+        })
     }
 
     /// Puts the agent binary into the machine: a hard link when possible (instant, no extra disk), else a
@@ -142,24 +191,58 @@ impl Provisioner for LocalProvisioner {
         let agent = self
             .inject_agent(&dir)
             .map_err(|e| prepare(format!("agent binary {}: {e}", self.agent_binary.display())))?;
-        let bootstrap_path = dir.join("bootstrap.json");
-        request
-            .bootstrap
-            .write(&bootstrap_path)
-            .map_err(|e| prepare(e.to_string()))?;
+        let job_dir = dir.join("job");
+        std::fs::create_dir_all(&job_dir)
+            .map_err(|e| prepare(format!("{}: {e}", job_dir.display())))?;
         let log =
             std::fs::File::create(dir.join("agent.log")).map_err(|e| prepare(e.to_string()))?;
         let log_err = log.try_clone().map_err(|e| prepare(e.to_string()))?;
 
+        // What the agent reads on descriptor 3: the sandbox spec, or the bootstrap alone.
         let mut command = tokio::process::Command::new(&agent);
+        let handover = match &self.sandbox {
+            Some(sandbox) => {
+                let uid = sandbox.uid_for(request.job_id);
+                if let Some(uid) = uid {
+                    std::os::unix::fs::chown(&job_dir, Some(uid), Some(uid))
+                        .map_err(|e| prepare(format!("{}: {e}", job_dir.display())))?;
+                }
+                command.args(["sandbox", "--spec-fd", "3"]);
+                SandboxSpec {
+                    bootstrap: request.bootstrap.clone(),
+                    job_dir: job_dir.clone(),
+                    uid,
+                    gid: uid,
+                    read_only: sandbox.read_only.clone(),
+                    hidden: sandbox.hidden.clone(),
+                    sources: local_source(&request.repo_url).into_iter().collect(),
+                    network: sandbox.network,
+                    hostname: request.name.clone(),
+                    give_up_after_secs: self.agent_give_up_secs,
+                }
+                .to_json()
+            }
+            None => {
+                if request.untrusted {
+                    return Err(ProvisionError::Prepare {
+                        name,
+                        message: "a fork pull request never runs unisolated; set [provisioner.local] isolation = \"namespaces\"".into(),
+                        retryable: false,
+                    });
+                }
+                command
+                    .args(["run", "--bootstrap-fd", "3", "--unisolated", "--workdir"])
+                    .arg(&job_dir)
+                    .arg("--give-up-after")
+                    .arg(self.agent_give_up_secs.to_string());
+                serde_json::to_vec(&request.bootstrap).map_err(|e| prepare(e.to_string()))?
+            }
+        };
+        let (reader, mut writer) = zeroci::process::pipe().map_err(|e| prepare(e.to_string()))?;
+        // A few KiB: the pipe holds it all before the agent starts.
+        std::io::Write::write_all(&mut writer, &handover).map_err(|e| prepare(e.to_string()))?;
+        drop(writer);
         command
-            .arg("run")
-            .arg("--bootstrap")
-            .arg(&bootstrap_path)
-            .arg("--workdir")
-            .arg(&dir)
-            .arg("--give-up-after")
-            .arg(self.agent_give_up_secs.to_string())
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -169,11 +252,17 @@ impl Provisioner for LocalProvisioner {
         }
         // A session of its own: destroy finds every process the job started by session id (steps run
         // in process groups of their own), and Ctrl-C on the controller's terminal does not reach jobs.
-        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        let handover_fd = reader.as_raw_fd();
+        // SAFETY: setsid and dup2/fcntl are async-signal-safe; nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(zeroci::process::become_session_leader);
+            command.pre_exec(move || {
+                zeroci::process::become_session_leader()?;
+                zeroci::process::inherit_fd(handover_fd, 3)
+            });
         }
-        let mut child = command.spawn().map_err(|e| ProvisionError::Start {
+        let spawned = command.spawn();
+        drop(reader);
+        let mut child = spawned.map_err(|e| ProvisionError::Start {
             name: name.clone(),
             message: e.to_string(),
             retryable: false,
@@ -232,6 +321,50 @@ impl Provisioner for LocalProvisioner {
                 message: e.to_string(),
             }),
         }
+    }
+}
+
+/// The directory of a repository the job clones from this host (`/path` or `file:///path`), which the
+/// sandbox must show.
+fn local_source(repo_url: &str) -> Option<PathBuf> {
+    let path = repo_url.strip_prefix("file://").unwrap_or(repo_url);
+    path.starts_with('/').then(|| PathBuf::from(path))
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts a process in the namespaces a sandbox uses, so a kernel that refuses them is found at
+/// start-up, with what to do about it, rather than at the first job.
+fn check_namespaces(agent_binary: &Path) -> Result<(), ProvisionError> {
+    let mut probe = std::process::Command::new(agent_binary);
+    probe
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: unshare is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(
+            &mut probe,
+            zeroci::process::enter_sandbox_namespaces,
+        )
+    };
+    let refused = |reason: String| ProvisionError::Unavailable {
+        kind: "local",
+        message: format!(
+            "sandboxed jobs need Linux namespaces and this kernel refuses them ({reason}); allow user \
+             namespaces (sysctl user.max_user_namespaces=15000, and kernel.unprivileged_userns_clone=1 \
+             where it exists) or run the controller as root, or set [provisioner.local] isolation = \
+             \"none\" to run jobs unisolated on purpose"
+        ),
+    };
+    match probe.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(refused(format!("the probe exited with {status}"))),
+        Err(error) => Err(refused(format!("unshare: {error}"))),
     }
 }
 

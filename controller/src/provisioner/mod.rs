@@ -29,6 +29,10 @@ pub struct MachineRequest {
     pub name: String,
     /// What the agent needs to find and trust the controller.
     pub bootstrap: Bootstrap,
+    /// Where the job clones from; a local path must be reachable from the machine.
+    pub repo_url: String,
+    /// The job runs code nobody trusted (a fork pull request): never on an unisolated machine.
+    pub untrusted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +104,7 @@ pub trait Provisioner: Send + Sync + 'static {
 pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
     match &config.provisioner {
         ProvisionerConfig::Local { local } => Ok(Arc::new(local::LocalProvisioner::from_config(
-            &config.main.state_dir,
-            local,
+            config, local,
         )?)),
     }
 }
