@@ -216,14 +216,7 @@ impl TestEnv {
         provisioner.insert("local".into(), local.into());
         config.insert("provisioner".into(), provisioner.into());
         let extra: toml::Table = toml::from_str(&settings.extra).expect("extra settings are TOML");
-        for (key, value) in extra {
-            match (config.get_mut(&key).and_then(|v| v.as_table_mut()), value) {
-                (Some(existing), toml::Value::Table(more)) => existing.extend(more),
-                (_, value) => {
-                    config.insert(key, value);
-                }
-            }
-        }
+        merge_tables(&mut config, extra);
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
         let mut env = TestEnv {
             controller_log: dir.path().join("controller.log"),
@@ -504,6 +497,18 @@ pub fn kill_processes_under(dir: &Path) {
             // SAFETY: kill(2) with a pid we just read; worst case it is gone already.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Merges `more` into `base`, table by table (`[provisioner.local] isolation` keeps `agent_binary`).
+fn merge_tables(base: &mut toml::Table, more: toml::Table) {
+    for (key, value) in more {
+        match (base.get_mut(&key).and_then(|v| v.as_table_mut()), value) {
+            (Some(existing), toml::Value::Table(more)) => merge_tables(existing, more),
+            (_, value) => {
+                base.insert(key, value);
             }
         }
     }

@@ -4,6 +4,7 @@
 mod github;
 mod harness;
 
+mod isolation;
 mod jobs;
 mod lifecycle;
 mod pipelines;

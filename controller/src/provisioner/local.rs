@@ -207,7 +207,9 @@ impl Provisioner for LocalProvisioner {
                     std::os::unix::fs::chown(&job_dir, Some(uid), Some(uid))
                         .map_err(|e| prepare(format!("{}: {e}", job_dir.display())))?;
                 }
-                command.args(["sandbox", "--spec-fd", "3"]);
+                // Nothing of the controller's environment (tokens, paths) enters the sandbox: even
+                // /proc/PID/environ of the agent shows what it was started with.
+                command.env_clear().args(["sandbox", "--spec-fd", "3"]);
                 SandboxSpec {
                     bootstrap: request.bootstrap.clone(),
                     job_dir: job_dir.clone(),
