@@ -62,18 +62,36 @@ impl Masker {
         }
         let mut input = std::mem::take(&mut self.carry);
         input.extend_from_slice(&data);
+        self.scan(&input, false)
+    }
+
+    /// The end of the stream: masks and releases whatever was held back.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let rest = std::mem::take(&mut self.carry);
+        if rest.is_empty() {
+            return None;
+        }
+        self.scan(&rest, true)
+    }
+
+    /// Masks `input`; unless `at_end`, a tail that may still become a secret is held back instead.
+    fn scan(&mut self, input: &[u8], at_end: bool) -> Option<Bytes> {
         let mut out = Vec::with_capacity(input.len());
         let mut i = 0;
         'scan: while i < input.len() {
             let rest = &input[i..];
             let mut maybe_partial = false;
+            // Longest first: a shorter secret that matches here only counts once no longer one can.
             for secret in self.secrets.0.iter() {
                 if rest.starts_with(secret) {
+                    if maybe_partial {
+                        break;
+                    }
                     out.extend_from_slice(MASK);
                     i += secret.len();
                     continue 'scan;
                 }
-                if rest.len() < secret.len() && secret.starts_with(rest) {
+                if !at_end && rest.len() < secret.len() && secret.starts_with(rest) {
                     maybe_partial = true;
                 }
             }
@@ -86,12 +104,6 @@ impl Masker {
             i += 1;
         }
         (!out.is_empty()).then(|| Bytes::from(out))
-    }
-
-    /// The end of the stream: releases whatever was held back (it was not a secret after all).
-    pub fn finish(&mut self) -> Option<Bytes> {
-        let rest = std::mem::take(&mut self.carry);
-        (!rest.is_empty()).then(|| Bytes::from(rest))
     }
 }
 
@@ -129,5 +141,18 @@ mod tests {
         assert_eq!(run(&["hunter2"], &[b"ends with hunt"]), b"ends with hunt");
         // Longest secret wins when two overlap.
         assert_eq!(run(&["abc", "abcdef"], &[b"xabcdefy abc"]), b"x***y ***");
+    }
+
+    #[test]
+    fn a_shorter_secret_that_begins_a_longer_one_cannot_uncover_its_tail() {
+        let secrets = ["TOKEN_ABC", "TOKEN_ABC_EXTRA_SECRET"];
+        assert_eq!(
+            run(&secrets, &[b"x TOKEN_ABC_EXTR", b"A_SECRET y"]),
+            b"x *** y"
+        );
+        // The short one alone, split the same way, and at the very end of the stream.
+        assert_eq!(run(&secrets, &[b"x TOKEN_ABC_EX", b"IT y"]), b"x ***_EXIT y");
+        assert_eq!(run(&secrets, &[b"x TOKEN_ABC_EX"]), b"x ***_EX");
+        assert_eq!(run(&secrets, &[b"x TOKEN_A"]), b"x TOKEN_A");
     }
 }
