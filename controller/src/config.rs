@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[github]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitHubConfig {
     /// Token for the contents API, commit statuses and cloning private repositories.
@@ -64,7 +64,7 @@ pub struct GitHubConfig {
 }
 
 /// `[repos."owner/name"]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     /// Exported to this repository's jobs.
@@ -80,6 +80,36 @@ pub struct RepoConfig {
     /// `cancelled`, with the superseding job named). Empty: every commit is tested. `["*"]`: all branches.
     #[serde(default)]
     pub coalesce: Vec<String>,
+}
+
+/// What a log line may show of a secret: whether it is set.
+fn redacted(value: &Option<String>) -> &'static str {
+    if value.is_some() { "<set>" } else { "<unset>" }
+}
+
+// Hand-written: these hold tokens and secrets, which must never reach a log line or an error.
+impl std::fmt::Debug for RepoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoConfig")
+            .field("env", &self.env)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("mask_base64", &self.mask_base64)
+            .field("coalesce", &self.coalesce)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for GitHubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubConfig")
+            .field("access_token", &redacted(&self.access_token))
+            .field("repos", &self.repos)
+            .field("webhook_secret", &redacted(&self.webhook_secret))
+            .field("api_url", &self.api_url)
+            .field("status_context", &self.status_context)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RepoConfig {
@@ -536,6 +566,24 @@ fn check_var_name(key: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn debug_output_never_shows_tokens_or_secrets() {
+        let github = GitHubConfig {
+            access_token: Some("ghp_token_value".into()),
+            webhook_secret: Some("hook_secret_value".into()),
+            ..GitHubConfig::default()
+        };
+        let repo = RepoConfig {
+            secrets: [("API_KEY".to_string(), "repo_secret_value".to_string())].into(),
+            ..RepoConfig::default()
+        };
+        let text = format!("{github:?} {repo:?}");
+        for secret in ["ghp_token_value", "hook_secret_value", "repo_secret_value"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("API_KEY") && text.contains("<set>"), "{text}");
+    }
     use super::*;
 
     fn write(dir: &Path, text: &str) -> PathBuf {

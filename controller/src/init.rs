@@ -96,11 +96,11 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
         write_private(&pki.join(name), contents)?;
     }
     let config_text = toml::to_string(&config).map_err(|e| InitError::Invalid(e.to_string()))?;
-    std::fs::write(
+    // Owner-only: the config will hold the GitHub token, the webhook secret and repositories' secrets.
+    write_private(
         &config_path,
-        format!("# ZeroCI controller configuration. Every key is explained in examples/config.toml of the\n# ZeroCI sources and in its README (section Configuration).\n{config_text}"),
-    )
-    .map_err(io(&config_path))?;
+        &format!("# ZeroCI controller configuration. Every key is explained in examples/config.toml of the\n# ZeroCI sources and in its README (section Configuration).\n{config_text}"),
+    )?;
     let client_host = if grpc.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -143,6 +143,9 @@ mod tests {
         let done = init(&options).unwrap();
         let config = Config::load(&done.config).unwrap();
         assert!(config.tls.ca.is_file());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&done.config).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "config.toml holds secrets");
         let profile = Profile::load(&done.profile).unwrap();
         assert!(profile.cert.is_file());
         assert!(matches!(init(&options), Err(InitError::Exists(_))));

@@ -398,6 +398,71 @@ async fn stop_session(sid: u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    struct NoLedger;
+
+    #[async_trait]
+    impl MachineLedger for NoLedger {
+        async fn record(&self, _: serde_json::Value) -> Result<(), ProvisionError> {
+            Ok(())
+        }
+    }
+
+    fn request(untrusted: bool) -> MachineRequest {
+        MachineRequest {
+            job_id: 7,
+            attempt: 1,
+            name: "job-7-a1".into(),
+            bootstrap: zeroci::bootstrap::Bootstrap {
+                controller: "127.0.0.1:1".into(),
+                ca_pem: String::new(),
+                token: "t".into(),
+                job_id: 7,
+            },
+            repo_url: "file:///srv/repo".into(),
+            untrusted,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fork_pull_request_never_runs_unisolated() {
+        let state = tempfile::tempdir().unwrap();
+        let provisioner = LocalProvisioner {
+            machines_dir: state.path().join("machines"),
+            agent_logs_dir: state.path().join("agent-logs"),
+            agent_binary: PathBuf::from("/bin/true"),
+            agent_give_up_secs: 1,
+            sandbox: None,
+        };
+        let refused = provisioner
+            .create(&request(true), &NoLedger, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(!refused.is_retryable());
+        assert!(refused.to_string().contains("never runs unisolated"), "{refused}");
+    }
+
+    #[test]
+    fn local_sources_are_paths_and_file_urls_only() {
+        assert_eq!(local_source("/srv/repo"), Some(PathBuf::from("/srv/repo")));
+        assert_eq!(local_source("file:///srv/repo"), Some(PathBuf::from("/srv/repo")));
+        assert_eq!(local_source("https://github.com/a/b.git"), None);
+        assert_eq!(local_source("git@github.com:a/b.git"), None);
+    }
+
+    #[test]
+    fn concurrent_jobs_get_different_host_users() {
+        let settings = SandboxSettings {
+            network: StepNetwork::Host,
+            read_only: vec![],
+            hidden: vec![],
+            first_uid: Some(DEFAULT_FIRST_UID),
+        };
+        assert_eq!(settings.uid_for(0), Some(DEFAULT_FIRST_UID));
+        assert_ne!(settings.uid_for(1), settings.uid_for(2));
+        assert_eq!(SandboxSettings { first_uid: None, ..settings }.uid_for(3), None);
+    }
     #[test]
     fn start_time_of_this_process_is_readable_and_stable() {
         let pid = std::process::id();
