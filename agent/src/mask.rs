@@ -151,7 +151,10 @@ mod tests {
             b"x *** y"
         );
         // The short one alone, split the same way, and at the very end of the stream.
-        assert_eq!(run(&secrets, &[b"x TOKEN_ABC_EX", b"IT y"]), b"x ***_EXIT y");
+        assert_eq!(
+            run(&secrets, &[b"x TOKEN_ABC_EX", b"IT y"]),
+            b"x ***_EXIT y"
+        );
         assert_eq!(run(&secrets, &[b"x TOKEN_ABC_EX"]), b"x ***_EX");
         assert_eq!(run(&secrets, &[b"x TOKEN_A"]), b"x TOKEN_A");
     }

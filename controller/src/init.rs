@@ -99,7 +99,9 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
     // Owner-only: the config will hold the GitHub token, the webhook secret and repositories' secrets.
     write_private(
         &config_path,
-        &format!("# ZeroCI controller configuration. Every key is explained in examples/config.toml of the\n# ZeroCI sources and in its README (section Configuration).\n{config_text}"),
+        &format!(
+            "# ZeroCI controller configuration. Every key is explained in examples/config.toml of the\n# ZeroCI sources and in its README (section Configuration).\n{config_text}"
+        ),
     )?;
     let client_host = if grpc.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -144,7 +146,10 @@ mod tests {
         let config = Config::load(&done.config).unwrap();
         assert!(config.tls.ca.is_file());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&done.config).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&done.config)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "config.toml holds secrets");
         let profile = Profile::load(&done.profile).unwrap();
         assert!(profile.cert.is_file());

@@ -537,3 +537,54 @@ fn a_manual_run_of_a_configured_repository_tests_the_branch_head_from_github() {
         out.stderr
     );
 }
+
+#[test]
+fn a_fork_pull_request_is_refused_by_unisolated_machines() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(settings(
+        &fake,
+        "[provisioner.local]\nisolation = \"none\"\n",
+    ));
+    let repo = Repo::new(
+        &env,
+        "widget",
+        &[("zeroCI.yaml", "script:\n  - echo ran\n")],
+    );
+    fake.serve(&repo);
+    let sha = repo.commit(&[("pr", "1")], "pull request work");
+    let pr = json!({
+        "action": "opened", "number": 8,
+        "pull_request": {
+            "number": 8,
+            "head": { "sha": sha, "ref": "evil", "repo": { "full_name": "fork/widget", "clone_url": repo.path_str() } },
+            "base": { "ref": "main", "repo": { "full_name": "acme/widget", "clone_url": repo.path_str() } },
+        },
+        "repository": { "full_name": "acme/widget", "clone_url": repo.path_str() },
+        "sender": { "login": "stranger" },
+    })
+    .to_string();
+    let (status, answer) = deliver(
+        &env,
+        "pull_request",
+        "pr-fork",
+        pr.as_bytes(),
+        Some(sign(pr.as_bytes())),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let job = env.wait_job(answer["job"].as_u64().unwrap());
+    assert_eq!(job["status"], "error", "{job:#}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("never runs unisolated"),
+        "{job:#}"
+    );
+    assert!(
+        job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "echo ran")
+    );
+}

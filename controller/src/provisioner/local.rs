@@ -440,13 +440,19 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!refused.is_retryable());
-        assert!(refused.to_string().contains("never runs unisolated"), "{refused}");
+        assert!(
+            refused.to_string().contains("never runs unisolated"),
+            "{refused}"
+        );
     }
 
     #[test]
     fn local_sources_are_paths_and_file_urls_only() {
         assert_eq!(local_source("/srv/repo"), Some(PathBuf::from("/srv/repo")));
-        assert_eq!(local_source("file:///srv/repo"), Some(PathBuf::from("/srv/repo")));
+        assert_eq!(
+            local_source("file:///srv/repo"),
+            Some(PathBuf::from("/srv/repo"))
+        );
         assert_eq!(local_source("https://github.com/a/b.git"), None);
         assert_eq!(local_source("git@github.com:a/b.git"), None);
     }
@@ -461,7 +467,14 @@ mod tests {
         };
         assert_eq!(settings.uid_for(0), Some(DEFAULT_FIRST_UID));
         assert_ne!(settings.uid_for(1), settings.uid_for(2));
-        assert_eq!(SandboxSettings { first_uid: None, ..settings }.uid_for(3), None);
+        assert_eq!(
+            SandboxSettings {
+                first_uid: None,
+                ..settings
+            }
+            .uid_for(3),
+            None
+        );
     }
     #[test]
     fn start_time_of_this_process_is_readable_and_stable() {
