@@ -482,6 +482,20 @@ impl Config {
             .map(|(_, settings)| settings)
     }
 
+    /// A job's settings and secrets are found by its repository's name or URL ([`repo`](Config::repo));
+    /// a submitted name that has settings of its own must not travel with another repository's URL, or
+    /// any user allowed to submit could have that repository's secrets sent to code of their choosing.
+    pub fn check_repo_pairing(&self, name: &str, url: &str) -> Result<(), String> {
+        let by_name = self.repo(name, "").map(|r| r as *const RepoConfig);
+        let by_url = self.repo("", url).map(|r| r as *const RepoConfig);
+        if by_name.is_some() && by_name != by_url {
+            return Err(format!(
+                "repository name {name:?} has settings of its own and {url:?} is not its URL; submit the name alone (zeroci run --repo {name}) or the URL alone"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn lost_agent_timeout(&self) -> Duration {
         Duration::from_secs(self.main.lost_agent_timeout)
     }
@@ -566,6 +580,43 @@ fn check_var_name(key: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_configured_name_cannot_be_paired_with_another_url() {
+        let mut config = Config::for_init("127.0.0.1:0", None, "ci.example");
+        let with_secret = RepoConfig {
+            secrets: [("TOKEN".to_string(), "s3cret-value".to_string())].into(),
+            ..RepoConfig::default()
+        };
+        config
+            .repos
+            .insert("acme/widget".into(), with_secret.clone());
+        config
+            .repos
+            .insert("https://git.example/lib.git".into(), with_secret);
+        assert!(
+            config
+                .check_repo_pairing("acme/widget", "/tmp/evil")
+                .is_err()
+        );
+        assert!(
+            config
+                .check_repo_pairing("acme/widget", "https://git.example/lib.git")
+                .is_err()
+        );
+        // Names without settings, and a URL with its own settings, pair freely.
+        assert!(config.check_repo_pairing("evil", "/tmp/evil").is_ok());
+        assert!(
+            config
+                .check_repo_pairing("lib", "https://git.example/lib.git")
+                .is_ok()
+        );
+        assert!(
+            config
+                .check_repo_pairing("", "https://git.example/lib.git")
+                .is_ok()
+        );
+    }
 
     #[test]
     fn debug_output_never_shows_tokens_or_secrets() {

@@ -60,6 +60,14 @@ impl ControlApi {
         Ok((url, commit))
     }
 
+    /// See [`Config::check_repo_pairing`](crate::config::Config::check_repo_pairing).
+    fn check_name_belongs_to_url(&self, name: &str, url: &str) -> Result<(), ControllerError> {
+        self.engine
+            .config
+            .check_repo_pairing(name, url)
+            .map_err(ControllerError::InvalidArgument)
+    }
+
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
         let job = self.engine.job(id).await?;
         Ok(job.to_pb(self.engine.domain()))
@@ -87,6 +95,9 @@ impl pb::control_service_server::ControlService for ControlApi {
             r.repo_url = url;
             r.commit = commit;
             github_repo = Some(r.repo_name.clone());
+        }
+        if github_repo.is_none() {
+            self.check_name_belongs_to_url(&r.repo_name, &r.repo_url)?;
         }
         let repo = if r.repo_name.is_empty() {
             repo_name(&r.repo_url)
