@@ -97,12 +97,17 @@ fn a_failing_test_does_not_stop_the_next_job_but_a_failing_install_does() {
 
 #[test]
 fn environment_and_zeroci_variables_reach_the_commands() {
+    // Settings are keyed by the repository's path: a bare name travels with any URL a user submits.
+    let outside = tempfile::tempdir().unwrap();
+    let script = "script:\n  - echo \"$GLOBAL $PER_REPO $ZEROCI_REPO $ZEROCI_BRANCH $ZEROCI_COMMIT $ZEROCI_JOB_ID $CI\"\n";
+    let repo = Repo::at(&outside.path().join("envy"), &[("zeroCI.yaml", script)]);
     let env = TestEnv::start_with(Settings {
-        extra: "[environment]\nGLOBAL = \"g1\"\n[repos.envy]\nenv = { PER_REPO = \"r1\" }\n".into(),
+        extra: format!(
+            "[environment]\nGLOBAL = \"g1\"\n[repos.\"local:{}\"]\nenv = {{ PER_REPO = \"r1\" }}\n",
+            repo.path_str()
+        ),
         ..Settings::default()
     });
-    let script = "script:\n  - echo \"$GLOBAL $PER_REPO $ZEROCI_REPO $ZEROCI_BRANCH $ZEROCI_COMMIT $ZEROCI_JOB_ID $CI\"\n";
-    let repo = Repo::new(&env, "envy", &[("zeroCI.yaml", script)]);
     let commit = repo.commit(&[("x", "y")], "c");
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -115,9 +120,13 @@ fn environment_and_zeroci_variables_reach_the_commands() {
 
 #[test]
 fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
+    let outside = tempfile::tempdir().unwrap();
+    let path = outside.path().join("secretive");
     let env = TestEnv::start_with(Settings {
-        extra: "[repos.secretive]\nsecrets = { TOKEN = \"s3cr3t-value\" }\nmask_base64 = true\n"
-            .into(),
+        extra: format!(
+            "[repos.\"local:{}\"]\nsecrets = {{ TOKEN = \"s3cr3t-value\" }}\nmask_base64 = true\n",
+            path.display()
+        ),
         ..Settings::default()
     });
     let yaml = r#"script:
@@ -125,7 +134,7 @@ fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
   - printf 's3cr3t'; sleep 0.3; printf -- '-value and more\n'
   - printf 'user:%s' "$TOKEN" | base64
 "#;
-    let repo = Repo::new(&env, "secretive", &[("zeroCI.yaml", yaml)]);
+    let repo = Repo::at(&path, &[("zeroCI.yaml", yaml)]);
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let id = last_job(&env);
