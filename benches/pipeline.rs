@@ -5,6 +5,7 @@
 //! cargo bench --bench pipeline -- latency 20                              # 20 trivial jobs
 //! cargo bench --bench pipeline -- throughput 1024                         # a step printing 1024 MiB
 //! cargo bench --bench pipeline -- hook 20                                 # commits through the git hook
+//! cargo bench --bench pipeline -- latency 20 none                         # unisolated machines
 //! ```
 //!
 //! - latency: submit → first output byte, and submit → final status, for a trivial repository
@@ -43,7 +44,7 @@ fn repo(root: &Path, name: &str, yaml: &str) -> PathBuf {
     dir
 }
 
-fn start_controller(home: &Path) -> Controller {
+fn start_controller(home: &Path, isolation: &str) -> Controller {
     let bins = bin_dir();
     let status = Command::new(bins.join("zeroci-controller"))
         .args(["init", "--dir"])
@@ -61,6 +62,7 @@ fn start_controller(home: &Path) -> Controller {
         "agent_binary".into(),
         bins.join("zeroci-agent").display().to_string().into(),
     );
+    local.insert("isolation".into(), isolation.into());
     let mut provisioner = toml::Table::new();
     provisioner.insert("local".into(), local.into());
     table.insert("provisioner".into(), provisioner.into());
@@ -69,7 +71,10 @@ fn start_controller(home: &Path) -> Controller {
         .arg("--config")
         .arg(&config)
         .args(["--http-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -173,10 +178,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn latency(runs: usize) {
+async fn latency(runs: usize, isolation: &str) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let controller = start_controller(&home);
+    let controller = start_controller(&home, isolation);
     let repo = repo(dir.path(), "trivial", "script:\n  - echo hello\n");
     let mut client = client(&home, &controller.addr).await;
     // One warm-up run (page cache, first TLS handshakes).
@@ -200,10 +205,10 @@ async fn latency(runs: usize) {
     );
 }
 
-async fn throughput(mib: u64) {
+async fn throughput(mib: u64, isolation: &str) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let controller = start_controller(&home);
+    let controller = start_controller(&home, isolation);
     let yaml = format!(
         "script:\n  - yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c {}\n",
         mib * 1024 * 1024
@@ -226,10 +231,10 @@ async fn throughput(mib: u64) {
     );
 }
 
-async fn hook(runs: usize) {
+async fn hook(runs: usize, isolation: &str) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let controller = start_controller(&home);
+    let controller = start_controller(&home, isolation);
     let profile = home.join("cli.toml");
     let text = std::fs::read_to_string(&profile).unwrap();
     let mut table: toml::Table = toml::from_str(&text).unwrap();
@@ -302,15 +307,17 @@ fn main() {
         .unwrap();
     let what = args.first().map(String::as_str).unwrap_or("all");
     let n = |default: u64| args.get(1).and_then(|s| s.parse().ok()).unwrap_or(default);
+    // Third argument: `none` measures unisolated machines, for the sandbox's cost.
+    let isolation = args.get(2).map(String::as_str).unwrap_or("namespaces");
     runtime.block_on(async {
         if what == "latency" || what == "all" {
-            latency(n(20) as usize).await;
+            latency(n(20) as usize, isolation).await;
         }
         if what == "hook" || what == "all" {
-            hook(n(20) as usize).await;
+            hook(n(20) as usize, isolation).await;
         }
         if what == "throughput" || what == "all" {
-            throughput(n(1024)).await;
+            throughput(n(1024), isolation).await;
         }
     });
 }

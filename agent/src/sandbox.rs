@@ -144,7 +144,7 @@ pub fn enter(spec_fd: i32) -> Result<Entered, SandboxError> {
     become_root()?;
     // Again: a change of credentials clears the parent-death signal.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    build_root(&read_only, &links, &sources, &job, &spec.hidden)?;
+    build_root(&read_only, &links, &sources, &job, &spec)?;
     drop((read_only, sources, job));
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| setup("set the host name", &spec.hostname, e))?;
@@ -342,7 +342,7 @@ fn build_root(
     links: &[HostLink],
     sources: &[HostPath],
     job: &HostPath,
-    hidden: &[PathBuf],
+    spec: &SandboxSpec,
 ) -> Result<(), SandboxError> {
     let no_data: Option<&str> = None;
     mount(
@@ -409,8 +409,12 @@ fn build_root(
         show(host, &target, true)?;
     }
     show(job, &inside(&job.inside), false)?;
-    for path in hidden {
+    for path in &spec.hidden {
         mask(&inside(path))?;
+    }
+    if let Err(error) = name_this_host(root, &inside(Path::new("/etc/hosts")), &spec.hostname) {
+        // A nicety, not a barrier: the job runs, its host name just does not resolve.
+        tracing::warn!(%error, "cannot make the sandbox's host name resolve");
     }
 
     // Pivot with the old root stacked under the new one, then detach it (pivot_root(2), ". .").
@@ -488,6 +492,23 @@ fn bind(source: &Path, target: &Path, kind: Bind) -> Result<(), SandboxError> {
     }
     mount(no_data, target, no_data, flags, no_data)
         .map_err(|e| setup("restrict", target.display(), e))
+}
+
+/// Makes the sandbox's host name resolve, as on any machine: tools look it up (git does, for the
+/// committer's identity), and an unknown name means a DNS query that may hang for seconds. The host's
+/// `/etc/hosts` plus one line, written on the new root and mounted over the read-only copy.
+fn name_this_host(root: &Path, hosts: &Path, hostname: &str) -> Result<(), SandboxError> {
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    let ours = root.join(".hosts");
+    std::fs::write(&ours, text).map_err(|e| setup("write", ours.display(), io_errno(&e)))?;
+    if std::fs::symlink_metadata(hosts).is_err() {
+        make_file(hosts)?;
+    }
+    bind(&ours, hosts, Bind::ReadOnly)
 }
 
 /// Covers a path that lies under a shown directory: an empty read-only directory or `/dev/null`. A path
