@@ -88,6 +88,7 @@ fn a_relative_config_path_works_and_unknown_kinds_are_refused() {
     // `--config config.toml` from the config's own directory: its parent is the empty path.
     let mut controller = Command::new(BIN)
         .args(["--config", "config.toml", "--grpc-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .current_dir(&home)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
