@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use zeroci::pb::{self, agent_event::Kind};
 
+use crate::mask::Secrets;
 use crate::outbox::Outbox;
 use crate::session::{SessionConfig, endpoint};
 
@@ -20,8 +21,15 @@ pub const MAX_TEST_REPORT_BYTES: u64 = 3 * 1024 * 1024;
 pub const MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
-/// Sends the step's test report if the step wrote one; returns the event's sequence number.
-pub async fn send_test_report(outbox: &Outbox, step: u32, path: &Path) -> Option<u64> {
+/// Sends the step's test report if the step wrote one, its secrets masked like the step's output (a
+/// test that fails on a credential prints it into the report's messages); returns the event's sequence
+/// number.
+pub async fn send_test_report(
+    outbox: &Outbox,
+    secrets: &Secrets,
+    step: u32,
+    path: &Path,
+) -> Option<u64> {
     let meta = tokio::fs::metadata(path).await.ok()?;
     if !meta.is_file() {
         return None;
@@ -39,7 +47,7 @@ pub async fn send_test_report(outbox: &Outbox, step: u32, path: &Path) -> Option
         pb::TestReport {
             step,
             source,
-            xml: xml.into(),
+            xml: secrets.mask(xml.into()),
             too_large: false,
         }
     };

@@ -166,13 +166,18 @@ pub async fn run_step(
     };
     if step.kind() == StepKind::Script {
         let mut sent = match test_xml {
-            Some(path) => crate::artifacts::send_test_report(&ctx.outbox, step.index, path).await,
+            Some(path) => {
+                crate::artifacts::send_test_report(&ctx.outbox, &ctx.secrets, step.index, path)
+                    .await
+            }
             None => None,
         };
         if sent.is_none()
             && let Some(shared) = &ctx.options.shared_test_xml
         {
-            sent = crate::artifacts::send_test_report(&ctx.outbox, step.index, shared).await;
+            sent =
+                crate::artifacts::send_test_report(&ctx.outbox, &ctx.secrets, step.index, shared)
+                    .await;
             if sent.is_some() {
                 // Consumed: a later step that writes no report must not resend this one.
                 let _ = tokio::fs::remove_file(shared).await;

@@ -101,6 +101,8 @@ fn environment_and_zeroci_variables_reach_the_commands() {
     let outside = tempfile::tempdir().unwrap();
     let script = "script:\n  - echo \"$GLOBAL $PER_REPO $ZEROCI_REPO $ZEROCI_BRANCH $ZEROCI_COMMIT $ZEROCI_JOB_ID $CI\"\n";
     let repo = Repo::at(&outside.path().join("envy"), &[("zeroCI.yaml", script)]);
+    // Before the controller starts: it watches `local:` repositories, and a later commit is a job.
+    let commit = repo.commit(&[("x", "y")], "c");
     let env = TestEnv::start_with(Settings {
         extra: format!(
             "[environment]\nGLOBAL = \"g1\"\n[repos.\"local:{}\"]\nenv = {{ PER_REPO = \"r1\" }}\n",
@@ -108,7 +110,6 @@ fn environment_and_zeroci_variables_reach_the_commands() {
         ),
         ..Settings::default()
     });
-    let commit = repo.commit(&[("x", "y")], "c");
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let id = last_job(&env);
@@ -120,27 +121,30 @@ fn environment_and_zeroci_variables_reach_the_commands() {
 
 #[test]
 fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
-    let outside = tempfile::tempdir().unwrap();
-    let path = outside.path().join("secretive");
-    let env = TestEnv::start_with(Settings {
-        extra: format!(
-            "[repos.\"local:{}\"]\nsecrets = {{ TOKEN = \"s3cr3t-value\" }}\nmask_base64 = true\n",
-            path.display()
-        ),
-        ..Settings::default()
-    });
     let yaml = r#"script:
   - echo "token=$TOKEN"
   - printf 's3cr3t'; sleep 0.3; printf -- '-value and more\n'
   - printf 'user:%s' "$TOKEN" | base64
+  - name: report
+    cmd: printf '<testsuite name="s"><testcase name="login %s"><failure message="bad %s">%s</failure></testcase></testsuite>' "$TOKEN" "$TOKEN" "$TOKEN" > "$ZEROCI_TEST_XML"
 "#;
-    let repo = Repo::at(&path, &[("zeroCI.yaml", yaml)]);
+    // The repository exists before the controller starts: a `local:` key makes the controller watch
+    // it, and a repository appearing later would be a new branch head, hence a second job.
+    let outside = tempfile::tempdir().unwrap();
+    let repo = Repo::at(&outside.path().join("secretive"), &[("zeroCI.yaml", yaml)]);
+    let env = TestEnv::start_with(Settings {
+        extra: format!(
+            "[repos.\"local:{}\"]\nsecrets = {{ TOKEN = \"s3cr3t-value\" }}\nmask_base64 = true\n",
+            repo.path_str()
+        ),
+        ..Settings::default()
+    });
     let out = env.cli(&["run", repo.path_str()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let id = last_job(&env);
     let log = String::from_utf8(env.raw_log(id, None)).unwrap();
     assert!(!log.contains("s3cr3t"), "{log}");
-    assert!(log.starts_with("token=***\n*** and more\n"), "{log}");
+    assert!(log.starts_with("token=***\n*** and more\n"), "{log:?}");
     let encoded = std::process::Command::new("sh")
         .args(["-c", "printf 'user:s3cr3t-value' | base64"])
         .output()
@@ -148,6 +152,11 @@ fn secrets_are_masked_whole_split_across_writes_and_base64_encoded() {
     let encoded = String::from_utf8(encoded.stdout).unwrap();
     assert!(!log.contains(encoded.trim()), "base64 form leaked: {log}");
     assert!(!out.stdout_str().contains("s3cr3t"));
+    // The JUnit report is masked before it leaves the machine: stored and parsed, no secret.
+    let show = env.cli(&["show", &id.to_string(), "--json"]).json();
+    let reports = show["test_reports"].to_string();
+    assert!(reports.contains("login ***"), "{reports}");
+    assert!(!reports.contains("s3cr3t"), "{reports}");
 }
 
 #[test]

@@ -224,6 +224,7 @@ impl Engine {
             env.extend(repo.secrets.clone());
             for value in repo.secrets.values() {
                 secrets.push(value.clone());
+                secrets.extend(crate::engine::masking::escaped_forms(value));
                 if repo.mask_base64 {
                     secrets.extend(crate::engine::masking::base64_forms(value));
                 }

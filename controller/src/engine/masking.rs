@@ -34,9 +34,59 @@ pub fn base64_forms(secret: &str) -> Vec<String> {
     forms
 }
 
+/// The forms a secret takes when a tool escapes it: inside a JSON string, percent-encoded in a URL
+/// (as `curl` or a log of request URLs shows it) and inside XML text or attributes (a JUnit report).
+/// Only forms that differ from the secret itself.
+pub fn escaped_forms(secret: &str) -> Vec<String> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string();
+    // Unreserved characters (RFC 3986) stay as they are; everything else is encoded.
+    const URL: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let url = utf8_percent_encode(secret, URL).to_string();
+    let xml = secret
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;");
+    let mut forms: Vec<String> = [json, url, xml]
+        .into_iter()
+        .filter(|form| !form.is_empty() && form != secret)
+        .collect();
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_forms_cover_json_urls_and_xml() {
+        let forms = escaped_forms("p@ss \"w<rd>&/x");
+        for expected in [
+            "p@ss \\\"w<rd>&/x",
+            "p%40ss%20%22w%3Crd%3E%26%2Fx",
+            "p@ss &quot;w&lt;rd&gt;&amp;/x",
+        ] {
+            assert!(
+                forms.iter().any(|f| f == expected),
+                "{expected} not in {forms:?}"
+            );
+        }
+        // A secret nothing escapes has no other form.
+        assert!(escaped_forms("plain-secret_value.1~").is_empty());
+    }
 
     #[test]
     fn every_alignment_of_the_secret_is_found_in_encodings_of_surrounding_text() {
