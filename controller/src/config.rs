@@ -39,9 +39,34 @@ pub struct Config {
     /// GitHub: webhooks in, commit statuses out.
     #[serde(default)]
     pub github: Option<GitHubConfig>,
+    /// Ceilings no job can raise.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The file this was read from (absolute), so sandboxes can hide it; not a key of the file.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Output bytes stored per job (default 4 GiB). Past it the stored log ends with a line saying so;
+    /// the job's steps run on, their further output is dropped.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_log_bytes: default_max_log_bytes(),
+        }
+    }
+}
+
+fn default_max_log_bytes() -> u64 {
+    4 << 30
 }
 
 /// `[github]`.
@@ -560,6 +585,7 @@ impl Config {
             environment: BTreeMap::new(),
             repos: BTreeMap::new(),
             github: None,
+            limits: LimitsConfig::default(),
             file: None,
         }
     }

@@ -165,3 +165,39 @@ fn twenty_jobs_submitted_at_once_all_finish_with_at_most_workers_running() {
         );
     }
 }
+
+#[test]
+fn output_past_the_job_limit_is_dropped_with_a_line_saying_so_and_the_job_runs_on() {
+    let env = TestEnv::start_with(Settings {
+        extra: "[limits]\nmax_log_bytes = 1000\n".into(),
+        ..Settings::default()
+    });
+    let repo = Repo::new(
+        &env,
+        "chatty",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&[
+                "head -c 600 /dev/zero | tr '\\0' a",
+                "head -c 5000 /dev/zero | tr '\\0' b",
+                "echo still running > proof && cat proof",
+            ]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+    let (stored, note) = log
+        .split_once("\nzeroci: ")
+        .expect("a line about the limit");
+    assert_eq!(stored, format!("{}{}", "a".repeat(600), "b".repeat(400)));
+    assert!(
+        note.ends_with("[limits] max_log_bytes); the rest is not stored\n"),
+        "{note}"
+    );
+    assert!(!note.contains("still running"), "{note}");
+    let steps = job["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{job:#}");
+    assert_eq!(steps[3]["status"], "success", "the steps ran on: {job:#}");
+}

@@ -56,6 +56,8 @@ pub struct RunState {
     pub agent_seq: u64,
     /// The next pipeline job took over: nothing more is stored through this attempt.
     pub retired: bool,
+    /// Output bytes stored for the job by this controller, against `[limits] max_log_bytes`.
+    pub output_bytes: u64,
 }
 
 /// When the store started refusing this job's events, and why.
@@ -96,6 +98,7 @@ impl ActiveJob {
                 logged,
                 agent_seq,
                 retired: false,
+                output_bytes: 0,
             }),
             link: StdMutex::new(None),
             last_heard_ms: AtomicI64::new(zeroci::now_unix_ms()),

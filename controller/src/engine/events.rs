@@ -47,6 +47,10 @@ struct Batch {
     pieces: Vec<ArtifactPiece>,
     /// The batch broke off here: an event was missing or empty. The job cannot be complete any more.
     problem: Option<String>,
+    /// The last agent event handled, stored or dropped past the output limit: what to acknowledge.
+    handled_through: Option<u64>,
+    /// The job's output bytes once this batch is stored.
+    output_bytes: u64,
 }
 
 impl Engine {
@@ -72,10 +76,11 @@ impl Engine {
         active.store_recovered();
         if let Some(last) = batch.events.last() {
             state.logged = last.cursor;
-            if last.agent_seq > 0 {
-                state.agent_seq = last.agent_seq;
-            }
         }
+        if let Some(seq) = batch.handled_through {
+            state.agent_seq = state.agent_seq.max(seq);
+        }
+        state.output_bytes = batch.output_bytes;
         if let Err(e) = self.apply_batch(active, &mut state, &batch.events).await {
             if e.is_lease_lost() {
                 // The events are stored (another controller reads them from the log); the job is
@@ -99,7 +104,11 @@ impl Engine {
 
     /// Turns agent events into log events, skipping the ones already stored.
     fn prepare(&self, active: &ActiveJob, state: &RunState, events: Vec<pb::AgentEvent>) -> Batch {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            output_bytes: state.output_bytes,
+            ..Batch::default()
+        };
+        let limit = self.config.limits.max_log_bytes;
         let mut cursor = state.logged;
         let mut expected = state.agent_seq + 1;
         for event in events {
@@ -114,6 +123,11 @@ impl Engine {
                 });
                 break;
             };
+            expected += 1;
+            batch.handled_through = Some(event.seq);
+            if matches!(kind, AgentEventKind::Output(_)) && batch.output_bytes >= limit {
+                continue; // past the limit: acknowledged, not stored
+            }
             cursor = cursor.next();
             let at_ms = if event.at_unix_ms > 0 {
                 event.at_unix_ms
@@ -127,7 +141,21 @@ impl Engine {
                     } else {
                         1
                     };
-                    (EventKind::Output, o.step, stream, o.data)
+                    let room = limit - batch.output_bytes;
+                    let mut data = o.data;
+                    if data.len() as u64 > room {
+                        data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+                        let note = format!(
+                            "\nzeroci: this job's output reached the limit of {limit} bytes ([limits] max_log_bytes); the rest is not stored\n"
+                        );
+                        let mut with_note = data.to_vec();
+                        with_note.extend_from_slice(note.as_bytes());
+                        data = Bytes::from(with_note);
+                        batch.output_bytes = limit;
+                    } else {
+                        batch.output_bytes += data.len() as u64;
+                    }
+                    (EventKind::Output, o.step, stream, data)
                 }
                 AgentEventKind::StepStarted(s) => (EventKind::StepStarted, s.step, 0, Bytes::new()),
                 AgentEventKind::StepExited(e) => (
@@ -177,7 +205,6 @@ impl Engine {
                 at_ms,
                 payload,
             });
-            expected += 1;
         }
         batch
     }
