@@ -55,14 +55,31 @@ pub struct LimitsConfig {
     /// the job's steps run on, their further output is dropped.
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
+    /// Seconds; no zeroCI.yaml `timeout` nor `zeroci run --timeout` sets a step's timeout past this
+    /// (default 6 h; 0: no ceiling).
+    #[serde(default = "default_max_step_timeout")]
+    pub max_step_timeout: u64,
+    /// Seconds a job may run from its start before it is cancelled (default 12 h; 0: no limit).
+    #[serde(default = "default_max_job_duration")]
+    pub max_job_duration: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_log_bytes: default_max_log_bytes(),
+            max_step_timeout: default_max_step_timeout(),
+            max_job_duration: default_max_job_duration(),
         }
     }
+}
+
+fn default_max_step_timeout() -> u64 {
+    6 * 3600
+}
+
+fn default_max_job_duration() -> u64 {
+    12 * 3600
 }
 
 fn default_max_log_bytes() -> u64 {

@@ -69,6 +69,35 @@ fn step_timeout_stops_the_job_with_exit_124() {
 }
 
 #[test]
+fn a_pipeline_cannot_raise_timeouts_past_the_controllers_limits() {
+    let env = TestEnv::start_with(Settings {
+        extra: "[limits]\nmax_step_timeout = 1\nmax_job_duration = 3\n".into(),
+        ..Settings::default()
+    });
+    // The file asks for ten minutes per step: the controller's one-second ceiling wins.
+    let yaml = "jobs:\n  - name: slow\n    script:\n      - name: sleeper\n        cmd: sleep 600\n    timeout: 600\n";
+    let repo = Repo::new(&env, "greedy", &[("zeroCI.yaml", yaml)]);
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "error", "{job:#}");
+    assert_eq!(step(&job, "sleeper")["exit_code"], 124, "{job:#}");
+
+    // Many short steps, each under the step ceiling, together past the job's.
+    let steps: String = (0..8)
+        .map(|n| format!("      - name: s{n}\n        cmd: sleep 0.9\n"))
+        .collect();
+    let yaml = format!("jobs:\n  - name: long\n    script:\n{steps}");
+    let repo = Repo::new(&env, "long", &[("zeroCI.yaml", &yaml)]);
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("max_job_duration"),
+        "{job:#}"
+    );
+}
+
+#[test]
 fn killed_agent_is_declared_lost_and_the_job_ends_error() {
     let env = TestEnv::start_with(Settings {
         lost_agent_timeout: 2,

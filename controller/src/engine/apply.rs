@@ -15,6 +15,8 @@ pub const CONFIG_STEP_NAME: &str = "zeroCI.yaml";
 #[derive(Debug, Clone, Copy)]
 pub struct PlanDefaults {
     pub step_timeout_secs: u64,
+    /// The ceiling no pipeline file or submitted timeout can raise a step's timeout past; 0: none.
+    pub max_step_timeout_secs: u64,
 }
 
 /// What the caller must do after a frame was applied.
@@ -201,11 +203,15 @@ fn plan_stages(
             bin_path: job.bin_path.clone(),
             checkout_step,
         });
-        let timeout = if record.step_timeout_secs > 0 {
+        let mut timeout = if record.step_timeout_secs > 0 {
             record.step_timeout_secs
         } else {
             job.timeout_secs.unwrap_or(defaults.step_timeout_secs)
         };
+        let ceiling = defaults.max_step_timeout_secs;
+        if ceiling > 0 && (timeout == 0 || timeout > ceiling) {
+            timeout = ceiling;
+        }
         let shell = job.shell_bin.clone().unwrap_or_default();
         let mut add = |name: String, kind: StepKind, script: String| {
             let mut step = StepRecord::new(next, name, kind);
@@ -338,6 +344,7 @@ mod tests {
 
     const DEFAULTS: PlanDefaults = PlanDefaults {
         step_timeout_secs: 99,
+        max_step_timeout_secs: 0,
     };
 
     fn checked_out(file: &str) -> LogEvent {

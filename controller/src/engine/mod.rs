@@ -168,6 +168,7 @@ impl Engine {
     pub fn plan_defaults(&self) -> PlanDefaults {
         PlanDefaults {
             step_timeout_secs: self.config.main.step_timeout,
+            max_step_timeout_secs: self.config.limits.max_step_timeout,
         }
     }
 

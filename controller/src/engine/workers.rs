@@ -391,7 +391,10 @@ impl Engine {
             }
             tokio::select! {
                 _ = phase.changed() => {}
-                _ = tick.tick() => self.check_deadlines(active).await?,
+                _ = tick.tick() => {
+                    self.check_deadlines(active).await?;
+                    self.check_job_duration(active).await?;
+                }
                 _ = renew.tick() => self.renew_lease(active).await?,
                 _ = self.shutdown.cancelled() => {
                     if !self.wait_for_drain(active).await {
@@ -465,6 +468,34 @@ impl Engine {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Cancels a job that has run longer than `[limits] max_job_duration` (once: the cancel then takes
+    /// its usual course).
+    pub(super) async fn check_job_duration(
+        &self,
+        active: &ActiveJob,
+    ) -> Result<(), ControllerError> {
+        let limit = self.config.limits.max_job_duration;
+        if limit == 0 {
+            return Ok(());
+        }
+        let (started_at, cancelling) = {
+            let state = active.state.lock().await;
+            (
+                state.record.started_at,
+                state.record.cancel_reason.is_some(),
+            )
+        };
+        let ran_ms = zeroci::now_unix_ms() - started_at;
+        if started_at == 0 || cancelling || ran_ms <= (limit as i64).saturating_mul(1000) {
+            return Ok(());
+        }
+        let reason = format!(
+            "the job ran longer than this controller allows ({limit}s, [limits] max_job_duration)"
+        );
+        warn!(job_id = active.id, %reason, "cancelling job");
+        self.cancel(active.id, reason).await.map(|_| ())
     }
 
     /// Extends this controller's lease on a job it supervises. A conflict means another controller
