@@ -51,10 +51,14 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Output bytes stored per job (default 4 GiB). Past it the stored log ends with a line saying so;
-    /// the job's steps run on, their further output is dropped.
+    /// Output bytes stored per job (default 4 GiB). Past it the stored log ends with a line saying so
+    /// and further output is dropped.
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
+    /// What a job whose output reaches `max_log_bytes` does: `continue` (default; its further output
+    /// is dropped) or `cancel`.
+    #[serde(default)]
+    pub on_log_limit: LogLimitAction,
     /// Seconds; no zeroCI.yaml `timeout` nor `zeroci run --timeout` sets a step's timeout past this
     /// (default 6 h; 0: no ceiling).
     #[serde(default = "default_max_step_timeout")]
@@ -68,10 +72,20 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_log_bytes: default_max_log_bytes(),
+            on_log_limit: LogLimitAction::default(),
             max_step_timeout: default_max_step_timeout(),
             max_job_duration: default_max_job_duration(),
         }
     }
+}
+
+/// `[limits] on_log_limit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLimitAction {
+    #[default]
+    Continue,
+    Cancel,
 }
 
 fn default_max_step_timeout() -> u64 {

@@ -201,3 +201,31 @@ fn output_past_the_job_limit_is_dropped_with_a_line_saying_so_and_the_job_runs_o
     assert_eq!(steps.len(), 4, "{job:#}");
     assert_eq!(steps[3]["status"], "success", "the steps ran on: {job:#}");
 }
+
+#[test]
+fn output_past_the_job_limit_cancels_the_job_when_so_configured() {
+    let env = TestEnv::start_with(Settings {
+        extra: "[limits]\nmax_log_bytes = 1000\non_log_limit = \"cancel\"\n".into(),
+        ..Settings::default()
+    });
+    let repo = Repo::new(
+        &env,
+        "flood",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&["head -c 5000 /dev/zero | tr '\\0' b; sleep 600"]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("max_log_bytes"),
+        "{job:#}"
+    );
+    let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+    assert!(
+        log.contains("the rest is not stored and the job is cancelled"),
+        "{log}"
+    );
+}

@@ -82,6 +82,8 @@ pub struct ActiveJob {
     pub cancel_deadline_ms: AtomicI64,
     /// Set while the store refuses the job's events; the supervisor ends the job when it lasts.
     pub store_trouble: StdMutex<Option<StoreTrouble>>,
+    /// The job's output reached `[limits] max_log_bytes`; the supervisor cancels it when so configured.
+    pub output_limit_reached: AtomicBool,
     /// Fired when the job is cancelled or the controller stops: a machine being made stops.
     pub provisioning: CancellationToken,
     /// Where this machine's work is; the worker waits on it.
@@ -105,6 +107,7 @@ impl ActiveJob {
             connected: AtomicBool::new(false),
             cancel_deadline_ms: AtomicI64::new(0),
             store_trouble: StdMutex::new(None),
+            output_limit_reached: AtomicBool::new(false),
             provisioning: CancellationToken::new(),
             phase: watch::channel(Phase::Running).0,
         }

@@ -51,6 +51,8 @@ struct Batch {
     handled_through: Option<u64>,
     /// The job's output bytes once this batch is stored.
     output_bytes: u64,
+    /// This batch brought the output to `[limits] max_log_bytes`.
+    limit_reached: bool,
 }
 
 impl Engine {
@@ -81,6 +83,11 @@ impl Engine {
             state.agent_seq = state.agent_seq.max(seq);
         }
         state.output_bytes = batch.output_bytes;
+        if batch.limit_reached {
+            active
+                .output_limit_reached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Err(e) = self.apply_batch(active, &mut state, &batch.events).await {
             if e.is_lease_lost() {
                 // The events are stored (another controller reads them from the log); the job is
@@ -146,12 +153,20 @@ impl Engine {
                     if data.len() as u64 > room {
                         data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
                         let note = format!(
-                            "\nzeroci: this job's output reached the limit of {limit} bytes ([limits] max_log_bytes); the rest is not stored\n"
+                            "\nzeroci: this job's output reached the limit of {limit} bytes ([limits] max_log_bytes); the rest is not stored{}\n",
+                            if self.config.limits.on_log_limit
+                                == crate::config::LogLimitAction::Cancel
+                            {
+                                " and the job is cancelled"
+                            } else {
+                                ""
+                            }
                         );
                         let mut with_note = data.to_vec();
                         with_note.extend_from_slice(note.as_bytes());
                         data = Bytes::from(with_note);
                         batch.output_bytes = limit;
+                        batch.limit_reached = true;
                     } else {
                         batch.output_bytes += data.len() as u64;
                     }

@@ -393,7 +393,7 @@ impl Engine {
                 _ = phase.changed() => {}
                 _ = tick.tick() => {
                     self.check_deadlines(active).await?;
-                    self.check_job_duration(active).await?;
+                    self.check_limits(active).await?;
                 }
                 _ = renew.tick() => self.renew_lease(active).await?,
                 _ = self.shutdown.cancelled() => {
@@ -470,16 +470,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Cancels a job that has run longer than `[limits] max_job_duration` (once: the cancel then takes
-    /// its usual course).
-    pub(super) async fn check_job_duration(
-        &self,
-        active: &ActiveJob,
-    ) -> Result<(), ControllerError> {
-        let limit = self.config.limits.max_job_duration;
-        if limit == 0 {
-            return Ok(());
-        }
+    /// Cancels a job that has run longer than `[limits] max_job_duration`, or whose output reached
+    /// `max_log_bytes` with `on_log_limit = "cancel"` (once: the cancel then takes its usual course).
+    pub(super) async fn check_limits(&self, active: &ActiveJob) -> Result<(), ControllerError> {
+        let limits = &self.config.limits;
         let (started_at, cancelling) = {
             let state = active.state.lock().await;
             (
@@ -487,13 +481,28 @@ impl Engine {
                 state.record.cancel_reason.is_some(),
             )
         };
-        let ran_ms = zeroci::now_unix_ms() - started_at;
-        if started_at == 0 || cancelling || ran_ms <= (limit as i64).saturating_mul(1000) {
+        if cancelling {
             return Ok(());
         }
-        let reason = format!(
-            "the job ran longer than this controller allows ({limit}s, [limits] max_job_duration)"
-        );
+        let ran_ms = zeroci::now_unix_ms() - started_at;
+        let reason = if limits.max_job_duration > 0
+            && started_at > 0
+            && ran_ms > (limits.max_job_duration as i64).saturating_mul(1000)
+        {
+            format!(
+                "the job ran longer than this controller allows ({}s, [limits] max_job_duration)",
+                limits.max_job_duration
+            )
+        } else if limits.on_log_limit == crate::config::LogLimitAction::Cancel
+            && active.output_limit_reached.load(Ordering::Relaxed)
+        {
+            format!(
+                "the job's output reached {} bytes ([limits] max_log_bytes)",
+                limits.max_log_bytes
+            )
+        } else {
+            return Ok(());
+        };
         warn!(job_id = active.id, %reason, "cancelling job");
         self.cancel(active.id, reason).await.map(|_| ())
     }
