@@ -9,6 +9,7 @@
 //! - [`tls`]: tonic TLS configurations built from PEM files.
 //! - [`pipeline`]: the `zeroCI.yaml` parser, shared so the CLI and the controller say the same thing.
 //! - [`profile`]: the CLI profile file.
+//! - [`resources`]: what one machine may use (CPUs, memory, processes).
 //! - [`telemetry`]: `tracing` set-up for the binaries.
 //! - [`process`]: process-group helpers used by the agent and the local provisioner.
 //! - [`words`]: the words for the control API's status and kind enums.
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod process;
 pub mod profile;
+pub mod resources;
 pub mod sandbox;
 pub mod signals;
 pub mod telemetry;

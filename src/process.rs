@@ -159,6 +159,42 @@ pub fn inherit_fd(fd: i32, target: i32) -> io::Result<()> {
     }
 }
 
+/// For a `pre_exec` hook: moves this process into the control group whose `cgroup.procs` is open as
+/// `procs_fd` (writing `0` names the writer).
+pub fn join_cgroup(procs_fd: i32) -> io::Result<()> {
+    // SAFETY: write reads one byte from a static buffer.
+    let written = unsafe { libc::write(procs_fd, b"0".as_ptr().cast(), 1) };
+    if written == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Limits the processes (and threads) process `pid` (0: this one, async-signal-safe for a `pre_exec`
+/// hook) and its later children may run as their user to `max`. Meant for a machine that runs as a
+/// host user of its own, where the user's count is the machine's.
+pub fn limit_processes(pid: u32, max: u64) -> io::Result<()> {
+    let limit = libc::rlimit64 {
+        rlim_cur: max,
+        rlim_max: max,
+    };
+    // SAFETY: prlimit64 reads `limit` and writes nothing (the old-limit pointer is null).
+    let rc = unsafe {
+        libc::prlimit64(
+            pid as libc::pid_t,
+            libc::RLIMIT_NPROC,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The namespaces every `local` machine's sandbox gets: user, mount, PID, IPC, UTS.
 pub const SANDBOX_NAMESPACES: i32 = libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS

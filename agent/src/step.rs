@@ -140,6 +140,15 @@ pub async fn run_step(
     ctx.outbox
         .push(Kind::StepStarted(pb::StepStarted { step: step.index }))
         .await;
+    for note in &step.notes {
+        ctx.outbox
+            .push(Kind::Output(pb::Output {
+                step: step.index,
+                stream: pb::OutputStream::Stderr as i32,
+                data: format!("zeroci: {note}\n").into(),
+            }))
+            .await;
+    }
     let shell = if step.shell.is_empty() {
         "/bin/sh"
     } else {

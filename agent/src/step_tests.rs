@@ -79,6 +79,7 @@ impl Harness {
             script: script.into(),
             shell: String::new(),
             timeout_secs,
+            notes: Vec::new(),
         };
         let env = vec![("ZEROCI_STEP".to_string(), "test".to_string())];
         run_step(&step, self.dir.path(), &env, idle, None, &self.ctx).await
@@ -226,6 +227,22 @@ async fn exit_codes_signals_env_and_install_mode() {
     )
     .await;
     assert_eq!(h.output(OutputStream::Stderr), b"test");
+}
+
+#[tokio::test]
+async fn notes_come_before_the_commands_output() {
+    let h = Harness::new();
+    let step = pb::Step {
+        index: 1,
+        script: "echo out >&2".into(),
+        notes: vec!["this machine's limits: 64 processes".into()],
+        ..Default::default()
+    };
+    run_step(&step, h.dir.path(), &[], None, None, &h.ctx).await;
+    assert_eq!(
+        h.output(OutputStream::Stderr),
+        b"zeroci: this machine's limits: 64 processes\nout\n"
+    );
 }
 
 #[tokio::test]

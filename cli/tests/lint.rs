@@ -98,6 +98,7 @@ fn every_variant_is_valid_with_exit_0_and_its_plan() {
                     "image_name",
                     "install",
                     "name",
+                    "resources",
                     "shell_bin",
                     "steps",
                     "timeout"

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use zeroci::pb;
+use zeroci::resources::Resources;
 
 /// A job's id: a positive number, unique per controller state directory.
 pub type JobId = u64;
@@ -154,6 +155,9 @@ pub struct StageRecord {
     pub name: String,
     pub image_name: Option<String>,
     pub bin_path: Option<String>,
+    /// What the pipeline job asked of its machine (`prerequisites: {cpus, memory_mb, pids}`).
+    #[serde(default, skip_serializing_if = "Resources::is_unlimited")]
+    pub resources: Resources,
     /// Index of the stage's checkout step.
     pub checkout_step: u32,
 }
@@ -213,6 +217,7 @@ impl StepRecord {
             script: self.script.clone(),
             shell: self.shell.clone(),
             timeout_secs: self.timeout_secs,
+            notes: Vec::new(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct PipelineJob {
     pub name: String,
     pub image_name: Option<String>,
     pub shell_bin: Option<String>,
+    /// What the job asks of its machine (`prerequisites: {cpus, memory_mb, pids}`).
+    pub resources: crate::resources::Resources,
     /// Install commands in order (the list form's items, or the install string as one element); run
     /// as one step that stops at the first failure.
     pub install: Vec<String>,
@@ -177,7 +179,7 @@ impl LintReport {
         render_all(&self.errors, &self.warnings, file)
     }
 
-    /// `{"valid", "jobs": [{"name", "image_name", "shell_bin", "timeout", "install", "steps": [{"name",
+    /// `{"valid", "jobs": [{"name", "image_name", "shell_bin", "resources", "timeout", "install", "steps": [{"name",
     /// "cmd"}], "bin_path"}], "run_on", "errors": [{"line", "column", "key", "message"}], "warnings"}`.
     /// An invalid file has no plan: `jobs` is empty and `run_on` null.
     pub fn to_json(&self) -> serde_json::Value {
@@ -211,6 +213,7 @@ fn job_json(job: &PipelineJob) -> serde_json::Value {
         "name": job.name,
         "image_name": job.image_name,
         "shell_bin": job.shell_bin,
+        "resources": job.resources,
         "timeout": job.timeout_secs,
         "install": job.install,
         "steps": job.steps.iter().map(|s| serde_json::json!({"name": s.name, "cmd": s.cmd})).collect::<Vec<_>>(),

@@ -13,7 +13,14 @@ use super::{Diagnostic, MAX_DIAGNOSTICS, MAX_JOBS, Pipeline, PipelineJob, Script
 
 /// Keys of a job; at the top level they form the single job of the list and single-job forms.
 const JOB_KEYS: [&str; 5] = ["prerequisites", "install", "script", "bin_path", "timeout"];
-const PREREQUISITE_KEYS: [&str; 3] = ["image_name", "imageName", "shell_bin"];
+const PREREQUISITE_KEYS: [&str; 6] = [
+    "image_name",
+    "imageName",
+    "shell_bin",
+    "cpus",
+    "memory_mb",
+    "pids",
+];
 const STEP_KEYS: [&str; 5] = ["name", "cmd", "type", "working_dir", "yaml_path"];
 /// Keys that only mean something to the original's neph steps.
 const NEPH_KEYS: [&str; 2] = ["working_dir", "yaml_path"];
@@ -263,9 +270,13 @@ fn check_jobs_form(root: &Node, c: &mut Checker) -> Pipeline {
 
 /// One job from its mapping (the top level, or an entry of `jobs`).
 fn check_job(c: &mut Checker, job: &Fields<'_>, path: &str, name: String) -> PipelineJob {
-    let (mut image_name, shell_bin) = match job.get("prerequisites") {
+    let Prerequisites {
+        mut image_name,
+        shell_bin,
+        resources,
+    } = match job.get("prerequisites") {
         Some(node) => prerequisites(c, node, &join(path, "prerequisites")),
-        None => (None, None),
+        None => Prerequisites::default(),
     };
     // Only the top level of the first form had the legacy key; in `jobs` it is just unknown.
     let legacy = if path.is_empty() {
@@ -289,6 +300,7 @@ fn check_job(c: &mut Checker, job: &Fields<'_>, path: &str, name: String) -> Pip
         name,
         image_name,
         shell_bin,
+        resources,
         install: job
             .get("install")
             .map(|n| install(c, n, &join(path, "install")))
@@ -301,13 +313,21 @@ fn check_job(c: &mut Checker, job: &Fields<'_>, path: &str, name: String) -> Pip
     }
 }
 
-fn prerequisites(c: &mut Checker, node: &Node, path: &str) -> (Option<String>, Option<String>) {
+/// What a job asks of its machine.
+#[derive(Default)]
+struct Prerequisites {
+    image_name: Option<String>,
+    shell_bin: Option<String>,
+    resources: crate::resources::Resources,
+}
+
+fn prerequisites(c: &mut Checker, node: &Node, path: &str) -> Prerequisites {
     if node.is_null() {
-        return (None, None);
+        return Prerequisites::default();
     }
     let expected = "a mapping such as `{image_name: ubuntu:22.04, shell_bin: /bin/bash}`";
     let Some(fields) = c.fields(node, path, &PREREQUISITE_KEYS, expected) else {
-        return (None, None);
+        return Prerequisites::default();
     };
     let image = optional_text(
         c,
@@ -335,7 +355,71 @@ fn prerequisites(c: &mut Checker, node: &Node, path: &str) -> (Option<String>, O
         &join(path, "shell_bin"),
         "the path of a shell",
     );
-    (image.or(early), shell)
+    let resources = crate::resources::Resources {
+        cpus: fields.get("cpus").and_then(|n| {
+            number(c, n, &join(path, "cpus"), "a number of CPUs such as 1.5")
+                .and_then(|text| text.parse::<f64>().ok())
+                .filter(|cpus| *cpus > 0.0 && cpus.is_finite())
+                .or_else(|| wrong(c, n, &join(path, "cpus"), "a number of CPUs such as 1.5"))
+        }),
+        memory_mb: count(
+            c,
+            fields.get("memory_mb"),
+            &join(path, "memory_mb"),
+            "a whole number of MiB such as 2048",
+        ),
+        pids: count(
+            c,
+            fields.get("pids"),
+            &join(path, "pids"),
+            "a whole number of processes such as 512",
+        ),
+    };
+    if let (Some(pids), Some(node)) = (resources.pids, fields.get("pids"))
+        && pids < crate::resources::MIN_PIDS
+    {
+        c.error(
+            node,
+            &join(path, "pids"),
+            format!(
+                "must be at least {}: the agent's own threads count too",
+                crate::resources::MIN_PIDS
+            ),
+        );
+    }
+    Prerequisites {
+        image_name: image.or(early),
+        shell_bin: shell,
+        resources,
+    }
+}
+
+/// The text of a plain (unquoted) scalar, or an error saying what was expected.
+fn number<'a>(c: &mut Checker, node: &'a Node, path: &str, expected: &str) -> Option<&'a str> {
+    match &node.value {
+        _ if node.is_null() => None,
+        Value::Scalar { text, plain: true } => Some(text.trim()),
+        _ => wrong(c, node, path, expected),
+    }
+}
+
+/// A positive whole number (`2048`, not `2048.5` or `'2048'`).
+fn count(c: &mut Checker, node: Option<&Node>, path: &str, expected: &str) -> Option<u64> {
+    let node = node?;
+    number(c, node, path, expected)?
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .or_else(|| wrong(c, node, path, expected))
+}
+
+fn wrong<T>(c: &mut Checker, node: &Node, path: &str, expected: &str) -> Option<T> {
+    c.error(
+        node,
+        path,
+        format!("expected {expected}, found {}", node.describe()),
+    );
+    None
 }
 
 /// The original's first form, `prequisties: [jsx, docker]` (sic), chose a base image by its first

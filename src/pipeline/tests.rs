@@ -172,11 +172,69 @@ fn unknown_keys_are_warnings_with_a_suggestion_and_the_file_stays_valid() {
                 7,
                 3,
                 "prerequisites.colour",
-                "unknown key, ignored; known keys here: `image_name`, `imageName`, `shell_bin`"
+                "unknown key, ignored; known keys here: `image_name`, `imageName`, `shell_bin`, `cpus`, `memory_mb`, `pids`"
             ),
         ]
     );
     assert_eq!(report.pipeline.map(|p| p.jobs[0].install.len()), Some(0));
+}
+
+#[test]
+fn prerequisites_ask_for_resources() {
+    let job = &parse(b"prerequisites: {cpus: 1.5, memory_mb: 2048, pids: 256}\nscript: [x]\n")
+        .unwrap()
+        .jobs[0];
+    assert_eq!(
+        job.resources,
+        crate::resources::Resources {
+            cpus: Some(1.5),
+            memory_mb: Some(2048),
+            pids: Some(256),
+        }
+    );
+    let wrong =
+        lint(b"prerequisites:\n  cpus: many\n  memory_mb: '2048'\n  pids: 4\nscript: [x]\n");
+    assert_eq!(
+        positions(&wrong.errors),
+        [
+            (
+                2,
+                9,
+                "prerequisites.cpus",
+                "expected a number of CPUs such as 1.5, found `many`"
+            ),
+            (
+                3,
+                14,
+                "prerequisites.memory_mb",
+                "expected a whole number of MiB such as 2048, found `2048`"
+            ),
+            (
+                4,
+                9,
+                "prerequisites.pids",
+                "must be at least 32: the agent's own threads count too"
+            ),
+        ]
+    );
+    let zero = lint(b"prerequisites: {cpus: 0, memory_mb: 1.5}\nscript: [x]\n");
+    assert_eq!(
+        positions(&zero.errors),
+        [
+            (
+                1,
+                23,
+                "prerequisites.cpus",
+                "expected a number of CPUs such as 1.5, found `0`"
+            ),
+            (
+                1,
+                37,
+                "prerequisites.memory_mb",
+                "expected a whole number of MiB such as 2048, found `1.5`"
+            ),
+        ]
+    );
 }
 
 /// Each kind of error: every error of the file, with its exact position, key and message, as printed.

@@ -143,6 +143,63 @@ fn nothing_a_job_starts_outlives_its_machine() {
 }
 
 #[test]
+fn a_job_that_asks_for_64_processes_cannot_fork_past_them_in_its_own_control_group() {
+    let env = TestEnv::start();
+    let repo = Repo::new(
+        &env,
+        "forks",
+        &[(
+            "zeroCI.yaml",
+            &format!(
+                "prerequisites: {{pids: 64}}\n{}",
+                pipeline(&[
+                    "grep '^0::' /proc/self/cgroup",
+                    // dash gives up at the first fork the kernel refuses.
+                    "for i in $(seq 500); do sleep 5 >/dev/null 2>&1 </dev/null & done; echo all-500-started",
+                ])
+            ),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "failure", "{job:#}");
+    let machine = format!("job-{id}-a1");
+    let first = String::from_utf8(env.raw_log(id, Some("1"))).unwrap();
+    assert!(
+        first.starts_with("zeroci: this machine's limits: 64 processes\n")
+            && first.contains(&format!(".{machine}\n"))
+            && first.contains("0::/zeroci/"),
+        "{first}"
+    );
+    let forks = String::from_utf8(env.raw_log(id, Some("2"))).unwrap();
+    assert!(
+        forks.contains("Cannot fork") && !forks.contains("all-500-started"),
+        "{forks}"
+    );
+    // The group goes with the machine, and the sleeps with it.
+    wait_for("the machine to be destroyed", || {
+        env.stored_job(id)["machine"].is_null().then_some(())
+    });
+    let groups = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            let (fields, kind) = line.split_once(" - ")?;
+            kind.starts_with("cgroup2 ")
+                .then(|| fields.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .expect("a cgroup v2 file system is mounted");
+    let group = first
+        .lines()
+        .find_map(|line| line.strip_prefix("0::/"))
+        .unwrap();
+    assert!(
+        !std::path::Path::new(&groups).join(group).exists(),
+        "the machine's control group {group} is left behind"
+    );
+}
+
+#[test]
 fn an_unisolated_job_says_so_in_its_log() {
     let env = TestEnv::start_with(Settings {
         extra: "[provisioner.local]\nisolation = \"none\"\n".into(),

@@ -201,6 +201,7 @@ fn plan_stages(
             name: job.name.clone(),
             image_name: job.image_name.clone(),
             bin_path: job.bin_path.clone(),
+            resources: job.resources,
             checkout_step,
         });
         let mut timeout = if record.step_timeout_secs > 0 {

@@ -254,9 +254,10 @@ impl Engine {
             match apply::apply_event(&mut state.record, event, self.plan_defaults()) {
                 Effect::None => {}
                 Effect::Changed => changed = true,
-                Effect::RunSteps(run) => {
+                Effect::RunSteps(mut run) => {
                     self.jobs.put(&mut state.record).await?;
                     changed = false;
+                    self.limit_machine(active, state, &mut run).await;
                     active.send_to_agent(Reply::RunSteps(run));
                 }
                 Effect::ConfigError { step, message } => {
@@ -288,6 +289,42 @@ impl Engine {
         }
         self.publish_progress(active.id, state.logged);
         Ok(())
+    }
+
+    /// Fits the machine to its pipeline job's plan before the job's own commands run, and has the first
+    /// of them say in its log what the machine may use and what the host could not enforce. A failure
+    /// is logged and said there too: the limits are a safeguard, not a reason to fail the job.
+    async fn limit_machine(&self, active: &ActiveJob, state: &RunState, run: &mut pb::RunSteps) {
+        let Some(machine) = state.record.machine.as_ref() else {
+            return;
+        };
+        let (resources, mut notes) = self.machine_resources(&state.record);
+        if resources.is_unlimited() {
+            return;
+        }
+        let asked = state
+            .record
+            .stages
+            .get(state.record.stage() as usize)
+            .is_some_and(|stage| !stage.resources.is_unlimited());
+        // Every job has the default limits; the line is for jobs that chose their own.
+        if asked {
+            notes.insert(0, format!("this machine's limits: {resources}"));
+        }
+        match self.provisioner.limit(machine, &resources).await {
+            Ok(unenforced) => notes.extend(unenforced),
+            Err(error) => {
+                warn!(job_id = active.id, %error, "cannot limit the machine");
+                notes.push(format!("cannot apply them: {error}"));
+            }
+        }
+        let first = run
+            .steps
+            .iter_mut()
+            .find(|s| s.kind() != pb::StepKind::Checkout);
+        if let Some(first) = first {
+            first.notes = notes;
+        }
     }
 
     /// Writes the config step's start, message and end as the controller's own log events.

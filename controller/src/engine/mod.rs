@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use zeroci::pb;
 use zeroci::pki::CertificateAuthority;
+use zeroci::resources::Resources;
 
 pub use active::{ActiveJob, AgentLink, AgentTx, LogProgress, Phase, RunState};
 use apply::PlanDefaults;
@@ -163,6 +164,17 @@ impl Engine {
     /// Tells the notifiers about a job's new status (never blocks).
     fn notify(&self, job: &JobRecord) {
         self.notifications.send(job);
+    }
+
+    /// What the machine of the job's current pipeline job gets: the controller's `[limits]`, lowered
+    /// by what that pipeline job asks once the plan is known; and a line for each request cut down.
+    pub fn machine_resources(&self, record: &JobRecord) -> (Resources, Vec<String>) {
+        let asked = record
+            .stages
+            .get(record.stage() as usize)
+            .map(|stage| stage.resources)
+            .unwrap_or_default();
+        self.config.limits.machine().grant(&asked)
     }
 
     pub fn plan_defaults(&self) -> PlanDefaults {

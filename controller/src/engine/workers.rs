@@ -263,6 +263,7 @@ impl Engine {
                 },
                 repo_url: state.record.repo_url.clone(),
                 untrusted: state.record.untrusted,
+                resources: self.machine_resources(&state.record).0,
             }
         };
         let ledger = JobLedger {

@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use std::os::fd::AsRawFd;
 
+use zeroci::resources::Resources;
 use zeroci::sandbox::{SandboxSpec, StepNetwork};
 
+use super::cgroup::{self, MachineGroups};
 use super::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
 use crate::config::{Config, Isolation, LocalConfig};
 use crate::jobs::MachineRecord;
@@ -34,6 +36,8 @@ pub struct LocalProvisioner {
     agent_give_up_secs: u64,
     /// `None`: `isolation = "none"`.
     sandbox: Option<SandboxSettings>,
+    /// Each machine's control group; `Err`: why machines have none on this host.
+    groups: Result<MachineGroups, String>,
 }
 
 /// What every sandbox of this controller shares.
@@ -68,6 +72,12 @@ struct LocalDetails {
     /// someone else, and destroy must not touch that process's session.
     #[serde(default)]
     start_time: Option<u64>,
+    /// The machine's control group, recorded before it is made.
+    #[serde(default)]
+    cgroup: Option<PathBuf>,
+    /// Whether the machine runs as a host user of its own, so `RLIMIT_NPROC` counts its processes only.
+    #[serde(default)]
+    own_user: bool,
 }
 
 /// The start time of process `pid` in clock ticks since boot, if it exists.
@@ -138,13 +148,56 @@ impl LocalProvisioner {
                 })
             }
         };
+        let groups = MachineGroups::detect(state_dir);
+        match &groups {
+            Ok(groups) if groups.missing().is_empty() => {}
+            Ok(groups) => warn!(
+                missing = ?groups.missing(),
+                "cgroup v2 on this host lacks controllers (they are held by cgroup v1 hierarchies): \
+                 machines' limits on them are not enforced (processes fall back to RLIMIT_NPROC); boot \
+                 with systemd.unified_cgroup_hierarchy=1 to enforce them"
+            ),
+            Err(reason) => warn!(
+                %reason,
+                "machines get no control group: their memory and CPU limits are not enforced"
+            ),
+        }
         Ok(LocalProvisioner {
             machines_dir: state_dir.join("machines"),
             agent_logs_dir: state_dir.join("agent-logs"),
             agent_binary,
             agent_give_up_secs: config.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
             sandbox,
+            groups,
         })
+    }
+
+    /// What of `resources` this host cannot enforce on a machine, in words for the job's log.
+    fn unenforced(&self, resources: &Resources, own_user: bool) -> Vec<String> {
+        let wanted = [
+            ("memory", resources.memory_mb.is_some()),
+            ("pids", resources.pids.is_some() && !own_user),
+            ("cpu", resources.cpus.is_some()),
+        ];
+        let (missing, why) = match &self.groups {
+            Ok(groups) => (
+                groups.missing(),
+                "cgroup v2 has no such controller on this host".to_string(),
+            ),
+            Err(reason) => (vec!["memory", "pids", "cpu"], reason.clone()),
+        };
+        let unenforced: Vec<&str> = wanted
+            .into_iter()
+            .filter(|(name, wanted)| *wanted && missing.contains(name))
+            .map(|(name, _)| name)
+            .collect();
+        if unenforced.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "limits not enforced on this host: {} ({why})",
+            unenforced.join(", ")
+        )]
     }
 
     /// Puts the agent binary into the machine: a hard link when possible (instant, no extra disk), else a
@@ -179,10 +232,16 @@ impl Provisioner for LocalProvisioner {
             retryable: false,
         };
         let dir = self.machines_dir.join(&request.name);
+        let own_user = self
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.uid_for(request.job_id).is_some());
         let mut details = LocalDetails {
             pid: None,
             dir: dir.clone(),
             start_time: None,
+            cgroup: self.groups.as_ref().ok().map(|g| g.path_of(&name)),
+            own_user,
         };
         ledger.record(details.to_value()).await?;
         // A leftover directory from an earlier crash of the same attempt is replaced.
@@ -196,6 +255,21 @@ impl Provisioner for LocalProvisioner {
             .map_err(|e| prepare(format!("{}: {e}", job_dir.display())))?;
         let log =
             std::fs::File::create(dir.join("agent.log")).map_err(|e| prepare(e.to_string()))?;
+        // The agent joins its group before it runs a single instruction: nothing it starts is outside.
+        let group_procs = match &self.groups {
+            Ok(groups) => {
+                let group = groups
+                    .create(&name, &request.resources)
+                    .map_err(|e| prepare(format!("control group of {name}: {e}")))?;
+                let procs = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(group.join("cgroup.procs"))
+                    .map_err(|e| prepare(format!("{}: {e}", group.display())))?;
+                Some(procs)
+            }
+            Err(_) => None,
+        };
+        let max_processes = request.resources.pids.filter(|_| own_user);
         let log_err = log.try_clone().map_err(|e| prepare(e.to_string()))?;
 
         // What the agent reads on descriptor 3: the sandbox spec, or the bootstrap alone.
@@ -255,15 +329,23 @@ impl Provisioner for LocalProvisioner {
         // A session of its own: destroy finds every process the job started by session id (steps run
         // in process groups of their own), and Ctrl-C on the controller's terminal does not reach jobs.
         let handover_fd = reader.as_raw_fd();
-        // SAFETY: setsid and dup2/fcntl are async-signal-safe; nothing else runs between fork and exec.
+        let group_fd = group_procs.as_ref().map(|f| f.as_raw_fd());
+        // SAFETY: setsid, write, setrlimit and dup2/fcntl are async-signal-safe; nothing else runs
+        // between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 zeroci::process::become_session_leader()?;
+                if let Some(fd) = group_fd {
+                    zeroci::process::join_cgroup(fd)?;
+                }
+                if let Some(max) = max_processes {
+                    zeroci::process::limit_processes(0, max)?;
+                }
                 zeroci::process::inherit_fd(handover_fd, 3)
             });
         }
         let spawned = command.spawn();
-        drop(reader);
+        drop((reader, group_procs));
         let mut child = spawned.map_err(|e| ProvisionError::Start {
             name: name.clone(),
             message: e.to_string(),
@@ -282,6 +364,38 @@ impl Provisioner for LocalProvisioner {
         details.pid = Some(pid);
         details.start_time = process_start_time(pid);
         Ok(details.to_value())
+    }
+
+    async fn limit(
+        &self,
+        machine: &MachineRecord,
+        resources: &Resources,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let details: LocalDetails =
+            serde_json::from_value(machine.details.clone()).map_err(|e| ProvisionError::Start {
+                name: machine.name.clone(),
+                message: format!("unreadable machine record: {e}"),
+                retryable: false,
+            })?;
+        let failed = |message: String| ProvisionError::Start {
+            name: machine.name.clone(),
+            message,
+            retryable: false,
+        };
+        if let (Ok(groups), Some(group)) = (&self.groups, &details.cgroup) {
+            groups
+                .apply(group, resources)
+                .map_err(|e| failed(format!("control group {}: {e}", group.display())))?;
+        }
+        if let (true, Some(max), Some(sid)) = (details.own_user, resources.pids, details.pid) {
+            // Every process of the machine: a limit set on the agent alone would not bind the
+            // keeper's and init's later children (there are none, but the rule is simple).
+            for pid in zeroci::process::session_members(sid) {
+                zeroci::process::limit_processes(pid, max)
+                    .map_err(|e| failed(format!("process limit of {pid}: {e}")))?;
+            }
+        }
+        Ok(self.unenforced(resources, details.own_user))
     }
 
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
@@ -307,6 +421,15 @@ impl Provisioner for LocalProvisioner {
             } else {
                 info!(machine = %machine.name, pid, "agent process already gone");
             }
+        }
+        // Whatever left the session (a daemon of the job's) is still in the machine's group.
+        if let Some(group) = details.as_ref().and_then(|d| d.cgroup.as_ref()) {
+            cgroup::remove(group)
+                .await
+                .map_err(|e| ProvisionError::Destroy {
+                    name: machine.name.clone(),
+                    message: format!("control group {}: {e}", group.display()),
+                })?;
         }
         // Keep the agent's own log for diagnosis; the job's output is in the journal already.
         if std::fs::create_dir_all(&self.agent_logs_dir).is_ok() {
@@ -422,6 +545,7 @@ mod tests {
             },
             repo_url: "file:///srv/repo".into(),
             untrusted,
+            resources: Resources::default(),
         }
     }
 
@@ -434,6 +558,7 @@ mod tests {
             agent_binary: PathBuf::from("/bin/true"),
             agent_give_up_secs: 1,
             sandbox: None,
+            groups: Err("none in this test".into()),
         };
         let refused = provisioner
             .create(&request(true), &NoLedger, &CancellationToken::new())

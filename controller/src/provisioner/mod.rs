@@ -9,6 +9,7 @@
 //! `destroy` is called on every path out of a job (success, failure, error, cancel, lost agent) and for
 //! leftovers after a crash, so it must accept a machine that is half made or already gone.
 
+mod cgroup;
 pub mod local;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use zeroci::bootstrap::Bootstrap;
+use zeroci::resources::Resources;
 
 use crate::config::{Config, ProvisionerConfig};
 use crate::jobs::{JobId, MachineRecord};
@@ -33,6 +35,9 @@ pub struct MachineRequest {
     pub repo_url: String,
     /// The job runs code nobody trusted (a fork pull request): never on an unisolated machine.
     pub untrusted: bool,
+    /// What the machine may use: the controller's `[limits]`, lowered by what the pipeline job asks
+    /// once its plan is known.
+    pub resources: Resources,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +101,14 @@ pub trait Provisioner: Send + Sync + 'static {
         ledger: &dyn MachineLedger,
         cancel: &CancellationToken,
     ) -> Result<serde_json::Value, ProvisionError>;
+    /// Lowers the limits of a running machine to `resources` (its pipeline job's plan became known after
+    /// it was made); returns what could not be applied, in words for the job's log. Called before the
+    /// job's own commands run.
+    async fn limit(
+        &self,
+        machine: &MachineRecord,
+        resources: &Resources,
+    ) -> Result<Vec<String>, ProvisionError>;
     /// Destroys the machine and everything on it; succeeds when it is already gone.
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError>;
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use support::*;
 use zeroci::pb;
+use zeroci::resources::Resources;
 use zeroci_controller::jobs::JobStatus;
 use zeroci_controller::store::Stores;
 use zeroci_controller::store::memory::MemoryStore;
@@ -327,4 +328,60 @@ async fn a_dead_controllers_job_is_taken_over_only_after_its_lease_expired() {
     let (bytes, seqs) = stored_output(&b.engine, id).await;
     assert_eq!(bytes, b"before after");
     assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_job_gets_the_limits_it_asks_for_within_the_controllers() {
+    let mut config = test_config("a");
+    config.limits.memory_mb = Some(1024);
+    let controller = Controller::start(config, memory()).await;
+    let (_, request, mut agent) = controller.run_job().await;
+    // Before the plan is known the machine gets the controller's limits.
+    assert_eq!(
+        request.resources,
+        Resources {
+            cpus: None,
+            memory_mb: Some(1024),
+            pids: Some(8192),
+        }
+    );
+    let events = agent.events(vec![
+        started(0),
+        exited(0, 0),
+        checked_out_file("prerequisites: {memory_mb: 4096, pids: 64}\nscript: [x]\n"),
+    ]);
+    controller
+        .engine
+        .handle_events(&agent.active, events)
+        .await
+        .unwrap();
+    let run = loop {
+        let message = agent
+            .rx
+            .recv()
+            .await
+            .expect("the steps")
+            .expect("a message");
+        if let Some(pb::controller_message::Kind::RunSteps(run)) = message.kind {
+            break run;
+        }
+    };
+    let granted = Resources {
+        cpus: None,
+        memory_mb: Some(1024),
+        pids: Some(64),
+    };
+    assert_eq!(
+        *controller.provisioner.limited.lock().unwrap(),
+        [(request.name.clone(), granted)],
+        "limited before the steps were sent"
+    );
+    assert_eq!(
+        run.steps[0].notes,
+        [
+            "this machine's limits: 1024 MiB of memory, 64 processes",
+            "prerequisites.memory_mb 4096 MiB is more than this controller allows; using 1024 MiB",
+            "limits not enforced here: cpu (scripted)",
+        ]
+    );
 }

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use zeroci::pb;
 use zeroci::pb::agent_event::Kind as EventKind;
 use zeroci::pki::{CertificateAuthority, Identity};
+use zeroci::resources::Resources;
 use zeroci_controller::config::Config;
 use zeroci_controller::engine::{ActiveJob, Engine, EngineParts};
 use zeroci_controller::jobs::{JobId, JobRecord, MachineRecord, NewJob};
@@ -34,6 +35,8 @@ pub struct ScriptedProvisioner {
     pub destroyed: Mutex<HashSet<String>>,
     /// The next this many creates fail with a retryable error.
     pub fail_next: AtomicU32,
+    /// Each `limit` call: the machine and what it was limited to.
+    pub limited: Mutex<Vec<(String, Resources)>>,
     requests: Mutex<Option<mpsc::UnboundedSender<MachineRequest>>>,
 }
 
@@ -87,6 +90,18 @@ impl Provisioner for ScriptedProvisioner {
             let _ = tx.send(request.clone());
         }
         Ok(serde_json::json!({ "made": true }))
+    }
+
+    async fn limit(
+        &self,
+        machine: &MachineRecord,
+        resources: &Resources,
+    ) -> Result<Vec<String>, ProvisionError> {
+        self.limited
+            .lock()
+            .unwrap()
+            .push((machine.name.clone(), *resources));
+        Ok(vec!["limits not enforced here: cpu (scripted)".into()])
     }
 
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
@@ -327,10 +342,15 @@ pub fn event(seq: u64, kind: EventKind) -> pb::AgentEvent {
 }
 
 pub fn checked_out(script: &str) -> EventKind {
+    checked_out_file(&format!("script:\n  - {script}\n"))
+}
+
+/// A checkout that found `zeroCI.yaml` with this text.
+pub fn checked_out_file(pipeline: &str) -> EventKind {
     EventKind::CheckedOut(pb::CheckedOut {
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
         has_pipeline_file: true,
-        pipeline_file: format!("script:\n  - {script}\n").into_bytes().into(),
+        pipeline_file: pipeline.as_bytes().to_vec().into(),
         pipeline_file_too_large: false,
     })
 }

@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod limits;
+mod provisioner;
+
+pub use limits::{LimitsConfig, LogLimitAction};
+use provisioner::provisioner_with_default_kind;
+pub use provisioner::{Isolation, LocalConfig, ProvisionerConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -45,59 +52,6 @@ pub struct Config {
     /// The file this was read from (absolute), so sandboxes can hide it; not a key of the file.
     #[serde(skip)]
     pub file: Option<PathBuf>,
-}
-
-/// `[limits]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Output bytes stored per job (default 4 GiB). Past it the stored log ends with a line saying so
-    /// and further output is dropped.
-    #[serde(default = "default_max_log_bytes")]
-    pub max_log_bytes: u64,
-    /// What a job whose output reaches `max_log_bytes` does: `continue` (default; its further output
-    /// is dropped) or `cancel`.
-    #[serde(default)]
-    pub on_log_limit: LogLimitAction,
-    /// Seconds; no zeroCI.yaml `timeout` nor `zeroci run --timeout` sets a step's timeout past this
-    /// (default 6 h; 0: no ceiling).
-    #[serde(default = "default_max_step_timeout")]
-    pub max_step_timeout: u64,
-    /// Seconds a job may run from its start before it is cancelled (default 12 h; 0: no limit).
-    #[serde(default = "default_max_job_duration")]
-    pub max_job_duration: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_log_bytes: default_max_log_bytes(),
-            on_log_limit: LogLimitAction::default(),
-            max_step_timeout: default_max_step_timeout(),
-            max_job_duration: default_max_job_duration(),
-        }
-    }
-}
-
-/// `[limits] on_log_limit`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLimitAction {
-    #[default]
-    Continue,
-    Cancel,
-}
-
-fn default_max_step_timeout() -> u64 {
-    6 * 3600
-}
-
-fn default_max_job_duration() -> u64 {
-    12 * 3600
-}
-
-fn default_max_log_bytes() -> u64 {
-    4 << 30
 }
 
 /// `[github]`.
@@ -246,38 +200,6 @@ pub struct TlsConfig {
     pub agent_cert_ttl: u64,
 }
 
-/// `[provisioner]`: which kind of machine jobs get, and that kind's table (`[provisioner.local]`, ...).
-/// A new kind is one more variant here and one line in `provisioner::build`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ProvisionerConfig {
-    /// The agent as a child process of the controller in a private directory.
-    Local {
-        #[serde(default)]
-        local: LocalConfig,
-    },
-}
-
-impl Default for ProvisionerConfig {
-    fn default() -> Self {
-        ProvisionerConfig::Local {
-            local: LocalConfig::default(),
-        }
-    }
-}
-
-/// `[provisioner]` with `kind` optional (`local`), as configs written before the kinds existed have it.
-fn provisioner_with_default_kind<'de, D>(deserializer: D) -> Result<ProvisionerConfig, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let mut table = toml::Table::deserialize(deserializer)?;
-    table
-        .entry("kind")
-        .or_insert_with(|| toml::Value::String("local".into()));
-    ProvisionerConfig::deserialize(toml::Value::Table(table)).map_err(serde::de::Error::custom)
-}
-
 /// `[db]`: where jobs, logs, reports and artifacts are kept. A new backend is one more variant here and
 /// one line in `store::Stores::open`.
 /// (Variants are structs, even empty ones: serde refuses unknown keys only in those.)
@@ -294,36 +216,6 @@ impl Default for DbConfig {
     fn default() -> Self {
         DbConfig::Embedded {}
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalConfig {
-    /// The agent binary to inject; default: `zeroci-agent` next to the controller's executable.
-    pub agent_binary: Option<PathBuf>,
-    /// Seconds an agent keeps trying to reach a controller that went away.
-    pub agent_give_up: Option<u64>,
-    /// `namespaces` (default): each job in a sandbox of its own. `none`: jobs run as the controller's
-    /// own user beside its files, for hosts that refuse namespaces; fork pull requests are refused then.
-    #[serde(default)]
-    pub isolation: Isolation,
-    /// `host` (default) or `none`: steps without any network (the checkout still has it).
-    #[serde(default)]
-    pub network: zeroci::sandbox::StepNetwork,
-    /// Host directories a sandboxed job sees read-only; default: the system's (`/usr`, `/etc`, ...).
-    pub read_only_paths: Option<Vec<PathBuf>>,
-    /// When the controller runs as root, job N runs as host user `first_uid + N % 65536`
-    /// (default 1000000): no job shares a user with the controller, and rarely with another job.
-    pub first_uid: Option<u32>,
-}
-
-/// How `local` machines are separated from the controller and from each other.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    #[default]
-    Namespaces,
-    None,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -478,6 +370,7 @@ impl Config {
         if m.store_failure_timeout == 0 {
             return Err("[main] store_failure_timeout must be positive".into());
         }
+        self.limits.validate()?;
         if let Some(github) = &self.github {
             for repo in &github.repos {
                 let mut parts = repo.split('/');
