@@ -65,15 +65,22 @@ pub fn resolve(workspace: &Path, name: &str) -> PathBuf {
 }
 
 /// Sends the file at `bin_path` as artifact chunks (or one last chunk saying why it cannot be kept).
-pub async fn upload(outbox: &Outbox, workspace: &Path, bin_path: &str) {
+/// A name is shown wherever the job is and is how the artifact is fetched, so one that holds a
+/// secret is refused (under its masked name) rather than kept under a name nobody could use.
+pub async fn upload(outbox: &Outbox, secrets: &Secrets, workspace: &Path, bin_path: &str) {
     let path = resolve(workspace, bin_path);
     let refuse = |error: String| pb::ArtifactChunk {
-        name: bin_path.to_string(),
+        name: secrets.mask_text(bin_path),
         offset: 0,
         data: Default::default(),
         last: true,
-        error,
+        error: secrets.mask_text(&error),
     };
+    if secrets.appear_in(bin_path) {
+        let error = "its name holds a secret value; not kept".to_string();
+        outbox.push(Kind::Artifact(refuse(error))).await;
+        return;
+    }
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(e) => {

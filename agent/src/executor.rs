@@ -354,7 +354,13 @@ impl Executor {
         }
         self.run_each(&steps, &workspace, commit).await;
         if !steps.bin_path.is_empty() && !self.ctx.cancel.is_cancelled() {
-            artifacts::upload(&self.ctx.outbox, &workspace, &steps.bin_path).await;
+            artifacts::upload(
+                &self.ctx.outbox,
+                &self.ctx.secrets,
+                &workspace,
+                &steps.bin_path,
+            )
+            .await;
         }
     }
 

@@ -38,6 +38,22 @@ impl Secrets {
         self.0.is_empty()
     }
 
+    /// `text` with every secret masked (a message, a file name).
+    pub fn mask_text(&self, text: &str) -> String {
+        if self.is_empty() {
+            return text.to_string();
+        }
+        // Secrets are whole strings and the mask is ASCII: valid UTF-8 stays valid.
+        String::from_utf8_lossy(&self.mask(Bytes::copy_from_slice(text.as_bytes()))).into_owned()
+    }
+
+    /// Whether some secret appears in `text`.
+    pub fn appear_in(&self, text: &str) -> bool {
+        self.0
+            .iter()
+            .any(|s| text.as_bytes().windows(s.len()).any(|w| w == s.as_slice()))
+    }
+
     /// `data` with every secret masked, all at once (a test report, a name: not a stream).
     pub fn mask(&self, data: Bytes) -> Bytes {
         if self.is_empty() {
@@ -150,6 +166,18 @@ mod tests {
             &secrets.mask(Bytes::from_static(b"ends TOKEN_ABC"))[..],
             b"ends ***"
         );
+    }
+
+    #[test]
+    fn texts_are_masked_and_searched_whole() {
+        let secrets = Secrets::new(["s3cr3t", "ünïcode-sécret"]);
+        assert_eq!(
+            secrets.mask_text("a/s3cr3t/b ünïcode-sécret é"),
+            "a/***/b *** é"
+        );
+        assert!(secrets.appear_in("dist/s3cr3t.tar"));
+        assert!(!secrets.appear_in("dist/s3cr3.tar"));
+        assert_eq!(Secrets::default().mask_text("s3cr3t"), "s3cr3t");
     }
 
     #[test]

@@ -211,7 +211,8 @@ pub async fn report_exit(ctx: &StepContext, step: u32, outcome: &Outcome) {
         exit_code: outcome.exit_code,
         timed_out: outcome.timed_out,
         cancelled: outcome.cancelled,
-        message: outcome.message.clone(),
+        // A message can quote a command or a path, and those can hold a secret.
+        message: ctx.secrets.mask_text(&outcome.message),
     };
     ctx.outbox.push(Kind::StepExited(exited)).await;
 }

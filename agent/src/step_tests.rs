@@ -246,6 +246,31 @@ async fn notes_come_before_the_commands_output() {
 }
 
 #[tokio::test]
+async fn an_exit_message_never_carries_a_secret() {
+    let mut h = Harness::new();
+    h.ctx.secrets = Secrets::new(["s3cr3t"]);
+    let step = pb::Step {
+        index: 1,
+        script: "true".into(),
+        shell: "/nonexistent/s3cr3t/sh".into(),
+        ..Default::default()
+    };
+    let outcome = run_step(&step, h.dir.path(), &[], None, None, &h.ctx).await;
+    assert!(
+        outcome.message.contains("s3cr3t"),
+        "the raw message names it"
+    );
+    assert_eq!(
+        h.exited()
+            .await
+            .message
+            .matches("/nonexistent/***/sh")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn missing_shell_is_reported_as_not_started() {
     let mut h = Harness::new();
     let step = pb::Step {

@@ -29,6 +29,7 @@ pub fn job_json(job: &pb::Job) -> Value {
             "name": a.name,
             "size": a.size,
             "after_step": a.after_step,
+            "error": a.error,
         })).collect::<Vec<_>>(),
     })
 }
@@ -392,7 +393,11 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
     if !job.artifacts.is_empty() {
         out.push_str("\nartifacts (zeroci artifact JOB NAME):\n");
         for a in &job.artifacts {
-            let _ = writeln!(out, "  {} ({} bytes)", a.name, a.size);
+            if a.error.is_empty() {
+                let _ = writeln!(out, "  {} ({} bytes)", a.name, a.size);
+            } else {
+                let _ = writeln!(out, "  {}: not kept: {}", a.name, a.error);
+            }
         }
     }
     out

@@ -441,11 +441,11 @@ impl JobRecord {
             artifacts: self
                 .artifacts
                 .iter()
-                .filter(|a| a.error.is_empty())
                 .map(|a| pb::ArtifactInfo {
                     name: a.name.clone(),
                     size: a.size,
                     after_step: a.after_step,
+                    error: a.error.clone(),
                 })
                 .collect(),
         }

@@ -214,7 +214,6 @@ impl Engine {
     fn assignment(&self, record: &JobRecord) -> pb::Assignment {
         let mut env: std::collections::HashMap<String, String> =
             self.config.environment.clone().into_iter().collect();
-        let mut secrets = Vec::new();
         let settings = self.config.repo(&record.repo, &record.repo_url);
         if let Some(repo) = settings {
             env.extend(repo.env.clone());
@@ -222,33 +221,12 @@ impl Engine {
         // Secrets never go to code from outside the repository (a fork's pull request).
         if let Some(repo) = settings.filter(|_| !record.untrusted) {
             env.extend(repo.secrets.clone());
-            for value in repo.secrets.values() {
-                secrets.push(value.clone());
-                secrets.extend(crate::engine::masking::escaped_forms(value));
-                if repo.mask_base64 {
-                    secrets.extend(crate::engine::masking::base64_forms(value));
-                }
-            }
         }
-        let mut git_http_header = String::new();
-        if let (Some(_), false, Some(token)) = (
-            &record.github_repo,
-            record.untrusted,
-            self.config
-                .github
-                .as_ref()
-                .and_then(|g| g.access_token.clone()),
-        ) && record.repo_url.starts_with("https://")
-        {
-            // Private repositories clone with the token as an HTTP header for git alone: not in the URL
-            // (which git would keep in .git/config for the job to read) and never in the stored record.
-            use base64::Engine as _;
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
-            git_http_header = format!("Authorization: Basic {basic}");
-            secrets.push(token);
-            secrets.push(basic);
-        }
+        let git_http_header = match self.clone_token(record) {
+            Some(token) => format!("Authorization: Basic {}", clone_credentials(&token)),
+            None => String::new(),
+        };
+        let secrets = self.job_secrets(record);
         pb::Assignment {
             job_id: record.id,
             attempt: record.attempt,
@@ -263,4 +241,46 @@ impl Engine {
             git_http_header,
         }
     }
+
+    /// The GitHub token a job clones a private repository with, when it gets one.
+    fn clone_token(&self, record: &JobRecord) -> Option<String> {
+        let token = self.config.github.as_ref()?.access_token.clone()?;
+        (record.github_repo.is_some()
+            && !record.untrusted
+            && record.repo_url.starts_with("https://"))
+        .then_some(token)
+    }
+
+    /// Every form of every secret the job can see, for masking what it prints and what is shown of
+    /// it: its repository's secrets (as the repository asks: escaped forms always, base64 when set)
+    /// and the token it clones with.
+    pub fn job_secrets(&self, record: &JobRecord) -> Vec<String> {
+        let mut secrets = Vec::new();
+        let settings = self
+            .config
+            .repo(&record.repo, &record.repo_url)
+            .filter(|_| !record.untrusted);
+        if let Some(repo) = settings {
+            for value in repo.secrets.values() {
+                secrets.push(value.clone());
+                secrets.extend(crate::engine::masking::escaped_forms(value));
+                if repo.mask_base64 {
+                    secrets.extend(crate::engine::masking::base64_forms(value));
+                }
+            }
+        }
+        if let Some(token) = self.clone_token(record) {
+            // Private repositories clone with the token as an HTTP header for git alone: not in the
+            // URL (which git would keep in .git/config for the job to read) and never in the record.
+            secrets.push(clone_credentials(&token));
+            secrets.push(token);
+        }
+        secrets
+    }
+}
+
+/// The Basic credentials git sends for a GitHub token.
+fn clone_credentials(token: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
 }

@@ -335,6 +335,8 @@ impl Engine {
         step: u32,
         message: &str,
     ) -> Result<(), ControllerError> {
+        let message = super::masking::mask_text(message, &self.job_secrets(&state.record));
+        let message = message.as_str();
         warn!(job_id = active.id, %message, "invalid pipeline file");
         let now = zeroci::now_unix_ms();
         let exited = pb::StepExited {

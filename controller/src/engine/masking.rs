@@ -67,9 +67,34 @@ pub fn escaped_forms(secret: &str) -> Vec<String> {
     forms
 }
 
+/// `text` with every one of `secrets` replaced by `***`, longer ones first (so a secret that begins
+/// another cannot uncover the other's tail). For what the controller itself writes or shows of a job
+/// (reasons, messages); the job's output is masked on its machine.
+pub fn mask_text(text: &str, secrets: &[String]) -> String {
+    let mut ordered: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    ordered.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for secret in ordered {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_lose_every_secret_longest_first() {
+        let secrets = ["TOKEN_ABC".to_string(), "TOKEN_ABC_EXTRA".to_string()];
+        assert_eq!(
+            mask_text("x TOKEN_ABC_EXTRA y TOKEN_ABC z", &secrets),
+            "x *** y *** z"
+        );
+        assert_eq!(mask_text("nothing here", &[String::new()]), "nothing here");
+    }
 
     #[test]
     fn escaped_forms_cover_json_urls_and_xml() {

@@ -295,6 +295,11 @@ impl Engine {
     /// Cancels a job. Queued jobs end at once; running ones when their agent has stopped the step (or
     /// after the grace period plus a margin when it does not answer).
     pub async fn cancel(&self, id: JobId, reason: String) -> Result<JobRecord, ControllerError> {
+        // Typed by a person, shown to everyone: no secret of the job's in it.
+        let reason = match self.jobs.get(id).await? {
+            Some(record) => masking::mask_text(&reason, &self.job_secrets(&record)),
+            None => reason,
+        };
         loop {
             // Under the claim lock a queued job cannot start running while we look at it.
             let claim = self.claim_lock.lock().await;
@@ -395,6 +400,8 @@ impl Engine {
             JobStatus::Cancelled => state.record.cancel_reason.clone().unwrap_or(reason),
             _ => reason,
         };
+        // Shown on every page and notification: whatever it quotes, no secret.
+        let reason = masking::mask_text(&reason, &self.job_secrets(&state.record));
         state
             .record
             .finish(status, reason, zeroci::now_unix_ms(), running_as);

@@ -385,3 +385,25 @@ async fn a_pipeline_job_gets_the_limits_it_asks_for_within_the_controllers() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reason_shown_with_a_job_never_carries_its_secrets() {
+    let mut config = test_config("a");
+    config.repos.insert(
+        "demo".into(),
+        toml::from_str("secrets = { TOKEN = \"tok-3f9a-secret\" }").unwrap(),
+    );
+    // No worker takes it: the cancel finds it queued.
+    config.main.workers = 1;
+    let controller = Controller::start(config, memory()).await;
+    let (_running, _, _agent) = controller.run_job().await;
+    let id = controller.submit().await;
+    let record = controller
+        .engine
+        .cancel(id, "stop: tok-3f9a-secret leaked in the chat".into())
+        .await
+        .unwrap();
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(record.reason, "stop: *** leaked in the chat");
+    assert_eq!(controller.record(id).await.reason, record.reason);
+}
