@@ -79,9 +79,32 @@ impl Bootstrap {
                 path: name.to_string(),
                 source,
             })?;
+        // A block device (a VM's bootstrap disk) holds the JSON padded with zero bytes to its size.
+        let end = text.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        text.truncate(end);
         serde_json::from_slice(&text).map_err(|source| BootstrapError::Invalid {
             path: name.to_string(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrap_padded_to_a_disk_size_reads_back() {
+        let bootstrap = Bootstrap {
+            controller: "10.0.2.2:7701".into(),
+            ca_pem: "PEM".into(),
+            token: "t".into(),
+            job_id: 4,
+        };
+        let mut disk = serde_json::to_vec(&bootstrap).unwrap_or_default();
+        disk.resize(4096, 0);
+        let read = Bootstrap::read_from(disk.as_slice(), "/dev/vdc").map_err(|e| e.to_string());
+        assert_eq!(read.map(|b| b.job_id), Ok(4));
+        assert!(Bootstrap::read_from(&[0u8; 16][..], "/dev/vdc").is_err());
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use zeroci_controller::config::Config;
 use zeroci_controller::init::{self, InitOptions};
+use zeroci_controller::provisioner::vm::image::{self, BuildRequest, ImageStore};
 
 /// Exit code for an invalid configuration (EX_CONFIG).
 const EXIT_CONFIG: u8 = 64;
@@ -45,6 +46,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Build, list and remove the images `vm` machines boot from.
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Build an image offline from Debian's packages (debootstrap, a cloud kernel, git,
+    /// ca-certificates) and replace any image of that name.
+    Build {
+        /// The image's name: what `[provisioner.vm.images]` and zeroCI.yaml's `image_name` refer to.
+        #[arg(default_value = image::DEFAULT_IMAGE)]
+        name: String,
+        /// Further Debian packages to install (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        packages: Vec<String>,
+        /// Debian suite.
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Debian mirror.
+        #[arg(long, default_value = "http://deb.debian.org/debian")]
+        mirror: String,
+    },
+    /// List the built images.
+    List,
+    /// Remove an image.
+    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -112,6 +142,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if let Some(Command::Image { action }) = args.command {
+        return image_command(&config, action);
+    }
     if args.grpc_listen.is_some() || args.http_listen.is_some() {
         if let Some(listen) = args.grpc_listen {
             config.main.grpc_listen = listen;
@@ -160,4 +193,52 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         zeroci_controller::server::serve(config, listeners, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn image_command(config: &Config, action: ImageAction) -> anyhow::Result<ExitCode> {
+    let store = ImageStore::for_config(config);
+    match action {
+        ImageAction::Build {
+            name,
+            packages,
+            suite,
+            mirror,
+        } => {
+            let request = BuildRequest {
+                name,
+                packages,
+                suite,
+                mirror,
+            };
+            let started = std::time::Instant::now();
+            let built = store.build(&request, &mut |line| eprintln!("image: {line}"))?;
+            println!(
+                "built image {} in {:.0?} ({})",
+                built.info.name,
+                started.elapsed(),
+                store.dir().join(&built.info.name).display()
+            );
+        }
+        ImageAction::List => {
+            for image in store.list() {
+                let extra = if image.info.packages.is_empty() {
+                    String::new()
+                } else {
+                    format!(" +{}", image.info.packages.join(","))
+                };
+                println!(
+                    "{}\t{}{}\t{} MiB",
+                    image.info.name,
+                    image.info.suite,
+                    extra,
+                    image.info.bytes >> 20
+                );
+            }
+        }
+        ImageAction::Rm { name } => {
+            store.remove(&name)?;
+            println!("removed image {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

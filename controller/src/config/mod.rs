@@ -14,7 +14,7 @@ mod provisioner;
 
 pub use limits::{LimitsConfig, LogLimitAction};
 use provisioner::provisioner_with_default_kind;
-pub use provisioner::{Isolation, LocalConfig, ProvisionerConfig};
+pub use provisioner::{Accel, Isolation, LocalConfig, ProvisionerConfig, VmConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -308,6 +308,18 @@ impl Config {
                     fix(p);
                 }
             }
+            ProvisionerConfig::Vm { vm } => {
+                for p in [&mut vm.agent_binary, &mut vm.images_dir]
+                    .into_iter()
+                    .flatten()
+                {
+                    fix(p);
+                }
+                // A bare program name is looked up on the PATH.
+                if let Some(p) = vm.qemu.as_mut().filter(|p| p.components().count() > 1) {
+                    fix(p);
+                }
+            }
         }
     }
 
@@ -371,6 +383,9 @@ impl Config {
             return Err("[main] store_failure_timeout must be positive".into());
         }
         self.limits.validate()?;
+        if let ProvisionerConfig::Vm { vm } = &self.provisioner {
+            vm.validate()?;
+        }
         if let Some(github) = &self.github {
             for repo in &github.repos {
                 let mut parts = repo.split('/');

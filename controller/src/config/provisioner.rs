@@ -14,6 +14,100 @@ pub enum ProvisionerConfig {
         #[serde(default)]
         local: LocalConfig,
     },
+    /// A fresh virtual machine per job on this host (qemu), booted from an image.
+    Vm {
+        #[serde(default)]
+        vm: VmConfig,
+    },
+}
+
+/// `[provisioner.vm]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The agent binary to inject; default: `zeroci-agent` next to the controller's executable.
+    pub agent_binary: Option<PathBuf>,
+    /// Seconds an agent keeps trying to reach a controller that went away.
+    pub agent_give_up: Option<u64>,
+    /// Where images are; default `<state_dir>/images`.
+    pub images_dir: Option<PathBuf>,
+    /// Names a zeroCI.yaml `prerequisites.image_name` may use (`"ubuntu:22.04" = "default"`), each
+    /// mapped to a built image; an image's own name works without an entry.
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, String>,
+    /// `auto` (default): KVM when `/dev/kvm` works for ordinary guests, else software emulation.
+    #[serde(default)]
+    pub accel: Accel,
+    /// CPUs per VM (default 2); `[limits] cpus` and `prerequisites.cpus` may lower it.
+    #[serde(default = "default_vm_cpus")]
+    pub cpus: u32,
+    /// Memory per VM in MiB (default 2048); `[limits] memory_mb` and `prerequisites.memory_mb` may
+    /// lower it.
+    #[serde(default = "default_vm_memory_mb")]
+    pub memory_mb: u64,
+    /// Disk per VM in GiB (default 16): the job's overlay, grown into at boot.
+    #[serde(default = "default_vm_disk_gb")]
+    pub disk_gb: u64,
+    /// The qemu binary; default `qemu-system-x86_64` on the PATH.
+    pub qemu: Option<PathBuf>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            agent_binary: None,
+            agent_give_up: None,
+            images_dir: None,
+            images: Default::default(),
+            accel: Accel::default(),
+            cpus: default_vm_cpus(),
+            memory_mb: default_vm_memory_mb(),
+            disk_gb: default_vm_disk_gb(),
+            qemu: None,
+        }
+    }
+}
+
+impl VmConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.cpus == 0 || self.cpus > 64 {
+            return Err(format!(
+                "[provisioner.vm] cpus must be between 1 and 64, got {}",
+                self.cpus
+            ));
+        }
+        if self.memory_mb < 256 {
+            return Err("[provisioner.vm] memory_mb must be at least 256".into());
+        }
+        if self.disk_gb < 4 {
+            return Err(
+                "[provisioner.vm] disk_gb must be at least 4 (the image's own size)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How VMs run: hardware virtualisation or software emulation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn default_vm_cpus() -> u32 {
+    2
+}
+
+fn default_vm_memory_mb() -> u64 {
+    2048
+}
+
+fn default_vm_disk_gb() -> u64 {
+    16
 }
 
 impl Default for ProvisionerConfig {

@@ -264,6 +264,11 @@ impl Engine {
                 repo_url: state.record.repo_url.clone(),
                 untrusted: state.record.untrusted,
                 resources: self.machine_resources(&state.record).0,
+                image_name: state
+                    .record
+                    .stages
+                    .get(state.record.stage() as usize)
+                    .and_then(|stage| stage.image_name.clone()),
             }
         };
         let ledger = JobLedger {

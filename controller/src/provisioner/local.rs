@@ -81,7 +81,7 @@ struct LocalDetails {
 }
 
 /// The start time of process `pid` in clock ticks since boot, if it exists.
-fn process_start_time(pid: u32) -> Option<u64> {
+pub(super) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces); start time is field 22 overall.
     stat[stat.rfind(')')? + 1..]
@@ -92,7 +92,7 @@ fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 /// The agent binary next to the running executable (`target/<profile>/zeroci-agent` in a build tree).
-fn default_agent_binary() -> PathBuf {
+pub(super) fn default_agent_binary() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("zeroci-agent")))
@@ -451,7 +451,7 @@ impl Provisioner for LocalProvisioner {
 
 /// The directory of a repository the job clones from this host (`/path` or `file:///path`), which the
 /// sandbox must show.
-fn local_source(repo_url: &str) -> Option<PathBuf> {
+pub(super) fn local_source(repo_url: &str) -> Option<PathBuf> {
     let path = repo_url.strip_prefix("file://").unwrap_or(repo_url);
     path.starts_with('/').then(|| PathBuf::from(path))
 }
@@ -546,6 +546,7 @@ mod tests {
             repo_url: "file:///srv/repo".into(),
             untrusted,
             resources: Resources::default(),
+            image_name: None,
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod cgroup;
 pub mod local;
+pub mod vm;
 
 use std::sync::Arc;
 
@@ -38,6 +39,9 @@ pub struct MachineRequest {
     /// What the machine may use: the controller's `[limits]`, lowered by what the pipeline job asks
     /// once its plan is known.
     pub resources: Resources,
+    /// The pipeline job's `prerequisites.image_name`, when its plan is known (machines that boot an
+    /// image use it; a local machine is the host's system).
+    pub image_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,5 +123,6 @@ pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
         ProvisionerConfig::Local { local } => Ok(Arc::new(local::LocalProvisioner::from_config(
             config, local,
         )?)),
+        ProvisionerConfig::Vm { vm } => Ok(Arc::new(vm::VmProvisioner::from_config(config, vm)?)),
     }
 }

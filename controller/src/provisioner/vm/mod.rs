@@ -1,0 +1,673 @@
+//! The `vm` provisioner: every job attempt in a fresh qemu virtual machine on this host, booted from an
+//! image (see [`image`]) with a copy-on-write overlay of its own, so the image never changes and all
+//! jobs share it.
+//!
+//! How the agent gets in, without SSH and without rebuilding images: three drives.
+//! - `vda`: the job's overlay (qcow2 over the image's `rootfs.ext4`), grown to the job's disk size.
+//! - `vdb`: the *agent disk*, read-only and shared by every VM of this controller: a small ext4 with the
+//!   agent binary and ZeroCI's init script ([`GUEST_INIT`]). It is rebuilt only when either changes
+//!   (named after their hash), so upgrading the controller upgrades every VM's agent at once.
+//! - `vdc`: the *bootstrap disk*, one per VM: the bootstrap JSON (controller address, CA, one-time
+//!   token), which the agent reads once from the device. A file rather than the kernel command line
+//!   (2 KiB on x86, too short for a CA certificate, and readable in `/proc/cmdline` by every step); a
+//!   drive rather than a host share (no virtiofsd to run, no host directory exposed).
+//! - `vdd`, for a job that clones a repository of this host: a read-only copy of its git directory,
+//!   mounted in the guest at the same path, so the agent clones it exactly as on a local machine.
+//!   Debian's cloud kernel has no 9p, and a share would show the guest the host's live directory.
+//!
+//! The kernel starts the image's `/sbin/zeroci-init`, which mounts `vdb` and runs its init: network up
+//! (qemu's user-mode networking: the host is `10.0.2.2`, so a controller on loopback is reachable and
+//! nothing else must be set up), host name from the kernel command line, then the agent; when the agent
+//! exits the VM powers off and qemu exits. `destroy` kills qemu and deletes the overlay either way.
+
+pub mod image;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use zeroci::resources::Resources;
+
+use super::local::{
+    DEFAULT_AGENT_GIVE_UP_SECS, default_agent_binary, local_source, process_start_time,
+};
+use super::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
+use crate::config::{Accel, Config, VmConfig};
+use crate::jobs::MachineRecord;
+use image::{DEFAULT_IMAGE, ImageStore};
+
+/// ZeroCI's init inside every VM, carried on the agent disk.
+pub const GUEST_INIT: &str = include_str!("init.sh");
+
+/// Size of the bootstrap disk: one sector-aligned block, far more than a bootstrap needs.
+const BOOTSTRAP_DISK_BYTES: usize = 16 * 1024;
+
+pub struct VmProvisioner {
+    machines_dir: PathBuf,
+    images: ImageStore,
+    image_keys: std::collections::BTreeMap<String, String>,
+    qemu: PathBuf,
+    kvm: bool,
+    agent_disk: PathBuf,
+    agent_give_up_secs: u64,
+    size: VmSize,
+}
+
+/// What each VM gets unless its limits lower it.
+#[derive(Debug, Clone, Copy)]
+struct VmSize {
+    cpus: u32,
+    memory_mb: u64,
+    disk_gb: u64,
+}
+
+/// What is recorded of a VM: its directory before anything is made, then qemu's process.
+#[derive(Debug, Serialize, Deserialize)]
+struct VmDetails {
+    dir: PathBuf,
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    start_time: Option<u64>,
+    #[serde(default)]
+    image: String,
+    /// CPUs and memory it was booted with (fixed for its life).
+    #[serde(default)]
+    cpus: u32,
+    #[serde(default)]
+    memory_mb: u64,
+}
+
+impl VmProvisioner {
+    /// From `[provisioner.vm]`: finds qemu, decides on KVM, and makes the agent disk.
+    pub fn from_config(whole: &Config, config: &VmConfig) -> Result<VmProvisioner, ProvisionError> {
+        let unavailable = |message: String| ProvisionError::Unavailable {
+            kind: "vm",
+            message,
+        };
+        let state_dir = &whole.main.state_dir;
+        let qemu = config
+            .qemu
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        let qemu = find_program(&qemu).ok_or_else(|| {
+            unavailable(format!(
+                "{} not found; install it (apt-get install qemu-system-x86) or set [provisioner.vm] qemu",
+                qemu.display()
+            ))
+        })?;
+        let kvm = match config.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => {
+                kvm_usable().map_err(|why| unavailable(format!("accel = \"kvm\": {why}")))?;
+                true
+            }
+            Accel::Auto => match kvm_usable() {
+                Ok(()) => true,
+                Err(why) => {
+                    warn!(%why, "VMs run under software emulation (slower); set [provisioner.vm] accel to choose");
+                    false
+                }
+            },
+        };
+        let agent_binary = config
+            .agent_binary
+            .clone()
+            .unwrap_or_else(default_agent_binary);
+        let vm_dir = state_dir.join("vm");
+        let agent_disk = agent_disk(&agent_binary, &vm_dir).map_err(unavailable)?;
+        let images = ImageStore::for_config(whole);
+        if images.list().is_empty() {
+            warn!(dir = %images.dir().display(), "no VM image yet: build one with `zeroci-controller image build`");
+        }
+        info!(qemu = %qemu.display(), kvm, agent_disk = %agent_disk.display(), "vm machines ready");
+        Ok(VmProvisioner {
+            machines_dir: state_dir.join("machines"),
+            images,
+            image_keys: config.images.clone(),
+            qemu,
+            kvm,
+            agent_disk,
+            agent_give_up_secs: config.agent_give_up.unwrap_or(DEFAULT_AGENT_GIVE_UP_SECS),
+            size: VmSize {
+                cpus: config.cpus,
+                memory_mb: config.memory_mb,
+                disk_gb: config.disk_gb,
+            },
+        })
+    }
+
+    /// The image a pipeline job's `image_name` means: a key of `[provisioner.vm.images]`, or an
+    /// image's own name; none named: `default`.
+    fn image_for(&self, asked: Option<&str>) -> Result<image::Image, image::ImageError> {
+        let name = asked.unwrap_or(DEFAULT_IMAGE);
+        let name = self.image_keys.get(name).map_or(name, String::as_str);
+        self.images.open(name)
+    }
+
+    /// CPUs and memory of a VM under `resources`.
+    fn fit(&self, resources: &Resources) -> (u32, u64) {
+        let cpus = resources.cpus.map_or(self.size.cpus, |c| {
+            (c.ceil() as u32).clamp(1, self.size.cpus)
+        });
+        let memory = resources
+            .memory_mb
+            .map_or(self.size.memory_mb, |m| m.clamp(256, self.size.memory_mb));
+        (cpus, memory)
+    }
+}
+
+#[async_trait]
+impl Provisioner for VmProvisioner {
+    fn kind(&self) -> &'static str {
+        "vm"
+    }
+
+    async fn create(
+        &self,
+        request: &MachineRequest,
+        ledger: &dyn MachineLedger,
+        cancel: &CancellationToken,
+    ) -> Result<serde_json::Value, ProvisionError> {
+        let name = request.name.clone();
+        let prepare = |message: String| ProvisionError::Prepare {
+            name: name.clone(),
+            message,
+            retryable: false,
+        };
+        let image = self
+            .image_for(request.image_name.as_deref())
+            .map_err(|e| prepare(e.to_string()))?;
+        let (cpus, memory_mb) = self.fit(&request.resources);
+        let dir = self.machines_dir.join(&name);
+        let mut details = VmDetails {
+            dir: dir.clone(),
+            pid: None,
+            start_time: None,
+            image: image.info.name.clone(),
+            cpus,
+            memory_mb,
+        };
+        ledger.record(details.to_value()).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| prepare(format!("{}: {e}", dir.display())))?;
+
+        let overlay = dir.join("root.qcow2");
+        let status = tokio::process::Command::new(qemu_img(&self.qemu))
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&image.rootfs)
+            .arg(&overlay)
+            .arg(format!("{}G", self.size.disk_gb))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| prepare(format!("qemu-img: {e}")))?;
+        if !status.status.success() {
+            return Err(prepare(format!(
+                "qemu-img create: {}",
+                String::from_utf8_lossy(&status.stderr).trim()
+            )));
+        }
+        let bootstrap = dir.join("bootstrap.img");
+        write_bootstrap_disk(&bootstrap, &request.bootstrap)
+            .map_err(|e| prepare(format!("{}: {e}", bootstrap.display())))?;
+        let source = match local_source(&request.repo_url) {
+            Some(repo) => Some(source_disk(&repo, &dir).await.map_err(prepare)?),
+            None => None,
+        };
+        if cancel.is_cancelled() {
+            return Err(ProvisionError::Cancelled { name });
+        }
+
+        let console = std::fs::File::create(dir.join("console.log"))
+            .map_err(|e| prepare(format!("console log: {e}")))?;
+        let console_err = console.try_clone().map_err(|e| prepare(e.to_string()))?;
+        let args = qemu_args(&QemuMachine {
+            name: &name,
+            kvm: self.kvm,
+            cpus,
+            memory_mb,
+            kernel: &image.kernel,
+            initrd: &image.initrd,
+            overlay: &overlay,
+            agent_disk: &self.agent_disk,
+            bootstrap: &bootstrap,
+            source: source
+                .as_ref()
+                .map(|(disk, at)| (disk.as_path(), at.as_path())),
+            give_up_secs: self.agent_give_up_secs,
+        });
+        let mut command = tokio::process::Command::new(&self.qemu);
+        command
+            .args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(console_err);
+        // SAFETY: setsid is async-signal-safe. A session of its own keeps Ctrl-C on the controller's
+        // terminal away from the VMs.
+        unsafe {
+            command.pre_exec(|| zeroci::process::become_session_leader());
+        }
+        let mut child = command.spawn().map_err(|e| ProvisionError::Start {
+            name: name.clone(),
+            message: format!("{}: {e}", self.qemu.display()),
+            retryable: false,
+        })?;
+        let pid = child.id().ok_or_else(|| ProvisionError::Start {
+            name: name.clone(),
+            message: "qemu exited immediately".into(),
+            retryable: true,
+        })?;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        info!(job_id = request.job_id, attempt = request.attempt, pid, machine = %name, image = %image.info.name, cpus, memory_mb, kvm = self.kvm, "vm started");
+        details.pid = Some(pid);
+        details.start_time = process_start_time(pid);
+        Ok(details.to_value())
+    }
+
+    async fn limit(
+        &self,
+        machine: &MachineRecord,
+        resources: &Resources,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let details: Option<VmDetails> = serde_json::from_value(machine.details.clone()).ok();
+        let Some(details) = details else {
+            return Ok(Vec::new());
+        };
+        let (cpus, memory_mb) = self.fit(resources);
+        if (cpus, memory_mb) == (details.cpus, details.memory_mb) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![format!(
+            "a VM's size is fixed at boot: this one has {} CPUs and {} MiB, not the {cpus} CPUs and {memory_mb} MiB asked",
+            details.cpus, details.memory_mb
+        )])
+    }
+
+    async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
+        let details: Option<VmDetails> = serde_json::from_value(machine.details.clone()).ok();
+        let dir = details
+            .as_ref()
+            .map(|d| d.dir.clone())
+            .unwrap_or_else(|| self.machines_dir.join(&machine.name));
+        if let Some((pid, recorded)) = details.as_ref().and_then(|d| Some((d.pid?, d.start_time)))
+            && recorded.is_some()
+            && process_start_time(pid) == recorded
+        {
+            // Nothing inside a VM needs a graceful end: its disk is thrown away.
+            // SAFETY: kill has no memory-safety preconditions; the start time proves the pid is ours.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while process_start_time(pid) == recorded && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // The console log is the VM's own account of its boot: kept for diagnosis like an agent log.
+        let logs = self.machines_dir.with_file_name("agent-logs");
+        if std::fs::create_dir_all(&logs).is_ok() {
+            let _ = std::fs::rename(
+                dir.join("console.log"),
+                logs.join(format!("{}.log", machine.name)),
+            );
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProvisionError::Destroy {
+                name: machine.name.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl VmDetails {
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// One VM's qemu command line.
+struct QemuMachine<'a> {
+    name: &'a str,
+    kvm: bool,
+    cpus: u32,
+    memory_mb: u64,
+    kernel: &'a Path,
+    initrd: &'a Path,
+    overlay: &'a Path,
+    agent_disk: &'a Path,
+    bootstrap: &'a Path,
+    /// A local repository's disk and where the guest mounts it.
+    source: Option<(&'a Path, &'a Path)>,
+    give_up_secs: u64,
+}
+
+fn qemu_args(m: &QemuMachine<'_>) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string().replace(',', ",,");
+    let (machine, cpu) = if m.kvm {
+        ("q35,accel=kvm", "host")
+    } else {
+        ("q35,accel=tcg", "max")
+    };
+    let mut append = format!(
+        "root=/dev/vda rw console=ttyS0 quiet panic=-1 init=/sbin/zeroci-init zeroci.hostname={} zeroci.give_up={}",
+        m.name, m.give_up_secs
+    );
+    if let Some((_, at)) = m.source {
+        append.push_str(&format!(" zeroci.source={}", at.display()));
+    }
+    let mut args: Vec<String> = [
+        "-name",
+        m.name,
+        "-machine",
+        machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        &m.cpus.to_string(),
+        "-m",
+        &m.memory_mb.to_string(),
+        // No default devices, no firmware menus, no display: a serial console to the log file.
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        &m.kernel.display().to_string(),
+        "-initrd",
+        &m.initrd.display().to_string(),
+        "-append",
+        &append,
+        "-drive",
+        &format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe",
+            path(m.overlay)
+        ),
+        "-drive",
+        &format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            path(m.agent_disk)
+        ),
+        "-drive",
+        &format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            path(m.bootstrap)
+        ),
+        "-netdev",
+        "user,id=net0",
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    if let Some((disk, _)) = m.source {
+        args.push("-drive".into());
+        args.push(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            path(disk)
+        ));
+    }
+    args
+}
+
+/// A read-only disk holding the git directory of local repository `repo` (`repo/.git`, or `repo`
+/// itself when bare), and where the guest mounts it (the same path, so the clone URL holds).
+async fn source_disk(repo: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let git_dir = if repo.join(".git").is_dir() {
+        repo.join(".git")
+    } else {
+        repo.to_path_buf()
+    };
+    let shown = git_dir.display().to_string();
+    if shown.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "the repository path {shown:?} has white space, which a VM's kernel command line cannot carry; clone it by URL"
+        ));
+    }
+    let bytes = tree_size(&git_dir);
+    // ext4's own metadata and some slack on top of the files.
+    let size_mb = bytes * 13 / 10 / (1 << 20) + 16;
+    let disk = dir.join("source.ext4");
+    let out = tokio::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "zeroci-source", "-d"])
+        .arg(&git_dir)
+        .arg(&disk)
+        .arg(format!("{size_mb}M"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("mkfs.ext4 (apt-get install e2fsprogs): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "copying {shown} for the VM: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok((disk, git_dir))
+}
+
+/// Bytes of the regular files under `dir`.
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                Ok(kind) if kind.is_file() => {
+                    total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// The bootstrap as the VM's third drive: the JSON, the controller's address as the guest reaches it,
+/// padded with zeros to a whole block. Only the controller's user may read it on the host.
+fn write_bootstrap_disk(
+    path: &Path,
+    bootstrap: &zeroci::bootstrap::Bootstrap,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bootstrap = bootstrap.clone();
+    bootstrap.controller = guest_address(&bootstrap.controller);
+    let mut bytes = serde_json::to_vec(&bootstrap).map_err(std::io::Error::other)?;
+    if bytes.len() >= BOOTSTRAP_DISK_BYTES {
+        return Err(std::io::Error::other("bootstrap larger than its disk"));
+    }
+    bytes.resize(BOOTSTRAP_DISK_BYTES, 0);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&bytes)
+}
+
+/// How a VM reaches an address of this host: loopback and unspecified addresses are the host's own,
+/// which user-mode networking shows the guest as 10.0.2.2.
+fn guest_address(endpoint: &str) -> String {
+    let Ok(address) = endpoint.parse::<std::net::SocketAddr>() else {
+        return endpoint.to_string(); // a host name: the guest resolves it through qemu's DNS
+    };
+    if address.ip().is_loopback() || address.ip().is_unspecified() {
+        format!("10.0.2.2:{}", address.port())
+    } else {
+        endpoint.to_string()
+    }
+}
+
+/// Whether KVM can run an ordinary Linux guest here.
+fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    // PVM (a KVM for running inside another VM without nested hardware support) runs only guests
+    // whose kernel was built for it; Debian's kernels hang at their first instruction there.
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Err("this host's KVM is PVM, which needs a PVM guest kernel".into());
+    }
+    Ok(())
+}
+
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `qemu-img` beside the qemu binary, else on the PATH.
+fn qemu_img(qemu: &Path) -> PathBuf {
+    qemu.parent()
+        .map(|dir| dir.join("qemu-img"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("qemu-img"))
+}
+
+/// The agent disk for this agent binary and [`GUEST_INIT`], made once and named after their hash.
+fn agent_disk(agent_binary: &Path, vm_dir: &Path) -> Result<PathBuf, String> {
+    use sha2::Digest;
+    let agent = std::fs::read(agent_binary).map_err(|e| {
+        format!(
+            "agent binary {}: {e}; build it (cargo build --bins) or set [provisioner.vm] agent_binary",
+            agent_binary.display()
+        )
+    })?;
+    let mut hash = sha2::Sha256::new();
+    hash.update(&agent);
+    hash.update(GUEST_INIT.as_bytes());
+    let digest: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let disk = vm_dir.join(format!("agent-{digest}.ext4"));
+    if disk.is_file() {
+        return Ok(disk);
+    }
+    std::fs::create_dir_all(vm_dir).map_err(|e| format!("{}: {e}", vm_dir.display()))?;
+    let staging = vm_dir.join(format!(".agent-{digest}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let made = (|| -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let files = staging.join("files");
+        std::fs::create_dir_all(&files).map_err(|e| e.to_string())?;
+        for (name, bytes) in [
+            ("zeroci-agent", agent.as_slice()),
+            ("init", GUEST_INIT.as_bytes()),
+        ] {
+            let path = files.join(name);
+            std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        let size_mb = agent.len() / (1 << 20) + 16;
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "zeroci-agent", "-d"])
+            .arg(&files)
+            .arg(staging.join("disk.ext4"))
+            .arg(format!("{size_mb}M"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("mkfs.ext4 (apt-get install e2fsprogs): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mkfs.ext4: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        std::fs::rename(staging.join("disk.ext4"), &disk).map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    made.map(|()| disk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_reaches_the_hosts_loopback_at_the_gateway() {
+        assert_eq!(guest_address("127.0.0.1:7701"), "10.0.2.2:7701");
+        assert_eq!(guest_address("0.0.0.0:7701"), "10.0.2.2:7701");
+        assert_eq!(guest_address("[::1]:7701"), "10.0.2.2:7701");
+        assert_eq!(guest_address("192.168.1.5:7701"), "192.168.1.5:7701");
+        assert_eq!(guest_address("ci.example.com:7701"), "ci.example.com:7701");
+    }
+
+    #[test]
+    fn qemu_gets_three_drives_a_direct_kernel_and_user_networking() {
+        let args = qemu_args(&QemuMachine {
+            name: "job-3-a1",
+            kvm: false,
+            cpus: 2,
+            memory_mb: 1024,
+            kernel: Path::new("/i/vmlinuz"),
+            initrd: Path::new("/i/initrd.img"),
+            overlay: Path::new("/m/a,b/root.qcow2"),
+            agent_disk: Path::new("/v/agent.ext4"),
+            bootstrap: Path::new("/m/bootstrap.img"),
+            source: Some((Path::new("/m/source.ext4"), Path::new("/srv/repo/.git"))),
+            give_up_secs: 30,
+        })
+        .join(" ");
+        for expected in [
+            "-machine q35,accel=tcg -cpu max -smp 2 -m 1024",
+            "-nodefaults",
+            "-kernel /i/vmlinuz -initrd /i/initrd.img",
+            "init=/sbin/zeroci-init zeroci.hostname=job-3-a1 zeroci.give_up=30",
+            "file=/m/a,,b/root.qcow2,if=virtio,format=qcow2",
+            "file=/v/agent.ext4,if=virtio,format=raw,readonly=on",
+            "file=/m/bootstrap.img,if=virtio,format=raw,readonly=on",
+            "-netdev user,id=net0",
+            "zeroci.source=/srv/repo/.git",
+            "file=/m/source.ext4,if=virtio,format=raw,readonly=on",
+        ] {
+            assert!(args.contains(expected), "{expected:?} not in {args}");
+        }
+    }
+
+    #[test]
+    fn the_bootstrap_disk_is_private_padded_and_points_at_the_gateway() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("bootstrap.img");
+        let bootstrap = zeroci::bootstrap::Bootstrap {
+            controller: "127.0.0.1:4000".into(),
+            ca_pem: "PEM".into(),
+            token: "one-time".into(),
+            job_id: 9,
+        };
+        write_bootstrap_disk(&path, &bootstrap).unwrap_or_else(|e| panic!("{e}"));
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len() as usize, BOOTSTRAP_DISK_BYTES);
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let read =
+            zeroci::bootstrap::Bootstrap::read_from(file, "vdc").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.controller, "10.0.2.2:4000");
+        assert_eq!(read.token, "one-time");
+    }
+}
