@@ -154,6 +154,8 @@ pub struct Settings {
     pub cancel_grace: u64,
     /// Extra TOML merged into config.toml (e.g. `[repos."x"]` or `[environment]` tables).
     pub extra: String,
+    /// `Some(images_dir)`: `vm` machines booting the images there, instead of `local` ones.
+    pub vm_images: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -164,6 +166,7 @@ impl Default for Settings {
             heartbeat_interval_ms: 300,
             cancel_grace: 2,
             extra: String::new(),
+            vm_images: None,
         }
     }
 }
@@ -206,14 +209,26 @@ impl TestEnv {
         main.insert("cancel_grace".into(), (settings.cancel_grace as i64).into());
         main.insert("shutdown_grace".into(), 1i64.into());
         let mut provisioner = toml::Table::new();
-        let mut local = toml::Table::new();
-        local.insert(
+        let mut machines = toml::Table::new();
+        machines.insert(
             "agent_binary".into(),
             bin("zeroci-agent").display().to_string().into(),
         );
         // Strays from a failed test go away on their own.
-        local.insert("agent_give_up".into(), 60i64.into());
-        provisioner.insert("local".into(), local.into());
+        machines.insert("agent_give_up".into(), 60i64.into());
+        match &settings.vm_images {
+            None => {
+                provisioner.insert("local".into(), machines.into());
+            }
+            Some(images) => {
+                machines.insert("images_dir".into(), images.display().to_string().into());
+                // Small machines: tests run several at once on two cores.
+                machines.insert("cpus".into(), 1i64.into());
+                machines.insert("memory_mb".into(), 768i64.into());
+                provisioner.insert("kind".into(), "vm".into());
+                provisioner.insert("vm".into(), machines.into());
+            }
+        }
         config.insert("provisioner".into(), provisioner.into());
         let extra: toml::Table = toml::from_str(&settings.extra).expect("extra settings are TOML");
         merge_tables(&mut config, extra);

@@ -11,3 +11,4 @@ mod pipelines;
 mod restart;
 mod security;
 mod triggers;
+mod vm;

@@ -631,8 +631,29 @@ mod tests {
             "[provisioner.local]\nagent_give_up = 7",
         );
         let config = Config::load(&write(dir.path(), &text)).unwrap();
-        let ProvisionerConfig::Local { local } = config.provisioner;
+        let ProvisionerConfig::Local { local } = config.provisioner else {
+            panic!("kind = local by default");
+        };
         assert_eq!(local.agent_give_up, Some(7));
+        // A vm table with relative paths: relative to the file; a bare qemu stays a PATH lookup.
+        let vm = base
+            .replace("[provisioner.local]", "[provisioner.local_old]")
+            .replace(
+                "[provisioner.local_old]
+isolation = \"namespaces\"
+network = \"host\"
+",
+                "",
+            )
+            + "\n[provisioner]\nkind = \"vm\"\n[provisioner.vm]\nimages_dir = \"imgs\"\nqemu = \"qemu-system-x86_64\"\n[provisioner.vm.images]\n\"ubuntu:22.04\" = \"default\"\n";
+        let config = Config::load(&write(dir.path(), &vm)).unwrap();
+        let ProvisionerConfig::Vm { vm } = config.provisioner else {
+            panic!("kind = vm");
+        };
+        assert_eq!(vm.images_dir, Some(dir.path().join("imgs")));
+        assert_eq!(vm.qemu, Some(PathBuf::from("qemu-system-x86_64")));
+        assert_eq!(vm.images["ubuntu:22.04"], "default");
+        assert_eq!((vm.cpus, vm.memory_mb, vm.disk_gb), (2, 2048, 16));
         let bad = text.replace(
             "[db]\nbackend = \"embedded\"",
             "[db]\nbackend = \"memory\"\nuri = \"x\"",

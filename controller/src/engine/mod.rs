@@ -22,6 +22,7 @@ pub mod apply;
 mod events;
 pub mod logs;
 pub mod masking;
+mod preview;
 pub mod recovery;
 pub mod reports;
 mod workers;

@@ -243,33 +243,32 @@ impl Engine {
         token: String,
     ) -> Result<(), ControllerError> {
         let id = active.id;
-        let request = {
-            let state = active.state.lock().await;
-            let machine = state
-                .record
+        let record = active.state.lock().await.record.clone();
+        let stage = record.stages.get(record.stage() as usize);
+        let (mut resources, _) = self.machine_resources(&record);
+        let mut image_name = stage.and_then(|stage| stage.image_name.clone());
+        if let Some(first) = self.preview_first_stage(&record).await {
+            resources = self.config.limits.machine().grant(&first.resources).0;
+            image_name = first.image_name;
+        }
+        let request = MachineRequest {
+            job_id: id,
+            attempt: active.attempt,
+            name: record
                 .machine
                 .as_ref()
                 .map(|m| m.name.clone())
-                .unwrap_or_default();
-            MachineRequest {
+                .unwrap_or_default(),
+            bootstrap: zeroci::bootstrap::Bootstrap {
+                controller: self.agent_endpoint.clone(),
+                ca_pem: self.ca.cert_pem().to_string(),
+                token,
                 job_id: id,
-                attempt: active.attempt,
-                name: machine,
-                bootstrap: zeroci::bootstrap::Bootstrap {
-                    controller: self.agent_endpoint.clone(),
-                    ca_pem: self.ca.cert_pem().to_string(),
-                    token,
-                    job_id: id,
-                },
-                repo_url: state.record.repo_url.clone(),
-                untrusted: state.record.untrusted,
-                resources: self.machine_resources(&state.record).0,
-                image_name: state
-                    .record
-                    .stages
-                    .get(state.record.stage() as usize)
-                    .and_then(|stage| stage.image_name.clone()),
-            }
+            },
+            repo_url: record.repo_url.clone(),
+            untrusted: record.untrusted,
+            resources,
+            image_name,
         };
         let ledger = JobLedger {
             engine: self,

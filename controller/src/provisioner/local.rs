@@ -451,7 +451,7 @@ impl Provisioner for LocalProvisioner {
 
 /// The directory of a repository the job clones from this host (`/path` or `file:///path`), which the
 /// sandbox must show.
-pub(super) fn local_source(repo_url: &str) -> Option<PathBuf> {
+pub fn local_source(repo_url: &str) -> Option<PathBuf> {
     let path = repo_url.strip_prefix("file://").unwrap_or(repo_url);
     path.starts_with('/').then(|| PathBuf::from(path))
 }

@@ -96,6 +96,11 @@ pub trait MachineLedger: Send + Sync {
 pub trait Provisioner: Send + Sync + 'static {
     /// The `[provisioner] kind` this implements.
     fn kind(&self) -> &'static str;
+    /// Whether `create` needs the pipeline job's image (a VM boots it): the engine then reads the
+    /// first pipeline job's prerequisites before its machine exists.
+    fn needs_image(&self) -> bool {
+        false
+    }
     /// Creates the machine and starts the agent; returns the details to record with the machine.
     /// Records progress in `ledger` before each costly step; stops with [`ProvisionError::Cancelled`]
     /// when `cancel` fires (the job was cancelled, or the controller is stopping).

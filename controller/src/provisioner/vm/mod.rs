@@ -167,6 +167,10 @@ impl Provisioner for VmProvisioner {
         "vm"
     }
 
+    fn needs_image(&self) -> bool {
+        true
+    }
+
     async fn create(
         &self,
         request: &MachineRequest,

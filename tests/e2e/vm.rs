@@ -1,0 +1,277 @@
+//! `vm` machines: each job in a qemu VM booted from an image these tests build once per target
+//! directory (from Debian's packages, as `zeroci-controller image build` does for users), with KVM
+//! where it works and software emulation elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use zeroci_testkit::{bin, bin_dir, wait_for};
+
+use crate::harness::{Repo, Settings, TestEnv, pipeline, step};
+
+/// The images directory holding the `default` image, built on first use.
+fn images() -> PathBuf {
+    static IMAGES: OnceLock<PathBuf> = OnceLock::new();
+    IMAGES.get_or_init(build_test_image).clone()
+}
+
+fn build_test_image() -> PathBuf {
+    let images = bin_dir().join("zeroci-test-images");
+    if images.join("default/image.json").is_file() {
+        return images;
+    }
+    let tools = ["qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4"];
+    if !tools.iter().all(|tool| on_path(tool)) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-vm-tools");
+        let installed = Command::new(&script).status();
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "VM tests need {tools:?}: run {} as root (apt-get install qemu-system-x86 qemu-utils debootstrap e2fsprogs)",
+            script.display()
+        );
+    }
+    // `image build` reads where images go from a config: a throw-away installation's.
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    let init = Command::new(bin("zeroci-controller"))
+        .args(["init", "--dir"])
+        .arg(&home)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let config = home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "[provisioner]\nkind = \"local\"",
+        &format!(
+            "[provisioner]\nkind = \"vm\"\n\n[provisioner.vm]\nimages_dir = {:?}",
+            images.display().to_string()
+        ),
+        1,
+    );
+    let text = text.replacen(
+        "[provisioner.local]\nisolation = \"namespaces\"\nnetwork = \"host\"\n",
+        "",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(bin("zeroci-controller"))
+        .arg("--config")
+        .arg(&config)
+        .args(["image", "build"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "image build failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    images
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|dir| dir.join(tool).is_file())
+}
+
+fn vm_env(extra: &str) -> TestEnv {
+    TestEnv::start_with(Settings {
+        vm_images: Some(images()),
+        // A VM under software emulation on a busy CI machine can be slow to answer.
+        lost_agent_timeout: 30,
+        extra: extra.into(),
+        ..Settings::default()
+    })
+}
+
+/// Host processes of `env`'s VM `machine` (qemu names each VM after its machine; its drives lie in
+/// the environment's state directory, which tells apart the `job-1-a1` of tests running at once).
+fn qemu_of(env: &TestEnv, machine: &str) -> Vec<i32> {
+    let home = env.home().display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("qemu-system")
+                && cmdline.contains(&format!("-name {machine} "))
+                && cmdline.contains(&home))
+            .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_job_runs_in_a_vm_of_its_own_and_leaves_nothing_behind() {
+    let env = vm_env("");
+    let home = env.home();
+    let home = home.to_str().unwrap();
+    let host_kernel =
+        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    let repo = Repo::new(
+        &env,
+        "where",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&[
+                "cat /sys/class/dmi/id/sys_vendor",
+                "uname -r",
+                "hostname",
+                &format!(
+                    "for p in {home}/config.toml {home}/pki/ca.key {home}/state; do test -e $p && echo PRESENT $p; done; echo checked"
+                ),
+                "printf '<testsuite name=\"vm\"><testcase name=\"inside\"/></testsuite>' > /test.xml",
+            ]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    let machine = format!("job-{id}-a1");
+    let log = |step: &str| String::from_utf8(env.raw_log(id, Some(step))).unwrap();
+    assert_eq!(log("1"), "QEMU\n");
+    let kernel = log("2");
+    assert!(
+        kernel.contains("cloud-amd64") && kernel != host_kernel,
+        "{kernel}"
+    );
+    assert_eq!(log("3"), format!("{machine}\n"));
+    assert_eq!(log("4"), "checked\n");
+    assert_eq!(
+        step(
+            &job,
+            "printf '<testsuite name=\"vm\"><testcase name=\"inside\"/></testsuite>' > /test.xml"
+        )["tests"]["total"],
+        1,
+        "{job:#}"
+    );
+    wait_for("the VM to be destroyed", || {
+        env.stored_job(id)["machine"].is_null().then_some(())
+    });
+    assert!(qemu_of(&env, &machine).is_empty(), "qemu still runs");
+    assert!(!env.home().join("state/machines").join(&machine).exists());
+}
+
+#[test]
+fn a_pipeline_hands_its_artifact_from_one_vm_to_the_next_on_the_image_it_names() {
+    let env = vm_env("[provisioner.vm.images]\n\"ubuntu:22.04\" = \"default\"\n");
+    let yaml = r#"jobs:
+  - name: build
+    prerequisites: {image_name: "ubuntu:22.04"}
+    script:
+      - mkdir -p out && hostname > out/app.bin
+    bin_path: out/app.bin
+  - name: use
+    script:
+      - cat out/app.bin; hostname
+"#;
+    let repo = Repo::new(&env, "two", &[("zeroCI.yaml", yaml)]);
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    let used = String::from_utf8(env.raw_log(id, Some("use: cat out/app.bin; hostname"))).unwrap();
+    assert_eq!(used, format!("job-{id}-a1\njob-{id}-a2\n"));
+}
+
+#[test]
+fn an_unknown_image_is_a_job_error_that_lists_the_known_ones() {
+    let env = vm_env("");
+    let repo = Repo::new(
+        &env,
+        "unknown",
+        &[(
+            "zeroCI.yaml",
+            "prerequisites: {image_name: no-such-image}\nscript: [\"true\"]\n",
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "error", "{job:#}");
+    let reason = job["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no image \"no-such-image\"") && reason.contains("known images: default"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_vm_killed_mid_step_ends_the_job_as_agent_lost_and_its_overlay_goes() {
+    let env = TestEnv::start_with(Settings {
+        vm_images: Some(images()),
+        lost_agent_timeout: 5,
+        ..Settings::default()
+    });
+    let repo = Repo::new(
+        &env,
+        "killed",
+        &[("zeroCI.yaml", &pipeline(&["echo started; sleep 600"]))],
+    );
+    let id = env.submit(&repo.path);
+    let machine = format!("job-{id}-a1");
+    wait_for("the step to start", || {
+        String::from_utf8(env.raw_log(id, Some("1")))
+            .unwrap()
+            .contains("started")
+            .then_some(())
+    });
+    for pid in qemu_of(&env, &machine) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "error", "{job:#}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("agent lost"),
+        "{job:#}"
+    );
+    wait_for("the machine to be destroyed", || {
+        env.stored_job(id)["machine"].is_null().then_some(())
+    });
+    assert!(!env.home().join("state/machines").join(&machine).exists());
+}
+
+#[test]
+fn a_controller_killed_with_a_vm_running_leaves_no_vm_behind_after_its_restart() {
+    let mut env = vm_env("");
+    let repo = Repo::new(
+        &env,
+        "survivor",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&["echo started; sleep 3; echo done"]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let machine = format!("job-{id}-a1");
+    wait_for("the step to start", || {
+        String::from_utf8(env.raw_log(id, Some("1")))
+            .unwrap()
+            .contains("started")
+            .then_some(())
+    });
+    let addr = env.grpc_addr.clone();
+    env.kill_controller();
+    assert!(
+        !qemu_of(&env, &machine).is_empty(),
+        "the VM outlives the controller"
+    );
+    env.start_controller(&addr);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_eq!(
+        String::from_utf8(env.raw_log(id, Some("1"))).unwrap(),
+        "started\ndone\n"
+    );
+    wait_for("the VM to be destroyed", || {
+        env.stored_job(id)["machine"].is_null().then_some(())
+    });
+    assert!(qemu_of(&env, &machine).is_empty(), "qemu still runs");
+    assert!(!env.home().join("state/machines").join(&machine).exists());
+}
