@@ -57,14 +57,24 @@ fn start_controller(home: &Path, isolation: &str) -> Controller {
     let config = home.join("config.toml");
     let mut table: toml::Table =
         toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    let mut local = toml::Table::new();
-    local.insert(
+    let mut machines = toml::Table::new();
+    machines.insert(
         "agent_binary".into(),
         bins.join("zeroci-agent").display().to_string().into(),
     );
-    local.insert("isolation".into(), isolation.into());
     let mut provisioner = toml::Table::new();
-    provisioner.insert("local".into(), local.into());
+    match isolation.strip_prefix("vm:") {
+        // `vm:IMAGES_DIR`: VM machines booting the `default` image there.
+        Some(images) => {
+            machines.insert("images_dir".into(), images.into());
+            provisioner.insert("kind".into(), "vm".into());
+            provisioner.insert("vm".into(), machines.into());
+        }
+        None => {
+            machines.insert("isolation".into(), isolation.into());
+            provisioner.insert("local".into(), machines.into());
+        }
+    }
     table.insert("provisioner".into(), provisioner.into());
     std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
     let mut child = Command::new(bins.join("zeroci-controller"))

@@ -18,9 +18,6 @@ fn images() -> PathBuf {
 
 fn build_test_image() -> PathBuf {
     let images = bin_dir().join("zeroci-test-images");
-    if images.join("default/image.json").is_file() {
-        return images;
-    }
     let tools = ["qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4"];
     if !tools.iter().all(|tool| on_path(tool)) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-vm-tools");
@@ -57,6 +54,16 @@ fn build_test_image() -> PathBuf {
         1,
     );
     std::fs::write(&config, text).unwrap();
+    // Reused while this controller still boots it (an image of an older format is not listed).
+    let listed = Command::new(bin("zeroci-controller"))
+        .arg("--config")
+        .arg(&config)
+        .args(["image", "list"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&listed.stdout).starts_with("default\t") {
+        return images;
+    }
     let out = Command::new(bin("zeroci-controller"))
         .arg("--config")
         .arg(&config)

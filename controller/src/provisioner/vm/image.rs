@@ -56,6 +56,10 @@ pub enum ImageError {
     BadName(String),
     #[error("no image {name:?}; known images: {known}")]
     Unknown { name: String, known: String },
+    #[error(
+        "image {name:?} was built by another version of ZeroCI; rebuild it with `zeroci-controller image build {name}`"
+    )]
+    Outdated { name: String },
     #[error("{step} failed: {message}")]
     Step { step: String, message: String },
     #[error("{path}: {source}")]
@@ -72,10 +76,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
+/// The layout of images this controller boots; raised when what an image must hold changes (its
+/// stage-one init, the drives it expects), so older images are refused with "rebuild" rather than
+/// failing at boot.
+pub const IMAGE_FORMAT: u32 = 1;
+
 /// What `image.json` says of an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageInfo {
     pub name: String,
+    /// [`IMAGE_FORMAT`] of the controller that built it.
+    #[serde(default)]
+    pub format: u32,
     /// Debian suite it was built from (`bookworm`).
     pub suite: String,
     /// Packages asked for beyond [`BASE_PACKAGES`].
@@ -163,6 +175,9 @@ impl ImageStore {
             .ok()
             .and_then(|bytes| serde_json::from_slice::<ImageInfo>(&bytes).ok());
         match info {
+            Some(info) if info.format != IMAGE_FORMAT => Err(ImageError::Outdated {
+                name: name.to_string(),
+            }),
             Some(info) => Ok(Image {
                 info,
                 kernel: dir.join("vmlinuz"),
@@ -189,8 +204,14 @@ impl ImageStore {
     /// Deletes image `name`. Jobs running on it keep their overlay's view until they end: qemu holds
     /// the base file open.
     pub fn remove(&self, name: &str) -> Result<(), ImageError> {
-        self.open(name)?;
+        check_name(name)?;
         let dir = self.dir.join(name);
+        if !dir.join("image.json").is_file() {
+            return Err(ImageError::Unknown {
+                name: name.to_string(),
+                known: self.known(),
+            });
+        }
         std::fs::remove_dir_all(&dir).map_err(io(&dir))
     }
 
@@ -256,6 +277,7 @@ impl ImageStore {
                 * 512;
         let info = ImageInfo {
             name: request.name.clone(),
+            format: IMAGE_FORMAT,
             suite: request.suite.clone(),
             packages: request.packages.clone(),
             built_at: zeroci::now_unix_ms(),
@@ -417,13 +439,24 @@ mod tests {
         );
         let made = dir.path().join("small");
         std::fs::create_dir_all(&made).unwrap_or_else(|e| panic!("{e}"));
-        let info = ImageInfo {
+        let mut info = ImageInfo {
             name: "small".into(),
+            format: 0,
             suite: "bookworm".into(),
             packages: vec![],
             built_at: 1,
             bytes: 0,
         };
+        std::fs::write(
+            made.join("image.json"),
+            serde_json::to_vec(&info).unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            store.open("small").unwrap_err().to_string().contains("rebuild it"),
+            "an image of another format is refused"
+        );
+        info.format = IMAGE_FORMAT;
         std::fs::write(
             made.join("image.json"),
             serde_json::to_vec(&info).unwrap_or_default(),

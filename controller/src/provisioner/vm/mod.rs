@@ -255,7 +255,7 @@ impl Provisioner for VmProvisioner {
         // SAFETY: setsid is async-signal-safe. A session of its own keeps Ctrl-C on the controller's
         // terminal away from the VMs.
         unsafe {
-            command.pre_exec(|| zeroci::process::become_session_leader());
+            command.pre_exec(zeroci::process::become_session_leader);
         }
         let mut child = command.spawn().map_err(|e| ProvisionError::Start {
             name: name.clone(),
