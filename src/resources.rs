@@ -18,12 +18,25 @@ pub struct Resources {
     pub memory_mb: Option<u64>,
     /// Processes and threads, the agent's own included.
     pub pids: Option<u64>,
+    /// Disk in GiB, where the machine kind can bound it (a VM's disk).
+    pub disk_gb: Option<u64>,
 }
 
 impl Resources {
     /// Whether no limit is set.
     pub fn is_unlimited(&self) -> bool {
         *self == Resources::default()
+    }
+
+    /// These limits with every value `other` sets replacing this one's (a repository's own limits
+    /// over the controller's).
+    pub fn overridden_by(&self, other: &Resources) -> Resources {
+        Resources {
+            cpus: other.cpus.or(self.cpus),
+            memory_mb: other.memory_mb.or(self.memory_mb),
+            pids: other.pids.or(self.pids),
+            disk_gb: other.disk_gb.or(self.disk_gb),
+        }
     }
 
     /// What a job asking for `asked` gets under this ceiling: each value the job asks for when it is
@@ -55,10 +68,17 @@ impl Resources {
             self.pids.map(|p| p as f64),
             asked.pids.map(|p| p as f64),
         );
+        let disk = pick(
+            "disk_gb",
+            " GiB",
+            self.disk_gb.map(|d| d as f64),
+            asked.disk_gb.map(|d| d as f64),
+        );
         let granted = Resources {
             cpus,
             memory_mb: memory.map(|m| m as u64),
             pids: pids.map(|p| p as u64),
+            disk_gb: disk.map(|d| d as u64),
         };
         (granted, notes)
     }
@@ -75,6 +95,9 @@ impl std::fmt::Display for Resources {
         }
         if let Some(pids) = self.pids {
             parts.push(format!("{pids} processes"));
+        }
+        if let Some(disk) = self.disk_gb {
+            parts.push(format!("{disk} GiB of disk"));
         }
         if parts.is_empty() {
             f.write_str("no limits")
@@ -94,11 +117,13 @@ mod tests {
             cpus: Some(2.0),
             memory_mb: Some(4096),
             pids: None,
+            disk_gb: Some(8),
         };
         let asked = Resources {
             cpus: Some(0.5),
             memory_mb: Some(8192),
             pids: Some(64),
+            disk_gb: None,
         };
         let (granted, notes) = ceiling.grant(&asked);
         assert_eq!(
@@ -107,6 +132,7 @@ mod tests {
                 cpus: Some(0.5),
                 memory_mb: Some(4096),
                 pids: Some(64),
+                disk_gb: Some(8),
             }
         );
         assert_eq!(
@@ -116,6 +142,17 @@ mod tests {
             ]
         );
         assert_eq!(ceiling.grant(&Resources::default()), (ceiling, vec![]));
+        let repo = Resources {
+            cpus: Some(8.0),
+            ..Resources::default()
+        };
+        assert_eq!(
+            ceiling.overridden_by(&repo),
+            Resources {
+                cpus: Some(8.0),
+                ..ceiling
+            }
+        );
     }
 
     #[test]
@@ -124,6 +161,7 @@ mod tests {
             cpus: Some(1.5),
             memory_mb: None,
             pids: Some(100),
+            disk_gb: None,
         };
         assert_eq!(r.to_string(), "1.5 CPUs, 100 processes");
         assert_eq!(Resources::default().to_string(), "no limits");

@@ -368,6 +368,7 @@ fn prerequisites(c: &mut Checker, node: &Node, path: &str) -> Prerequisites {
             &join(path, "memory_mb"),
             "a whole number of MiB such as 2048",
         ),
+        disk_gb: None,
         pids: count(
             c,
             fields.get("pids"),

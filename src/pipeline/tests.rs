@@ -190,6 +190,7 @@ fn prerequisites_ask_for_resources() {
             cpus: Some(1.5),
             memory_mb: Some(2048),
             pids: Some(256),
+            disk_gb: None,
         }
     );
     let wrong =

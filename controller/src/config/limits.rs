@@ -31,6 +31,9 @@ pub struct LimitsConfig {
     /// stops there); `prerequisites.pids` may ask for less. 0: no limit.
     #[serde(default = "default_pids")]
     pub pids: u64,
+    /// GiB of disk each machine gets where its kind can bound it (a VM's disk; default: the kind's
+    /// own, `[provisioner.vm] disk_gb`).
+    pub disk_gb: Option<u64>,
 }
 
 impl Default for LimitsConfig {
@@ -43,6 +46,7 @@ impl Default for LimitsConfig {
             cpus: None,
             memory_mb: None,
             pids: default_pids(),
+            disk_gb: None,
         }
     }
 }
@@ -54,6 +58,7 @@ impl LimitsConfig {
             cpus: self.cpus,
             memory_mb: self.memory_mb,
             pids: (self.pids > 0).then_some(self.pids),
+            disk_gb: self.disk_gb,
         }
     }
 

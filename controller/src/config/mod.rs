@@ -90,6 +90,10 @@ pub struct RepoConfig {
     /// `cancelled`, with the superseding job named). Empty: every commit is tested. `["*"]`: all branches.
     #[serde(default)]
     pub coalesce: Vec<String>,
+    /// This repository's machines (`[repos."x".machine] cpus, memory_mb, pids, disk_gb`): each value
+    /// set replaces `[limits]`'s for its jobs, larger or smaller.
+    #[serde(default)]
+    pub machine: zeroci::resources::Resources,
 }
 
 /// What a log line may show of a secret: whether it is set.
@@ -105,6 +109,7 @@ impl std::fmt::Debug for RepoConfig {
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("mask_base64", &self.mask_base64)
             .field("coalesce", &self.coalesce)
+            .field("machine", &self.machine)
             .finish()
     }
 }

@@ -175,7 +175,17 @@ impl Engine {
             .get(record.stage() as usize)
             .map(|stage| stage.resources)
             .unwrap_or_default();
-        self.config.limits.machine().grant(&asked)
+        self.grant_machine(record, &asked)
+    }
+
+    /// What a machine of the job's gets when its pipeline job asks for `asked`: within `[limits]`,
+    /// or the repository's own `machine` limits where it sets them.
+    pub fn grant_machine(&self, record: &JobRecord, asked: &Resources) -> (Resources, Vec<String>) {
+        let mut ceiling = self.config.limits.machine();
+        if let Some(repo) = self.config.repo(&record.repo, &record.repo_url) {
+            ceiling = ceiling.overridden_by(&repo.machine);
+        }
+        ceiling.grant(asked)
     }
 
     pub fn plan_defaults(&self) -> PlanDefaults {

@@ -248,7 +248,7 @@ impl Engine {
         let (mut resources, _) = self.machine_resources(&record);
         let mut image_name = stage.and_then(|stage| stage.image_name.clone());
         if let Some(first) = self.preview_first_stage(&record).await {
-            resources = self.config.limits.machine().grant(&first.resources).0;
+            resources = self.grant_machine(&record, &first.resources).0;
             image_name = first.image_name;
         }
         let request = MachineRequest {

@@ -244,6 +244,7 @@ mod tests {
             cpus: Some(1.5),
             memory_mb: Some(512),
             pids: Some(100),
+            disk_gb: None,
         });
         assert_eq!(
             files.map(|(_, file, value)| format!("{file}={value}")),
@@ -289,6 +290,7 @@ mod tests {
                     cpus: Some(1.0),
                     memory_mb: Some(256),
                     pids: Some(64),
+                    disk_gb: None,
                 },
             )
             .unwrap_or_else(|e| panic!("{e}"));

@@ -191,13 +191,19 @@ impl LocalProvisioner {
             .filter(|(name, wanted)| *wanted && missing.contains(name))
             .map(|(name, _)| name)
             .collect();
-        if unenforced.is_empty() {
-            return Vec::new();
+        let mut notes = Vec::new();
+        if !unenforced.is_empty() {
+            notes.push(format!(
+                "limits not enforced on this host: {} ({why})",
+                unenforced.join(", ")
+            ));
         }
-        vec![format!(
-            "limits not enforced on this host: {} ({why})",
-            unenforced.join(", ")
-        )]
+        if resources.disk_gb.is_some() {
+            notes.push(
+                "disk limit not enforced: a sandbox writes to the host's file system".to_string(),
+            );
+        }
+        notes
     }
 
     /// Puts the agent binary into the machine: a hard link when possible (instant, no extra disk), else a

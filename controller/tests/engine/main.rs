@@ -343,6 +343,7 @@ async fn a_pipeline_job_gets_the_limits_it_asks_for_within_the_controllers() {
             cpus: None,
             memory_mb: Some(1024),
             pids: Some(8192),
+            disk_gb: None,
         }
     );
     let events = agent.events(vec![
@@ -370,6 +371,7 @@ async fn a_pipeline_job_gets_the_limits_it_asks_for_within_the_controllers() {
         cpus: None,
         memory_mb: Some(1024),
         pids: Some(64),
+        disk_gb: None,
     };
     assert_eq!(
         *controller.provisioner.limited.lock().unwrap(),
@@ -406,4 +408,25 @@ async fn a_reason_shown_with_a_job_never_carries_its_secrets() {
     assert_eq!(record.status, JobStatus::Cancelled);
     assert_eq!(record.reason, "stop: *** leaked in the chat");
     assert_eq!(controller.record(id).await.reason, record.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_sets_its_own_machine_size_over_the_controllers_limits() {
+    let mut config = test_config("a");
+    config.limits.cpus = Some(1.0);
+    config.repos.insert(
+        "demo".into(),
+        toml::from_str("machine = { cpus = 4.0, disk_gb = 40 }").unwrap(),
+    );
+    let controller = Controller::start(config, memory()).await;
+    let (_, request, _agent) = controller.run_job().await;
+    assert_eq!(
+        request.resources,
+        Resources {
+            cpus: Some(4.0),
+            memory_mb: None,
+            pids: Some(8192),
+            disk_gb: Some(40),
+        }
+    );
 }

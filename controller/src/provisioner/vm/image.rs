@@ -453,7 +453,11 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            store.open("small").unwrap_err().to_string().contains("rebuild it"),
+            store
+                .open("small")
+                .unwrap_err()
+                .to_string()
+                .contains("rebuild it"),
             "an image of another format is refused"
         );
         info.format = IMAGE_FORMAT;

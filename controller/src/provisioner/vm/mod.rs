@@ -149,15 +149,21 @@ impl VmProvisioner {
         self.images.open(name)
     }
 
-    /// CPUs and memory of a VM under `resources`.
-    fn fit(&self, resources: &Resources) -> (u32, u64) {
-        let cpus = resources.cpus.map_or(self.size.cpus, |c| {
-            (c.ceil() as u32).clamp(1, self.size.cpus)
-        });
+    /// CPUs, memory (MiB) and disk (GiB) of a VM under `resources`: what they set (the controller's
+    /// `[limits]`, a repository's `machine`, lowered by the job), else `[provisioner.vm]`'s size;
+    /// never more than this host has, whatever a job asks where no limit is set.
+    fn fit(&self, resources: &Resources) -> (u32, u64, u64) {
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let cpus = resources
+            .cpus
+            .map_or(self.size.cpus, |c| c.ceil() as u32)
+            .clamp(1, host_cpus.max(1));
         let memory = resources
             .memory_mb
-            .map_or(self.size.memory_mb, |m| m.clamp(256, self.size.memory_mb));
-        (cpus, memory)
+            .unwrap_or(self.size.memory_mb)
+            .clamp(256, host_memory_mb().max(256));
+        let disk = resources.disk_gb.unwrap_or(self.size.disk_gb).max(4);
+        (cpus, memory, disk)
     }
 }
 
@@ -186,7 +192,7 @@ impl Provisioner for VmProvisioner {
         let image = self
             .image_for(request.image_name.as_deref())
             .map_err(|e| prepare(e.to_string()))?;
-        let (cpus, memory_mb) = self.fit(&request.resources);
+        let (cpus, memory_mb, disk_gb) = self.fit(&request.resources);
         let dir = self.machines_dir.join(&name);
         let mut details = VmDetails {
             dir: dir.clone(),
@@ -205,7 +211,7 @@ impl Provisioner for VmProvisioner {
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&image.rootfs)
             .arg(&overlay)
-            .arg(format!("{}G", self.size.disk_gb))
+            .arg(format!("{disk_gb}G"))
             .stdin(Stdio::null())
             .output()
             .await
@@ -285,7 +291,7 @@ impl Provisioner for VmProvisioner {
         let Some(details) = details else {
             return Ok(Vec::new());
         };
-        let (cpus, memory_mb) = self.fit(resources);
+        let (cpus, memory_mb, _) = self.fit(resources);
         if (cpus, memory_mb) == (details.cpus, details.memory_mb) {
             return Ok(Vec::new());
         }
@@ -518,6 +524,17 @@ fn guest_address(endpoint: &str) -> String {
     }
 }
 
+/// This host's memory in MiB (`MemTotal`); 0 when unknown.
+fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 /// Whether KVM can run an ordinary Linux guest here.
 fn kvm_usable() -> Result<(), String> {
     std::fs::OpenOptions::new()
@@ -611,6 +628,45 @@ fn agent_disk(agent_binary: &Path, vm_dir: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn provisioner() -> VmProvisioner {
+        VmProvisioner {
+            machines_dir: PathBuf::from("/m"),
+            images: ImageStore::new(PathBuf::from("/i")),
+            image_keys: Default::default(),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            kvm: false,
+            agent_disk: PathBuf::from("/v/agent.ext4"),
+            agent_give_up_secs: 60,
+            size: VmSize {
+                cpus: 1,
+                memory_mb: 512,
+                disk_gb: 16,
+            },
+        }
+    }
+
+    #[test]
+    fn a_vm_is_sized_by_its_limits_else_by_the_config_and_never_past_the_host() {
+        let vm = provisioner();
+        assert_eq!(vm.fit(&Resources::default()), (1, 512, 16));
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let (cpus, memory, disk) = vm.fit(&Resources {
+            cpus: Some(1.5),
+            memory_mb: Some(300),
+            pids: None,
+            disk_gb: Some(40),
+        });
+        assert_eq!((cpus, memory, disk), (2.min(host_cpus), 300, 40));
+        let (cpus, memory, _) = vm.fit(&Resources {
+            cpus: Some(10_000.0),
+            memory_mb: Some(u64::MAX / 2),
+            pids: None,
+            disk_gb: None,
+        });
+        assert_eq!(cpus, host_cpus);
+        assert!(memory <= host_memory_mb().max(256));
+    }
 
     #[test]
     fn the_guest_reaches_the_hosts_loopback_at_the_gateway() {
