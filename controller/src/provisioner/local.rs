@@ -80,15 +80,17 @@ struct LocalDetails {
     own_user: bool,
 }
 
-/// The start time of process `pid` in clock ticks since boot, if it exists.
+/// The start time of process `pid` in clock ticks since boot, if it exists and has not ended (a
+/// zombie waiting for its parent to reap it has ended).
 pub(super) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces); start time is field 22 overall.
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    // Fields after the command name (which may contain spaces): the state is field 3 overall, the
+    // start time field 22.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// The agent binary next to the running executable (`target/<profile>/zeroci-agent` in a build tree).

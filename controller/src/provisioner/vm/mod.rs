@@ -307,15 +307,25 @@ impl Provisioner for VmProvisioner {
             .as_ref()
             .map(|d| d.dir.clone())
             .unwrap_or_else(|| self.machines_dir.join(&machine.name));
-        if let Some((pid, recorded)) = details.as_ref().and_then(|d| Some((d.pid?, d.start_time)))
-            && recorded.is_some()
-            && process_start_time(pid) == recorded
-        {
+        // The recorded qemu, or (a crash between its start and the record) any qemu whose drives lie
+        // in this machine's directory.
+        let recorded = details
+            .as_ref()
+            .and_then(|d| Some((d.pid?, d.start_time?)))
+            .filter(|(pid, start)| process_start_time(*pid) == Some(*start));
+        let victims: Vec<(u32, Option<u64>)> = match recorded {
+            Some((pid, start)) => vec![(pid, Some(start))],
+            None => qemu_using(&dir)
+                .into_iter()
+                .map(|pid| (pid, process_start_time(pid)))
+                .collect(),
+        };
+        for (pid, start) in victims {
             // Nothing inside a VM needs a graceful end: its disk is thrown away.
             // SAFETY: kill has no memory-safety preconditions; the start time proves the pid is ours.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while process_start_time(pid) == recorded && tokio::time::Instant::now() < deadline {
+            while process_start_time(pid) == start && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -524,6 +534,23 @@ fn guest_address(endpoint: &str) -> String {
     }
 }
 
+/// qemu processes with a drive in `dir`.
+fn qemu_using(dir: &Path) -> Vec<u32> {
+    let needle = format!("file={}/", dir.display().to_string().replace(',', ",,"));
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (cmdline.contains("qemu-system") && cmdline.contains(&needle)).then_some(pid)
+        })
+        .collect()
+}
+
 /// This host's memory in MiB (`MemTotal`); 0 when unknown.
 fn host_memory_mb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -666,6 +693,36 @@ mod tests {
         });
         assert_eq!(cpus, host_cpus);
         assert!(memory <= host_memory_mb().max(256));
+    }
+
+    /// A crash between qemu's start and its record leaves a VM the ledger knows only by directory.
+    #[tokio::test]
+    async fn destroy_finds_an_unrecorded_vm_by_its_drives() {
+        let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut vm = provisioner();
+        vm.machines_dir = state.path().join("machines");
+        let dir = vm.machines_dir.join("job-5-a1");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        // Stands in for qemu: a process whose command line names qemu and a drive in the directory.
+        let mut fake = std::process::Command::new("sh")
+            .args(["-c", "sleep 600; true", "qemu-system-x86_64"])
+            .arg(format!("file={}/root.qcow2,if=virtio", dir.display()))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let record = MachineRecord {
+            provisioner: "vm".into(),
+            name: "job-5-a1".into(),
+            attempt: 1,
+            token_sha256: None,
+            details: serde_json::json!({ "dir": dir }),
+        };
+        vm.destroy(&record).await.unwrap_or_else(|e| panic!("{e}"));
+        let status = fake.wait().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(!dir.exists());
     }
 
     #[test]
