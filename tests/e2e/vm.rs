@@ -245,6 +245,36 @@ fn a_vm_killed_mid_step_ends_the_job_as_agent_lost_and_its_overlay_goes() {
 }
 
 #[test]
+fn a_cancelled_job_stops_inside_its_vm_and_the_vm_goes() {
+    let env = vm_env("");
+    let repo = Repo::new(
+        &env,
+        "cancelled",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&["echo started; sleep 600", "echo never"]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    let machine = format!("job-{id}-a1");
+    wait_for("the step to start", || {
+        String::from_utf8(env.raw_log(id, Some("1")))
+            .unwrap()
+            .contains("started")
+            .then_some(())
+    });
+    let out = env.cli(&["cancel", &id.to_string()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert_eq!(step(&job, "echo never")["status"], "skipped", "{job:#}");
+    wait_for("the VM to be destroyed", || {
+        env.stored_job(id)["machine"].is_null().then_some(())
+    });
+    assert!(qemu_of(&env, &machine).is_empty(), "qemu still runs");
+}
+
+#[test]
 fn a_controller_killed_with_a_vm_running_leaves_no_vm_behind_after_its_restart() {
     let mut env = vm_env("");
     let repo = Repo::new(

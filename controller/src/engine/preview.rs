@@ -2,7 +2,8 @@
 //! comes from the agent's checkout, on the machine; a machine that boots an image must know the image
 //! first, so for such provisioners the engine reads `zeroCI.yaml` at the job's commit itself: from the
 //! repository on this host, or through GitHub's contents API. Anything else (a URL of another host)
-//! gets the default image, and the first job's log says so if its plan names another.
+//! boots the `default` image for its first pipeline job; later pipeline jobs get the image their plan
+//! names.
 
 use std::time::Duration;
 
