@@ -399,8 +399,12 @@ impl Provisioner for LocalProvisioner {
             // Every process of the machine: a limit set on the agent alone would not bind the
             // keeper's and init's later children (there are none, but the rule is simple).
             for pid in zeroci::process::session_members(sid) {
-                zeroci::process::limit_processes(pid, max)
-                    .map_err(|e| failed(format!("process limit of {pid}: {e}")))?;
+                match zeroci::process::limit_processes(pid, max) {
+                    Ok(()) => {}
+                    // Ended between the listing and now: nothing left to limit.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(failed(format!("process limit of {pid}: {e}"))),
+                }
             }
         }
         Ok(self.unenforced(resources, details.own_user))
