@@ -19,6 +19,7 @@ pub mod github;
 pub mod init;
 pub mod jobs;
 pub mod junit;
+pub mod metrics;
 pub mod notify;
 pub mod provisioner;
 pub mod queue;

@@ -390,13 +390,28 @@ impl TestEnv {
 
     /// `GET path` on the controller's HTTP listener: status code and body (chunked bodies decoded).
     pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
+        let (status, _, body) = self.http_get_with_head(path);
+        (status, body)
+    }
+
+    /// `GET path`: status code, the response head (status line and headers, lower-cased) and body.
+    pub fn http_get_with_head(&self, path: &str) -> (u16, String, Vec<u8>) {
+        self.http_get_sending(path, &[])
+    }
+
+    /// `GET path` with extra request headers; as [`http_get_with_head`](Self::http_get_with_head).
+    pub fn http_get_sending(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
         use std::io::Write;
         let mut stream =
             std::net::TcpStream::connect(&self.http_addr).expect("connect to HTTP listener");
         stream.set_read_timeout(Some(patience())).unwrap();
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n"
         )
         .unwrap();
         let mut response = Vec::new();
@@ -437,7 +452,7 @@ impl TestEnv {
             }
             body = decoded;
         }
-        (status, body)
+        (status, head.to_ascii_lowercase(), body)
     }
 
     pub fn controller_log_text(&self) -> String {

@@ -12,3 +12,4 @@ mod restart;
 mod security;
 mod triggers;
 mod vm;
+mod web;

@@ -30,8 +30,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .and_then(|g| g.max_body_bytes)
         .unwrap_or(crate::github::webhook::MAX_BODY_BYTES);
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(super::status::healthz))
+        .route("/metrics", get(super::status::metrics))
+        .route("/status", get(super::status::badge))
         .route("/jobs/{id}/log", get(raw_log))
+        .route("/jobs/{id}/events", get(super::events::events))
         .route("/jobs/{id}/artifacts/{*name}", get(artifact))
         .route(
             "/webhooks/github",

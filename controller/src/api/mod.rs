@@ -4,4 +4,6 @@
 pub mod agent_service;
 pub mod auth;
 pub mod control_service;
+pub mod events;
 pub mod http;
+pub mod status;

@@ -97,6 +97,8 @@ pub struct Engine {
     /// The GitHub API client when `[github]` is configured.
     pub github: Option<Arc<GitHubApi>>,
     pub notifications: Notifications,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub(crate) fn sha256_hex(data: &str) -> String {
@@ -129,6 +131,7 @@ impl Engine {
             artifacts: stores.artifacts,
             github,
             notifications,
+            metrics: Default::default(),
             config,
             queue,
             provisioner,
@@ -164,7 +167,45 @@ impl Engine {
 
     /// Tells the notifiers about a job's new status (never blocks).
     fn notify(&self, job: &JobRecord) {
+        if job.status.is_final() {
+            self.metrics.job_finished(job);
+        }
         self.notifications.send(job);
+    }
+
+    /// The `[provisioner] kind` machines are made by.
+    pub fn provisioner_kind(&self) -> &'static str {
+        self.provisioner.kind()
+    }
+
+    /// The readings `GET /metrics` takes from the engine's state at scrape time.
+    pub async fn gauges(&self) -> crate::metrics::Gauges {
+        let (running, agents, machines) = match self.active.lock() {
+            Ok(active) => (
+                active.len(),
+                active
+                    .values()
+                    .filter(|a| a.connected.load(Ordering::Relaxed))
+                    .count(),
+                active
+                    .values()
+                    // A job whose state is busy is counted: it is running on its machine.
+                    .filter(|a| {
+                        a.state
+                            .try_lock()
+                            .map_or(true, |s| s.record.machine.is_some())
+                    })
+                    .count(),
+            ),
+            Err(_) => (0, 0, 0),
+        };
+        crate::metrics::Gauges {
+            running,
+            queued: self.queue.waiting().await,
+            agents,
+            machines,
+            notification_failures: self.notifications.failures(),
+        }
     }
 
     /// What the machine of the job's current pipeline job gets: the controller's `[limits]`, lowered

@@ -46,18 +46,21 @@ impl Notifier for GitHubStatuses {
         "github-status"
     }
 
-    async fn job_changed(&self, job: &JobRecord, domain: &str) {
-        let Some(repo) = &job.github_repo else { return };
+    async fn job_changed(&self, job: &JobRecord, domain: &str) -> Result<(), String> {
+        let Some(repo) = &job.github_repo else {
+            return Ok(());
+        };
         let (state, description) = status_for(job);
-        // Retried inside with backoff; a final failure is logged and dropped, never fatal to the job.
+        // Retried inside with backoff; a final failure is counted and logged, never fatal to the job.
         self.api
-            .report_status(
+            .set_status(
                 repo,
                 &job.commit,
                 state,
                 &job_url(domain, job.id),
                 &description,
             )
-            .await;
+            .await
+            .map_err(|e| format!("GitHub commit status of {repo}@{} not set: {e}", job.commit))
     }
 }

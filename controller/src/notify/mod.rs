@@ -7,6 +7,7 @@
 
 pub mod github_status;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +24,9 @@ pub trait Notifier: Send + Sync + 'static {
     /// Short name for logs (`github-status`, `telegram`).
     fn name(&self) -> &'static str;
     /// A job changed status (queued, running, or a final status). `domain` makes result links.
-    /// Failures are the notifier's to log; they never reach the job.
-    async fn job_changed(&self, job: &JobRecord, domain: &str);
+    /// A failure (after the notifier's own retries) is logged and counted by the caller; it never
+    /// reaches the job.
+    async fn job_changed(&self, job: &JobRecord, domain: &str) -> Result<(), String>;
 }
 
 /// Changes waiting per notifier; beyond this, new ones are dropped with a warning.
@@ -34,6 +36,8 @@ const QUEUE_PER_NOTIFIER: usize = 1024;
 pub struct Notifications {
     queues: Mutex<Vec<(&'static str, mpsc::Sender<JobRecord>)>>,
     tasks: TaskTracker,
+    /// Calls that failed or timed out, and changes dropped on a full queue.
+    failures: Arc<AtomicU64>,
 }
 
 impl Notifications {
@@ -44,17 +48,25 @@ impl Notifications {
         per_call: Duration,
     ) -> Notifications {
         let tasks = TaskTracker::new();
+        let failures = Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
         for notifier in notifiers {
             let (tx, mut rx) = mpsc::channel::<JobRecord>(QUEUE_PER_NOTIFIER);
+            let failures_of_task = failures.clone();
             let domain = domain.clone();
             let name = notifier.name();
             tasks.spawn(async move {
                 while let Some(job) = rx.recv().await {
                     let span = info_span!("notify", notifier = name, job_id = job.id);
                     let call = notifier.job_changed(&job, &domain).instrument(span);
-                    if tokio::time::timeout(per_call, call).await.is_err() {
-                        warn!(notifier = name, job_id = job.id, "notifier timed out");
+                    let failure = match tokio::time::timeout(per_call, call).await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(error)) => Some(error),
+                        Err(_) => Some("timed out".to_string()),
+                    };
+                    if let Some(error) = failure {
+                        failures_of_task.fetch_add(1, Ordering::Relaxed);
+                        warn!(notifier = name, job_id = job.id, %error, "notification failed");
                     }
                 }
             });
@@ -64,6 +76,7 @@ impl Notifications {
         Notifications {
             queues: Mutex::new(queues),
             tasks,
+            failures,
         }
     }
 
@@ -79,6 +92,7 @@ impl Notifications {
         };
         for (name, queue) in queues.iter() {
             if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(job.clone()) {
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     notifier = name,
                     job_id = job.id,
@@ -86,6 +100,11 @@ impl Notifications {
                 );
             }
         }
+    }
+
+    /// Notifications that failed, timed out or were dropped since the start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Takes no more changes and waits, at most `within`, until the queued ones are delivered.
@@ -118,9 +137,10 @@ mod tests {
         fn name(&self) -> &'static str {
             self.name
         }
-        async fn job_changed(&self, job: &JobRecord, _domain: &str) {
+        async fn job_changed(&self, job: &JobRecord, _domain: &str) -> Result<(), String> {
             tokio::time::sleep(self.delay).await;
             self.seen.lock().unwrap().push(job.id);
+            Ok(())
         }
     }
 
@@ -166,6 +186,7 @@ mod tests {
         notifications.drain(Duration::from_secs(5)).await;
         assert_eq!(*fast.lock().unwrap(), vec![1, 2, 3]);
         assert!(stuck.lock().unwrap().is_empty());
+        assert_eq!(notifications.failures(), 3, "each stuck call counted");
         notifications.send(&job(4)); // after the drain: ignored, no panic
     }
 }

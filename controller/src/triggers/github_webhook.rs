@@ -50,11 +50,18 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `POST /webhooks/github`: answers the delivery and counts it by its answer for `/metrics`.
 pub async fn github(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let response = delivery(&engine, &headers, body).await;
+    engine.metrics.webhook_delivery(response.status().as_u16());
+    response
+}
+
+async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Response {
     let Some(secret) = engine
         .config
         .github
@@ -66,17 +73,17 @@ pub async fn github(
             json!({ "error": "GitHub webhooks are not configured ([github] webhook_secret)" }),
         );
     };
-    if let Err(e) = verify_signature(secret.as_bytes(), &body, header(&headers, SIGNATURE_HEADER)) {
+    if let Err(e) = verify_signature(secret.as_bytes(), &body, header(headers, SIGNATURE_HEADER)) {
         warn!(error = %e, "webhook delivery refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, json!({ "error": e.to_string() }));
     }
-    let Some(event) = header(&headers, EVENT_HEADER) else {
+    let Some(event) = header(headers, EVENT_HEADER) else {
         return answer(
             StatusCode::BAD_REQUEST,
             json!({ "error": format!("missing {EVENT_HEADER} header") }),
         );
     };
-    let delivery = header(&headers, DELIVERY_HEADER).map(str::to_string);
+    let delivery = header(headers, DELIVERY_HEADER).map(str::to_string);
     let trigger = match parse_event(event, &body) {
         Err(e) => return answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
         Ok(WebhookEvent::Ping { zen, .. }) => {
@@ -131,7 +138,7 @@ pub async fn github(
             trigger.repo
         ));
     }
-    match run_on_allows(&engine, &trigger).await {
+    match run_on_allows(engine, &trigger).await {
         Err(response) => return response,
         Ok(Some(reason)) => return ignored(reason),
         Ok(None) => {}

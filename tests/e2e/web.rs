@@ -1,0 +1,157 @@
+//! What monitors and READMEs read over HTTP: the badge and its redirect, metrics, health.
+
+use crate::harness::{Repo, TestEnv, pipeline};
+
+#[test]
+fn the_badge_shows_the_latest_finished_run_and_links_to_it() {
+    let env = TestEnv::start();
+    let repo = Repo::new(&env, "badged", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    let passed = env.submit(&repo.path);
+    assert_eq!(env.wait_job(passed)["status"], "success");
+    let job = env.job(passed);
+    let (name, branch) = (
+        job["repo"].as_str().unwrap().to_string(),
+        job["ref"].as_str().unwrap().to_string(),
+    );
+    let badge = format!("/status?repo={name}&branch={branch}");
+    let (code, head, body) = env.http_get_with_head(&badge);
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-type: image/svg+xml"), "{head}");
+    let svg = String::from_utf8(body).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains(">passing<"),
+        "{svg}"
+    );
+
+    repo.commit(&[("zeroCI.yaml", &pipeline(&["false"]))], "break");
+    let failed = env.submit(&repo.path);
+    assert_eq!(env.wait_job(failed)["status"], "failure");
+    let (_, _, body) = env.http_get_with_head(&badge);
+    assert!(String::from_utf8(body).unwrap().contains(">failing<"));
+
+    let (code, head, _) = env.http_get_with_head(&format!("{badge}&result=1"));
+    assert_eq!(code, 302, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_default();
+    assert!(
+        location.starts_with("http") && location.ends_with(&format!("/jobs/{failed}")),
+        "{head}"
+    );
+    assert_eq!(env.http_get(&format!("/status?repo={name}")).0, 400);
+    assert_eq!(
+        env.http_get(&format!("/status?repo={name}&branch=nope")).0,
+        404
+    );
+    assert_eq!(
+        env.http_get("/status?repo=nobody/nothing&branch=main").0,
+        404
+    );
+}
+
+#[test]
+fn metrics_and_health_describe_the_controller() {
+    let env = TestEnv::start();
+    let repo = Repo::new(&env, "counted", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let (code, head, body) = env.http_get_with_head("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    for line in [
+        "zeroci_jobs_finished_total{status=\"success\"} 1",
+        "zeroci_jobs_queued 0",
+        "# TYPE zeroci_step_duration_seconds histogram",
+        "zeroci_notification_failures_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+    }
+    let (code, _, body) = env.http_get_with_head("/healthz");
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["store"], "ok");
+    assert_eq!(health["machines"]["kind"], "local");
+}
+
+/// (event, id, data) of each Server-Sent Event in `body`.
+fn sse_events(body: &[u8]) -> Vec<(String, String, serde_json::Value)> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut event = String::new();
+            let mut id = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            (!event.is_empty()).then(|| (event, id, serde_json::from_str(&data).unwrap()))
+        })
+        .collect()
+}
+
+/// The bytes of the `output` events, in order.
+fn output_of(events: &[(String, String, serde_json::Value)]) -> String {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for (event, _, data) in events {
+        if event == "output" {
+            let b64 = data["b64"].as_str().unwrap();
+            out.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap(),
+            );
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn the_event_stream_resumes_after_the_last_event_seen_without_loss_or_repeat() {
+    let env = TestEnv::start();
+    let repo = Repo::new(
+        &env,
+        "streamed",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&["echo one", "echo two", "echo 'th<b>ree'"]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let path = format!("/jobs/{id}/events");
+    let (code, head, body) = env.http_get_with_head(&path);
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let all = sse_events(&body);
+    assert_eq!(output_of(&all), "one\ntwo\nth<b>ree\n");
+    let (last, _, done) = all.last().unwrap();
+    assert_eq!(
+        (last.as_str(), done["status"].as_str()),
+        ("done", Some("success"))
+    );
+    assert!(
+        all.iter()
+            .any(|(e, _, d)| e == "step" && d["status"] == "success")
+    );
+    // Resume after the first line, as a browser does with Last-Event-ID, or as a page with ?after=.
+    let first = &all.iter().find(|(e, _, _)| e == "output").unwrap().1;
+    let (_, _, body) = env.http_get_sending(&path, &[("Last-Event-ID", first)]);
+    assert_eq!(output_of(&sse_events(&body)), "two\nth<b>ree\n");
+    let (_, _, body) = env.http_get_with_head(&format!("{path}?after={first}"));
+    assert_eq!(output_of(&sse_events(&body)), "two\nth<b>ree\n");
+    assert_eq!(env.http_get(&format!("{path}?after=nonsense")).0, 400);
+    assert_eq!(env.http_get("/jobs/999/events").0, 404);
+}
