@@ -27,6 +27,9 @@ pub enum ControllerError {
     Provision(#[from] ProvisionError),
     #[error("certificate: {0}")]
     Pki(#[from] zeroci::pki::PkiError),
+    /// A bug of ours (a page that cannot be rendered, say): logged, never shown in detail.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ControllerError {

@@ -155,3 +155,89 @@ fn the_event_stream_resumes_after_the_last_event_seen_without_loss_or_repeat() {
     assert_eq!(env.http_get(&format!("{path}?after=nonsense")).0, 400);
     assert_eq!(env.http_get("/jobs/999/events").0, 404);
 }
+
+#[test]
+fn the_job_page_shows_steps_tests_artifacts_and_log_with_everything_escaped() {
+    let env = TestEnv::start();
+    let yaml = r#"bin_path: out/app.bin
+script:
+  - printf '<script>alert(1)</script>\n\033[31mred\033[0m\n'
+  - name: tests
+    cmd: printf '<testsuite name="s"><testcase classname="c" name="&lt;img src=x onerror=alert(2)&gt;"><failure message="boom &amp; bust">trace</failure></testcase><testcase classname="c" name="fine"/></testsuite>' > "$ZEROCI_TEST_XML"
+  - mkdir -p out && echo bin > out/app.bin
+"#;
+    let repo = Repo::new(&env, "paged", &[("zeroCI.yaml", yaml)]);
+    let id = env.submit(&repo.path);
+    // A failed test case is the report's news; the step's exit code decides the job.
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let (code, head, body) = env.http_get_with_head(&format!("/jobs/{id}"));
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    let html = String::from_utf8(body).unwrap();
+    // The job's own text never becomes markup.
+    assert!(
+        !html.contains("<script>alert(1)") && !html.contains("<img src=x"),
+        "{html}"
+    );
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+        "{html}"
+    );
+    assert!(
+        html.contains("&#60;img src=x onerror=alert(2)&#62;"),
+        "{html}"
+    );
+    // Terminal colours are not shown as escape codes.
+    assert!(
+        html.contains("\nred\n") && !html.contains("\u{1b}["),
+        "{html}"
+    );
+    for expected in [
+        "Job #",
+        "2 tests, 1 failed",
+        "boom &#38; bust",
+        "trace",
+        &format!("/jobs/{id}/artifacts/out/app.bin"),
+        &format!("/jobs/{id}/log"),
+    ] {
+        assert!(html.contains(expected), "{expected:?} not in {html}");
+    }
+    // A finished job's page has no script: nothing is live.
+    assert!(!html.contains("EventSource"), "{html}");
+    assert_eq!(env.http_get("/jobs/999").0, 404);
+    assert_eq!(env.http_get("/jobs/nope").0, 404);
+}
+
+#[test]
+fn a_running_jobs_page_follows_its_log_from_where_the_tail_ends() {
+    let env = TestEnv::start();
+    let repo = Repo::new(
+        &env,
+        "live",
+        &[(
+            "zeroCI.yaml",
+            &pipeline(&["echo first; sleep 3; echo later"]),
+        )],
+    );
+    let id = env.submit(&repo.path);
+    zeroci_testkit::wait_for("the first line", || {
+        String::from_utf8(env.raw_log(id, Some("1")))
+            .unwrap()
+            .contains("first")
+            .then_some(())
+    });
+    let (code, _, body) = env.http_get_with_head(&format!("/jobs/{id}"));
+    assert_eq!(code, 200);
+    let html = String::from_utf8(body).unwrap();
+    // The tail so far, and the script that goes on from its cursor.
+    assert!(html.contains("\">first\n</pre>"), "{html}");
+    assert!(
+        html.contains(&format!("new EventSource(\"/jobs/{id}/events?after=\""))
+            && html.contains("data-after=\"1."),
+        "{html}"
+    );
+    assert_eq!(env.wait_job(id)["status"], "success");
+}

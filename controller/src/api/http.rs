@@ -33,6 +33,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(super::status::healthz))
         .route("/metrics", get(super::status::metrics))
         .route("/status", get(super::status::badge))
+        .route("/jobs/{id}", get(super::pages::job_page))
         .route("/jobs/{id}/log", get(raw_log))
         .route("/jobs/{id}/events", get(super::events::events))
         .route("/jobs/{id}/artifacts/{*name}", get(artifact))

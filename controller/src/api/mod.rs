@@ -6,4 +6,5 @@ pub mod auth;
 pub mod control_service;
 pub mod events;
 pub mod http;
+pub mod pages;
 pub mod status;
