@@ -241,3 +241,57 @@ fn a_running_jobs_page_follows_its_log_from_where_the_tail_ends() {
     );
     assert_eq!(env.wait_job(id)["status"], "success");
 }
+
+#[test]
+fn the_dashboard_and_histories_list_repositories_branches_and_jobs() {
+    let env = TestEnv::start();
+    let hostile = Repo::new(&env, "x<b>y", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    let plain = Repo::new(&env, "plain", &[("zeroCI.yaml", &pipeline(&["false"]))]);
+    let first = env.submit(&hostile.path);
+    assert_eq!(env.wait_job(first)["status"], "success");
+    let failed = env.submit(&plain.path);
+    assert_eq!(env.wait_job(failed)["status"], "failure");
+    let second = env.submit(&hostile.path);
+    assert_eq!(env.wait_job(second)["status"], "success");
+    let hostile_name = env.job(first)["repo"].as_str().unwrap().to_string();
+
+    let (code, head, body) = env.http_get_with_head("/");
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    let html = String::from_utf8(body).unwrap();
+    assert!(
+        !html.contains("x<b>y") && html.contains("x&#60;b&#62;y"),
+        "{html}"
+    );
+    // Each branch once, with its latest job.
+    assert!(
+        html.contains(&format!("href=\"/jobs/{second}\">#{second}")),
+        "{html}"
+    );
+    assert!(
+        !html.contains(&format!("href=\"/jobs/{first}\">#{first}")),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("href=\"/jobs/{failed}\">#{failed}")),
+        "{html}"
+    );
+    assert!(html.contains("Nothing runs now."), "{html}");
+
+    let query: String = hostile_name.bytes().map(|b| format!("%{b:02X}")).collect();
+    let (code, _, body) = env.http_get_with_head(&format!("/repos?repo={query}"));
+    assert_eq!(code, 200);
+    let html = String::from_utf8(body).unwrap();
+    assert!(
+        html.contains(&format!("#{first}")) && html.contains(&format!("#{second}")),
+        "{html}"
+    );
+    assert!(!html.contains(&format!("#{failed}<")), "{html}");
+    let (_, _, body) = env.http_get_with_head(&format!("/repos?repo={query}&before={second}"));
+    let older = String::from_utf8(body).unwrap();
+    assert!(
+        older.contains(&format!("#{first}")) && !older.contains(&format!("#{second}<")),
+        "{older}"
+    );
+    assert_eq!(env.http_get("/repos").0, 400);
+}

@@ -147,6 +147,7 @@ impl pb::control_service_server::ControlService for ControlApi {
             repo: (!r.repo.is_empty()).then_some(r.repo),
             status,
             limit: if r.limit == 0 { 50 } else { r.limit as usize },
+            ..Default::default()
         };
         let jobs = self
             .engine

@@ -33,6 +33,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(super::status::healthz))
         .route("/metrics", get(super::status::metrics))
         .route("/status", get(super::status::badge))
+        .route("/", get(super::listing::dashboard))
+        .route("/repos", get(super::listing::history))
         .route("/jobs/{id}", get(super::pages::job_page))
         .route("/jobs/{id}/log", get(raw_log))
         .route("/jobs/{id}/events", get(super::events::events))

@@ -6,5 +6,6 @@ pub mod auth;
 pub mod control_service;
 pub mod events;
 pub mod http;
+pub mod listing;
 pub mod pages;
 pub mod status;

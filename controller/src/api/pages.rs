@@ -253,7 +253,7 @@ fn strip_terminal_escapes(text: &str) -> String {
 }
 
 /// `2026-12-04 03:55:01 UTC`, or a dash before it happened.
-fn clock(ms: i64) -> String {
+pub(super) fn clock(ms: i64) -> String {
     if ms <= 0 {
         return "–".into();
     }
@@ -266,7 +266,7 @@ fn clock(ms: i64) -> String {
 }
 
 /// `1.2s`, `3m04s`; a dash when it has not started, "running" while it runs.
-fn duration(started: i64, finished: i64) -> String {
+pub(super) fn duration(started: i64, finished: i64) -> String {
     if started <= 0 {
         return "–".into();
     }

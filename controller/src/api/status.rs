@@ -31,8 +31,9 @@ pub async fn badge(
     };
     let filter = JobFilter {
         repo: Some(repo.clone()),
-        status: None,
+        branch: Some(branch.clone()),
         limit: BADGE_SEARCH,
+        ..Default::default()
     };
     let jobs = match engine.jobs.list(&filter).await {
         Ok(jobs) => jobs,
@@ -108,9 +109,8 @@ pub async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
 /// `GET /healthz`: 200 when the store answers, 503 otherwise, with what was checked.
 pub async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
     let probe = JobFilter {
-        repo: None,
-        status: None,
         limit: 1,
+        ..Default::default()
     };
     let store = match engine.jobs.list(&probe).await {
         Ok(_) => "ok".to_string(),

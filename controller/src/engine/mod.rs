@@ -397,7 +397,8 @@ impl Engine {
         let filter = crate::store::JobFilter {
             repo: Some(newer.repo.clone()),
             status: Some(JobStatus::Queued),
-            limit: 0,
+            branch: Some(newer.ref_name.clone()),
+            ..Default::default()
         };
         for older in self.jobs.list(&filter).await? {
             if older.id < newer.id

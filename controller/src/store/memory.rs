@@ -54,6 +54,8 @@ pub(crate) fn filter_newest_first<'a>(
     records
         .rev()
         .filter(|j| filter.status.is_none_or(|s| j.status == s))
+        .filter(|j| filter.before.is_none_or(|before| j.id < before))
+        .filter(|j| filter.branch.as_ref().is_none_or(|b| &j.ref_name == b))
         .filter(|j| {
             filter
                 .repo

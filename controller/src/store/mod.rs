@@ -64,6 +64,10 @@ pub struct JobFilter {
     /// Matches the display name or the URL.
     pub repo: Option<String>,
     pub status: Option<JobStatus>,
+    /// Only jobs of this branch (`ref_name`).
+    pub branch: Option<String>,
+    /// Only jobs older than this one (the next page after it).
+    pub before: Option<JobId>,
     pub limit: usize,
 }
 
