@@ -401,6 +401,29 @@ impl TestEnv {
 
     /// `GET path` with extra request headers; as [`http_get_with_head`](Self::http_get_with_head).
     pub fn http_get_sending(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+        self.http_request("GET", path, headers, b"")
+    }
+
+    /// `POST path` of a form (`a=1&b=2`), with extra request headers.
+    pub fn http_post_form(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: &str,
+    ) -> (u16, String, Vec<u8>) {
+        let mut all = headers.to_vec();
+        all.push(("Content-Type", "application/x-www-form-urlencoded"));
+        self.http_request("POST", path, &all, form.as_bytes())
+    }
+
+    /// One HTTP/1.1 exchange: status code, the response head (lower-cased) and the body (de-chunked).
+    pub fn http_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
         use std::io::Write;
         let mut stream =
             std::net::TcpStream::connect(&self.http_addr).expect("connect to HTTP listener");
@@ -411,9 +434,11 @@ impl TestEnv {
             .collect();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n",
+            body.len()
         )
         .unwrap();
+        stream.write_all(body).unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
         let split = response

@@ -295,3 +295,131 @@ fn the_dashboard_and_histories_list_repositories_branches_and_jobs() {
     );
     assert_eq!(env.http_get("/repos").0, 400);
 }
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+
+fn web_settings(public: bool) -> crate::harness::Settings {
+    crate::harness::Settings {
+        extra: format!(
+            "[web]\nadmin_tokens = [\"{ADMIN}\"]\nviewer_tokens = [\"{VIEWER}\"]\npublic = {public}\n"
+        ),
+        ..crate::harness::Settings::default()
+    }
+}
+
+/// Signs in with `token`: the `Cookie` header value of the session.
+fn sign_in(env: &TestEnv, token: &str) -> String {
+    let (code, head, _) = env.http_post_form("/login", &[], &format!("token={token}&next=/"));
+    assert_eq!(code, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// The CSRF token of the rerun form on a page.
+fn csrf_of(html: &str) -> Option<String> {
+    let at = html.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
+    Some(html[at..].split('"').next()?.to_string())
+}
+
+#[test]
+fn admins_rerun_from_the_page_and_viewers_and_forged_forms_are_refused() {
+    let env = TestEnv::start_with(web_settings(true));
+    let repo = Repo::new(&env, "acted", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let page = format!("/jobs/{id}");
+    let rerun = format!("/jobs/{id}/rerun");
+
+    // Public reading, no forms for strangers, and no acting either.
+    let (_, _, body) = env.http_get_with_head(&page);
+    let html = String::from_utf8(body).unwrap();
+    assert!(
+        html.contains("sign in") && csrf_of(&html).is_none(),
+        "{html}"
+    );
+    let (code, head, _) = env.http_post_form(&rerun, &[], "csrf=x");
+    assert_eq!(code, 303, "{head}");
+    assert!(head.contains("location: /login"), "{head}");
+
+    // A wrong token does not sign in.
+    let (code, head, _) = env.http_post_form("/login", &[], "token=not-a-token-at-all-xx&next=/");
+    assert_eq!(code, 303);
+    assert!(head.contains("location: /login?failed=1"), "{head}");
+
+    // A viewer reads, sees no forms, and is refused.
+    let viewer = sign_in(&env, VIEWER);
+    let (_, _, body) = env.http_get_sending(&page, &[("Cookie", &viewer)]);
+    let html = String::from_utf8(body).unwrap();
+    assert!(
+        html.contains("viewer") && csrf_of(&html).is_none(),
+        "{html}"
+    );
+    assert_eq!(
+        env.http_post_form(&rerun, &[("Cookie", &viewer)], "csrf=x")
+            .0,
+        403
+    );
+
+    // An admin's page has the forms; a form without the session's token, or posted from another
+    // site, is refused; the real one starts a new job.
+    let admin = sign_in(&env, ADMIN);
+    let (_, _, body) = env.http_get_sending(&page, &[("Cookie", &admin)]);
+    let html = String::from_utf8(body).unwrap();
+    let csrf = csrf_of(&html).unwrap_or_else(|| panic!("no form: {html}"));
+    assert_eq!(
+        env.http_post_form(&rerun, &[("Cookie", &admin)], "csrf=forged")
+            .0,
+        403
+    );
+    let cross = [("Cookie", admin.as_str()), ("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(
+        env.http_post_form(&rerun, &cross, &format!("csrf={csrf}"))
+            .0,
+        403
+    );
+    let (code, head, _) =
+        env.http_post_form(&rerun, &[("Cookie", &admin)], &format!("csrf={csrf}"));
+    assert_eq!(code, 303, "{head}");
+    let new_id: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: /jobs/"))
+        .and_then(|id| id.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{head}"));
+    assert_ne!(new_id, id);
+    assert_eq!(env.wait_job(new_id)["status"], "success");
+}
+
+#[test]
+fn private_pages_need_a_sign_in_while_badges_and_health_stay_public() {
+    let env = TestEnv::start_with(web_settings(false));
+    let repo = Repo::new(
+        &env,
+        "private",
+        &[("zeroCI.yaml", &pipeline(&["echo secret-ish"]))],
+    );
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    for path in [
+        "/",
+        &format!("/jobs/{id}"),
+        &format!("/jobs/{id}/log"),
+        &format!("/jobs/{id}/events"),
+    ] {
+        let (code, head, _) = env.http_get_with_head(path);
+        assert_eq!(code, 303, "{path}: {head}");
+        assert!(head.contains("location: /login?next="), "{head}");
+    }
+    assert_eq!(env.http_get("/healthz").0, 200);
+    assert_eq!(env.http_get("/metrics").0, 200);
+    let viewer = sign_in(&env, VIEWER);
+    let (code, _, body) = env.http_get_sending(&format!("/jobs/{id}/log"), &[("Cookie", &viewer)]);
+    assert_eq!((code, body), (200, b"secret-ish\n".to_vec()));
+}

@@ -29,16 +29,33 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .as_ref()
         .and_then(|g| g.max_body_bytes)
         .unwrap_or(crate::github::webhook::MAX_BODY_BYTES);
-    Router::new()
-        .route("/healthz", get(super::status::healthz))
-        .route("/metrics", get(super::status::metrics))
-        .route("/status", get(super::status::badge))
+    let main = &engine.config.main;
+    let sessions = super::session::Sessions::open(&main.state_dir, &engine.config.web, &main.domain)
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "no session key in the state directory: page sign-ins end with this process");
+            super::session::Sessions::ephemeral(&engine.config.web, &main.domain)
+        });
+    // What a job shows; behind a sign-in when `[web] public = false`.
+    let reading = Router::new()
         .route("/", get(super::listing::dashboard))
         .route("/repos", get(super::listing::history))
         .route("/jobs/{id}", get(super::pages::job_page))
         .route("/jobs/{id}/log", get(raw_log))
         .route("/jobs/{id}/events", get(super::events::events))
         .route("/jobs/{id}/artifacts/{*name}", get(artifact))
+        .route_layer(axum::middleware::from_fn(super::actions::require_reader));
+    Router::new()
+        .merge(reading)
+        .route("/healthz", get(super::status::healthz))
+        .route("/metrics", get(super::status::metrics))
+        .route("/status", get(super::status::badge))
+        .route(
+            "/login",
+            get(super::actions::login_form).post(super::actions::login),
+        )
+        .route("/logout", post(super::actions::logout))
+        .route("/jobs/{id}/rerun", post(super::actions::rerun))
+        .route("/jobs/{id}/cancel", post(super::actions::cancel))
         .route(
             "/webhooks/github",
             post(crate::triggers::github_webhook::github),
@@ -49,6 +66,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             post(crate::triggers::github_webhook::github),
         )
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(Arc::new(sessions)))
         .with_state(engine)
 }
 

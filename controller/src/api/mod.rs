@@ -1,6 +1,7 @@
 //! The front doors: the gRPC services (agents, the CLI) and the HTTP listener. Handlers stay short:
 //! authenticate, delegate to the engine, map errors through `ControllerError`'s single conversion.
 
+pub mod actions;
 pub mod agent_service;
 pub mod auth;
 pub mod control_service;
@@ -8,4 +9,5 @@ pub mod events;
 pub mod http;
 pub mod listing;
 pub mod pages;
+pub mod session;
 pub mod status;

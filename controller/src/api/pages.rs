@@ -8,12 +8,14 @@
 use std::sync::Arc;
 
 use askama::Template;
+use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::session::{Role, Session, Sessions};
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobId, JobRecord};
@@ -52,6 +54,10 @@ struct JobPage {
     /// The cursor (`attempt.seq`) the live stream continues from.
     after: String,
     live: bool,
+    /// "admin" or "viewer" once signed in; empty before.
+    signed_in: &'static str,
+    /// An admin's CSRF token for the rerun and cancel forms; `None`: no forms.
+    csrf: Option<String>,
 }
 
 struct StepRow {
@@ -91,11 +97,17 @@ struct ArtifactRow {
 }
 
 /// `GET /jobs/{id}`.
-pub async fn job_page(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Response {
+pub async fn job_page(
+    State(engine): State<Arc<Engine>>,
+    Extension(sessions): Extension<Arc<Sessions>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Ok(id) = id.parse::<JobId>() else {
         return (StatusCode::NOT_FOUND, "no such job\n").into_response();
     };
-    match render(&engine, id).await {
+    let session = sessions.session(&headers, zeroci::now_unix_ms() / 1000);
+    match render(&engine, id, session).await {
         Ok(html) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -114,7 +126,11 @@ pub async fn job_page(State(engine): State<Arc<Engine>>, Path(id): Path<String>)
     }
 }
 
-async fn render(engine: &Arc<Engine>, id: JobId) -> Result<String, ControllerError> {
+async fn render(
+    engine: &Arc<Engine>,
+    id: JobId,
+    session: Option<Session>,
+) -> Result<String, ControllerError> {
     let record = engine.job(id).await?;
     let (tail, truncated, after) = log_tail(engine, &record).await?;
     let reports = crate::engine::reports::test_reports(engine, id, None).await?;
@@ -194,6 +210,12 @@ async fn render(engine: &Arc<Engine>, id: JobId) -> Result<String, ControllerErr
         tail_kib: TAIL_BYTES / 1024,
         after: format!("{}.{}", after.attempt, after.seq),
         live: !record.status.is_final(),
+        signed_in: match session.as_ref().map(|s| s.role) {
+            Some(Role::Admin) => "admin",
+            Some(Role::Viewer) => "viewer",
+            None => "",
+        },
+        csrf: session.filter(|s| s.role == Role::Admin).map(|s| s.csrf),
     };
     page.render()
         .map_err(|e| ControllerError::Internal(format!("job page: {e}")))

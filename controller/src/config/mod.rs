@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 mod limits;
 mod provisioner;
+mod web;
 
 pub use limits::{LimitsConfig, LogLimitAction};
 use provisioner::provisioner_with_default_kind;
 pub use provisioner::{Accel, Isolation, LocalConfig, ProvisionerConfig, VmConfig};
+pub use web::WebConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +51,9 @@ pub struct Config {
     /// Ceilings no job can raise.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Who may read and act on the result pages.
+    #[serde(default)]
+    pub web: WebConfig,
     /// The file this was read from (absolute), so sandboxes can hide it; not a key of the file.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -388,6 +393,7 @@ impl Config {
             return Err("[main] store_failure_timeout must be positive".into());
         }
         self.limits.validate()?;
+        self.web.validate()?;
         if let ProvisionerConfig::Vm { vm } = &self.provisioner {
             vm.validate()?;
         }
@@ -530,6 +536,7 @@ impl Config {
             repos: BTreeMap::new(),
             github: None,
             limits: LimitsConfig::default(),
+            web: WebConfig::default(),
             file: None,
         }
     }

@@ -709,6 +709,12 @@ mod tests {
             .arg(format!("file={}/root.qcow2,if=virtio", dir.display()))
             .spawn()
             .unwrap_or_else(|e| panic!("{e}"));
+        // Until it has exec'd, the child's command line is the test's.
+        let pid = fake.id();
+        zeroci_testkit::eventually("the stand-in to start", || async {
+            qemu_using(&dir).contains(&pid).then_some(())
+        })
+        .await;
         let record = MachineRecord {
             provisioner: "vm".into(),
             name: "job-5-a1".into(),

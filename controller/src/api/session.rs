@@ -1,0 +1,296 @@
+//! Signing in to the pages: a token from `[web]` (admin or viewer) exchanged once for a session cookie,
+//! and the forms that act (rerun, cancel) protected against cross-site requests.
+//!
+//! The cookie is `role.expiry.nonce.mac`, signed with HMAC-SHA256 under a key kept in the state
+//! directory (0600; made on first use), so sessions survive a restart and no server-side session table
+//! exists. It is `HttpOnly` and `SameSite=Strict`, `Secure` when the domain is https. Each form carries
+//! a CSRF token derived from the session (HMAC of it under the same key), and a POST is refused unless
+//! it carries the right one; a browser's `Sec-Fetch-Site: cross-site` is refused as well.
+
+use std::path::Path;
+
+use axum::http::HeaderMap;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::WebConfig;
+
+/// The cookie's name.
+pub const COOKIE: &str = "zeroci_session";
+/// How long a sign-in lasts.
+const SESSION_SECS: i64 = 7 * 24 * 3600;
+
+/// What a signed-in person may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Viewer,
+    Admin,
+}
+
+impl Role {
+    fn word(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Role> {
+        match word {
+            "viewer" => Some(Role::Viewer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The signing key and the sign-in tokens.
+pub struct Sessions {
+    key: [u8; 32],
+    web: WebConfig,
+    secure: bool,
+}
+
+impl Sessions {
+    /// Loads (or makes) the key in `state_dir/web-session.key`.
+    pub fn open(state_dir: &Path, web: &WebConfig, domain: &str) -> std::io::Result<Sessions> {
+        let path = state_dir.join("web-session.key");
+        let key = match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&bytes);
+                key
+            }
+            _ => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let key: [u8; 32] = rand::random();
+                std::fs::create_dir_all(state_dir)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                file.write_all(&key)?;
+                file.sync_all()?;
+                key
+            }
+        };
+        Ok(Sessions {
+            key,
+            web: web.clone(),
+            secure: domain.starts_with("https://"),
+        })
+    }
+
+    /// As [`open`](Sessions::open) with a key of this process only (sessions end with it), for a state
+    /// directory that cannot hold the key.
+    pub fn ephemeral(web: &WebConfig, domain: &str) -> Sessions {
+        Sessions {
+            key: rand::random(),
+            web: web.clone(),
+            secure: domain.starts_with("https://"),
+        }
+    }
+
+    /// Whether pages can be read without signing in.
+    pub fn public(&self) -> bool {
+        self.web.public
+    }
+
+    fn mac(&self, text: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(text.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// The role a sign-in token gives, compared in constant time.
+    pub fn role_of_token(&self, token: &str) -> Option<Role> {
+        let matches = |tokens: &[String]| {
+            tokens
+                .iter()
+                .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        };
+        if matches(&self.web.admin_tokens) {
+            Some(Role::Admin)
+        } else if matches(&self.web.viewer_tokens) {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
+    }
+
+    /// A new session's cookie value for `role`, valid from `now` (Unix seconds).
+    pub fn issue(&self, role: Role, now: i64) -> String {
+        let nonce: [u8; 12] = rand::random();
+        let body = format!("{}.{}.{}", role.word(), now + SESSION_SECS, hex(&nonce));
+        format!("{body}.{}", self.mac(&body))
+    }
+
+    /// The `Set-Cookie` value that signs in with `value`.
+    pub fn set_cookie(&self, value: &str) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!(
+            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}"
+        )
+    }
+
+    /// The `Set-Cookie` value that signs out.
+    pub fn clear_cookie(&self) -> String {
+        format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
+
+    /// The session in the request's cookie, if it is genuine and not expired at `now`.
+    pub fn session(&self, headers: &HeaderMap, now: i64) -> Option<Session> {
+        let value = cookie(headers, COOKIE)?;
+        let (body, mac) = value.rsplit_once('.')?;
+        if !constant_time_eq(self.mac(body).as_bytes(), mac.as_bytes()) {
+            return None;
+        }
+        let mut parts = body.split('.');
+        let role = Role::from_word(parts.next()?)?;
+        let expires: i64 = parts.next()?.parse().ok()?;
+        (expires > now).then(|| Session {
+            role,
+            csrf: self.mac(&format!("csrf:{value}"))[..32].to_string(),
+        })
+    }
+
+    /// Whether a form POST is the person's own: the right CSRF token, not sent from another site.
+    pub fn genuine_post(&self, session: &Session, headers: &HeaderMap, csrf: &str) -> bool {
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|site| site == "cross-site");
+        !cross_site && constant_time_eq(session.csrf.as_bytes(), csrf.as_bytes())
+    }
+}
+
+/// A signed-in person.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub role: Role,
+    /// What this session's forms must carry.
+    pub csrf: String,
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where to go after signing in: a path of this site, never another one (`//evil.example`).
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_string()
+        }
+        _ => "/".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(dir: &Path) -> Sessions {
+        let web = WebConfig {
+            admin_tokens: vec!["admin-token-0123456789".into()],
+            viewer_tokens: vec!["viewer-token-0123456789".into()],
+            public: false,
+        };
+        Sessions::open(dir, &web, "https://ci.example").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn with_cookie(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::COOKIE,
+            format!("other=1; {COOKIE}={value}")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_signed_session_is_accepted_until_it_expires_and_a_forged_one_never() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = sessions(dir.path());
+        assert_eq!(s.role_of_token("admin-token-0123456789"), Some(Role::Admin));
+        assert_eq!(
+            s.role_of_token("viewer-token-0123456789"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(s.role_of_token("admin-token-012345678"), None);
+        let value = s.issue(Role::Viewer, 1_000);
+        let session = s
+            .session(&with_cookie(&value), 2_000)
+            .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(session.role, Role::Viewer);
+        assert!(
+            s.session(&with_cookie(&value), 1_000 + SESSION_SECS)
+                .is_none(),
+            "expired"
+        );
+        let forged = value.replacen("viewer", "admin", 1);
+        assert!(
+            s.session(&with_cookie(&forged), 2_000).is_none(),
+            "forged role"
+        );
+        // The same key after a restart: the session holds.
+        let again = sessions(dir.path());
+        assert!(again.session(&with_cookie(&value), 2_000).is_some());
+        assert!(
+            s.set_cookie(&value).contains("HttpOnly; SameSite=Strict")
+                && s.set_cookie(&value).ends_with("; Secure")
+        );
+    }
+
+    #[test]
+    fn posts_need_the_sessions_csrf_token_and_not_come_from_another_site() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = sessions(dir.path());
+        let value = s.issue(Role::Admin, 0);
+        let headers = with_cookie(&value);
+        let session = s.session(&headers, 1).unwrap_or_else(|| panic!("accepted"));
+        assert!(s.genuine_post(&session, &headers, &session.csrf));
+        assert!(!s.genuine_post(&session, &headers, "wrong"));
+        let mut cross = headers.clone();
+        cross.insert(
+            "sec-fetch-site",
+            "cross-site".parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert!(!s.genuine_post(&session, &cross, &session.csrf));
+        // Another session's token does not fit.
+        let other = s
+            .session(&with_cookie(&s.issue(Role::Admin, 0)), 1)
+            .unwrap_or_else(|| panic!("accepted"));
+        assert!(!s.genuine_post(&session, &headers, &other.csrf));
+    }
+
+    #[test]
+    fn only_paths_of_this_site_are_followed_after_sign_in() {
+        assert_eq!(safe_next(Some("/jobs/3")), "/jobs/3");
+        for bad in ["//evil.example/x", "https://evil.example", "/\\evil", ""] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}

@@ -1,0 +1,65 @@
+//! `[web]`: who may read the result pages and who may act on them (rerun, cancel).
+
+use serde::{Deserialize, Serialize};
+
+/// `[web]`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Tokens that sign in to the pages as admin (rerun and cancel jobs).
+    #[serde(default)]
+    pub admin_tokens: Vec<String>,
+    /// Tokens that sign in as viewer (read only).
+    #[serde(default)]
+    pub viewer_tokens: Vec<String>,
+    /// Whether the pages, logs and artifacts can be read without signing in (default true). Badges,
+    /// `/metrics` and `/healthz` are always public.
+    #[serde(default = "public_by_default")]
+    pub public: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            admin_tokens: Vec::new(),
+            viewer_tokens: Vec::new(),
+            public: public_by_default(),
+        }
+    }
+}
+
+fn public_by_default() -> bool {
+    true
+}
+
+/// The shortest sign-in token accepted: guessing must be hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl WebConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        for token in self.admin_tokens.iter().chain(&self.viewer_tokens) {
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(format!(
+                    "[web] tokens must be at least {MIN_TOKEN_LEN} characters (use `openssl rand -hex 16`)"
+                ));
+            }
+        }
+        if !self.public && self.admin_tokens.is_empty() && self.viewer_tokens.is_empty() {
+            return Err(
+                "[web] public = false needs admin_tokens or viewer_tokens to sign in with".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+// Hand-written: the tokens are credentials.
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("admin_tokens", &self.admin_tokens.len())
+            .field("viewer_tokens", &self.viewer_tokens.len())
+            .field("public", &self.public)
+            .finish()
+    }
+}
