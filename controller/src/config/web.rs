@@ -63,3 +63,22 @@ impl std::fmt::Debug for WebConfig {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_tokens_and_a_private_site_nobody_can_enter_are_refused() {
+        let mut web = WebConfig::default();
+        assert!(web.validate().is_ok());
+        web.admin_tokens = vec!["short".into()];
+        assert!(web.validate().unwrap_err().contains("at least 16"));
+        web.admin_tokens.clear();
+        web.public = false;
+        assert!(web.validate().unwrap_err().contains("needs admin_tokens"));
+        web.viewer_tokens = vec!["0123456789abcdef0123".into()];
+        assert!(web.validate().is_ok());
+        assert!(!format!("{web:?}").contains("0123456789abcdef"));
+    }
+}
