@@ -227,7 +227,7 @@ fn a_running_jobs_page_shows_new_lines_as_they_arrive() {
         &[(
             "zeroCI.yaml",
             &pipeline(&[&format!(
-                "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second-line; while [ ! -e {} ]; do sleep 0.05; done",
+                "echo first; while [ ! -e {} ]; do sleep 0.05; done; printf 'second-line \\033[1;32mgreen\\033[0m\\n'; while [ ! -e {} ]; do sleep 0.05; done",
                 gate.display(),
                 done.display()
             )]),
@@ -260,6 +260,9 @@ fn a_running_jobs_page_shows_new_lines_as_they_arrive() {
         json!(1),
         "arrived live, not by a reload"
     );
+    // Its colour came along: bold green, not an escape code.
+    assert_eq!(browser.text_of("#log span.b.f2"), "green");
+    assert!(!browser.text_of("#log").contains('\u{1b}'));
     browser.screenshot("job-page-running");
     std::fs::write(&done, "").unwrap();
     assert_eq!(env.wait_job(id)["status"], "success");
@@ -288,12 +291,18 @@ fn the_test_report_and_the_dashboard_read_well_in_a_browser() {
         "{body}"
     );
     assert!(body.contains("c broken: expected 1"), "{body}");
-    // The failure's details open on a click.
-    browser.click("details details summary");
+    // The failure's details open on a click; the tabs switch without a reload.
+    browser.click(".panel.f details summary");
     assert_eq!(
-        browser.script("return document.querySelector('details details').open;"),
+        browser.script("return document.querySelector('.panel.f details').open;"),
         json!(true)
     );
+    browser.click("label[for$=s]");
+    assert_eq!(
+        browser.script("return getComputedStyle(document.querySelector('.panel.s')).display;"),
+        json!("block")
+    );
+    assert!(browser.text_of(".panel.s").contains("c later"));
     browser.screenshot("job-page-tests");
     browser.open(&format!("{base}/"));
     assert!(browser.text_of("body").contains("reported"));

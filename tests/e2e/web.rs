@@ -190,9 +190,9 @@ script:
         html.contains("&#60;img src=x onerror=alert(2)&#62;"),
         "{html}"
     );
-    // Terminal colours are not shown as escape codes.
+    // Terminal colours are shown as colours, never as escape codes.
     assert!(
-        html.contains("\nred\n") && !html.contains("\u{1b}["),
+        html.contains("<span class=\"f1\">red</span>") && !html.contains("\u{1b}["),
         "{html}"
     );
     for expected in [

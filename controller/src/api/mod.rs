@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod agent_service;
+pub mod ansi;
 pub mod auth;
 pub mod control_service;
 pub mod events;

@@ -48,7 +48,8 @@ struct JobPage {
     steps: Vec<StepRow>,
     reports: Vec<ReportView>,
     artifacts: Vec<ArtifactRow>,
-    log_tail: String,
+    /// The tail as HTML (escaped, colours as spans): inserted as is.
+    log_html: String,
     log_truncated: bool,
     tail_kib: usize,
     /// The cursor (`attempt.seq`) the live stream continues from.
@@ -205,7 +206,7 @@ async fn render(
                 error: a.error.clone(),
             })
             .collect(),
-        log_tail: tail,
+        log_html: tail,
         log_truncated: truncated,
         tail_kib: TAIL_BYTES / 1024,
         after: format!("{}.{}", after.attempt, after.seq),
@@ -221,7 +222,7 @@ async fn render(
         .map_err(|e| ControllerError::Internal(format!("job page: {e}")))
 }
 
-/// The last [`TAIL_BYTES`] of the job's output (from a line start, without terminal escapes), whether
+/// The last [`TAIL_BYTES`] of the job's output (from a line start, as HTML with its colours), whether
 /// earlier output was left out, and the cursor of the last event read.
 async fn log_tail(
     engine: &Engine,
@@ -251,27 +252,7 @@ async fn log_tail(
         0
     };
     let text = String::from_utf8_lossy(&bytes[start..]);
-    Ok((strip_terminal_escapes(&text), dropped, last))
-}
-
-/// Text without ANSI escape sequences (colours, cursor moves), which a page cannot show as such.
-fn strip_terminal_escapes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            // Parameters and intermediates, then one final byte in @..~.
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
+    Ok((super::ansi::to_html(&text), dropped, last))
 }
 
 /// `2026-12-04 03:55:01 UTC`, or a dash before it happened.
@@ -309,10 +290,6 @@ mod tests {
 
     #[test]
     fn escapes_are_stripped_and_times_read_well() {
-        assert_eq!(
-            strip_terminal_escapes("\u{1b}[1;31mred\u{1b}[0m plain \u{1b}[2K"),
-            "red plain "
-        );
         assert_eq!(duration(0, 0), "–");
         assert_eq!(duration(1_000, 0), "running");
         assert_eq!(duration(1_000, 2_500), "1.5s");
