@@ -192,7 +192,9 @@ script:
     );
     // Terminal colours are shown as colours, never as escape codes.
     assert!(
-        html.contains("<span class=\"f1\">red</span>") && !html.contains("\u{1b}["),
+        html.contains("<span class=\"f1\"><a class=\"ln\" id=\"L2\"")
+            && html.contains("></a>red</span>")
+            && !html.contains("\u{1b}["),
         "{html}"
     );
     for expected in [
@@ -233,7 +235,7 @@ fn a_running_jobs_page_follows_its_log_from_where_the_tail_ends() {
     assert_eq!(code, 200);
     let html = String::from_utf8(body).unwrap();
     // The tail so far, and the script that goes on from its cursor.
-    assert!(html.contains("\">first\n</pre>"), "{html}");
+    assert!(html.contains("data-n=\"1\"></a>first\n</pre>"), "{html}");
     assert!(
         html.contains(&format!("new EventSource(\"/jobs/{id}/events?after=\""))
             && html.contains("data-after=\"1."),

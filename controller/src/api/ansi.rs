@@ -69,14 +69,25 @@ fn escape_into(out: &mut String, c: char) {
     }
 }
 
-/// `text` as escaped HTML with its colours as spans.
-pub fn to_html(text: &str) -> String {
+/// `text` as escaped HTML with its colours as spans; with `first_line`, each line starts with a
+/// linkable number (`<a class="ln" id="L12" href="#L12" data-n="12"></a>`), counting from it.
+pub fn to_html(text: &str, first_line: Option<u64>) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     let mut style = Style::default();
     let mut open = false;
+    let mut line = first_line;
+    let mut at_line_start = true;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '\u{1b}' {
+            if let (Some(n), true) = (line, at_line_start) {
+                let _ = write!(
+                    out,
+                    "<a class=\"ln\" id=\"L{n}\" href=\"#L{n}\" data-n=\"{n}\"></a>"
+                );
+                line = Some(n + 1);
+            }
+            at_line_start = c == '\n';
             escape_into(&mut out, c);
             continue;
         }
@@ -121,20 +132,31 @@ mod tests {
 
     #[test]
     fn colours_become_spans_and_everything_else_is_escaped_or_dropped() {
+        let html = |text: &str| to_html(text, None);
         assert_eq!(
-            to_html("\u{1b}[1;31mFAIL\u{1b}[0m <b>x</b> & \u{1b}[2K\u{1b}[32mok"),
+            html("\u{1b}[1;31mFAIL\u{1b}[0m <b>x</b> & \u{1b}[2K\u{1b}[32mok"),
             "<span class=\"b f1\">FAIL</span> &lt;b&gt;x&lt;/b&gt; &amp; <span class=\"f2\">ok</span>"
         );
         assert_eq!(
-            to_html("\u{1b}[92mbright\u{1b}[39m plain"),
+            html("\u{1b}[92mbright\u{1b}[39m plain"),
             "<span class=\"f10\">bright</span> plain"
         );
-        assert_eq!(to_html("\u{1b}[38;5;208morange\u{1b}[m"), "orange");
+        assert_eq!(html("\u{1b}[38;5;208morange\u{1b}[m"), "orange");
         assert_eq!(
-            to_html("lone \u{1b} escape \"q\" 'a'"),
+            html("lone \u{1b} escape \"q\" 'a'"),
             "lone  escape &quot;q&quot; &#39;a&#39;"
         );
         // A sequence cut at the end of the text does not leak.
-        assert_eq!(to_html("tail \u{1b}[31"), "tail ");
+        assert_eq!(html("tail \u{1b}[31"), "tail ");
+    }
+
+    #[test]
+    fn lines_get_linkable_numbers() {
+        let anchor =
+            |n: u64| format!("<a class=\"ln\" id=\"L{n}\" href=\"#L{n}\" data-n=\"{n}\"></a>");
+        assert_eq!(
+            to_html("a\n\u{1b}[31mb\n", Some(7)),
+            format!("{}a\n<span class=\"f1\">{}b\n</span>", anchor(7), anchor(8))
+        );
     }
 }

@@ -230,6 +230,8 @@ async fn log_tail(
 ) -> Result<(String, bool, LogCursor), ControllerError> {
     let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
     let mut dropped = false;
+    // Lines that left the tail, so its lines keep their numbers in the whole log.
+    let mut lines_before: u64 = 0;
     let mut last = LogCursor::START;
     let mut events = engine.logs.read(record.id, LogCursor::START, Payloads::All);
     while let Some(event) = events.next().await {
@@ -240,7 +242,9 @@ async fn log_tail(
         }
         tail.extend(event.payload.iter());
         if tail.len() > TAIL_BYTES {
-            tail.drain(..tail.len() - TAIL_BYTES);
+            let cut = tail.len() - TAIL_BYTES;
+            lines_before += tail.range(..cut).filter(|b| **b == b'\n').count() as u64;
+            tail.drain(..cut);
             dropped = true;
         }
     }
@@ -251,8 +255,10 @@ async fn log_tail(
     } else {
         0
     };
+    let first_line =
+        lines_before + bytes[..start].iter().filter(|b| **b == b'\n').count() as u64 + 1;
     let text = String::from_utf8_lossy(&bytes[start..]);
-    Ok((super::ansi::to_html(&text), dropped, last))
+    Ok((super::ansi::to_html(&text, Some(first_line)), dropped, last))
 }
 
 /// `2026-12-04 03:55:01 UTC`, or a dash before it happened.
