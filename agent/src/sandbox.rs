@@ -148,6 +148,7 @@ pub fn enter(spec_fd: i32) -> Result<Entered, SandboxError> {
     drop((read_only, sources, job));
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| setup("set the host name", &spec.hostname, e))?;
+    lock_mounts()?;
     clear_environment();
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(|e| setup("fork", "the agent", e))? {
@@ -322,6 +323,31 @@ fn reap_until(agent: Pid) -> ! {
             Err(_) => std::process::exit(1),
         }
     }
+}
+
+/// Seals the machine's mounts: a user namespace nested in the sandbox's, with a mount namespace of its
+/// own, turns every mount built above into a locked one (the kernel's rule for mounts handed to a less
+/// privileged namespace), so the job, root in the nested namespace, can neither unmount what hides the
+/// host's files, nor bind a directory without what covers parts of it, nor make a read-only mount
+/// writable. Root stays root: the nested namespace maps 0 to 0.
+fn lock_mounts() -> Result<(), SandboxError> {
+    use nix::sched::{CloneFlags, unshare};
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| setup("nest", "a user namespace to lock the mounts", e))?;
+    // The change of user made this process undumpable, which gives its /proc files to the host's root:
+    // it could not write its own maps.
+    nix::sys::prctl::set_dumpable(true)
+        .map_err(|e| setup("make", "the init dumpable to map its users", e))?;
+    // A process may map its own ids into a namespace it just made; for groups only once setgroups is
+    // off (only root's group exists inside anyway).
+    for (file, map) in [
+        ("/proc/self/uid_map", "0 0 1\n"),
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/gid_map", "0 0 1\n"),
+    ] {
+        std::fs::write(file, map).map_err(|e| setup("write", file, io_errno(&e)))?;
+    }
+    Ok(())
 }
 
 fn become_root() -> Result<(), SandboxError> {

@@ -81,6 +81,14 @@ fn a_job_cannot_reach_the_controllers_keys_config_environment_or_another_running
                 &format!(
                     "grep -rl \"A-PRIV\"\"ATE\" /job /tmp /dev/shm /home /root /var /srv /mnt 2>/dev/null | sed 's/^/{LEAK} /'"
                 ),
+                // Root inside cannot undo the machine's mounts: unmount what hides the host, remount a
+                // read-only directory writable, or bind a directory without what covers parts of it.
+                &format!(
+                    "umount -l /tmp 2>/dev/null && echo {LEAK} umount; \
+                     mount -o remount,bind,rw /usr 2>/dev/null && echo {LEAK} remount; \
+                     mkdir -p /job/x && mount --bind /etc /job/x 2>/dev/null && echo {LEAK} bind; \
+                     touch /usr/zeroci-probe 2>/dev/null && echo {LEAK} write; true"
+                ),
                 // The environment holds the job's variables, none of the controller's.
                 &format!("env | grep -E '^(RUST_LOG|CARGO)' | sed 's/^/{LEAK} /'"),
                 "echo probed",
