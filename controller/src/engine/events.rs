@@ -150,7 +150,8 @@ impl Engine {
                     };
                     let room = limit - batch.output_bytes;
                     let mut data = o.data;
-                    if data.len() as u64 > room {
+                    // Reaching the limit exactly counts: what comes next is dropped, so say it here.
+                    if data.len() as u64 >= room {
                         data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
                         let note = format!(
                             "\nzeroci: this job's output reached the limit of {limit} bytes ([limits] max_log_bytes); the rest is not stored{}\n",
