@@ -91,12 +91,13 @@ impl MachineGroups {
         self.parent.join(format!("{}.{name}", self.owner))
     }
 
-    /// Makes machine `name`'s group (again, if a crashed attempt left one) with `resources` applied.
+    /// Makes machine `name`'s group (again, if a crashed attempt left one: emptied first) with
+    /// `resources` applied.
     pub fn create(&self, name: &str, resources: &Resources) -> std::io::Result<PathBuf> {
         let dir = self.path_of(name);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => kill_all(&dir),
             Err(e) => return Err(e),
         }
         self.apply(&dir, resources)?;
@@ -107,18 +108,30 @@ impl MachineGroups {
     /// [`missing`](MachineGroups::missing)). Unset limits are lifted.
     pub fn apply(&self, dir: &Path, resources: &Resources) -> std::io::Result<()> {
         for (controller, file, value) in limit_files(resources) {
-            if self.enabled.contains(&controller) {
-                std::fs::write(dir.join(file), value)?;
+            if !self.enabled.contains(&controller) {
+                continue;
+            }
+            match std::fs::write(dir.join(file), value) {
+                Ok(()) => {}
+                // A kernel without swap accounting has no memory.swap.max: nothing to bound there.
+                Err(e) if file == "memory.swap.max" && e.kind() == std::io::ErrorKind::NotFound => {
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 }
 
-/// Each limit as (controller, file, value) in cgroup v2's words.
-fn limit_files(resources: &Resources) -> [(&'static str, &'static str, String); 3] {
+/// The most processes the kernel counts (`PID_MAX_LIMIT`); `pids.max` refuses more.
+const PIDS_CEILING: u64 = 4 * 1024 * 1024;
+
+/// Each limit as (controller, file, value) in cgroup v2's words. Values past what the host has are
+/// written as no limit, which is what they mean (the kernel refuses some of them).
+fn limit_files(resources: &Resources) -> [(&'static str, &'static str, String); 4] {
     let max = |value: Option<u64>| value.map_or_else(|| "max".to_string(), |v| v.to_string());
-    let cpu = match resources.cpus {
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu = match resources.cpus.filter(|cpus| *cpus < host_cpus) {
         // At least 1 ms per period: the kernel refuses less.
         Some(cpus) => format!(
             "{} {CPU_PERIOD_US}",
@@ -126,13 +139,24 @@ fn limit_files(resources: &Resources) -> [(&'static str, &'static str, String); 
         ),
         None => format!("max {CPU_PERIOD_US}"),
     };
+    let memory = resources.memory_mb.map(|mb| mb.saturating_mul(1 << 20));
     [
+        ("memory", "memory.max", max(memory)),
+        // Swap is not a way around the memory limit.
         (
             "memory",
-            "memory.max",
-            max(resources.memory_mb.map(|mb| mb.saturating_mul(1 << 20))),
+            "memory.swap.max",
+            if memory.is_some() {
+                "0".into()
+            } else {
+                "max".into()
+            },
         ),
-        ("pids", "pids.max", max(resources.pids)),
+        (
+            "pids",
+            "pids.max",
+            max(resources.pids.filter(|p| *p < PIDS_CEILING)),
+        ),
         ("cpu", "cpu.max", cpu),
     ]
 }
@@ -246,19 +270,34 @@ mod tests {
             pids: Some(100),
             disk_gb: None,
         });
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = if host_cpus > 1 {
+            "cpu.max=150000 100000"
+        } else {
+            "cpu.max=max 100000"
+        };
         assert_eq!(
             files.map(|(_, file, value)| format!("{file}={value}")),
             [
                 "memory.max=536870912",
+                "memory.swap.max=0",
                 "pids.max=100",
-                "cpu.max=150000 100000"
+                cpu
             ]
         );
         let lifted = limit_files(&Resources::default());
         assert_eq!(
             lifted.map(|(_, _, value)| value),
-            ["max", "max", "max 100000"]
+            ["max", "max", "max", "max 100000"]
         );
+        let huge = limit_files(&Resources {
+            cpus: Some(1e9),
+            memory_mb: None,
+            pids: Some(u64::MAX),
+            disk_gb: None,
+        });
+        assert_eq!(huge[2].2, "max");
+        assert_eq!(huge[3].2, "max 100000");
     }
 
     /// A directory standing in for a cgroup v2 tree whose root offers `memory` and `pids` (the kernel

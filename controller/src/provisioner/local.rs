@@ -395,7 +395,12 @@ impl Provisioner for LocalProvisioner {
                 .apply(group, resources)
                 .map_err(|e| failed(format!("control group {}: {e}", group.display())))?;
         }
-        if let (true, Some(max), Some(sid)) = (details.own_user, resources.pids, details.pid) {
+        // The recorded agent, still running with its recorded start time: a pid reused by someone
+        // else must not be limited.
+        let alive = details.pid.filter(|pid| {
+            details.start_time.is_some() && process_start_time(*pid) == details.start_time
+        });
+        if let (true, Some(max), Some(sid)) = (details.own_user, resources.pids, alive) {
             // Every process of the machine: a limit set on the agent alone would not bind the
             // keeper's and init's later children (there are none, but the rule is simple).
             for pid in zeroci::process::session_members(sid) {
