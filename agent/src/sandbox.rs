@@ -347,6 +347,9 @@ fn lock_mounts() -> Result<(), SandboxError> {
     ] {
         std::fs::write(file, map).map_err(|e| setup("write", file, io_errno(&e)))?;
     }
+    // Undumpable again, and so the agent forked from here: steps, root in this same namespace, must
+    // not ptrace it (its network is the host's, its memory holds its credentials).
+    nix::sys::prctl::set_dumpable(false).map_err(|e| setup("make", "the agent undumpable", e))?;
     Ok(())
 }
 
