@@ -27,6 +27,14 @@ fn see_other(location: &str) -> Response {
         .into_response()
 }
 
+/// A browser's word that the request comes from another site.
+fn cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site")
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -57,8 +65,12 @@ pub async fn login_form(
 /// `POST /login` (`token`, `next`): a session cookie for a valid token.
 pub async fn login(
     Extension(sessions): Extension<Arc<Sessions>>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    if cross_site(&headers) {
+        return (StatusCode::FORBIDDEN, "sign in from this site's own page\n").into_response();
+    }
     let next = safe_next(form.get("next").map(String::as_str));
     let Some(role) = form
         .get("token")
@@ -79,7 +91,14 @@ pub async fn login(
 }
 
 /// `POST /logout`.
-pub async fn logout(Extension(sessions): Extension<Arc<Sessions>>) -> Response {
+pub async fn logout(Extension(sessions): Extension<Arc<Sessions>>, headers: HeaderMap) -> Response {
+    if cross_site(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "sign out from this site's own page\n",
+        )
+            .into_response();
+    }
     (
         StatusCode::SEE_OTHER,
         [

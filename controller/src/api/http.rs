@@ -127,8 +127,12 @@ async fn raw_log(
         Ok(_) => None,
         Err(status) => Some(Err(std::io::Error::other(status.message().to_string()))),
     });
+    // The job chose these bytes: never let a browser take them for a page.
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         Body::from_stream(bytes),
     )
         .into_response())
@@ -154,6 +158,7 @@ async fn artifact(
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{file_name}\""),

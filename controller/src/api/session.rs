@@ -77,6 +77,16 @@ impl Sessions {
                 key
             }
         };
+        // Sessions hold while the tokens they came from are configured: changing the tokens (a leaked
+        // one removed) ends every session.
+        let mut tokens: Vec<&String> = web.admin_tokens.iter().chain(&web.viewer_tokens).collect();
+        tokens.sort();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        for token in tokens {
+            mac.update(token.as_bytes());
+            mac.update(b"\0");
+        }
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
         Ok(Sessions {
             key,
             web: web.clone(),
@@ -198,7 +208,13 @@ fn hex(bytes: &[u8]) -> String {
 /// Where to go after signing in: a path of this site, never another one (`//evil.example`).
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        // Browsers drop tabs and line breaks from URLs (`/\t/evil` is `//evil`): only plain path
+        // characters pass.
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && path.bytes().all(|b| b > 0x20 && b < 0x7f && b != b'\\') =>
+        {
             path.to_string()
         }
         _ => "/".to_string(),
@@ -257,6 +273,15 @@ mod tests {
         // The same key after a restart: the session holds.
         let again = sessions(dir.path());
         assert!(again.session(&with_cookie(&value), 2_000).is_some());
+        // Changing the tokens (a leaked one removed) ends every session.
+        let fewer = WebConfig {
+            admin_tokens: vec![],
+            viewer_tokens: vec!["viewer-token-0123456789".into()],
+            public: false,
+        };
+        let revoked = Sessions::open(dir.path(), &fewer, "https://ci.example")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(revoked.session(&with_cookie(&value), 2_000).is_none());
         assert!(
             s.set_cookie(&value).contains("HttpOnly; SameSite=Strict")
                 && s.set_cookie(&value).ends_with("; Secure")
@@ -288,7 +313,14 @@ mod tests {
     #[test]
     fn only_paths_of_this_site_are_followed_after_sign_in() {
         assert_eq!(safe_next(Some("/jobs/3")), "/jobs/3");
-        for bad in ["//evil.example/x", "https://evil.example", "/\\evil", ""] {
+        for bad in [
+            "//evil.example/x",
+            "https://evil.example",
+            "/\\evil",
+            "",
+            "/\t/evil.example",
+            "/\n/evil",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(safe_next(None), "/");
