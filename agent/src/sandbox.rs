@@ -2,8 +2,9 @@
 //!
 //! Three processes, all from this binary, none exec'd twice:
 //! 1. the **keeper** (started by the controller as its own session leader) reads the [`SandboxSpec`]
-//!    from an inherited descriptor, opens every host path the sandbox shows (as the controller's user,
-//!    so the sandbox never needs to reach them by path), and clones
+//!    from an inherited descriptor, clones the mount tree of every host path the sandbox shows (as the
+//!    controller's user, so the sandbox never needs to reach them by path; a keeper without that
+//!    privilege leaves it to the init, which then runs as the same user), and clones
 //! 2. the **init**: PID 1 of new user, mount, PID, IPC and UTS namespaces. The keeper maps root inside
 //!    to an unprivileged host user and lets it go; the init builds a root of its own (tmpfs, the system
 //!    directories read-only, the job directory read-write at [`JOB_DIR`], private `/dev`, `/proc`,
@@ -60,6 +61,7 @@ struct HostPath {
     source: HostSource,
     inside: PathBuf,
     is_dir: bool,
+    read_only: bool,
 }
 
 enum HostSource {
@@ -67,9 +69,35 @@ enum HostSource {
     /// the controller's user: the init attaches it without ever resolving the host path, which the
     /// unprivileged user it runs as may not be allowed to reach.
     Tree(OwnedFd),
-    /// The host path itself, bound by the init (a keeper without the privilege to clone mount trees
-    /// runs as the same user as the init, so the path is reachable).
+    /// The host path itself: a keeper without the privilege to clone mount trees runs as the same
+    /// user as the init, so the init reaches the path and clones its tree itself once it owns its
+    /// mount namespace (see [`HostPath::into_tree`]).
     Path(PathBuf),
+}
+
+/// A host path's mount tree, ready to attach in the new root.
+struct ShownTree {
+    tree: OwnedFd,
+    inside: PathBuf,
+    is_dir: bool,
+}
+
+impl HostPath {
+    /// The init's half of a [`HostSource::Path`]: cloned here, in the init's own mount namespace and
+    /// before the staging root covers `/tmp` (where the path may lie), recursively made read-only like
+    /// the keeper's clones, so a mount below a shown directory is as read-only as the directory.
+    fn into_tree(self) -> Result<ShownTree, SandboxError> {
+        let tree = match self.source {
+            HostSource::Tree(tree) => tree,
+            HostSource::Path(path) => clone_tree(&path, self.read_only)
+                .map_err(|e| setup("clone the mount tree of", path.display(), e))?,
+        };
+        Ok(ShownTree {
+            tree,
+            inside: self.inside,
+            is_dir: self.is_dir,
+        })
+    }
 }
 
 /// A symbolic link of the host's root (`/bin -> usr/bin` on merged-/usr systems), recreated as is.
@@ -107,6 +135,7 @@ pub fn enter(spec_fd: i32) -> Result<Entered, SandboxError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let job = open_host(&spec.job_dir, Path::new(JOB_DIR), true, false)?;
+    let hidden = with_real_paths(&spec.hidden);
 
     if Uid::effective().is_root() {
         // Root's supplementary groups (kgid 0 among them) would still count on host files.
@@ -144,8 +173,14 @@ pub fn enter(spec_fd: i32) -> Result<Entered, SandboxError> {
     become_root()?;
     // Again: a change of credentials clears the parent-death signal.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    build_root(&read_only, &links, &sources, &job, &spec)?;
-    drop((read_only, sources, job));
+    let shown = read_only
+        .into_iter()
+        .chain(sources)
+        .chain([job])
+        .map(HostPath::into_tree)
+        .collect::<Result<Vec<_>, _>>()?;
+    build_root(&shown, &links, &hidden, &spec)?;
+    drop(shown);
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| setup("set the host name", &spec.hostname, e))?;
     lock_mounts()?;
@@ -197,7 +232,25 @@ fn open_host(
         source,
         inside: inside.to_path_buf(),
         is_dir,
+        read_only,
     })
+}
+
+/// Each path to hide as given and, where a symbolic link lies on its way, as it really is: inside the
+/// sandbox a link leads to its target, which may lie under a shown directory (a state directory at
+/// `/srv/ci` that links to `/data/ci`, with `/data` shown). Covering the link itself is not possible
+/// (a mount follows it) nor needed once its target is covered.
+fn with_real_paths(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut all = Vec::with_capacity(paths.len() * 2);
+    for path in paths {
+        all.push(path.clone());
+        if let Ok(real) = std::fs::canonicalize(path)
+            && real != *path
+        {
+            all.push(real);
+        }
+    }
+    all
 }
 
 /// open_tree(2) with OPEN_TREE_CLONE: a detached, recursive copy of the mounts at `path`, made
@@ -367,10 +420,9 @@ fn become_root() -> Result<(), SandboxError> {
 const STAGING: &str = "/tmp";
 
 fn build_root(
-    read_only: &[HostPath],
+    shown: &[ShownTree],
     links: &[HostLink],
-    sources: &[HostPath],
-    job: &HostPath,
+    hidden: &[PathBuf],
     spec: &SandboxSpec,
 ) -> Result<(), SandboxError> {
     let no_data: Option<&str> = None;
@@ -433,12 +485,10 @@ fn build_root(
     for link in links {
         symlink(&link.target, &inside(&link.path))?;
     }
-    for host in read_only.iter().chain(sources) {
-        let target = inside(&host.inside);
-        show(host, &target, true)?;
+    for host in shown {
+        show(host, &inside(&host.inside))?;
     }
-    show(job, &inside(&job.inside), false)?;
-    for path in &spec.hidden {
+    for path in hidden {
         mask(&inside(path))?;
     }
     if let Err(error) = name_this_host(root, &inside(Path::new("/etc/hosts")), &spec.hostname) {
@@ -458,32 +508,20 @@ fn build_root(
     Ok(())
 }
 
-/// Shows a host path (by its descriptor) at `target`, read-only or not.
-fn show(host: &HostPath, target: &Path, read_only: bool) -> Result<(), SandboxError> {
+/// Shows a host path's mount tree at `target`.
+fn show(host: &ShownTree, target: &Path) -> Result<(), SandboxError> {
     if host.is_dir {
         make_dir(target)?;
     } else {
         make_file(target)?;
     }
-    match &host.source {
-        HostSource::Tree(tree) => attach_tree(tree, target),
-        HostSource::Path(path) => bind(
-            path,
-            target,
-            if read_only {
-                Bind::ReadOnly
-            } else {
-                Bind::ReadWrite
-            },
-        ),
-    }
+    attach_tree(&host.tree, target)
 }
 
-/// How a bind mount may be used.
+/// How a bind mount (of one file: devices and `/etc/hosts`) may be used.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Bind {
     ReadOnly,
-    ReadWrite,
     /// A device node (`/dev/null`): read-write, and the one kind of mount where devices work.
     Device,
 }

@@ -4,23 +4,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use support::*;
-use zeroci::pb::{AgentEvent, RunSteps, StepKind, agent_event::Kind as Ev};
-
-/// Output bytes per (step, stream) from the stored events.
-fn outputs(stored: &[AgentEvent]) -> BTreeMap<(u32, i32), Vec<u8>> {
-    let mut out: BTreeMap<(u32, i32), Vec<u8>> = BTreeMap::new();
-    for e in stored {
-        if let Some(Ev::Output(o)) = &e.kind {
-            out.entry((o.step, o.stream))
-                .or_default()
-                .extend_from_slice(&o.data);
-        }
-    }
-    out
-}
+use zeroci::pb::{RunSteps, StepKind, agent_event::Kind as Ev};
 
 /// The checks shared by both cases: a complete, ordered, gap-free job report.
 fn check_job(run: &Run) {
@@ -61,7 +46,7 @@ fn check_job(run: &Run) {
     assert_eq!(seen.acked, stored.len() as u64, "everything acknowledged");
 
     // StepExited comes after all of its step's output, and after its StepStarted.
-    let mut exits = BTreeMap::new();
+    let mut exits = std::collections::BTreeMap::new();
     for (i, e) in stored.iter().enumerate() {
         match &e.kind {
             Some(Ev::StepExited(x)) => {

@@ -78,6 +78,33 @@ pub struct Case {
     pub on_output: Option<(&'static [u8], Trigger)>,
     /// Connect the agent to a port nobody listens on.
     pub unreachable: bool,
+    /// Run the agent in a sandbox (`zeroci-agent sandbox`), as a controller's `local` machines do.
+    pub sandbox: Option<SandboxCase>,
+}
+
+/// How the sandbox of a [`Case`] is built.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxCase {
+    /// The host user that starts the keeper (and that root inside the sandbox is): not root, as under
+    /// a controller that does not run as root.
+    pub keeper_uid: u32,
+    /// Host paths shown read-only besides the system's.
+    pub read_only: Vec<PathBuf>,
+    /// Host paths hidden.
+    pub hidden: Vec<PathBuf>,
+}
+
+/// Output bytes per (step, stream) from the stored events.
+pub fn outputs(stored: &[AgentEvent]) -> std::collections::BTreeMap<(u32, i32), Vec<u8>> {
+    let mut out = std::collections::BTreeMap::<(u32, i32), Vec<u8>>::new();
+    for e in stored {
+        if let Some(Ev::Output(o)) = &e.kind {
+            out.entry((o.step, o.stream))
+                .or_default()
+                .extend_from_slice(&o.data);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -432,28 +459,65 @@ pub async fn run_agent(case: Case) -> Run {
     };
     let bootstrap = dir.path().join("bootstrap.json");
     let token = case.token.unwrap_or(TOKEN).to_string();
-    Bootstrap {
+    let handover = Bootstrap {
         controller,
         ca_pem: ca_pair.cert_pem.clone(),
         token,
         job_id: JOB_ID,
-    }
-    .write(&bootstrap)
-    .unwrap();
+    };
+    handover.write(&bootstrap).unwrap();
     let log_path = dir.path().join("agent.log");
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_zeroci-agent"))
-        .args(["run", "--bootstrap"])
-        .arg(&bootstrap)
-        .arg("--workdir")
-        .arg(dir.path().join("work"))
-        .args(["--give-up-after", if case.unreachable { "1" } else { "30" }])
+    let work = dir.path().join("work");
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_zeroci-agent"));
+    agent
         .env("RUST_LOG", "info,zeroci_agent=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    // Kept open until the agent started: its read end becomes the agent's descriptor 3.
+    let mut spec_pipe = None;
+    match &case.sandbox {
+        None => {
+            agent
+                .args(["run", "--bootstrap"])
+                .arg(&bootstrap)
+                .arg("--workdir")
+                .arg(&work)
+                .args(["--give-up-after", if case.unreachable { "1" } else { "30" }]);
+        }
+        Some(sandbox) => {
+            use std::os::unix::fs::{PermissionsExt, chown};
+            let uid = sandbox.keeper_uid;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::create_dir(&work).unwrap();
+            chown(&work, Some(uid), Some(uid)).unwrap();
+            let mut read_only = zeroci::sandbox::default_read_only_paths();
+            read_only.extend(sandbox.read_only.iter().cloned());
+            let spec = zeroci::sandbox::SandboxSpec {
+                bootstrap: handover,
+                job_dir: work.clone(),
+                uid: None,
+                gid: None,
+                read_only,
+                hidden: sandbox.hidden.clone(),
+                sources: vec![repo.clone()],
+                network: zeroci::sandbox::StepNetwork::Host,
+                hostname: "sandboxed".into(),
+                give_up_after_secs: 30,
+            };
+            let (reader, mut writer) = zeroci::process::pipe().unwrap();
+            std::io::Write::write_all(&mut writer, &spec.to_json()).unwrap();
+            drop(writer);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&reader);
+            agent.args(["sandbox", "--spec-fd", "3"]).uid(uid).gid(uid);
+            // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
+            unsafe { agent.pre_exec(move || zeroci::process::inherit_fd(fd, 3)) };
+            spec_pipe = Some(reader);
+        }
+    }
+    let mut agent = agent.spawn().unwrap();
+    drop(spec_pipe);
     fake.agent_pid.store(agent.id().unwrap(), Ordering::SeqCst);
     let status = tokio::time::timeout(Duration::from_secs(90), agent.wait()).await;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
