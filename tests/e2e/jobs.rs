@@ -229,3 +229,28 @@ fn output_past_the_job_limit_cancels_the_job_when_so_configured() {
         "{log}"
     );
 }
+
+#[test]
+fn the_output_limit_counts_every_pipeline_job_of_a_run() {
+    let env = TestEnv::start_with(Settings {
+        extra: "[limits]\nmax_log_bytes = 1000\n".into(),
+        ..Settings::default()
+    });
+    let pipeline = "jobs:
+  - name: first
+    script:
+      - head -c 600 /dev/zero | tr '\\0' a
+  - name: second
+    script:
+      - head -c 600 /dev/zero | tr '\\0' b
+";
+    let repo = Repo::new(&env, "two-chatty-jobs", &[("zeroCI.yaml", pipeline)]);
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+    let (stored, _) = log
+        .split_once("\nzeroci: ")
+        .expect("a line about the limit");
+    assert_eq!(stored, format!("{}{}", "a".repeat(600), "b".repeat(400)));
+}

@@ -1,7 +1,7 @@
 //! A controller killed with SIGKILL mid-job and started again: the job finishes, with all its output,
 //! exactly once.
 
-use crate::harness::{Lines, Repo, TestEnv};
+use crate::harness::{Lines, Repo, Settings, TestEnv, pipeline};
 
 #[test]
 fn controller_killed_mid_job_and_restarted_finishes_the_job_with_full_output_once() {
@@ -60,4 +60,35 @@ fn queued_jobs_survive_a_controller_restart() {
     assert_eq!(env.wait_job(first)["status"], "success");
     assert_eq!(env.wait_job(second)["status"], "success");
     assert_eq!(env.raw_log(second, None), b"quick\n");
+}
+
+#[test]
+fn the_output_limit_counts_what_was_stored_before_a_controller_restart() {
+    let mut env = TestEnv::start_with(Settings {
+        extra: "[limits]\nmax_log_bytes = 1000\n".into(),
+        ..Settings::default()
+    });
+    // The pause leaves the test time to restart the controller between the two halves; were it too
+    // short, the test would pass without testing anything, never fail wrongly.
+    let script = "head -c 600 /dev/zero | tr '\\0' a; echo; sleep 3; head -c 600 /dev/zero | tr '\\0' b";
+    let repo = Repo::new(
+        &env,
+        "chatty-across-restarts",
+        &[("zeroCI.yaml", &pipeline(&[script]))],
+    );
+    let id = env.submit(&repo.path);
+    let mut follow = env.spawn_cli(&["logs", &id.to_string(), "--follow", "--raw"], None);
+    let mut lines = Lines::new(follow.child.stdout.take().unwrap());
+    lines.wait_for(&"a".repeat(600));
+    let addr = env.grpc_addr.clone();
+    env.kill_controller();
+    drop(follow);
+    env.start_controller(&addr);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+    let (stored, _) = log
+        .split_once("\nzeroci: ")
+        .expect("a line about the limit");
+    assert_eq!(stored, format!("{}\n{}", "a".repeat(600), "b".repeat(399)));
 }

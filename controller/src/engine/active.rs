@@ -56,7 +56,8 @@ pub struct RunState {
     pub agent_seq: u64,
     /// The next pipeline job took over: nothing more is stored through this attempt.
     pub retired: bool,
-    /// Output bytes stored for the job by this controller, against `[limits] max_log_bytes`.
+    /// Output bytes stored for the job (every stage of this run, before a restart too), against
+    /// `[limits] max_log_bytes`.
     pub output_bytes: u64,
 }
 
@@ -91,7 +92,7 @@ pub struct ActiveJob {
 }
 
 impl ActiveJob {
-    pub fn new(record: JobRecord, logged: LogCursor, agent_seq: u64) -> ActiveJob {
+    pub fn new(record: JobRecord, logged: LogCursor, agent_seq: u64, output_bytes: u64) -> ActiveJob {
         ActiveJob {
             id: record.id,
             attempt: record.attempt,
@@ -100,7 +101,7 @@ impl ActiveJob {
                 logged,
                 agent_seq,
                 retired: false,
-                output_bytes: 0,
+                output_bytes,
             }),
             link: StdMutex::new(None),
             last_heard_ms: AtomicI64::new(zeroci::now_unix_ms()),

@@ -340,6 +340,7 @@ mod tests {
             stream: 0,
             at_ms: 10,
             payload: payload.into(),
+            withheld: 0,
         }
     }
 

@@ -220,6 +220,7 @@ impl Engine {
                 stream,
                 at_ms,
                 payload,
+                withheld: 0,
             });
         }
         batch
@@ -358,6 +359,7 @@ impl Engine {
                 stream,
                 at_ms: now,
                 payload,
+                withheld: 0,
             }
         };
         let events = vec![

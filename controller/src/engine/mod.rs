@@ -528,15 +528,17 @@ impl Engine {
         }
     }
 
-    /// Makes an attempt active on this controller.
+    /// Makes an attempt active on this controller: its log continues after `logged`, its agent was
+    /// acknowledged through `agent_seq`, and the job's run has stored `output_bytes` of output so far.
     pub(crate) fn register(
         &self,
         record: JobRecord,
         logged: LogCursor,
         agent_seq: u64,
+        output_bytes: u64,
     ) -> Arc<ActiveJob> {
         let id = record.id;
-        let active = Arc::new(ActiveJob::new(record, logged, agent_seq));
+        let active = Arc::new(ActiveJob::new(record, logged, agent_seq, output_bytes));
         if let Ok(mut map) = self.active.lock() {
             map.insert(id, active.clone());
         }

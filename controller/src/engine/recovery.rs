@@ -147,6 +147,7 @@ impl Engine {
         record.artifacts.clear();
         let mut logged = LogCursor::new(record.attempt, 0);
         let mut agent_seq = 0;
+        let mut output_bytes = 0;
         let mut ended = None;
         let mut events = self
             .logs
@@ -157,6 +158,7 @@ impl Engine {
             if attempt < record.first_attempt || attempt > record.attempt {
                 continue;
             }
+            output_bytes += event.output_len();
             let current = attempt == record.attempt;
             if current {
                 logged = event.cursor;
@@ -181,7 +183,7 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
-        let active = self.register(record, logged, agent_seq);
+        let active = self.register(record, logged, agent_seq, output_bytes);
         active.connected.store(enrolled, Ordering::Relaxed);
         if let Some(reason) = ended {
             let mut state = active.state.lock().await;

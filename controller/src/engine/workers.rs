@@ -140,7 +140,8 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         let first = LogCursor::new(record.attempt, 0);
-        Ok(Some((self.register(record, first, 0), token)))
+        // A new run: what an abandoned earlier run printed is not shown, nor counted.
+        Ok(Some((self.register(record, first, 0, 0), token)))
     }
 
     /// Runs a delivered job to its end. False when it was left running at shutdown.
@@ -359,7 +360,9 @@ impl Engine {
             "next pipeline job"
         );
         let first = LogCursor::new(record.attempt, 0);
-        Ok(Some((self.register(record, first, 0), token)))
+        // The output limit is the job's: earlier stages count.
+        let output_bytes = old.output_bytes;
+        Ok(Some((self.register(record, first, 0, output_bytes), token)))
     }
 
     pub(super) fn machine_record(&self, record: &JobRecord, token: &str) -> MachineRecord {

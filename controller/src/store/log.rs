@@ -90,6 +90,20 @@ pub struct LogEvent {
     /// When it happened (the agent's clock), Unix ms.
     pub at_ms: i64,
     pub payload: Bytes,
+    /// Payload bytes left out by [`Payloads::WithoutOutput`]; 0 when the payload is here.
+    pub withheld: u32,
+}
+
+impl LogEvent {
+    /// Bytes of output this event stored, also when its payload was left out: recovery restores a
+    /// job's output total, which `[limits] max_log_bytes` caps, without reading the output itself.
+    pub fn output_len(&self) -> u64 {
+        if self.kind == EventKind::Output {
+            self.payload.len() as u64 + u64::from(self.withheld)
+        } else {
+            0
+        }
+    }
 }
 
 /// A test report's entry in the log. The controller parses the report once, when it arrives, so

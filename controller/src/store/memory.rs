@@ -163,6 +163,7 @@ impl LogStore for MemoryStore {
                 .map(|e| {
                     let mut e = e.clone();
                     if payloads == Payloads::WithoutOutput && e.kind == super::EventKind::Output {
+                        e.withheld = e.payload.len() as u32;
                         e.payload = Bytes::new();
                     }
                     e

@@ -96,6 +96,7 @@ fn decode_header(bytes: [u8; HEADER_LEN]) -> Option<RawHeader> {
             stream: bytes[17],
             at_ms: u64_at(36) as i64,
             payload: Bytes::new(),
+            withheld: 0,
         },
         len,
         crc: u32_at(4),
@@ -157,7 +158,9 @@ impl FrameReader {
             }
             self.reader.seek_relative(raw.len as i64)?;
             self.offset = end;
-            return Ok(Some(raw.event));
+            let mut event = raw.event;
+            event.withheld = raw.len as u32; // at most MAX_PAYLOAD
+            return Ok(Some(event));
         }
         let mut payload = vec![0u8; raw.len];
         if !read_full(&mut self.reader, &mut payload)? || !crc_matches(&raw, &payload) {
@@ -346,6 +349,7 @@ mod tests {
             stream: 1,
             at_ms: 7,
             payload: Bytes::copy_from_slice(payload),
+            withheld: 0,
         }
     }
 
@@ -457,6 +461,7 @@ mod tests {
         let events = read_all(&path, Payloads::WithoutOutput);
         assert_eq!(events.len(), 41);
         assert!(events[0].payload.is_empty());
+        assert_eq!(events[0].output_len(), big.len() as u64, "left out, still counted");
         assert_eq!(events[40].kind, EventKind::Finished);
         // The writer's index and one built from the file agree, and lead to the right frame.
         let built = SparseIndex::build(&path).unwrap();

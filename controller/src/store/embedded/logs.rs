@@ -160,6 +160,7 @@ mod tests {
             stream: 1,
             at_ms: 1,
             payload: Bytes::from_static(data),
+            withheld: 0,
         }
     }
 
