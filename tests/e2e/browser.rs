@@ -273,6 +273,54 @@ fn a_running_jobs_page_shows_new_lines_as_they_arrive() {
 }
 
 #[test]
+fn earlier_output_of_a_long_log_loads_above_and_a_line_link_finds_its_part() {
+    let env = web_env();
+    let repo = Repo::new(
+        &env,
+        "long-log",
+        &[("zeroCI.yaml", &pipeline(&["seq -f 'line %g' 1 30000"]))],
+    );
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let browser = Browser::start();
+    let base = format!("http://{}", env.http_addr);
+    browser.open(&format!("{base}/jobs/{id}"));
+    let first_shown = || {
+        browser.script("return Number(document.querySelector('#log a.ln').dataset.n);")
+            .as_u64()
+            .unwrap()
+    };
+    let tail_starts_at = first_shown();
+    assert!(tail_starts_at > 1);
+    browser.script("window.zerociMark = 1;");
+    browser.click("#earlier");
+    wait_for("earlier output above the tail", || {
+        (first_shown() < tail_starts_at).then_some(())
+    });
+    assert_eq!(browser.script("return window.zerociMark;"), json!(1), "loaded in place");
+    // What was loaded ends where the tail begins: every line once, in order.
+    let numbers = browser.script(
+        "return Array.from(document.querySelectorAll('#log a.ln')).map(function (a) { return Number(a.dataset.n); });",
+    );
+    let numbers: Vec<u64> = numbers.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (numbers[0]..=30000).collect();
+    assert_eq!(numbers, expected);
+    browser.screenshot("job-page-earlier-output");
+    // A link to a line the tail does not hold opens the part that does, with the line marked.
+    browser.open(&format!("{base}/jobs/{id}#L100"));
+    wait_for("the part with line 100", || {
+        browser.url().contains("line=100").then_some(())
+    });
+    // The line is there and is the target (the page colours it).
+    assert_eq!(
+        browser.script(
+            "var a = document.getElementById('L100'); return a ? getComputedStyle(a).color : null;"
+        ),
+        json!("rgb(255, 216, 102)")
+    );
+}
+
+#[test]
 fn the_test_report_and_the_dashboard_read_well_in_a_browser() {
     let env = web_env();
     let yaml = r#"script:

@@ -244,6 +244,80 @@ fn a_running_jobs_page_follows_its_log_from_where_the_tail_ends() {
     assert_eq!(env.wait_job(id)["status"], "success");
 }
 
+/// The `before` offset of a page's "earlier output" link, if it has one.
+fn earlier_link(html: &str) -> Option<u64> {
+    let (_, rest) = html.split_once("id=\"earlier\" href=\"")?;
+    let (_, rest) = rest.split_once("?before=")?;
+    rest.split(['#', '"']).next()?.parse().ok()
+}
+
+/// The number and text of the first numbered line of an HTML part of a log.
+fn first_numbered_line(html: &str) -> (u64, String) {
+    let (_, rest) = html.split_once("data-n=\"").unwrap();
+    let (n, rest) = rest.split_once('"').unwrap();
+    let text = rest.trim_start_matches("></a>").split('\n').next().unwrap();
+    (n.parse().unwrap(), text.to_string())
+}
+
+#[test]
+fn a_long_log_is_shown_in_parts_numbered_as_in_the_whole_log() {
+    let env = TestEnv::start();
+    // 30,000 lines, ~340 KB: several parts of 64 KiB.
+    let repo = Repo::new(
+        &env,
+        "long",
+        &[("zeroCI.yaml", &pipeline(&["seq -f 'line %g' 1 30000"]))],
+    );
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let page = |path: &str| {
+        let (code, head, body) = env.http_get_with_head(path);
+        assert_eq!(code, 200, "{path}: {head}");
+        (head, String::from_utf8(body).unwrap())
+    };
+    let (_, tail) = page(&format!("/jobs/{id}"));
+    assert!(tail.contains("id=\"L30000\""), "the tail ends the log");
+    assert!(!tail.contains("id=\"L1\""), "the tail is not the whole log");
+    let (n, text) = first_numbered_line(&tail);
+    assert_eq!(text, format!("line {n}"), "lines keep their numbers");
+
+    // Earlier parts, as the page's script loads them, down to the first line: no line lost or twice.
+    let mut before = earlier_link(&tail).expect("an earlier-output link");
+    let mut first = n;
+    let mut parts = 0;
+    loop {
+        let (head, part) = page(&format!("/jobs/{id}/log/part?before={before}"));
+        let (n, text) = first_numbered_line(&part);
+        assert_eq!(text, format!("line {n}"));
+        assert!(
+            part.contains(&format!("id=\"L{}\"", first - 1)) && !part.contains(&format!("id=\"L{first}\"")),
+            "part before {before} must end just before line {first}"
+        );
+        first = n;
+        parts += 1;
+        let start = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-log-start: "))
+            .expect("X-Log-Start")
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        if start == 0 {
+            break;
+        }
+        before = start;
+    }
+    assert_eq!((first, parts > 2), (1, true));
+
+    // The same without scripts: the link opens a page with that part, and one back to the end.
+    let (_, earlier) = page(&format!("/jobs/{id}?before={}", earlier_link(&tail).unwrap()));
+    assert!(earlier.contains(&format!("href=\"/jobs/{id}#log\">latest output")));
+    assert!(!earlier.contains("id=\"L30000\""));
+    // A line's own address shows the part that holds it.
+    let (_, around) = page(&format!("/jobs/{id}?line=12345"));
+    assert!(around.contains("id=\"L12345\" href=\"#L12345\" data-n=\"12345\"></a>line 12345\n"));
+}
+
 #[test]
 fn the_dashboard_and_histories_list_repositories_branches_and_jobs() {
     let env = TestEnv::start();
@@ -413,6 +487,7 @@ fn private_pages_need_a_sign_in_while_badges_and_health_stay_public() {
         "/",
         &format!("/jobs/{id}"),
         &format!("/jobs/{id}/log"),
+        &format!("/jobs/{id}/log/part?before=5"),
         &format!("/jobs/{id}/events"),
     ] {
         let (code, head, _) = env.http_get_with_head(path);

@@ -41,6 +41,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/repos", get(super::listing::history))
         .route("/jobs/{id}", get(super::pages::job_page))
         .route("/jobs/{id}/log", get(raw_log))
+        .route("/jobs/{id}/log/part", get(super::pages::log_part))
         .route("/jobs/{id}/events", get(super::events::events))
         .route("/jobs/{id}/artifacts/{*name}", get(artifact))
         .route_layer(axum::middleware::from_fn(super::actions::require_reader));
@@ -67,6 +68,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(Arc::new(sessions)))
+        .layer(axum::Extension(Arc::new(
+            super::logview::OutputIndexes::default(),
+        )))
         .with_state(engine)
 }
 

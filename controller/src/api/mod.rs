@@ -9,6 +9,7 @@ pub mod control_service;
 pub mod events;
 pub mod http;
 pub mod listing;
+pub mod logview;
 pub mod pages;
 pub mod session;
 pub mod status;

@@ -9,17 +9,16 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::logview::{OutputIndexes, Run, WINDOW_BYTES, Want, Window};
 use super::session::{Role, Session, Sessions};
 use crate::engine::Engine;
 use crate::error::ControllerError;
-use crate::jobs::{JobId, JobRecord};
-use crate::store::{EventKind, LogCursor, Payloads};
+use crate::jobs::JobId;
 
 /// What an artifact's name keeps as is in its link: its path separators and the unreserved marks.
 const ARTIFACT_PATH: &AsciiSet = &NON_ALPHANUMERIC
@@ -28,9 +27,6 @@ const ARTIFACT_PATH: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
-
-/// How much of the log's end the page shows; the rest is in the raw log.
-const TAIL_BYTES: usize = 64 * 1024;
 
 #[derive(Template)]
 #[template(path = "job.html")]
@@ -48,12 +44,17 @@ struct JobPage {
     steps: Vec<StepRow>,
     reports: Vec<ReportView>,
     artifacts: Vec<ArtifactRow>,
-    /// The tail as HTML (escaped, colours as spans): inserted as is.
+    /// The part of the log shown (its tail unless the address asked for another), as HTML (escaped,
+    /// colours as spans): inserted as is.
     log_html: String,
-    log_truncated: bool,
-    tail_kib: usize,
+    /// Where the part shown begins, when output came before it (the "earlier output" link).
+    earlier: Option<u64>,
+    /// Output came after the part shown (the "latest output" link).
+    later: bool,
+    window_kib: u64,
     /// The cursor (`attempt.seq`) the live stream continues from.
     after: String,
+    /// The job runs and the page shows its log's end: new output is appended as it comes.
     live: bool,
     /// "admin" or "viewer" once signed in; empty before.
     signed_in: &'static str,
@@ -97,18 +98,38 @@ struct ArtifactRow {
     error: String,
 }
 
+/// Which part of the log a page or a part request shows: `?before=OFFSET` or `?line=N`; the tail
+/// without either.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogQuery {
+    before: Option<u64>,
+    line: Option<u64>,
+}
+
+impl LogQuery {
+    fn want(&self) -> Want {
+        match (self.before, self.line) {
+            (Some(offset), _) => Want::Before(offset),
+            (None, Some(line)) => Want::Line(line),
+            (None, None) => Want::Tail,
+        }
+    }
+}
+
 /// `GET /jobs/{id}`.
 pub async fn job_page(
     State(engine): State<Arc<Engine>>,
     Extension(sessions): Extension<Arc<Sessions>>,
+    Extension(indexes): Extension<Arc<OutputIndexes>>,
     Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Response {
     let Ok(id) = id.parse::<JobId>() else {
         return (StatusCode::NOT_FOUND, "no such job\n").into_response();
     };
     let session = sessions.session(&headers, zeroci::now_unix_ms() / 1000);
-    match render(&engine, id, session).await {
+    match render(&engine, &indexes, id, query.want(), session).await {
         Ok(html) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -129,11 +150,15 @@ pub async fn job_page(
 
 async fn render(
     engine: &Arc<Engine>,
+    indexes: &OutputIndexes,
     id: JobId,
+    want: Want,
     session: Option<Session>,
 ) -> Result<String, ControllerError> {
     let record = engine.job(id).await?;
-    let (tail, truncated, after) = log_tail(engine, &record).await?;
+    let window = indexes
+        .window(engine.logs.as_ref(), Run::of(&record), want)
+        .await?;
     let reports = crate::engine::reports::test_reports(engine, id, None).await?;
     let page = JobPage {
         id,
@@ -206,11 +231,12 @@ async fn render(
                 error: a.error.clone(),
             })
             .collect(),
-        log_html: tail,
-        log_truncated: truncated,
-        tail_kib: TAIL_BYTES / 1024,
-        after: format!("{}.{}", after.attempt, after.seq),
-        live: !record.status.is_final(),
+        log_html: window_html(&window),
+        earlier: (window.start > 0).then_some(window.start),
+        later: window.end < window.total,
+        window_kib: WINDOW_BYTES / 1024,
+        after: format!("{}.{}", window.through.attempt, window.through.seq),
+        live: !record.status.is_final() && window.end == window.total,
         signed_in: match session.as_ref().map(|s| s.role) {
             Some(Role::Admin) => "admin",
             Some(Role::Viewer) => "viewer",
@@ -222,43 +248,43 @@ async fn render(
         .map_err(|e| ControllerError::Internal(format!("job page: {e}")))
 }
 
-/// The last [`TAIL_BYTES`] of the job's output (from a line start, as HTML with its colours), whether
-/// earlier output was left out, and the cursor of the last event read.
-async fn log_tail(
-    engine: &Engine,
-    record: &JobRecord,
-) -> Result<(String, bool, LogCursor), ControllerError> {
-    let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
-    let mut dropped = false;
-    // Lines that left the tail, so its lines keep their numbers in the whole log.
-    let mut lines_before: u64 = 0;
-    let mut last = LogCursor::START;
-    let mut events = engine.logs.read(record.id, LogCursor::START, Payloads::All);
-    while let Some(event) = events.next().await {
-        let event = event?;
-        last = event.cursor;
-        if event.kind != EventKind::Output || event.cursor.attempt < record.first_attempt {
-            continue;
+fn window_html(window: &Window) -> String {
+    let text = String::from_utf8_lossy(&window.bytes);
+    super::ansi::to_html(&text, Some(window.first_line))
+}
+
+/// `GET /jobs/{id}/log/part?before=OFFSET`: the part of the log before that offset as the page's HTML,
+/// for its "earlier output" link; `X-Log-Start` says where the part begins (0: the log's start).
+pub async fn log_part(
+    State(engine): State<Arc<Engine>>,
+    Extension(indexes): Extension<Arc<OutputIndexes>>,
+    Path(id): Path<JobId>,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    let part = async {
+        let record = engine.job(id).await?;
+        indexes
+            .window(engine.logs.as_ref(), Run::of(&record), query.want())
+            .await
+    };
+    match part.await {
+        Ok(window) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()),
+                (header::CACHE_CONTROL, "no-cache".to_string()),
+                (header::HeaderName::from_static("x-log-start"), window.start.to_string()),
+            ],
+            window_html(&window),
+        )
+            .into_response(),
+        Err(ControllerError::NotFound(what)) => {
+            (StatusCode::NOT_FOUND, format!("{what}\n")).into_response()
         }
-        tail.extend(event.payload.iter());
-        if tail.len() > TAIL_BYTES {
-            let cut = tail.len() - TAIL_BYTES;
-            lines_before += tail.range(..cut).filter(|b| **b == b'\n').count() as u64;
-            tail.drain(..cut);
-            dropped = true;
+        Err(error) => {
+            tracing::warn!(job_id = id, %error, "log part");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response()
         }
     }
-    let bytes: Vec<u8> = tail.into_iter().collect();
-    // A cut tail starts at its first whole line.
-    let start = if dropped {
-        bytes.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1)
-    } else {
-        0
-    };
-    let first_line =
-        lines_before + bytes[..start].iter().filter(|b| **b == b'\n').count() as u64 + 1;
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    Ok((super::ansi::to_html(&text, Some(first_line)), dropped, last))
 }
 
 /// `2026-12-04 03:55:01 UTC`, or a dash before it happened.
