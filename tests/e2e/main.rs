@@ -3,6 +3,7 @@
 
 mod browser;
 mod github;
+mod github_signin;
 mod harness;
 
 mod isolation;

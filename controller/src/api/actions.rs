@@ -35,18 +35,28 @@ fn cross_site(headers: &HeaderMap) -> bool {
         .is_some_and(|site| site == "cross-site")
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-/// `GET /login?next=/jobs/3`: the sign-in form.
+/// `GET /login?next=/jobs/3`: the sign-in form (and "Sign in with GitHub" when an OAuth app is set).
 pub async fn login_form(
+    Extension(github): Extension<super::github_login::MaybeGitHubSignIn>,
     axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let next = escape(&safe_next(query.get("next").map(String::as_str)));
+    let next = safe_next(query.get("next").map(String::as_str));
+    let with_github = if github.is_some() {
+        format!(
+            "<p><a href=\"/login/github?next={}\">Sign in with GitHub</a></p><p>or with a token:</p>",
+            percent_encoding::utf8_percent_encode(&next, percent_encoding::NON_ALPHANUMERIC)
+        )
+    } else {
+        String::new()
+    };
+    let next = escape(&next);
     let failed = if query.contains_key("failed") {
         "<p><strong>That token is not valid.</strong></p>"
     } else {
@@ -54,7 +64,7 @@ pub async fn login_form(
     };
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign in · ZeroCI</title></head>\
-         <body style=\"font:15px system-ui,sans-serif;max-width:420px;margin:40px auto\"><h1>Sign in to ZeroCI</h1>{failed}\
+         <body style=\"font:15px system-ui,sans-serif;max-width:420px;margin:40px auto\"><h1>Sign in to ZeroCI</h1>{failed}{with_github}\
          <form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"next\" value=\"{next}\">\
          <p><label>Token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required></label></p>\
          <p><button type=\"submit\">Sign in</button></p></form></body></html>"

@@ -55,6 +55,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(super::actions::login_form).post(super::actions::login),
         )
         .route("/logout", post(super::actions::logout))
+        .route("/login/github", get(super::github_login::start))
+        .route("/login/github/callback", get(super::github_login::callback))
         .route("/jobs/{id}/rerun", post(super::actions::rerun))
         .route("/jobs/{id}/cancel", post(super::actions::cancel))
         .route(
@@ -68,10 +70,34 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(Arc::new(sessions)))
+        .layer(axum::Extension(github_sign_in(&engine)))
         .layer(axum::Extension(Arc::new(
             super::logview::OutputIndexes::default(),
         )))
         .with_state(engine)
+}
+
+/// The GitHub OAuth app pages sign in with, when `[github]` has one.
+fn github_sign_in(engine: &Engine) -> super::github_login::MaybeGitHubSignIn {
+    let github = engine.config.github.as_ref()?;
+    let (client_id, client_secret) = github.oauth()?;
+    let settings = crate::github::ApiSettings {
+        api_url: github
+            .api_url
+            .clone()
+            .unwrap_or_else(|| crate::github::api::DEFAULT_API_URL.to_string()),
+        ..Default::default()
+    };
+    match crate::github::oauth::OAuthApp::new(&settings, client_id, client_secret) {
+        Ok(app) => Some(Arc::new(super::github_login::GitHubSignIn::new(
+            app,
+            &engine.config.main.domain,
+        ))),
+        Err(error) => {
+            tracing::error!(%error, "GitHub sign-in is off: its client cannot be made");
+            None
+        }
+    }
 }
 
 /// An error as an HTTP response: the same classes as the gRPC mapping, short text bodies.

@@ -7,6 +7,7 @@ pub mod ansi;
 pub mod auth;
 pub mod control_service;
 pub mod events;
+pub mod github_login;
 pub mod http;
 pub mod listing;
 pub mod logview;

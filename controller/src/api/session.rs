@@ -19,6 +19,10 @@ use crate::config::WebConfig;
 pub const COOKIE: &str = "zeroci_session";
 /// How long a sign-in lasts.
 const SESSION_SECS: i64 = 7 * 24 * 3600;
+/// The cookie that carries a GitHub sign-in across the trip to GitHub and back.
+pub const OAUTH_COOKIE: &str = "zeroci_github_signin";
+/// How long that trip may take.
+const OAUTH_SECS: i64 = 600;
 
 /// What a signed-in person may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,12 +83,22 @@ impl Sessions {
         };
         // Sessions hold while the tokens they came from are configured: changing the tokens (a leaked
         // one removed) ends every session.
-        let mut tokens: Vec<&String> = web.admin_tokens.iter().chain(&web.viewer_tokens).collect();
-        tokens.sort();
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-        for token in tokens {
-            mac.update(token.as_bytes());
-            mac.update(b"\0");
+        // The same for the GitHub accounts: removing one ends its sessions.
+        let lists = [
+            &web.admin_tokens,
+            &web.viewer_tokens,
+            &web.github_admins,
+            &web.github_viewers,
+        ];
+        for list in lists {
+            let mut entries: Vec<&String> = list.iter().collect();
+            entries.sort();
+            for entry in entries {
+                mac.update(entry.as_bytes());
+                mac.update(b"\0");
+            }
+            mac.update(b"\x01");
         }
         let key: [u8; 32] = mac.finalize().into_bytes().into();
         Ok(Sessions {
@@ -131,6 +145,20 @@ impl Sessions {
         }
     }
 
+    /// The role a GitHub account signs in with (`[web] github_admins`, `github_viewers`; logins
+    /// compare without case, as on GitHub).
+    pub fn role_of_github_login(&self, login: &str) -> Option<Role> {
+        let listed = |logins: &[String]| logins.iter().any(|l| l.eq_ignore_ascii_case(login));
+        if listed(&self.web.github_admins) {
+            Some(Role::Admin)
+        } else if listed(&self.web.github_viewers) || self.web.github_viewers.iter().any(|l| l == "*")
+        {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
+    }
+
     /// A new session's cookie value for `role`, valid from `now` (Unix seconds).
     pub fn issue(&self, role: Role, now: i64) -> String {
         let nonce: [u8; 12] = rand::random();
@@ -149,6 +177,42 @@ impl Sessions {
     /// The `Set-Cookie` value that signs out.
     pub fn clear_cookie(&self) -> String {
         format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
+
+    /// Starts a GitHub sign-in: the `state` to send GitHub and the `Set-Cookie` that remembers it and
+    /// where to go afterwards. `SameSite=Lax`, unlike the session: the browser must send it on the
+    /// navigation back from GitHub, another site.
+    pub fn github_sign_in_start(&self, next: &str, now: i64) -> (String, String) {
+        let state = hex(&rand::random::<[u8; 16]>());
+        let body = format!("{state}.{}.{}", now + OAUTH_SECS, hex(next.as_bytes()));
+        let value = format!("{body}.{}", self.mac(&format!("github:{body}")));
+        let secure = if self.secure { "; Secure" } else { "" };
+        let cookie = format!(
+            "{OAUTH_COOKIE}={value}; Path=/login/github; HttpOnly; SameSite=Lax; Max-Age={OAUTH_SECS}{secure}"
+        );
+        (state, cookie)
+    }
+
+    /// Where to go after a GitHub sign-in that came back with `state`: `None` unless the request
+    /// carries the cookie [`github_sign_in_start`](Sessions::github_sign_in_start) set for that very
+    /// state, unexpired (a sign-in someone else started cannot be finished in this browser).
+    pub fn github_sign_in_finish(&self, headers: &HeaderMap, state: &str, now: i64) -> Option<String> {
+        let value = cookie(headers, OAUTH_COOKIE)?;
+        let (body, mac) = value.rsplit_once('.')?;
+        if !constant_time_eq(self.mac(&format!("github:{body}")).as_bytes(), mac.as_bytes()) {
+            return None;
+        }
+        let mut parts = body.split('.');
+        let expected = parts.next()?;
+        let expires: i64 = parts.next()?.parse().ok()?;
+        let next = unhex(parts.next()?)?;
+        (constant_time_eq(expected.as_bytes(), state.as_bytes()) && expires > now)
+            .then(|| safe_next(String::from_utf8(next).ok().as_deref()))
+    }
+
+    /// The `Set-Cookie` value that forgets a GitHub sign-in in progress.
+    pub fn github_sign_in_clear(&self) -> String {
+        format!("{OAUTH_COOKIE}=; Path=/login/github; HttpOnly; SameSite=Lax; Max-Age=0")
     }
 
     /// The session in the request's cookie, if it is genuine and not expired at `now`.
@@ -205,6 +269,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Where to go after signing in: a path of this site, never another one (`//evil.example`).
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
@@ -230,6 +304,8 @@ mod tests {
             admin_tokens: vec!["admin-token-0123456789".into()],
             viewer_tokens: vec!["viewer-token-0123456789".into()],
             public: false,
+            github_admins: vec!["OctoCat".into()],
+            github_viewers: vec!["hubot".into()],
         };
         Sessions::open(dir, &web, "https://ci.example").unwrap_or_else(|e| panic!("{e}"))
     }
@@ -278,6 +354,7 @@ mod tests {
             admin_tokens: vec![],
             viewer_tokens: vec!["viewer-token-0123456789".into()],
             public: false,
+            ..WebConfig::default()
         };
         let revoked = Sessions::open(dir.path(), &fewer, "https://ci.example")
             .unwrap_or_else(|e| panic!("{e}"));
@@ -324,5 +401,52 @@ mod tests {
             assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(safe_next(None), "/");
+    }
+
+    fn with_named_cookie(name: &str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::COOKIE,
+            format!("{name}={value}").parse().unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_github_sign_in_finishes_only_in_the_browser_that_started_it_and_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = sessions(dir.path());
+        let (state, set_cookie) = sessions.github_sign_in_start("/jobs/3?line=5", 1_000);
+        assert!(set_cookie.contains("SameSite=Lax") && set_cookie.contains("Secure"));
+        let value = set_cookie
+            .strip_prefix(&format!("{OAUTH_COOKIE}="))
+            .and_then(|rest| rest.split(';').next())
+            .unwrap();
+        let headers = with_named_cookie(OAUTH_COOKIE, value);
+        assert_eq!(
+            sessions.github_sign_in_finish(&headers, &state, 1_100).as_deref(),
+            Some("/jobs/3?line=5")
+        );
+        // Another state (a sign-in started by someone else), too late, no cookie, a forged one.
+        assert_eq!(sessions.github_sign_in_finish(&headers, "0123", 1_100), None);
+        assert_eq!(sessions.github_sign_in_finish(&headers, &state, 1_000 + OAUTH_SECS), None);
+        assert_eq!(sessions.github_sign_in_finish(&HeaderMap::new(), &state, 1_100), None);
+        let forged = value.replacen(&state, &"0".repeat(state.len()), 1);
+        let headers = with_named_cookie(OAUTH_COOKIE, &forged);
+        assert_eq!(sessions.github_sign_in_finish(&headers, &"0".repeat(state.len()), 1_100), None);
+        // Where to go is this site's own path, whatever was asked for.
+        let (state, set_cookie) = sessions.github_sign_in_start("//evil.example", 1_000);
+        let value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+        let headers = with_named_cookie(OAUTH_COOKIE, value);
+        assert_eq!(sessions.github_sign_in_finish(&headers, &state, 1_001).as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn github_accounts_get_their_listed_role_and_nobody_else_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = sessions(dir.path());
+        assert_eq!(sessions.role_of_github_login("octocat"), Some(Role::Admin));
+        assert_eq!(sessions.role_of_github_login("HUBOT"), Some(Role::Viewer));
+        assert_eq!(sessions.role_of_github_login("mallory"), None);
     }
 }

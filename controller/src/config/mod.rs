@@ -76,6 +76,12 @@ pub struct GitHubConfig {
     pub status_context: Option<String>,
     /// Larger webhook bodies are refused with 413 (default 25 MiB, GitHub's own cap).
     pub max_body_bytes: Option<usize>,
+    /// A GitHub OAuth app's client id: with `oauth_client_secret`, the pages offer "Sign in with
+    /// GitHub" (roles from `[web] github_admins` / `github_viewers`). The app's callback URL is
+    /// `<domain>/login/github/callback`.
+    pub oauth_client_id: Option<String>,
+    /// That OAuth app's client secret.
+    pub oauth_client_secret: Option<String>,
 }
 
 /// `[repos."owner/name"]`.
@@ -128,7 +134,19 @@ impl std::fmt::Debug for GitHubConfig {
             .field("api_url", &self.api_url)
             .field("status_context", &self.status_context)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("oauth_client_id", &self.oauth_client_id)
+            .field("oauth_client_secret", &redacted(&self.oauth_client_secret))
             .finish_non_exhaustive()
+    }
+}
+
+impl GitHubConfig {
+    /// The OAuth app (client id, secret) pages sign in with, when one is configured.
+    pub fn oauth(&self) -> Option<(&str, &str)> {
+        Some((
+            self.oauth_client_id.as_deref().filter(|s| !s.is_empty())?,
+            self.oauth_client_secret.as_deref().filter(|s| !s.is_empty())?,
+        ))
     }
 }
 
@@ -393,7 +411,8 @@ impl Config {
             return Err("[main] store_failure_timeout must be positive".into());
         }
         self.limits.validate()?;
-        self.web.validate()?;
+        let oauth = self.github.as_ref().is_some_and(|g| g.oauth().is_some());
+        self.web.validate(oauth)?;
         if let ProvisionerConfig::Vm { vm } = &self.provisioner {
             vm.validate()?;
         }
@@ -404,6 +423,12 @@ impl Config {
                 if !valid {
                     return Err(format!("[github] repos: {repo:?} is not owner/name"));
                 }
+            }
+            if github.oauth_client_id.is_some() != github.oauth_client_secret.is_some() {
+                return Err(
+                    "[github] oauth_client_id and oauth_client_secret go together (a GitHub OAuth app's pair)"
+                        .into(),
+                );
             }
             if github
                 .webhook_secret
@@ -596,10 +621,25 @@ mod tests {
     }
 
     #[test]
+    fn a_github_oauth_app_needs_its_secret_and_accounts_to_sign_in() {
+        let mut config = Config::for_init("127.0.0.1:0", None, "http://ci.example");
+        config.github = Some(GitHubConfig {
+            oauth_client_id: Some("Iv1.id".into()),
+            ..GitHubConfig::default()
+        });
+        assert!(config.validate().unwrap_err().contains("go together"));
+        config.github.as_mut().unwrap().oauth_client_secret = Some("secret".into());
+        assert!(config.validate().unwrap_err().contains("github_admins"));
+        config.web.github_viewers = vec!["*".into()];
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn debug_output_never_shows_tokens_or_secrets() {
         let github = GitHubConfig {
             access_token: Some("ghp_token_value".into()),
             webhook_secret: Some("hook_secret_value".into()),
+            oauth_client_secret: Some("oauth_secret_value".into()),
             ..GitHubConfig::default()
         };
         let repo = RepoConfig {
@@ -607,7 +647,12 @@ mod tests {
             ..RepoConfig::default()
         };
         let text = format!("{github:?} {repo:?}");
-        for secret in ["ghp_token_value", "hook_secret_value", "repo_secret_value"] {
+        for secret in [
+            "ghp_token_value",
+            "hook_secret_value",
+            "repo_secret_value",
+            "oauth_secret_value",
+        ] {
             assert!(!text.contains(secret), "{text}");
         }
         assert!(text.contains("API_KEY") && text.contains("<set>"), "{text}");

@@ -16,6 +16,12 @@ pub struct WebConfig {
     /// `/metrics` and `/healthz` are always public.
     #[serde(default = "public_by_default")]
     pub public: bool,
+    /// GitHub accounts (logins) that sign in as admin through GitHub (`[github] oauth_client_id`).
+    #[serde(default)]
+    pub github_admins: Vec<String>,
+    /// GitHub accounts that sign in as viewer; `"*"`: any GitHub account.
+    #[serde(default)]
+    pub github_viewers: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -24,6 +30,8 @@ impl Default for WebConfig {
             admin_tokens: Vec::new(),
             viewer_tokens: Vec::new(),
             public: public_by_default(),
+            github_admins: Vec::new(),
+            github_viewers: Vec::new(),
         }
     }
 }
@@ -36,7 +44,21 @@ fn public_by_default() -> bool {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 impl WebConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    /// `oauth`: whether `[github]` has an OAuth app to sign in with.
+    pub(super) fn validate(&self, oauth: bool) -> Result<(), String> {
+        let github_accounts = !self.github_admins.is_empty() || !self.github_viewers.is_empty();
+        if oauth && !github_accounts {
+            return Err(
+                "[github] oauth_client_id needs [web] github_admins or github_viewers: nobody could sign in with it"
+                    .into(),
+            );
+        }
+        if github_accounts && !oauth {
+            return Err(
+                "[web] github_admins and github_viewers need [github] oauth_client_id and oauth_client_secret"
+                    .into(),
+            );
+        }
         for token in self.admin_tokens.iter().chain(&self.viewer_tokens) {
             if token.len() < MIN_TOKEN_LEN {
                 return Err(format!(
@@ -44,9 +66,11 @@ impl WebConfig {
                 ));
             }
         }
-        if !self.public && self.admin_tokens.is_empty() && self.viewer_tokens.is_empty() {
+        if !self.public && self.admin_tokens.is_empty() && self.viewer_tokens.is_empty() && !oauth
+        {
             return Err(
-                "[web] public = false needs admin_tokens or viewer_tokens to sign in with".into(),
+                "[web] public = false needs admin_tokens, viewer_tokens or a GitHub OAuth app to sign in with"
+                    .into(),
             );
         }
         Ok(())
@@ -60,6 +84,8 @@ impl std::fmt::Debug for WebConfig {
             .field("admin_tokens", &self.admin_tokens.len())
             .field("viewer_tokens", &self.viewer_tokens.len())
             .field("public", &self.public)
+            .field("github_admins", &self.github_admins)
+            .field("github_viewers", &self.github_viewers)
             .finish()
     }
 }
@@ -71,14 +97,26 @@ mod tests {
     #[test]
     fn short_tokens_and_a_private_site_nobody_can_enter_are_refused() {
         let mut web = WebConfig::default();
-        assert!(web.validate().is_ok());
+        assert!(web.validate(false).is_ok());
         web.admin_tokens = vec!["short".into()];
-        assert!(web.validate().unwrap_err().contains("at least 16"));
+        assert!(web.validate(false).unwrap_err().contains("at least 16"));
         web.admin_tokens.clear();
         web.public = false;
-        assert!(web.validate().unwrap_err().contains("needs admin_tokens"));
+        assert!(web.validate(false).unwrap_err().contains("needs admin_tokens"));
         web.viewer_tokens = vec!["0123456789abcdef0123".into()];
-        assert!(web.validate().is_ok());
+        assert!(web.validate(false).is_ok());
         assert!(!format!("{web:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn github_accounts_and_a_github_app_come_together() {
+        let mut web = WebConfig {
+            public: false,
+            ..WebConfig::default()
+        };
+        assert!(web.validate(true).unwrap_err().contains("github_admins"));
+        web.github_admins = vec!["octocat".into()];
+        assert!(web.validate(true).is_ok(), "a private site GitHub accounts sign in to");
+        assert!(web.validate(false).unwrap_err().contains("oauth_client_id"));
     }
 }

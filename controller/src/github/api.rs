@@ -10,12 +10,10 @@
 //! token only to that host.
 
 use std::fmt;
-use std::time::Duration;
 
 use base64::Engine as _;
 use http::{StatusCode, Uri};
 use octocrab::Octocrab;
-use octocrab::service::middleware::retry::RetryConfig;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
@@ -31,14 +29,14 @@ pub const MAX_DESCRIPTION_CHARS: usize = 140;
 /// The largest file `file_at` returns. A pipeline file is a few KiB; this only bounds memory.
 pub const MAX_FILE_BYTES: usize = 10 * 1024 * 1024;
 
-const JSON_MEDIA_TYPE: &str = "application/vnd.github+json";
+pub(super) const JSON_MEDIA_TYPE: &str = "application/vnd.github+json";
 const RAW_MEDIA_TYPE: &str = "application/vnd.github.raw";
 /// Bounds any JSON answer: the contents API inlines files up to 1 MiB as base64, about 1.4 MB.
 const MAX_JSON_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything not unreserved (RFC 3986) is escaped in a path segment or query value; in particular `/`
 /// in a branch name becomes `%2F` so that `feature/a/b` stays one segment.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -166,6 +164,29 @@ impl fmt::Debug for GitHubApi {
     }
 }
 
+/// The web host of a GitHub API (`https://github.com` for `https://api.github.com`; GitHub Enterprise
+/// serves the API under `/api/v3` and its pages at the host's root).
+pub(super) fn web_base(api_url: &str) -> Result<String, GitHubError> {
+    let invalid = |reason: &str| GitHubError::InvalidApiUrl {
+        url: api_url.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: Uri = api_url
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| invalid("not a URL"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(invalid(
+            "needs a scheme and a host, e.g. https://ghe.example.com/api/v3",
+        ));
+    };
+    Ok(if authority.host() == "api.github.com" {
+        "https://github.com".to_string()
+    } else {
+        format!("{scheme}://{authority}")
+    })
+}
+
 impl GitHubApi {
     /// Must be called inside a Tokio runtime: octocrab spawns its connection-pool worker on creation
     /// (outside one it would panic; here it is [`GitHubError::NoRuntime`]).
@@ -174,34 +195,9 @@ impl GitHubApi {
             return Err(GitHubError::NoRuntime);
         }
         let api_url = settings.api_url.trim_end_matches('/');
-        let invalid = |reason: &str| GitHubError::InvalidApiUrl {
-            url: settings.api_url.clone(),
-            reason: reason.to_string(),
-        };
-        let uri: Uri = api_url.parse().map_err(|_| invalid("not a URL"))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return Err(invalid(
-                "needs a scheme and a host, e.g. https://ghe.example.com/api/v3",
-            ));
-        };
-        let web_base = if authority.host() == "api.github.com" {
-            "https://github.com".to_string()
-        } else {
-            // GitHub Enterprise serves the API under /api/v3 and repositories at the host's root.
-            format!("{scheme}://{authority}")
-        };
-        let mut builder = Octocrab::builder()
-            .add_retry_config(RetryConfig::None)
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)));
-        if let Some(token) = settings.access_token.as_deref().filter(|t| !t.is_empty()) {
-            builder = builder.personal_token(token.to_string());
-        }
-        let client = builder
-            .base_uri(api_url)
-            .map_err(|_| invalid("not a URL"))?
-            .build()
-            .map_err(GitHubError::Client)?;
+        let web_base = web_base(api_url)?;
+        let token = settings.access_token.as_deref().filter(|t| !t.is_empty());
+        let client = exchange::client(api_url, token, None)?;
         Ok(GitHubApi {
             client,
             web_base,

@@ -23,6 +23,34 @@ pub(super) enum Method<'a> {
     Post { body: &'a serde_json::Value },
 }
 
+/// A client for `base` (requests name paths below it), with `token` as a bearer token and `accept` as
+/// every request's Accept header when given. Octocrab's own retries are off: [`request`] decides.
+pub(super) fn client(
+    base: &str,
+    token: Option<&str>,
+    accept: Option<&'static str>,
+) -> Result<Octocrab, GitHubError> {
+    use octocrab::service::middleware::retry::RetryConfig;
+    let mut builder = Octocrab::builder()
+        .add_retry_config(RetryConfig::None)
+        .set_connect_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    if let Some(token) = token {
+        builder = builder.personal_token(token.to_string());
+    }
+    if let Some(accept) = accept {
+        builder = builder.add_header(header::ACCEPT, accept.to_string());
+    }
+    builder
+        .base_uri(base.trim_end_matches('/'))
+        .map_err(|_| GitHubError::InvalidApiUrl {
+            url: base.to_string(),
+            reason: "not a URL".into(),
+        })?
+        .build()
+        .map_err(GitHubError::Client)
+}
+
 /// Sends one request with retries; any HTTP status that is not transient comes back as a [`Reply`]
 /// for the caller to interpret (404 means different things to different calls).
 pub(super) async fn request(

@@ -6,6 +6,7 @@
 
 pub mod api;
 mod exchange;
+pub mod oauth;
 mod retry;
 pub mod webhook;
 
