@@ -106,7 +106,7 @@ pub async fn serve(
         &read_to_string(&config.tls.cert)?,
         &read_to_string(&config.tls.key)?,
     );
-    let stores = Stores::open(&config)?;
+    let stores = Stores::open(&config).await?;
     let provisioner = crate::provisioner::build(&config)?;
     let bound = listener.local_addr()?;
     let stop_taking = CancellationToken::new();

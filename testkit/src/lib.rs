@@ -4,6 +4,8 @@
 //! Nothing here knows ZeroCI's types, so any test crate of the workspace can use it without a
 //! dependency cycle.
 
+pub mod services;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;

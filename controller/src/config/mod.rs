@@ -238,6 +238,37 @@ pub enum DbConfig {
     Embedded {},
     /// The controller's memory: nothing survives a restart (tests, benchmarks, throw-away runs).
     Memory {},
+    /// MongoDB, shared by every controller of a service: `uri`, or the original ZeroCI's `host` and
+    /// `port`; the database `name` (default `zeroci`).
+    Mongodb {
+        uri: Option<String>,
+        name: Option<String>,
+        host: Option<String>,
+        port: Option<u16>,
+    },
+}
+
+impl DbConfig {
+    /// For `mongodb`: the connection URI and the database name.
+    pub fn mongodb(&self) -> Option<(String, String)> {
+        let DbConfig::Mongodb {
+            uri,
+            name,
+            host,
+            port,
+        } = self
+        else {
+            return None;
+        };
+        let uri = uri.clone().unwrap_or_else(|| {
+            format!(
+                "mongodb://{}:{}/",
+                host.as_deref().unwrap_or("localhost"),
+                port.unwrap_or(27017)
+            )
+        });
+        Some((uri, name.clone().unwrap_or_else(|| "zeroci".into())))
+    }
 }
 
 impl Default for DbConfig {

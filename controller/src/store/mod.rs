@@ -17,6 +17,9 @@
 pub mod embedded;
 mod log;
 pub mod memory;
+pub mod mongo;
+#[cfg(test)]
+mod conformance;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -148,12 +151,16 @@ pub struct Stores {
 
 impl Stores {
     /// The backend `[db] backend` names. One line per backend.
-    pub fn open(config: &Config) -> Result<Stores, StoreError> {
+    pub async fn open(config: &Config) -> Result<Stores, StoreError> {
         match &config.db {
             DbConfig::Embedded {} => Ok(Stores::all(Arc::new(embedded::EmbeddedStore::open(
                 &config.main.state_dir,
             )?))),
             DbConfig::Memory {} => Ok(Stores::all(Arc::new(memory::MemoryStore::default()))),
+            db @ DbConfig::Mongodb { .. } => {
+                let (uri, name) = db.mongodb().expect("a mongodb section");
+                Ok(Stores::all(Arc::new(mongo::MongoStore::open(&uri, &name).await?)))
+            }
         }
     }
 
