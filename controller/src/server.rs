@@ -32,6 +32,8 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error(transparent)]
     Controller(#[from] crate::error::ControllerError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -107,6 +109,7 @@ pub async fn serve(
         &read_to_string(&config.tls.key)?,
     );
     let stores = Stores::open(&config).await?;
+    let queue = crate::queue::build(&config).await?;
     let provisioner = crate::provisioner::build(&config)?;
     let bound = listener.local_addr()?;
     let stop_taking = CancellationToken::new();
@@ -140,7 +143,7 @@ pub async fn serve(
     let engine = Engine::new(EngineParts {
         config: config.clone(),
         stores,
-        queue: crate::queue::build(&config),
+        queue,
         provisioner,
         ca,
         agent_endpoint: agent_endpoint(&config, bound),

@@ -38,6 +38,8 @@ pub struct Config {
     pub provisioner: ProvisionerConfig,
     #[serde(default)]
     pub db: DbConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
     /// Exported to every job.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
@@ -231,7 +233,7 @@ pub struct TlsConfig {
 /// `[db]`: where jobs, logs, reports and artifacts are kept. A new backend is one more variant here and
 /// one line in `store::Stores::open`.
 /// (Variants are structs, even empty ones: serde refuses unknown keys only in those.)
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DbConfig {
     /// Files under `[main] state_dir` (the default).
@@ -246,6 +248,53 @@ pub enum DbConfig {
         host: Option<String>,
         port: Option<u16>,
     },
+}
+
+/// `[queue]`: where queued jobs wait for a worker. One variant per backend; a new backend is one more
+/// variant and one line in `queue::build`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum QueueConfig {
+    /// Inside this controller (the default): enough for one controller, since the store keeps every
+    /// queued job and a restart queues them again.
+    #[serde(rename = "in-process")]
+    InProcess {},
+    /// A Redis stream with a consumer group, shared by every controller of a service: `url`
+    /// (`redis://[:password@]host:port/db`), the stream's key (default `zeroci:jobs`).
+    Redis { url: String, stream: Option<String> },
+}
+
+// Hand-written, as the URIs may carry passwords.
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbConfig::Embedded {} => f.write_str("Embedded"),
+            DbConfig::Memory {} => f.write_str("Memory"),
+            DbConfig::Mongodb { name, .. } => {
+                let uri = self.mongodb().map(|(uri, _)| crate::store::mongo::redact_uri(&uri));
+                f.debug_struct("Mongodb").field("uri", &uri).field("name", name).finish()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueConfig::InProcess {} => f.write_str("InProcess"),
+            QueueConfig::Redis { url, stream } => f
+                .debug_struct("Redis")
+                .field("url", &crate::queue::redis::redact_url(url))
+                .field("stream", stream)
+                .finish(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig::InProcess {}
+    }
 }
 
 impl DbConfig {
@@ -588,6 +637,7 @@ impl Config {
             },
             provisioner: ProvisionerConfig::default(),
             db: DbConfig::default(),
+            queue: QueueConfig::default(),
             environment: BTreeMap::new(),
             repos: BTreeMap::new(),
             github: None,

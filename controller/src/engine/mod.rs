@@ -160,8 +160,30 @@ impl Engine {
     pub(crate) async fn requeue(&self, id: JobId) {
         self.open_progress(id);
         if let Err(e) = self.queue.push(id).await {
-            // The record stays queued: the next start (or take-over scan) queues it again.
-            error!(job_id = id, error = %e, "cannot queue job");
+            // The record is queued in the store; the queue must hear of it too, or nothing runs it
+            // until a restart: keep trying in the background (a queue server restarting, say).
+            warn!(job_id = id, error = %e, "cannot queue job; retrying");
+            let queue = self.queue.clone();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let mut pause = Duration::from_millis(250);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    match queue.push(id).await {
+                        Ok(()) => {
+                            info!(job_id = id, "job queued after a retry");
+                            return;
+                        }
+                        Err(e) => {
+                            pause = (pause * 2).min(Duration::from_secs(10));
+                            warn!(job_id = id, error = %e, "cannot queue job; retrying");
+                        }
+                    }
+                }
+            });
         }
     }
 

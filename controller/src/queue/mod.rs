@@ -5,9 +5,11 @@
 //!
 //! The store stays the source of truth: a popped job runs only if its claim on the record succeeds,
 //! and after a restart the engine pushes every stored `queued` job again, so the in-process queue
-//! needs no persistence of its own. A Redis queue is one more module plus one line in [`build`].
+//! needs no persistence of its own. Backends: [`InProcessQueue`] and [`redis::RedisQueue`] (shared by
+//! several controllers); a new one is one more module plus one line in [`build`].
 
 mod in_process;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -46,7 +48,19 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn waiting(&self) -> usize;
 }
 
-/// The queue for this configuration.
-pub fn build(_config: &crate::config::Config) -> Arc<dyn JobQueue> {
-    Arc::new(InProcessQueue::default())
+/// The queue `[queue] backend` names. One line per backend.
+pub async fn build(config: &crate::config::Config) -> Result<Arc<dyn JobQueue>, QueueError> {
+    use crate::config::QueueConfig;
+    Ok(match &config.queue {
+        QueueConfig::InProcess {} => Arc::new(InProcessQueue::default()),
+        QueueConfig::Redis { url, stream } => Arc::new(
+            redis::RedisQueue::open(
+                url,
+                stream.as_deref().unwrap_or(redis::DEFAULT_STREAM),
+                &config.controller_id(),
+                config.lease(),
+            )
+            .await?,
+        ),
+    })
 }
