@@ -5,6 +5,7 @@
 //! and stored exactly once. Fetching uses its own short-lived connection with the agent's certificate.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
@@ -12,7 +13,7 @@ use zeroci::pb::{self, agent_event::Kind};
 
 use crate::mask::Secrets;
 use crate::outbox::Outbox;
-use crate::session::{SessionConfig, endpoint};
+use crate::session::SessionConfig;
 
 /// Reports larger than this are announced but not sent: one event must fit the controller's 4 MiB
 /// message and journal-frame limits with room to spare.
@@ -168,11 +169,9 @@ impl Fetcher {
     pub async fn fetch(&self, workspace: &Path, name: &str) -> Result<u64, String> {
         let c = &self.session;
         let tls = zeroci::tls::client_config(&c.ca_pem, Some((&c.cert_pem, &c.key_pem)));
-        let channel = endpoint(&c.controller, tls)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let endpoints = crate::endpoints::list(&c.controller);
+        let (channel, _) =
+            crate::endpoints::connect_any(&endpoints, 0, &tls, Duration::from_secs(10)).await?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
         let mut stream = client
             .fetch_artifact(pb::FetchArtifactRequest {

@@ -16,6 +16,8 @@ use crate::session::endpoint;
 
 /// Upper bound for one enrollment call, dialing included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one controller address may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What enrollment yields: the agent's identity for one job attempt.
 #[derive(Clone)]
@@ -111,13 +113,15 @@ async fn call(
     csr_pem: &str,
 ) -> Result<zeroci::pb::EnrollResponse, CallError> {
     let tls = zeroci::tls::client_config(&bootstrap.ca_pem, None);
-    let endpoint = endpoint(&bootstrap.controller, tls)
+    let endpoints = crate::endpoints::list(&bootstrap.controller);
+    for address in &endpoints {
         // A malformed address never gets better.
-        .map_err(|e| CallError::BadAddress(format!("{:?}: {e}", bootstrap.controller)))?;
-    let channel = endpoint
-        .connect()
+        endpoint(address, tls.clone())
+            .map_err(|e| CallError::BadAddress(format!("{address:?}: {e}")))?;
+    }
+    let (channel, _) = crate::endpoints::connect_any(&endpoints, 0, &tls, CONNECT_TIMEOUT)
         .await
-        .map_err(|e| CallError::Transient(format!("cannot connect: {e}")))?;
+        .map_err(CallError::Transient)?;
     let request = EnrollRequest {
         bootstrap_token: bootstrap.token.clone(),
         csr_pem: csr_pem.to_string(),

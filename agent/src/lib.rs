@@ -14,6 +14,7 @@ pub mod artifacts;
 pub use zeroci::backoff;
 pub mod bootstrap;
 pub mod control;
+pub mod endpoints;
 pub mod enroll;
 pub mod executor;
 pub mod mask;

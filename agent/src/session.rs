@@ -116,6 +116,9 @@ pub struct Session {
     close: CancellationToken,
     /// Set to the reason when the agent is shutting down; sent as `GoingAway` on every stream.
     going_away: watch::Receiver<Option<String>>,
+    /// The controllers to dial ([`crate::endpoints`]) and which one answered last.
+    endpoints: Vec<String>,
+    preferred: usize,
 }
 
 impl Session {
@@ -127,12 +130,14 @@ impl Session {
         going_away: watch::Receiver<Option<String>>,
     ) -> Session {
         Session {
-            config,
             outbox,
             control,
             backoff: Backoff::default(),
             close,
             going_away,
+            endpoints: crate::endpoints::list(&config.controller),
+            preferred: 0,
+            config,
         }
     }
 
@@ -163,6 +168,9 @@ impl Session {
                 }
                 Err(AttachError::Failed(why)) => {
                     tracing::warn!(job_id = %job_id, reason = %why, "cannot attach; retrying");
+                    // The controller that answered does not serve the job (yet): the next try starts
+                    // with another one, where there are several.
+                    self.preferred = self.preferred.wrapping_add(1) % self.endpoints.len().max(1);
                 }
             }
             if offline_since.elapsed() >= self.config.give_up_after {
@@ -178,17 +186,15 @@ impl Session {
         }
     }
 
-    async fn connect(&self) -> Result<Channel, AttachError> {
+    async fn connect(&mut self) -> Result<Channel, AttachError> {
         let c = &self.config;
         let tls = zeroci::tls::client_config(&c.ca_pem, Some((&c.cert_pem, &c.key_pem)));
-        let endpoint =
-            endpoint(&c.controller, tls).map_err(|e| AttachError::Failed(e.to_string()))?;
-        // The connect timeout covers TCP only; this bound also covers a TLS handshake that hangs.
-        match tokio::time::timeout(ATTACH_TIMEOUT, endpoint.connect()).await {
-            Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(e)) => Err(AttachError::Failed(format!("cannot connect: {e}"))),
-            Err(_) => Err(AttachError::Failed("connecting timed out".into())),
-        }
+        let (channel, index) =
+            crate::endpoints::connect_any(&self.endpoints, self.preferred, &tls, ATTACH_TIMEOUT)
+                .await
+                .map_err(AttachError::Failed)?;
+        self.preferred = index;
+        Ok(channel)
     }
 
     /// One stream, from dialing to its end.

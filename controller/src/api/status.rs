@@ -116,12 +116,16 @@ pub async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
         Ok(_) => "ok".to_string(),
         Err(error) => error.to_string(),
     };
-    let healthy = store == "ok";
+    let queue = match engine.queue_health().await {
+        Ok(()) => "ok".to_string(),
+        Err(error) => error.to_string(),
+    };
+    let healthy = store == "ok" && queue == "ok";
     let gauges = engine.gauges().await;
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
         "store": store,
-        "queue": { "waiting": gauges.queued },
+        "queue": { "state": queue, "waiting": gauges.queued },
         "machines": { "kind": engine.provisioner_kind(), "running": gauges.machines },
         "agents": gauges.agents,
     });

@@ -21,6 +21,9 @@ use crate::store::{EventKind, LogCursor, LogEvent, Payloads};
 
 pub type LogTx = mpsc::Sender<Result<pb::LogEvent, Status>>;
 
+/// How often a follower reads again a log that another controller appends to.
+const REMOTE_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What to stream.
 #[derive(Debug, Clone, Copy)]
 pub struct LogRequest {
@@ -48,25 +51,34 @@ async fn stream(
     let mut progress = engine.watch_progress(request.id);
     let mut after = request.after;
     loop {
-        // The end flag is read before draining, so everything appended before it was set is sent.
+        // The end is read before draining, so everything appended before it is sent.
         let finished = !request.follow
-            || progress
-                .as_mut()
-                .is_none_or(|rx| rx.borrow_and_update().finished);
+            || match progress.as_mut() {
+                Some(rx) => rx.borrow_and_update().finished,
+                // Not followed here: over, or run by another controller sharing the store.
+                None => engine.job(request.id).await?.status.is_final(),
+            };
         if !drain(engine, &request, &mut after, tx).await? {
             return Ok(());
         }
         if finished {
             break;
         }
-        let Some(rx) = progress.as_mut() else { break };
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    progress = None; // the job ended: one last pass
+        match progress.as_mut() {
+            Some(rx) => tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        progress = None; // the job ended here: one last pass
+                    }
                 }
-            }
-            _ = tx.closed() => return Ok(()),
+                _ = tx.closed() => return Ok(()),
+            },
+            // Another controller appends: read again shortly (the store has every line, so nothing
+            // is lost whichever controller the job moves to).
+            None => tokio::select! {
+                _ = tokio::time::sleep(REMOTE_FOLLOW_INTERVAL) => {}
+                _ = tx.closed() => return Ok(()),
+            },
         }
     }
     let record = engine.job(request.id).await?;

@@ -200,6 +200,11 @@ impl Engine {
         self.provisioner.kind()
     }
 
+    /// Whether the queue's backend answers (`/healthz`).
+    pub async fn queue_health(&self) -> Result<(), crate::queue::QueueError> {
+        self.queue.health().await
+    }
+
     /// The readings `GET /metrics` takes from the engine's state at scrape time.
     pub async fn gauges(&self) -> crate::metrics::Gauges {
         let (running, agents, machines) = match self.active.lock() {

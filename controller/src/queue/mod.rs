@@ -46,6 +46,10 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
     /// Jobs waiting now (not counting pending ones).
     async fn waiting(&self) -> usize;
+    /// Whether the queue's backend answers now (`/healthz`); a queue in this process always does.
+    async fn health(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 /// The queue `[queue] backend` names. One line per backend.

@@ -188,15 +188,6 @@ impl RedisQueue {
         self.first(&entries).await
     }
 
-    /// Whether Redis answers now (`/healthz`).
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.commands.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(backend)
-    }
 }
 
 #[async_trait]
@@ -240,6 +231,15 @@ impl JobQueue for RedisQueue {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
+            .map_err(backend)
+    }
+
+    async fn health(&self) -> Result<(), QueueError> {
+        let mut conn = self.commands.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
             .map_err(backend)
     }
 

@@ -153,15 +153,6 @@ impl MongoStore {
     pub fn name(&self) -> &str {
         self.db.name()
     }
-
-    /// Whether the server answers now (`/healthz`).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db
-            .run_command(doc! {"ping": 1})
-            .await
-            .map(drop)
-            .map_err(backend)
-    }
 }
 
 /// `mongodb://user:password@host` → `mongodb://user:***@host`: a URI may carry a password.
