@@ -59,7 +59,9 @@ pub enum EnrollError {
     WrongJob { expected: u64, got: u64 },
 }
 
-/// Enrolls, retrying transient failures until `deadline`.
+/// Enrolls, retrying transient failures until `deadline`. With several controllers, each is asked in
+/// turn: only the one that made the machine knows its token, so a refusal is final only when every
+/// controller refused.
 pub async fn enroll(
     bootstrap: &Bootstrap,
     deadline: Instant,
@@ -67,28 +69,40 @@ pub async fn enroll(
 ) -> Result<Enrolled, EnrollError> {
     let started = Instant::now();
     let (key_pem, csr_pem) = zeroci::pki::generate_csr()?;
+    let endpoints = crate::endpoints::list(&bootstrap.controller);
+    if endpoints.is_empty() {
+        return Err(EnrollError::BadAddress("no controller address".into()));
+    }
     loop {
-        let last_error = match tokio::time::timeout(CALL_TIMEOUT, call(bootstrap, &csr_pem)).await {
-            Ok(Ok(response)) => {
-                if response.job_id != bootstrap.job_id {
-                    return Err(EnrollError::WrongJob {
-                        expected: bootstrap.job_id,
-                        got: response.job_id,
+        let mut refusals = Vec::new();
+        let mut last_error = None;
+        for address in &endpoints {
+            let call = call(bootstrap, address, &csr_pem);
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(response)) => {
+                    if response.job_id != bootstrap.job_id {
+                        return Err(EnrollError::WrongJob {
+                            expected: bootstrap.job_id,
+                            got: response.job_id,
+                        });
+                    }
+                    tracing::info!(job_id = %response.job_id, attempt = response.attempt, "enrolled");
+                    return Ok(Enrolled {
+                        cert_pem: response.certificate_pem,
+                        key_pem,
+                        job_id: response.job_id,
+                        attempt: response.attempt,
+                        not_after_unix_ms: response.not_after_unix_ms,
                     });
                 }
-                tracing::info!(job_id = %response.job_id, attempt = response.attempt, "enrolled");
-                return Ok(Enrolled {
-                    cert_pem: response.certificate_pem,
-                    key_pem,
-                    job_id: response.job_id,
-                    attempt: response.attempt,
-                    not_after_unix_ms: response.not_after_unix_ms,
-                });
+                Ok(Err(CallError::Refused(why))) => refusals.push(why),
+                Ok(Err(CallError::BadAddress(why))) => return Err(EnrollError::BadAddress(why)),
+                Ok(Err(CallError::Transient(why))) => last_error = Some(format!("{address}: {why}")),
+                Err(_) => last_error = Some(format!("{address}: enrollment call timed out")),
             }
-            Ok(Err(CallError::Refused(why))) => return Err(EnrollError::Refused(why)),
-            Ok(Err(CallError::BadAddress(why))) => return Err(EnrollError::BadAddress(why)),
-            Ok(Err(CallError::Transient(why))) => why,
-            Err(_) => "enrollment call timed out".to_string(),
+        }
+        let Some(last_error) = last_error else {
+            return Err(EnrollError::Refused(refusals.join("; ")));
         };
         tracing::warn!(job_id = %bootstrap.job_id, error = %last_error, "enrollment failed; retrying");
         let delay = backoff.next_delay();
@@ -110,18 +124,17 @@ enum CallError {
 
 async fn call(
     bootstrap: &Bootstrap,
+    address: &str,
     csr_pem: &str,
 ) -> Result<zeroci::pb::EnrollResponse, CallError> {
     let tls = zeroci::tls::client_config(&bootstrap.ca_pem, None);
-    let endpoints = crate::endpoints::list(&bootstrap.controller);
-    for address in &endpoints {
-        // A malformed address never gets better.
-        endpoint(address, tls.clone())
-            .map_err(|e| CallError::BadAddress(format!("{address:?}: {e}")))?;
-    }
-    let (channel, _) = crate::endpoints::connect_any(&endpoints, 0, &tls, CONNECT_TIMEOUT)
+    // A malformed address never gets better.
+    let endpoint = endpoint(address, tls)
+        .map_err(|e| CallError::BadAddress(format!("{address:?}: {e}")))?;
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
         .await
-        .map_err(CallError::Transient)?;
+        .map_err(|_| CallError::Transient("connecting timed out".into()))?
+        .map_err(|e| CallError::Transient(format!("cannot connect: {e}")))?;
     let request = EnrollRequest {
         bootstrap_token: bootstrap.token.clone(),
         csr_pem: csr_pem.to_string(),

@@ -143,6 +143,9 @@ pub struct TestEnv {
     pub grpc_addr: String,
     pub http_addr: String,
     pub controller_log: PathBuf,
+    /// With production backends: the MongoDB and Redis servers of this installation.
+    pub mongo: Option<zeroci_testkit::services::Service>,
+    pub redis: Option<zeroci_testkit::services::Service>,
 }
 
 /// Knobs a test may turn in config.toml before the controller starts.
@@ -156,6 +159,11 @@ pub struct Settings {
     pub extra: String,
     /// `Some(images_dir)`: `vm` machines booting the images there, instead of `local` ones.
     pub vm_images: Option<PathBuf>,
+    /// MongoDB (nx-27017) and Redis, started for this installation, instead of the embedded store
+    /// and the in-process queue. Also on for every test with `ZEROCI_E2E_BACKENDS=production`.
+    pub production: bool,
+    /// Where the controller listens (`127.0.0.1:0`: a port the kernel picks).
+    pub grpc_listen: String,
 }
 
 impl Default for Settings {
@@ -167,6 +175,8 @@ impl Default for Settings {
             cancel_grace: 2,
             extra: String::new(),
             vm_images: None,
+            production: std::env::var("ZEROCI_E2E_BACKENDS").is_ok_and(|b| b == "production"),
+            grpc_listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -230,6 +240,23 @@ impl TestEnv {
             }
         }
         config.insert("provisioner".into(), provisioner.into());
+        let (mongo, redis) = if settings.production {
+            let (mongo, redis) = (
+                zeroci_testkit::services::Service::mongo(),
+                zeroci_testkit::services::Service::redis(),
+            );
+            let backends = format!(
+                "[main]\ncontroller_id = \"controller-a\"\n\
+                 [db]\nbackend = \"mongodb\"\nuri = \"{}\"\nname = \"zeroci\"\n\
+                 [queue]\nbackend = \"redis\"\nurl = \"{}\"\n",
+                mongo.url(),
+                redis.url()
+            );
+            merge_tables(&mut config, toml::from_str(&backends).unwrap());
+            (Some(mongo), Some(redis))
+        } else {
+            (None, None)
+        };
         let extra: toml::Table = toml::from_str(&settings.extra).expect("extra settings are TOML");
         merge_tables(&mut config, extra);
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
@@ -239,8 +266,10 @@ impl TestEnv {
             controller: None,
             grpc_addr: String::new(),
             http_addr: String::new(),
+            mongo,
+            redis,
         };
-        env.start_controller("127.0.0.1:0");
+        env.start_controller(&settings.grpc_listen);
         env
     }
 
@@ -254,42 +283,23 @@ impl TestEnv {
 
     /// Starts (or restarts) the controller on `listen` and waits for its readiness line.
     pub fn start_controller(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.controller_log)
-            .unwrap();
-        let mut child = Command::new(bin("zeroci-controller"))
-            .arg("--config")
-            .arg(self.home().join("config.toml"))
-            .args(["--grpc-listen", listen, "--http-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info,zeroci_controller=debug")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn controller");
-        let stdout = child.stdout.take().expect("stdout");
-        let proc = Proc {
-            child,
-            name: "zeroci-controller".into(),
-        };
-        let mut lines = Lines::new(stdout);
-        let ready = lines.wait_for("zeroci-controller ready grpc=");
-        let field = |name: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .map(str::to_string)
-                .expect("address in ready line")
-        };
-        self.grpc_addr = field("grpc=");
-        self.http_addr = field("http=");
+        let (proc, grpc, http) =
+            spawn_controller(&self.home().join("config.toml"), listen, &self.controller_log);
+        self.grpc_addr = grpc;
+        self.http_addr = http;
         let profile = std::fs::read_to_string(self.profile()).unwrap();
         let mut table: toml::Table = toml::from_str(&profile).unwrap();
         table.insert("controller".into(), self.grpc_addr.clone().into());
         std::fs::write(self.profile(), toml::to_string(&table).unwrap()).unwrap();
         self.controller = Some(proc);
+    }
+
+    /// Points the CLI profile at another controller (of the same service).
+    pub fn use_controller(&mut self, grpc_addr: &str) {
+        let profile = std::fs::read_to_string(self.profile()).unwrap();
+        let mut table: toml::Table = toml::from_str(&profile).unwrap();
+        table.insert("controller".into(), grpc_addr.into());
+        std::fs::write(self.profile(), toml::to_string(&table).unwrap()).unwrap();
     }
 
     /// SIGKILLs the controller (its agents keep running in their own groups).
@@ -491,6 +501,41 @@ impl TestEnv {
     }
 }
 
+/// Starts `zeroci-controller --config CONFIG` on `listen` (its log appended to `log`) and waits for its
+/// readiness line; returns it with its gRPC and HTTP addresses.
+pub fn spawn_controller(config: &Path, listen: &str, log: &Path) -> (Proc, String, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new(bin("zeroci-controller"))
+        .arg("--config")
+        .arg(config)
+        .args(["--grpc-listen", listen, "--http-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info,zeroci_controller=debug")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("spawn controller");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Proc {
+        child,
+        name: "zeroci-controller".into(),
+    };
+    let mut lines = Lines::new(stdout);
+    let ready = lines.wait_for("zeroci-controller ready grpc=");
+    let field = |name: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_string)
+            .expect("address in ready line")
+    };
+    (proc, field("grpc="), field("http="))
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if let Some(mut controller) = self.controller.take() {
@@ -558,7 +603,7 @@ pub fn kill_processes_under(dir: &Path) {
 }
 
 /// Merges `more` into `base`, table by table (`[provisioner.local] isolation` keeps `agent_binary`).
-fn merge_tables(base: &mut toml::Table, more: toml::Table) {
+pub fn merge_tables(base: &mut toml::Table, more: toml::Table) {
     for (key, value) in more {
         match (base.get_mut(&key).and_then(|v| v.as_table_mut()), value) {
             (Some(existing), toml::Value::Table(more)) => merge_tables(existing, more),

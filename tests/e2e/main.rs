@@ -10,6 +10,7 @@ mod isolation;
 mod jobs;
 mod lifecycle;
 mod pipelines;
+mod production;
 mod restart;
 mod security;
 mod triggers;

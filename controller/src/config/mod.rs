@@ -200,7 +200,9 @@ pub struct MainConfig {
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: u64,
     /// The address agents dial (`host:port`), when it is not `grpc_listen` (remote machines need a
-    /// routable address; an unspecified listen address is otherwise dialled as loopback).
+    /// routable address; an unspecified listen address is otherwise dialled as loopback). Several
+    /// controllers of one service: all their addresses, comma-separated, so that an agent whose
+    /// controller died goes on with another.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
     /// This controller's name as the holder of job leases; default: the host name. Controllers that
@@ -478,10 +480,10 @@ impl Config {
             return Err("[tls] agent_cert_ttl must be at least 60 seconds".into());
         }
         if let Some(endpoint) = &m.agent_endpoint
-            && !endpoint.contains(':')
+            && endpoint.split(',').any(|e| !e.trim().contains(':'))
         {
             return Err(format!(
-                "[main] agent_endpoint must be host:port (the address agents dial), got {endpoint:?}"
+                "[main] agent_endpoint must be host:port (the address agents dial; several comma-separated), got {endpoint:?}"
             ));
         }
         if m.lease_secs < 3 {

@@ -51,12 +51,18 @@ async fn stream(
     let mut progress = engine.watch_progress(request.id);
     let mut after = request.after;
     loop {
+        // A job run by another controller sharing the store (or not yet claimed anywhere) moves on
+        // without this controller hearing of it: its end is read from the store, its log re-read.
+        let remote = engine.active_job(request.id).is_none();
         // The end is read before draining, so everything appended before it is sent.
+        let ended_here = progress
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().finished);
         let finished = !request.follow
-            || match progress.as_mut() {
-                Some(rx) => rx.borrow_and_update().finished,
-                // Not followed here: over, or run by another controller sharing the store.
-                None => engine.job(request.id).await?.status.is_final(),
+            || match ended_here {
+                Some(true) => true,
+                Some(false) if !remote => false,
+                _ => engine.job(request.id).await?.status.is_final(),
             };
         if !drain(engine, &request, &mut after, tx).await? {
             return Ok(());
@@ -64,6 +70,13 @@ async fn stream(
         if finished {
             break;
         }
+        let poll = async {
+            if remote {
+                tokio::time::sleep(REMOTE_FOLLOW_INTERVAL).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         match progress.as_mut() {
             Some(rx) => tokio::select! {
                 changed = rx.changed() => {
@@ -71,10 +84,10 @@ async fn stream(
                         progress = None; // the job ended here: one last pass
                     }
                 }
+                () = poll => {}
                 _ = tx.closed() => return Ok(()),
             },
-            // Another controller appends: read again shortly (the store has every line, so nothing
-            // is lost whichever controller the job moves to).
+            // The store has every line, so nothing is lost whichever controller the job is on.
             None => tokio::select! {
                 _ = tokio::time::sleep(REMOTE_FOLLOW_INTERVAL) => {}
                 _ = tx.closed() => return Ok(()),
