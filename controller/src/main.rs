@@ -177,8 +177,6 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(l) => format!(" http={}", l.local_addr()?),
             None => String::new(),
         };
-        // The readiness line tests and scripts wait for.
-        println!("zeroci-controller ready grpc={bound}{http_bound}");
         let shutdown = CancellationToken::new();
         let force = CancellationToken::new();
         zeroci::signals::watch(shutdown.clone(), force.clone(), |_| {})?;
@@ -189,6 +187,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let listeners = zeroci_controller::server::Listeners {
             grpc: listener,
             http,
+            // The readiness line tests and scripts wait for.
+            on_ready: Some(Box::new(move || {
+                println!("zeroci-controller ready grpc={bound}{http_bound}");
+            })),
         };
         zeroci_controller::server::serve(config, listeners, shutdown).await?;
         Ok(ExitCode::SUCCESS)

@@ -89,6 +89,9 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Absent when `[main] http_listen` is not set.
     pub http: Option<TcpListener>,
+    /// Called once the store and queue are open, recovery is done and both servers accept: the
+    /// moment to say "ready" (a backend that cannot be reached ends `serve` before it).
+    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Serves until `shutdown` is cancelled, then drains (bounded).
@@ -100,6 +103,7 @@ pub async fn serve(
     let Listeners {
         grpc: listener,
         http,
+        on_ready,
     } = listeners;
     let config = Arc::new(config);
     let ca = CertificateAuthority::load(&config.tls.ca, &config.tls.ca_key)?;
@@ -189,6 +193,9 @@ pub async fn serve(
         })
     });
     info!(grpc = %bound, state_dir = %config.main.state_dir.display(), workers = config.main.workers, "controller serving");
+    if let Some(ready) = on_ready {
+        ready();
+    }
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

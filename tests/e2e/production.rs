@@ -229,3 +229,48 @@ fn a_running_job_finishes_across_a_mongodb_restart() {
     let expected: String = (1..=30).map(|i| format!("line {i}\n")).collect();
     assert_eq!(String::from_utf8(env.raw_log(id, None)).unwrap(), expected);
 }
+
+#[test]
+fn an_unreachable_mongodb_or_redis_stops_the_controller_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let init = std::process::Command::new(crate::harness::bin("zeroci-controller"))
+        .args(["init", "--dir"])
+        .arg(&home)
+        .args(["--grpc-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    // A port nobody listens on.
+    let closed = free_address();
+    let config_path = home.join("config.toml");
+    let base: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    for (backend, says) in [
+        (
+            format!("[db]\nbackend = \"mongodb\"\nuri = \"mongodb://{closed}/?serverSelectionTimeoutMS=300\"\n"),
+            "cannot reach MongoDB at",
+        ),
+        (
+            format!("[queue]\nbackend = \"redis\"\nurl = \"redis://{closed}/\"\n"),
+            "cannot reach Redis at",
+        ),
+    ] {
+        let mut config = base.clone();
+        merge_tables(&mut config, toml::from_str(&backend).unwrap());
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+        let out = std::process::Command::new(crate::harness::bin("zeroci-controller"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(out.stdout.is_empty(), "never said ready: {}", String::from_utf8_lossy(&out.stdout));
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(says) && lines[0].matches(says).count() == 1, "{stderr}");
+    }
+}

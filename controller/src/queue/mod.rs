@@ -21,10 +21,10 @@ pub use in_process::InProcessQueue;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The queue's backend failed (a connection lost); the caller retries later.
-    #[error("queue {backend}: {source}")]
+    #[error("queue {backend}: {cause}")]
     Backend {
         backend: &'static str,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

@@ -50,7 +50,7 @@ pub struct RedisQueue {
 fn backend(error: redis::RedisError) -> QueueError {
     QueueError::Backend {
         backend: "redis",
-        source: Box::new(error),
+        cause: Box::new(error),
     }
 }
 
@@ -88,12 +88,16 @@ impl RedisQueue {
     ) -> Result<RedisQueue, QueueError> {
         let unreachable = |message: String| QueueError::Backend {
             backend: "redis",
-            source: format!("cannot reach Redis at {}: {message}", redact_url(url)).into(),
+            cause: format!("cannot reach Redis at {}: {message}", redact_url(url)).into(),
         };
         let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
+        // Few, short retries per reconnection: a command that fails comes back as an error, and the
+        // engine's own retries (with backoff) decide how long to keep trying.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(None);
+            .set_response_timeout(None)
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
         let connect = || async {
             tokio::time::timeout(
                 CONNECT_TIMEOUT,

@@ -36,7 +36,7 @@ impl MemoryStore {
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
         self.state.lock().map_err(|_| StoreError::Backend {
             backend: "memory",
-            source: "store lock poisoned by a panic".into(),
+            cause: "store lock poisoned by a panic".into(),
         })
     }
 }
@@ -217,7 +217,7 @@ impl ArtifactStore for MemoryStore {
                 .map(|b| Bytes::copy_from_slice(b))
                 .ok_or_else(|| StoreError::Backend {
                     backend: "memory",
-                    source: format!("job {job} has no artifact {name:?} from attempt {attempt}")
+                    cause: format!("job {job} has no artifact {name:?} from attempt {attempt}")
                         .into(),
                 })
         });

@@ -53,11 +53,12 @@ pub enum StoreError {
     /// Events appended out of order: a bug in the caller, refused so the log stays readable.
     #[error("log of job {id}: {message}")]
     OutOfOrder { id: JobId, message: String },
-    /// A backend's own failure (a database driver, a network), kept whole for the log.
-    #[error("{backend}: {source}")]
+    /// A backend's own failure (a database driver, a network), kept whole for the log (in Display,
+    /// not as `source()`, so an error chain prints it once).
+    #[error("{backend}: {cause}")]
     Backend {
         backend: &'static str,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

@@ -39,7 +39,7 @@ pub struct JobFiles {
 fn poisoned(what: &'static str) -> StoreError {
     StoreError::Backend {
         backend: "embedded",
-        source: format!("{what} lock poisoned by a panic").into(),
+        cause: format!("{what} lock poisoned by a panic").into(),
     }
 }
 

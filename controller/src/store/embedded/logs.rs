@@ -27,7 +27,7 @@ where
         .await
         .map_err(|e| StoreError::Backend {
             backend: "embedded",
-            source: Box::new(e),
+            cause: Box::new(e),
         })?
 }
 

@@ -44,7 +44,7 @@ pub struct MongoStore {
 pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend {
         backend: "mongodb",
-        source: Box::new(error),
+        cause: Box::new(error),
     }
 }
 
@@ -87,7 +87,7 @@ impl MongoStore {
     pub async fn open(uri: &str, name: &str) -> Result<MongoStore, StoreError> {
         let unreachable = |e: mongodb::error::Error| StoreError::Backend {
             backend: "mongodb",
-            source: format!("cannot reach MongoDB at {}: {e}", redact_uri(uri)).into(),
+            cause: format!("cannot reach MongoDB at {}: {e}", redact_uri(uri)).into(),
         };
         let mut options = ClientOptions::parse(uri).await.map_err(unreachable)?;
         options.server_selection_timeout.get_or_insert(CONNECT_TIMEOUT);
