@@ -6,6 +6,8 @@
 //! cargo bench --bench pipeline -- throughput 1024                         # a step printing 1024 MiB
 //! cargo bench --bench pipeline -- hook 20                                 # commits through the git hook
 //! cargo bench --bench pipeline -- latency 20 none                         # unisolated machines
+//! cargo bench --bench pipeline -- burst 200                               # 200 jobs submitted at once
+//! ZEROCI_BENCH_BACKENDS=production cargo bench --bench pipeline -- …      # on MongoDB + Redis
 //! ```
 //!
 //! - latency: submit → first output byte, and submit → final status, for a trivial repository
@@ -14,6 +16,11 @@
 //!   the store, and the controller's peak resident memory (VmHWM) during the run.
 //! - hook: `zeroci hook install` on a repository, then N commits; time from `git commit` returning to
 //!   the job's final status (median and worst).
+//! - burst: N trivial jobs submitted at once (`workers = 50`): jobs accepted per second, and jobs
+//!   dispatched and finished per second.
+//!
+//! With `ZEROCI_BENCH_BACKENDS=production` the controller stores in MongoDB (nx-27017, an emulator:
+//! figures are a lower bound) and queues in Redis, both started by the benchmark.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +36,8 @@ use zeroci_testkit::{bin_dir, git};
 struct Controller {
     child: Child,
     addr: String,
+    /// MongoDB and Redis when the benchmark runs on the production backends.
+    _services: Vec<zeroci_testkit::services::Service>,
 }
 
 impl Drop for Controller {
@@ -76,6 +85,24 @@ fn start_controller(home: &Path, isolation: &str) -> Controller {
         }
     }
     table.insert("provisioner".into(), provisioner.into());
+    if let Some(main) = table.get_mut("main").and_then(|m| m.as_table_mut()) {
+        main.insert("workers".into(), 50i64.into());
+    }
+    let mut services = Vec::new();
+    if std::env::var("ZEROCI_BENCH_BACKENDS").is_ok_and(|b| b == "production") {
+        let (mongo, redis) = (
+            zeroci_testkit::services::Service::mongo(),
+            zeroci_testkit::services::Service::redis(),
+        );
+        let backends: toml::Table = toml::from_str(&format!(
+            "[db]\nbackend = \"mongodb\"\nuri = \"{}\"\n[queue]\nbackend = \"redis\"\nurl = \"{}\"\n",
+            mongo.url(),
+            redis.url()
+        ))
+        .unwrap();
+        table.extend(backends);
+        services = vec![mongo, redis];
+    }
     std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
     let mut child = Command::new(bins.join("zeroci-controller"))
         .arg("--config")
@@ -98,7 +125,11 @@ fn start_controller(home: &Path, isolation: &str) -> Controller {
         .find_map(|w| w.strip_prefix("grpc="))
         .expect("ready line")
         .to_string();
-    Controller { child, addr }
+    Controller {
+        child,
+        addr,
+        _services: services,
+    }
 }
 
 async fn client(home: &Path, addr: &str) -> ControlServiceClient<tonic::transport::Channel> {
@@ -171,6 +202,69 @@ async fn run_once(
         bytes,
         status,
     }
+}
+
+/// N trivial jobs submitted at once: acceptance and completion rates.
+async fn burst(jobs: usize, isolation: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let controller = start_controller(&home, isolation);
+    let repo = repo(dir.path(), "trivial", "script:\n  - echo hello\n");
+    let client = client(&home, &controller.addr).await;
+    let start = Instant::now();
+    let submits = (0..jobs).map(|_| {
+        let mut client = client.clone();
+        let repo = repo.display().to_string();
+        async move {
+            client
+                .submit_job(pb::SubmitJobRequest {
+                    repo_url: repo,
+                    commit: "HEAD".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id
+        }
+    });
+    let ids = futures::future::join_all(submits).await;
+    let accepted = start.elapsed();
+    let waits = ids.iter().map(|id| {
+        let mut client = client.clone();
+        let id = *id;
+        async move {
+            let mut stream = client
+                .stream_logs(pb::StreamLogsRequest {
+                    id,
+                    follow: true,
+                    step: None,
+                    after: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut status = String::new();
+            while let Some(event) = stream.next().await {
+                if let Some(pb::log_event::Kind::JobDone(job)) = event.unwrap().kind {
+                    status = job.status().word();
+                }
+            }
+            status
+        }
+    });
+    let statuses = futures::future::join_all(waits).await;
+    let finished = start.elapsed();
+    let ok = statuses.iter().filter(|s| *s == "success").count();
+    println!(
+        "burst ({jobs} jobs, workers 50): accepted in {:.0} ms ({:.0} jobs/s); all final in {:.2} s ({:.1} jobs/s); {ok} succeeded",
+        ms(accepted),
+        jobs as f64 / accepted.as_secs_f64(),
+        finished.as_secs_f64(),
+        jobs as f64 / finished.as_secs_f64(),
+    );
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -325,6 +419,9 @@ fn main() {
         }
         if what == "hook" || what == "all" {
             hook(n(20) as usize, isolation).await;
+        }
+        if what == "burst" || what == "all" {
+            burst(n(200) as usize, isolation).await;
         }
         if what == "throughput" || what == "all" {
             throughput(n(1024), isolation).await;

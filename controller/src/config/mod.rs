@@ -762,6 +762,24 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.production.toml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (uri, name) = config.db.mongodb().unwrap();
+        assert!(uri.starts_with("mongodb://") && name == "zeroci");
+        assert!(matches!(config.queue, QueueConfig::Redis { .. }));
+        assert_eq!(config.controller_id(), "ci-1");
+        let shown = format!("{:?} {:?}", config.db, config.queue);
+        assert!(!shown.contains("change-me"), "passwords never printed: {shown}");
+    }
+
+    #[test]
+    fn the_original_zerocis_db_host_and_port_still_work() {
+        let db: DbConfig = toml::from_str("backend = \"mongodb\"\nhost = \"db\"\nport = 27018\n").unwrap();
+        assert_eq!(db.mongodb().unwrap(), ("mongodb://db:27018/".into(), "zeroci".into()));
+    }
+
+    #[test]
     fn provisioner_kind_defaults_to_local_and_its_table_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let base = toml::to_string(&Config::for_init("127.0.0.1:0", None, "http://x")).unwrap();
