@@ -58,13 +58,20 @@ async fn stream(
         let ended_here = progress
             .as_mut()
             .map(|rx| rx.borrow_and_update().finished);
-        let finished = !request.follow
-            || match ended_here {
-                Some(true) => true,
-                Some(false) if !remote => false,
-                _ => engine.job(request.id).await?.status.is_final(),
-            };
-        if !drain(engine, &request, &mut after, tx).await? {
+        let (finished, queued) = if !request.follow {
+            (true, false)
+        } else {
+            match ended_here {
+                Some(true) => (true, false),
+                Some(false) if !remote => (false, false),
+                _ => {
+                    let status = engine.job(request.id).await?.status;
+                    (status.is_final(), status == crate::jobs::JobStatus::Queued)
+                }
+            }
+        };
+        // A job still queued has logged nothing new: only its status is worth reading again.
+        if !queued && !drain(engine, &request, &mut after, tx).await? {
             return Ok(());
         }
         if finished {

@@ -2,7 +2,8 @@
 //!
 //! - `logs`: a job's log as documents of consecutive events, one per append (split so that none
 //!   passes [`MAX_DOCUMENT_PAYLOAD`], well under MongoDB's 16 MB): `job`, the first and last cursor
-//!   (`a0`/`s0`, `a1`/`s1`), `events` (each event's fields; the payload inline except for output) and
+//!   (`c0`, `c1`: each packed into one integer, [`packed`], so that "documents after a cursor" is one
+//!   indexed range), `events` (each event's fields; the payload inline except for output) and
 //!   `out`, the output payloads end to end. Reading without output leaves `out` on the server. A unique
 //!   index on the first cursor makes a resent append idempotent: a document that is there already is
 //!   skipped and only the events after it are written.
@@ -72,10 +73,8 @@ fn log_document(job: JobId, events: &[LogEvent]) -> Document {
         .collect();
     doc! {
         "job": int(job),
-        "a0": i64::from(first.attempt),
-        "s0": int(first.seq),
-        "a1": i64::from(last.attempt),
-        "s1": int(last.seq),
+        "c0": packed(first),
+        "c1": packed(last),
         "events": entries,
         "out": binary(&out),
     }
@@ -135,14 +134,22 @@ fn events_of(job: JobId, document: &Document) -> Result<Vec<LogEvent>, StoreErro
 
 /// Documents whose last cursor is after `after`.
 fn after_filter(job: JobId, after: LogCursor) -> Document {
-    let (a, s) = (i64::from(after.attempt), int(after.seq));
-    doc! {
-        "job": int(job),
-        "$or": [
-            {"a1": {"$gt": a}},
-            {"a1": a, "s1": {"$gt": s}},
-        ],
-    }
+    doc! {"job": int(job), "c1": {"$gt": packed(after)}}
+}
+
+/// Bits of a packed cursor that hold the sequence number: 2^40 events per attempt.
+const SEQ_BITS: u32 = 40;
+
+/// A cursor as one integer that sorts as the cursor does: the attempt above [`SEQ_BITS`] bits of
+/// sequence number (2^23 attempts of 2^40 events each fit a positive i64).
+fn packed(cursor: LogCursor) -> i64 {
+    let seq = cursor.seq.min((1 << SEQ_BITS) - 1);
+    ((u64::from(cursor.attempt) << SEQ_BITS) | seq) as i64
+}
+
+fn unpacked(value: i64) -> LogCursor {
+    let value = value as u64;
+    LogCursor::new((value >> SEQ_BITS) as u32, value & ((1 << SEQ_BITS) - 1))
 }
 
 /// What a log read goes through: the documents still to read and the events of the current one.
@@ -176,15 +183,14 @@ impl MongoStore {
                     let first = chunk[0].cursor;
                     let stored = self
                         .logs
-                        .find_one(doc! {"job": int(job), "a0": i64::from(first.attempt), "s0": int(first.seq)})
-                        .projection(doc! {"a1": 1, "s1": 1})
+                        .find_one(doc! {"job": int(job), "c0": packed(first)})
+                        .projection(doc! {"c1": 1})
                         .await
                         .map_err(backend)?
                         .ok_or_else(|| corrupt(job, "a duplicate document that is not there"))?;
-                    let field = |key: &str| {
-                        get_int(&stored, key).ok_or_else(|| corrupt(job, format!("no number {key}")))
-                    };
-                    let last = LogCursor::new(field("a1")? as u32, field("s1")? as u64);
+                    let last = unpacked(
+                        get_int(&stored, "c1").ok_or_else(|| corrupt(job, "no last cursor"))?,
+                    );
                     let skip = events.iter().take_while(|e| e.cursor <= last).count();
                     events = &events[skip..];
                 }
@@ -213,7 +219,7 @@ impl LogStore for MongoStore {
         let start = async move {
             let mut find = logs
                 .find(after_filter(job, after))
-                .sort(doc! {"a0": 1, "s0": 1});
+                .sort(doc! {"c0": 1});
             if payloads == Payloads::WithoutOutput {
                 find = find.projection(doc! {"out": 0});
             }
@@ -350,5 +356,28 @@ impl ArtifactStore for MongoStore {
             })
             .try_flatten();
         Box::pin(pieces)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_cursors_sort_as_cursors_do() {
+        let cursors = [
+            LogCursor::START,
+            LogCursor::new(0, 5),
+            LogCursor::new(1, 1),
+            LogCursor::new(1, (1 << 39) + 7),
+            LogCursor::new(2, 0),
+            LogCursor::new(70_000, 3),
+        ];
+        for pair in cursors.windows(2) {
+            assert!(packed(pair[0]) < packed(pair[1]), "{pair:?}");
+        }
+        for cursor in cursors {
+            assert_eq!(unpacked(packed(cursor)), cursor);
+        }
     }
 }

@@ -137,8 +137,8 @@ impl MongoStore {
             .map_err(backend)?;
         self.logs
             .create_indexes([
-                index(doc! {"job": 1, "a0": 1, "s0": 1}, true),
-                index(doc! {"job": 1, "a1": 1, "s1": 1}, false),
+                index(doc! {"job": 1, "c0": 1}, true),
+                index(doc! {"job": 1, "c1": 1}, false),
             ])
             .await
             .map_err(backend)?;
