@@ -494,10 +494,30 @@ impl TestEnv {
         std::fs::read_to_string(&self.controller_log).unwrap_or_default()
     }
 
-    /// The job record as the controller stored it (for details the API does not show, like the pid).
+    /// The job record as the controller stored it (for details the API does not show, like the pid):
+    /// from the embedded store's file, or from MongoDB with the production backends.
     pub fn stored_job(&self, id: u64) -> Value {
-        let path = self.home().join(format!("state/jobs/{id}/job.json"));
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        let Some(mongo) = &self.mongo else {
+            let path = self.home().join(format!("state/jobs/{id}/job.json"));
+            return serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = mongodb::Client::with_uri_str(mongo.url()).await.unwrap();
+            let jobs = client
+                .database("zeroci")
+                .collection::<mongodb::bson::Document>("jobs");
+            let document = jobs
+                .find_one(mongodb::bson::doc! {"_id": id as i64})
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("job {id} is not in MongoDB"));
+            let record = document.get("record").cloned().expect("a record");
+            record.into_relaxed_extjson()
+        })
     }
 }
 

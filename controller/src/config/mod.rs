@@ -243,12 +243,14 @@ pub enum DbConfig {
     /// The controller's memory: nothing survives a restart (tests, benchmarks, throw-away runs).
     Memory {},
     /// MongoDB, shared by every controller of a service: `uri`, or the original ZeroCI's `host` and
-    /// `port`; the database `name` (default `zeroci`).
+    /// `port`; the database `name` (default `zeroci`); `retention_days`: finished runs are deleted
+    /// with their logs, reports and artifacts that many days on (default: kept).
     Mongodb {
         uri: Option<String>,
         name: Option<String>,
         host: Option<String>,
         port: Option<u16>,
+        retention_days: Option<u32>,
     },
 }
 
@@ -272,9 +274,17 @@ impl std::fmt::Debug for DbConfig {
         match self {
             DbConfig::Embedded {} => f.write_str("Embedded"),
             DbConfig::Memory {} => f.write_str("Memory"),
-            DbConfig::Mongodb { name, .. } => {
+            DbConfig::Mongodb {
+                name,
+                retention_days,
+                ..
+            } => {
                 let uri = self.mongodb().map(|(uri, _)| crate::store::mongo::redact_uri(&uri));
-                f.debug_struct("Mongodb").field("uri", &uri).field("name", name).finish()
+                f.debug_struct("Mongodb")
+                    .field("uri", &uri)
+                    .field("name", name)
+                    .field("retention_days", retention_days)
+                    .finish()
             }
         }
     }
@@ -307,6 +317,7 @@ impl DbConfig {
             name,
             host,
             port,
+            ..
         } = self
         else {
             return None;

@@ -228,8 +228,37 @@ async fn the_embedded_store_keeps_the_contracts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mongodb_store_keeps_the_contracts() {
     let server = zeroci_testkit::services::Service::mongo();
-    let store = super::mongo::MongoStore::open(&server.url(), "contracts")
+    let store = super::mongo::MongoStore::open(&server.url(), "contracts", None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     check_all(&Stores::all(std::sync::Arc::new(store))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mongodb_store_deletes_finished_runs_after_the_retention() {
+    let server = zeroci_testkit::services::Service::mongo();
+    let retention = std::time::Duration::from_secs(1);
+    let store = super::mongo::MongoStore::open(&server.url(), "retention", Some(retention))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stores = Stores::all(std::sync::Arc::new(store));
+    let mut old = stores.jobs.create(new_job("old"), 1).await.unwrap();
+    old.status = JobStatus::Success;
+    old.finished_at = zeroci::now_unix_ms() - 60_000;
+    stores.jobs.put(&mut old).await.unwrap();
+    let running = stores.jobs.create(new_job("running"), 2).await.unwrap();
+    stores
+        .logs
+        .append(old.id, vec![event(1, 1, EventKind::Output, b"old output\n")])
+        .await
+        .unwrap();
+    zeroci_testkit::eventually("the finished run and its log to go", || async {
+        let gone = stores.jobs.get(old.id).await.unwrap().is_none();
+        let log = collect_log(stores.logs.read(old.id, LogCursor::START, Payloads::All))
+            .await
+            .unwrap();
+        (gone && log.is_empty()).then_some(())
+    })
+    .await;
+    assert!(stores.jobs.get(running.id).await.unwrap().is_some(), "an unfinished job stays");
 }

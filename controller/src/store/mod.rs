@@ -158,9 +158,13 @@ impl Stores {
                 &config.main.state_dir,
             )?))),
             DbConfig::Memory {} => Ok(Stores::all(Arc::new(memory::MemoryStore::default()))),
-            db @ DbConfig::Mongodb { .. } => {
+            db @ DbConfig::Mongodb { retention_days, .. } => {
                 let (uri, name) = db.mongodb().expect("a mongodb section");
-                Ok(Stores::all(Arc::new(mongo::MongoStore::open(&uri, &name).await?)))
+                let retention = retention_days
+                    .map(|days| std::time::Duration::from_secs(u64::from(days) * 86_400));
+                Ok(Stores::all(Arc::new(
+                    mongo::MongoStore::open(&uri, &name, retention).await?,
+                )))
             }
         }
     }

@@ -22,7 +22,7 @@ use futures::TryStreamExt;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{Binary, Bson, Document, doc};
 
-use super::{MongoStore, backend, get_int, int, is_duplicate};
+use super::{MongoStore, RETAIN_FROM, backend, get_int, int, is_duplicate};
 use crate::jobs::JobId;
 use crate::store::{
     ArtifactPiece, ArtifactStore, ByteStream, EventKind, LogCursor, LogEvent, LogStore, LogStream,
@@ -77,6 +77,7 @@ fn log_document(job: JobId, events: &[LogEvent]) -> Document {
         "c1": packed(last),
         "events": entries,
         "out": binary(&out),
+        RETAIN_FROM: mongodb::bson::DateTime::now(),
     }
 }
 
@@ -280,7 +281,12 @@ fn report_id(job: JobId, at: LogCursor) -> String {
 impl ReportStore for MongoStore {
     async fn put_report(&self, job: JobId, at: LogCursor, xml: Bytes) -> Result<(), StoreError> {
         let id = report_id(job, at);
-        let document = doc! {"_id": &id, "job": int(job), "xml": binary(&xml)};
+        let document = doc! {
+            "_id": &id,
+            "job": int(job),
+            "xml": binary(&xml),
+            RETAIN_FROM: mongodb::bson::DateTime::now(),
+        };
         insert_once(&self.reports, document).await
     }
 
@@ -309,6 +315,7 @@ impl ArtifactStore for MongoStore {
             };
             let mut document = key;
             document.insert("data", binary(&piece.data));
+            document.insert(RETAIN_FROM, mongodb::bson::DateTime::now());
             insert_once(&self.artifacts, document).await?;
         }
         Ok(())

@@ -27,6 +27,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use super::{JobFilter, JobStore, StoreError};
 use crate::jobs::{JobId, JobRecord, NewJob};
 
+/// The date retention counts from, in every collection (a TTL index on it deletes the document).
+pub(crate) const RETAIN_FROM: &str = "retain_from";
+
 /// How long start-up waits for a reachable server before it gives up with one line.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,7 +87,12 @@ pub(crate) fn int(value: u64) -> i64 {
 impl MongoStore {
     /// Connects to `uri`, uses database `name`, checks the server answers and makes the indexes.
     /// An unreachable server is an error after [`CONNECT_TIMEOUT`], not a wait forever.
-    pub async fn open(uri: &str, name: &str) -> Result<MongoStore, StoreError> {
+    /// With `retention`, finished runs go after that long (see [`MongoStore::make_indexes`]).
+    pub async fn open(
+        uri: &str,
+        name: &str,
+        retention: Option<Duration>,
+    ) -> Result<MongoStore, StoreError> {
         let unreachable = |e: mongodb::error::Error| StoreError::Backend {
             backend: "mongodb",
             cause: format!("cannot reach MongoDB at {}: {e}", redact_uri(uri)).into(),
@@ -111,18 +119,34 @@ impl MongoStore {
             artifacts: db.collection("artifacts"),
             db,
         };
-        store.make_indexes().await?;
+        store.make_indexes(retention).await?;
         Ok(store)
     }
 
-    /// One index for each query the engine, the CLI and the pages make.
-    async fn make_indexes(&self) -> Result<(), StoreError> {
+    /// One index for each query the engine, the CLI and the pages make; with `retention`, TTL indexes
+    /// on [`RETAIN_FROM`] through which the server itself deletes a finished job's record that long
+    /// after it finished, and its log documents, reports and artifact pieces that long after they were
+    /// written (a job not finished, or whose machine is not destroyed yet, has no such date; its
+    /// documents are written during its run, so they go within the run's duration of its record).
+    async fn make_indexes(&self, retention: Option<Duration>) -> Result<(), StoreError> {
         let index = |keys: Document, unique: bool| {
             IndexModel::builder()
                 .keys(keys)
                 .options(IndexOptions::builder().unique(unique).build())
                 .build()
         };
+        if let Some(after) = retention {
+            let ttl = IndexModel::builder()
+                .keys(doc! {RETAIN_FROM: 1})
+                .options(IndexOptions::builder().expire_after(after).build())
+                .build();
+            for collection in [&self.jobs, &self.logs, &self.reports, &self.artifacts] {
+                collection
+                    .create_index(ttl.clone())
+                    .await
+                    .map_err(backend)?;
+            }
+        }
         self.jobs
             .create_indexes([
                 index(doc! {"id": 1}, true),
@@ -173,7 +197,7 @@ pub fn redact_uri(uri: &str) -> String {
 fn job_document(job: &JobRecord) -> Result<Document, StoreError> {
     let record = mongodb::bson::to_document(job).map_err(|e| corrupt(format!("job {}", job.id), e))?;
     let status = mongodb::bson::to_bson(&job.status).map_err(|e| corrupt(format!("job {}", job.id), e))?;
-    Ok(doc! {
+    let mut document = doc! {
         "_id": int(job.id),
         // The id again: indexes that combine it with other fields cannot name `_id` everywhere.
         "id": int(job.id),
@@ -185,7 +209,11 @@ fn job_document(job: &JobRecord) -> Result<Document, StoreError> {
         "ref_name": &job.ref_name,
         "has_machine": job.machine.is_some(),
         "record": record,
-    })
+    };
+    if job.status.is_final() && job.machine.is_none() {
+        document.insert(RETAIN_FROM, mongodb::bson::DateTime::from_millis(job.finished_at));
+    }
+    Ok(document)
 }
 
 fn job_of(document: &Document) -> Result<JobRecord, StoreError> {
