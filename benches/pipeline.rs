@@ -171,9 +171,19 @@ async fn run_once(
         .into_inner()
         .job
         .unwrap();
+    follow(client, job.id, start).await
+}
+
+/// Follows job `id`'s log to its end: when its first step's first byte came and when it ended
+/// (counted from `start`), its output's size and its final status.
+async fn follow(
+    client: &mut ControlServiceClient<tonic::transport::Channel>,
+    id: u64,
+    start: Instant,
+) -> RunTimes {
     let mut stream = client
         .stream_logs(pb::StreamLogsRequest {
-            id: job.id,
+            id,
             follow: true,
             step: None,
             after: None,
@@ -235,25 +245,7 @@ async fn burst(jobs: usize, isolation: &str) {
     let waits = ids.iter().map(|id| {
         let mut client = client.clone();
         let id = *id;
-        async move {
-            let mut stream = client
-                .stream_logs(pb::StreamLogsRequest {
-                    id,
-                    follow: true,
-                    step: None,
-                    after: None,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let mut status = String::new();
-            while let Some(event) = stream.next().await {
-                if let Some(pb::log_event::Kind::JobDone(job)) = event.unwrap().kind {
-                    status = job.status().word();
-                }
-            }
-            status
-        }
+        async move { follow(&mut client, id, start).await.status }
     });
     let statuses = futures::future::join_all(waits).await;
     let finished = start.elapsed();

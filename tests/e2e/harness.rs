@@ -387,6 +387,15 @@ impl TestEnv {
         out.json()
     }
 
+    /// The job's output up to the line that says `[limits] max_log_bytes` cut it, and that line on.
+    pub fn log_cut_at_limit(&self, id: u64) -> (String, String) {
+        let log = String::from_utf8(self.raw_log(id, None)).unwrap();
+        let (stored, note) = log
+            .split_once("\nzeroci: ")
+            .unwrap_or_else(|| panic!("no line about the output limit in {log:?}"));
+        (stored.to_string(), note.to_string())
+    }
+
     pub fn raw_log(&self, id: u64, step: Option<&str>) -> Vec<u8> {
         let id = id.to_string();
         let mut args = vec!["logs", id.as_str(), "--raw"];

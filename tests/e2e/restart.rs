@@ -86,9 +86,6 @@ fn the_output_limit_counts_what_was_stored_before_a_controller_restart() {
     env.start_controller(&addr);
     let job = env.wait_job(id);
     assert_eq!(job["status"], "success", "{job:#}");
-    let log = String::from_utf8(env.raw_log(id, None)).unwrap();
-    let (stored, _) = log
-        .split_once("\nzeroci: ")
-        .expect("a line about the limit");
+    let (stored, _) = env.log_cut_at_limit(id);
     assert_eq!(stored, format!("{}\n{}", "a".repeat(600), "b".repeat(399)));
 }

@@ -261,20 +261,7 @@ impl JobStore for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::jobs::JobStatus;
-
-    fn new_job(repo: &str) -> NewJob {
-        NewJob {
-            repo: repo.into(),
-            repo_url: format!("/src/{repo}"),
-            ref_name: "main".into(),
-            commit: "abc".into(),
-            triggered_by: "test".into(),
-            step_timeout_secs: 0,
-            github_repo: None,
-            untrusted: false,
-            supersede: false,
-        }
-    }
+    use crate::store::conformance::new_job;
 
     #[tokio::test]
     async fn records_survive_reopen_and_ids_are_never_reused() {
