@@ -96,7 +96,11 @@ pub async fn enroll(
                     });
                 }
                 Ok(Err(CallError::Refused(why))) => refusals.push(why),
-                Ok(Err(CallError::BadAddress(why))) => return Err(EnrollError::BadAddress(why)),
+                // One malformed address among several must not stop the others.
+                Ok(Err(CallError::BadAddress(why))) if endpoints.len() == 1 => {
+                    return Err(EnrollError::BadAddress(why));
+                }
+                Ok(Err(CallError::BadAddress(why))) => refusals.push(why),
                 Ok(Err(CallError::Transient(why))) => last_error = Some(format!("{address}: {why}")),
                 Err(_) => last_error = Some(format!("{address}: enrollment call timed out")),
             }

@@ -172,8 +172,15 @@ fn a_job_whose_controller_is_killed_is_finished_by_the_other_with_its_whole_outp
             .contains("line 3\n")
             .then_some(())
     });
-    // The second controller starts while the first holds the job: it leaves it alone.
+    // The second controller starts while the first holds the job: it leaves it alone, and says so
+    // rather than pretend to cancel it.
     let peer = Peer::start(&env, "controller-b", &addresses[1]);
+    let first = env.grpc_addr.clone();
+    env.use_controller(&peer.grpc_addr);
+    let cancel = env.cli(&["cancel", &id.to_string()]);
+    assert_ne!(cancel.code, 0, "{}", cancel.stdout_str());
+    assert!(cancel.stderr.contains("runs on controller controller-a"), "{}", cancel.stderr);
+    env.use_controller(&first);
     env.kill_controller();
     env.use_controller(&peer.grpc_addr);
     let job = env.wait_job(id);

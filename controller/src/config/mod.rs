@@ -503,6 +503,16 @@ impl Config {
         if m.store_failure_timeout == 0 {
             return Err("[main] store_failure_timeout must be positive".into());
         }
+        if let DbConfig::Mongodb {
+            retention_days: Some(days),
+            ..
+        } = &self.db
+            && !(1..=36_500).contains(days)
+        {
+            return Err(format!(
+                "[db] retention_days must be between 1 and 36500 (leave it out to keep runs), got {days}"
+            ));
+        }
         self.limits.validate()?;
         let oauth = self.github.as_ref().is_some_and(|g| g.oauth().is_some());
         self.web.validate(oauth)?;
@@ -782,6 +792,13 @@ mod tests {
         assert_eq!(config.controller_id(), "ci-1");
         let shown = format!("{:?} {:?}", config.db, config.queue);
         assert!(!shown.contains("change-me"), "passwords never printed: {shown}");
+    }
+
+    #[test]
+    fn a_retention_of_zero_days_is_refused() {
+        let mut config = Config::for_init("127.0.0.1:0", None, "http://ci.example");
+        config.db = toml::from_str("backend = \"mongodb\"\nretention_days = 0\n").unwrap();
+        assert!(config.validate().unwrap_err().contains("retention_days"));
     }
 
     #[test]

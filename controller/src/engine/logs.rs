@@ -23,6 +23,8 @@ pub type LogTx = mpsc::Sender<Result<pb::LogEvent, Status>>;
 
 /// How often a follower reads again a log that another controller appends to.
 const REMOTE_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a follower of a job run here checks that it still is.
+const LOCAL_FOLLOW_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What to stream.
 #[derive(Debug, Clone, Copy)]
@@ -77,13 +79,12 @@ async fn stream(
         if finished {
             break;
         }
-        let poll = async {
-            if remote {
-                tokio::time::sleep(REMOTE_FOLLOW_INTERVAL).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        // Also when the job runs here: it may leave (a lost lease) without a last word on the channel.
+        let poll = tokio::time::sleep(if remote {
+            REMOTE_FOLLOW_INTERVAL
+        } else {
+            LOCAL_FOLLOW_CHECK
+        });
         match progress.as_mut() {
             Some(rx) => tokio::select! {
                 changed = rx.changed() => {

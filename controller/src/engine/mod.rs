@@ -445,6 +445,16 @@ impl Engine {
     /// Cancels a job that is not running (the caller holds the claim lock).
     async fn cancel_queued(&self, id: JobId, reason: String) -> Result<JobRecord, ControllerError> {
         let mut record = self.job(id).await?;
+        if let Some(lease) = record.lease.as_ref().filter(|_| !record.status.is_final())
+            && record.status != JobStatus::Queued
+            && lease.owner != self.owner
+        {
+            // Saying "cancelled" while it runs on would be a lie; the controller running it can.
+            return Err(ControllerError::FailedPrecondition(format!(
+                "job {id} runs on controller {}: cancel it there",
+                lease.owner
+            )));
+        }
         if record.status == JobStatus::Queued {
             record.cancel_reason = Some(reason.clone());
             let now = zeroci::now_unix_ms();

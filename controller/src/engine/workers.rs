@@ -80,7 +80,11 @@ impl Engine {
                 Ok(true) => self.ack(&delivery).await,
                 Ok(false) => {} // left running at shutdown: the delivery stays pending
                 Err(e) => {
+                    // A store that failed during the claim leaves the job queued: queue it again
+                    // before letting this delivery go (a duplicate entry of a job that did start is
+                    // harmless: its claim finds it no longer queued).
                     error!(job_id = id, worker, error = %e, "job failed inside the controller");
+                    self.requeue(id).await;
                     self.ack(&delivery).await;
                 }
             }

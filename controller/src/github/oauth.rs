@@ -97,9 +97,14 @@ impl OAuthApp {
             "redirect_uri": redirect_uri,
         });
         let what = "the sign-in code";
+        // Once: a code works a single time, so a retry after a lost answer could only be refused.
+        let once = RetryPolicy {
+            attempts: 1,
+            ..self.backoff
+        };
         let reply = exchange::request(
             &self.web,
-            self.backoff,
+            once,
             "/login/oauth/access_token",
             &Method::Post { body: &body },
             64 * 1024,

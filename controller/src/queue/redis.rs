@@ -36,6 +36,9 @@ pub const DEFAULT_STREAM: &str = "zeroci:jobs";
 const BLOCK: Duration = Duration::from_secs(1);
 /// How long start-up waits for Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a command may go unanswered (a half-open connection must not hang a worker); a blocking
+/// read gets [`BLOCK`] more.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct RedisQueue {
     commands: ConnectionManager,
@@ -45,6 +48,8 @@ pub struct RedisQueue {
     consumer: String,
     /// How long an entry stays with a controller that does not acknowledge it.
     reclaim_after: Duration,
+    /// Where the next `XAUTOCLAIM` scan of pending entries starts (it looks at a few per call).
+    reclaim_from: std::sync::Mutex<String>,
 }
 
 fn backend(error: redis::RedisError) -> QueueError {
@@ -93,58 +98,99 @@ impl RedisQueue {
         let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
         // Few, short retries per reconnection: a command that fails comes back as an error, and the
         // engine's own retries (with backoff) decide how long to keep trying.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(None)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connect = || async {
-            tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                ConnectionManager::new_with_config(client.clone(), config.clone()),
-            )
-            .await
-            .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))
+        let config = |response: Duration| {
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(response))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500))
         };
-        let mut commands = connect().await?;
-        let reader = connect().await?;
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut commands)
-            .await;
-        match created {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {} // made by another controller
-            Err(e) => return Err(unreachable(e.to_string())),
-        }
-        Ok(RedisQueue {
+        let connect = |response: Duration| {
+            let client = client.clone();
+            async move {
+                tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    ConnectionManager::new_with_config(client, config(response)),
+                )
+                .await
+                .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                .map_err(|e| unreachable(e.to_string()))
+            }
+        };
+        let commands = connect(RESPONSE_TIMEOUT).await?;
+        let reader = connect(RESPONSE_TIMEOUT + BLOCK).await?;
+        let queue = RedisQueue {
             commands,
             reader: Mutex::new(reader),
             stream: stream.to_string(),
             consumer: consumer.to_string(),
             reclaim_after,
-        })
+            reclaim_from: std::sync::Mutex::new("0-0".into()),
+        };
+        queue
+            .make_group()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(queue)
+    }
+
+    /// Makes the stream and its consumer group unless they exist (made by another controller, or
+    /// before a restart).
+    async fn make_group(&self) -> redis::RedisResult<()> {
+        let mut conn = self.commands.clone();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// A command's error; when Redis lost the group (a restart without its data, a flush), the group
+    /// is made again so the queue works on. Jobs that were waiting in the lost stream are still
+    /// `queued` in the store: each controller's next start queues them again.
+    async fn failed(&self, error: redis::RedisError) -> QueueError {
+        if error.code() == Some("NOGROUP") {
+            tracing::warn!("the Redis queue lost its consumer group (Redis lost its data?): making it again");
+            if let Err(e) = self.make_group().await {
+                return backend(e);
+            }
+        }
+        backend(error)
     }
 
     /// An entry left unacknowledged for longer than `reclaim_after` by any consumer, now this one's.
     async fn reclaim(&self) -> Result<Option<Delivery>, QueueError> {
         let mut conn = self.commands.clone();
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let from = self
+            .reclaim_from
+            .lock()
+            .map_or_else(|_| "0-0".to_string(), |f| f.clone());
+        let reply: StreamAutoClaimReply = match redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(self.reclaim_after.as_millis() as u64)
-            .arg("0-0")
+            .arg(&from)
             .arg("COUNT")
             .arg(1)
             .query_async(&mut conn)
             .await
-            .map_err(backend)?;
+        {
+            Ok(reply) => reply,
+            Err(e) => return Err(self.failed(e).await),
+        };
+        // The scan goes on from there next time (it looks at a few pending entries per call) and
+        // starts over once it has been through them all ("0-0").
+        if let Ok(mut next) = self.reclaim_from.lock() {
+            *next = reply.next_stream_id.clone();
+        }
         self.first(&reply.claimed).await
     }
 
@@ -169,7 +215,7 @@ impl RedisQueue {
     /// A new entry for this consumer, waiting up to [`BLOCK`] for one.
     async fn read_new(&self) -> Result<Option<Delivery>, QueueError> {
         let mut reader = self.reader.lock().await;
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
@@ -181,9 +227,12 @@ impl RedisQueue {
             .arg(&self.stream)
             .arg(">")
             .query_async(&mut *reader)
-            .await
-            .map_err(backend)?;
+            .await;
         drop(reader);
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => return Err(self.failed(e).await),
+        };
         let entries: Vec<StreamId> = reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -341,5 +390,20 @@ mod tests {
             q.ack(&delivery).await.unwrap();
         }
         assert_eq!(popped, [1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_whose_redis_lost_everything_makes_its_group_again() {
+        let server = zeroci_testkit::services::Service::redis();
+        let q = queue(&server, "controller-a").await;
+        q.push(1).await.unwrap();
+        let mut conn = q.commands.clone();
+        redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+        // The first read meets NOGROUP and makes the group again; then the queue works.
+        assert!(q.pop().await.is_err());
+        q.push(2).await.unwrap();
+        let delivery = q.pop().await.unwrap();
+        assert_eq!(delivery.job, 2);
+        q.ack(&delivery).await.unwrap();
     }
 }

@@ -261,4 +261,10 @@ async fn the_mongodb_store_deletes_finished_runs_after_the_retention() {
     })
     .await;
     assert!(stores.jobs.get(running.id).await.unwrap().is_some(), "an unfinished job stays");
+    // Another retention, then none: the controller starts with either (the index follows the setting).
+    for retention in [Some(std::time::Duration::from_secs(86_400)), None] {
+        super::mongo::MongoStore::open(&server.url(), "retention", retention)
+            .await
+            .unwrap_or_else(|e| panic!("{retention:?}: {e}"));
+    }
 }

@@ -89,9 +89,19 @@ pub(super) fn write_bootstrap_disk(
     file.write_all(&bytes)
 }
 
-/// How a VM reaches an address of this host: loopback and unspecified addresses are the host's own,
-/// which user-mode networking shows the guest as 10.0.2.2.
-pub(super) fn guest_address(endpoint: &str) -> String {
+/// How a VM reaches the controllers' addresses (one, or several comma-separated): loopback and
+/// unspecified addresses are the host's own, which user-mode networking shows the guest as 10.0.2.2.
+pub(super) fn guest_address(endpoints: &str) -> String {
+    endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(guest_address_of_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn guest_address_of_one(endpoint: &str) -> String {
     let Ok(address) = endpoint.parse::<std::net::SocketAddr>() else {
         return endpoint.to_string(); // a host name: the guest resolves it through qemu's DNS
     };
@@ -170,6 +180,10 @@ mod tests {
         assert_eq!(guest_address("[::1]:7701"), "10.0.2.2:7701");
         assert_eq!(guest_address("192.168.1.5:7701"), "192.168.1.5:7701");
         assert_eq!(guest_address("ci.example.com:7701"), "ci.example.com:7701");
+        assert_eq!(
+            guest_address("127.0.0.1:7701, ci-2.example.com:7701"),
+            "10.0.2.2:7701,ci-2.example.com:7701"
+        );
     }
 
     #[test]

@@ -220,7 +220,9 @@ impl LogStore for MongoStore {
         let start = async move {
             let mut find = logs
                 .find(after_filter(job, after))
-                .sort(doc! {"c0": 1});
+                // The filter's own field: one index ({job, c1}) serves both; a job's documents are
+                // appended in order, so c1 sorts them as c0 does.
+                .sort(doc! {"c1": 1});
             if payloads == Payloads::WithoutOutput {
                 find = find.projection(doc! {"out": 0});
             }

@@ -135,17 +135,8 @@ impl MongoStore {
                 .options(IndexOptions::builder().unique(unique).build())
                 .build()
         };
-        if let Some(after) = retention {
-            let ttl = IndexModel::builder()
-                .keys(doc! {RETAIN_FROM: 1})
-                .options(IndexOptions::builder().expire_after(after).build())
-                .build();
-            for collection in [&self.jobs, &self.logs, &self.reports, &self.artifacts] {
-                collection
-                    .create_index(ttl.clone())
-                    .await
-                    .map_err(backend)?;
-            }
+        for collection in [&self.jobs, &self.logs, &self.reports, &self.artifacts] {
+            self.retain(collection, retention).await?;
         }
         self.jobs
             .create_indexes([
@@ -171,6 +162,42 @@ impl MongoStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    /// Makes the collection's TTL index say `retention`: made when missing, changed in place
+    /// (`collMod`) when the setting changed, dropped when retention is off, so the setting in force is
+    /// always the configured one.
+    async fn retain(
+        &self,
+        collection: &Collection<Document>,
+        retention: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let Some(after) = retention else {
+            // Nothing to delete by age any more; an index that is not there is fine.
+            let _ = collection.drop_index(format!("{RETAIN_FROM}_1")).await;
+            return Ok(());
+        };
+        let ttl = IndexModel::builder()
+            .keys(doc! {RETAIN_FROM: 1})
+            .options(IndexOptions::builder().expire_after(after).build())
+            .build();
+        match collection.create_index(ttl).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // An index with another expiry (code 85, IndexOptionsConflict): change it in place.
+                let changed = self
+                    .db
+                    .run_command(doc! {
+                        "collMod": collection.name(),
+                        "index": {
+                            "keyPattern": {RETAIN_FROM: 1},
+                            "expireAfterSeconds": after.as_secs() as i64,
+                        },
+                    })
+                    .await;
+                changed.map(drop).map_err(|_| backend(e))
+            }
+        }
     }
 
     /// The database's name.
