@@ -1,7 +1,7 @@
 //! "Sign in with GitHub" for the pages, when `[github] oauth_client_id` and `oauth_client_secret` name
 //! an OAuth app: `GET /login/github` sends the browser to GitHub with a fresh `state` remembered in a
 //! signed cookie; `GET /login/github/callback` checks that state against the cookie, asks GitHub who
-//! approved ([`OAuthApp::login_of`]) and signs them in with the role `[web] github_admins` /
+//! approved ([`OAuthApp::account_of`]) and signs them in with the role `[web] github_admins` /
 //! `github_viewers` gives them. An account in neither list is refused and told so.
 
 use std::collections::HashMap;
@@ -97,8 +97,8 @@ pub async fn callback(
             "This sign-in was not started in this browser, or took longer than ten minutes.",
         );
     };
-    let login = match github.app.login_of(code, &github.redirect_uri).await {
-        Ok(login) => login,
+    let (login, id) = match github.app.account_of(code, &github.redirect_uri).await {
+        Ok(account) => account,
         Err(error) => {
             tracing::warn!(%error, "GitHub sign-in failed");
             return refused(
@@ -107,7 +107,7 @@ pub async fn callback(
             );
         }
     };
-    let Some(role) = sessions.role_of_github_login(&login) else {
+    let Some(role) = sessions.role_of_github_account(&login, id) else {
         tracing::warn!(login, "GitHub sign-in refused: the account is not listed in [web]");
         return refused(
             StatusCode::FORBIDDEN,

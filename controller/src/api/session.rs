@@ -145,10 +145,16 @@ impl Sessions {
         }
     }
 
-    /// The role a GitHub account signs in with (`[web] github_admins`, `github_viewers`; logins
-    /// compare without case, as on GitHub).
-    pub fn role_of_github_login(&self, login: &str) -> Option<Role> {
-        let listed = |logins: &[String]| logins.iter().any(|l| l.eq_ignore_ascii_case(login));
+    /// The role a GitHub account signs in with (`[web] github_admins`, `github_viewers`): an entry is
+    /// a login (compared without case, as on GitHub) or `#` and the account's numeric id, which
+    /// survives a rename and is never reused (a login given up can be taken by someone else).
+    pub fn role_of_github_account(&self, login: &str, id: u64) -> Option<Role> {
+        let listed = |entries: &[String]| {
+            entries.iter().any(|entry| match entry.strip_prefix('#') {
+                Some(number) => number.parse() == Ok(id),
+                None => entry.eq_ignore_ascii_case(login),
+            })
+        };
         if listed(&self.web.github_admins) {
             Some(Role::Admin)
         } else if listed(&self.web.github_viewers) || self.web.github_viewers.iter().any(|l| l == "*")
@@ -305,7 +311,7 @@ mod tests {
             viewer_tokens: vec!["viewer-token-0123456789".into()],
             public: false,
             github_admins: vec!["OctoCat".into()],
-            github_viewers: vec!["hubot".into()],
+            github_viewers: vec!["hubot".into(), "#583231".into()],
         };
         Sessions::open(dir, &web, "https://ci.example").unwrap_or_else(|e| panic!("{e}"))
     }
@@ -445,8 +451,10 @@ mod tests {
     fn github_accounts_get_their_listed_role_and_nobody_else_any() {
         let dir = tempfile::tempdir().unwrap();
         let sessions = sessions(dir.path());
-        assert_eq!(sessions.role_of_github_login("octocat"), Some(Role::Admin));
-        assert_eq!(sessions.role_of_github_login("HUBOT"), Some(Role::Viewer));
-        assert_eq!(sessions.role_of_github_login("mallory"), None);
+        assert_eq!(sessions.role_of_github_account("octocat", 1), Some(Role::Admin));
+        assert_eq!(sessions.role_of_github_account("HUBOT", 2), Some(Role::Viewer));
+        assert_eq!(sessions.role_of_github_account("mallory", 3), None);
+        // By id: whatever the login is now.
+        assert_eq!(sessions.role_of_github_account("renamed", 583231), Some(Role::Viewer));
     }
 }

@@ -16,10 +16,11 @@ pub struct WebConfig {
     /// `/metrics` and `/healthz` are always public.
     #[serde(default = "public_by_default")]
     pub public: bool,
-    /// GitHub accounts (logins) that sign in as admin through GitHub (`[github] oauth_client_id`).
+    /// GitHub accounts that sign in as admin through GitHub (`[github] oauth_client_id`): logins, or
+    /// `#` and the numeric id (safer: a login given up can be registered by someone else).
     #[serde(default)]
     pub github_admins: Vec<String>,
-    /// GitHub accounts that sign in as viewer; `"*"`: any GitHub account.
+    /// GitHub accounts that sign in as viewer (as `github_admins`); `"*"`: any GitHub account.
     #[serde(default)]
     pub github_viewers: Vec<String>,
 }

@@ -298,6 +298,27 @@ impl Engine {
         }
     }
 
+    /// Closes the progress of jobs another controller finished (a job queued here and run elsewhere
+    /// leaves its entry): those not in `unfinished`, not active here, and final in the store (a job
+    /// created since `unfinished` was read is not final, so it keeps its entry).
+    pub(crate) async fn sweep_progress(&self, unfinished: &std::collections::HashSet<JobId>) {
+        let candidates: Vec<JobId> = match self.progress.lock() {
+            Ok(map) => map
+                .keys()
+                .filter(|id| !unfinished.contains(id) && self.active_job(**id).is_none())
+                .copied()
+                .collect(),
+            Err(_) => return,
+        };
+        for id in candidates {
+            if let Ok(Some(record)) = self.jobs.get(id).await
+                && record.status.is_final()
+            {
+                self.close_progress(id);
+            }
+        }
+    }
+
     fn close_progress(&self, id: JobId) {
         if let Ok(mut map) = self.progress.lock()
             && let Some(tx) = map.remove(&id)

@@ -71,6 +71,8 @@ impl Engine {
                 }
             };
             let now = zeroci::now_unix_ms();
+            self.sweep_progress(&unfinished.iter().map(|j| j.id).collect())
+                .await;
             for job in unfinished {
                 let orphaned = matches!(job.status, JobStatus::Provisioning | JobStatus::Running)
                     && job.lease.as_ref().is_none_or(|l| l.expired(now))

@@ -77,8 +77,13 @@ impl OAuthApp {
         )
     }
 
-    /// The login of the account that approved the sign-in and got `code`.
-    pub async fn login_of(&self, code: &str, redirect_uri: &str) -> Result<String, GitHubError> {
+    /// The account that approved the sign-in and got `code`: its login and its numeric id (which,
+    /// unlike a login, is never given to another account).
+    pub async fn account_of(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+    ) -> Result<(String, u64), GitHubError> {
         #[derive(Deserialize)]
         struct Token {
             access_token: Option<String>,
@@ -89,6 +94,7 @@ impl OAuthApp {
         #[derive(Deserialize)]
         struct User {
             login: String,
+            id: u64,
         }
         let body = serde_json::json!({
             "client_id": self.client_id,
@@ -136,6 +142,6 @@ impl OAuthApp {
         )
         .await?;
         let user: User = parse_json(&reply, "the signed-in account")?;
-        Ok(user.login)
+        Ok((user.login, user.id))
     }
 }
