@@ -142,6 +142,11 @@ pub async fn serve(
     {
         notifiers.push(Arc::new(crate::notify::GitHubStatuses { api: api.clone() }));
     }
+    if let Some(telegram) = &config.telegram {
+        let telegram = crate::notify::telegram::Telegram::new(telegram)
+            .map_err(crate::error::ControllerError::FailedPrecondition)?;
+        notifiers.push(Arc::new(telegram));
+    }
     let notifications =
         Notifications::start(notifiers, config.main.domain.clone(), NOTIFY_CALL_LIMIT);
     let engine = Engine::new(EngineParts {

@@ -13,6 +13,7 @@ mod pipelines;
 mod production;
 mod restart;
 mod security;
+mod telegram;
 mod triggers;
 mod vm;
 mod web;

@@ -50,6 +50,9 @@ pub struct Config {
     /// GitHub: webhooks in, commit statuses out.
     #[serde(default)]
     pub github: Option<GitHubConfig>,
+    /// `[telegram]`: a message for every finished job.
+    #[serde(default)]
+    pub telegram: Option<TelegramConfig>,
     /// Ceilings no job can raise.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -139,6 +142,29 @@ impl std::fmt::Debug for GitHubConfig {
             .field("oauth_client_id", &self.oauth_client_id)
             .field("oauth_client_secret", &redacted(&self.oauth_client_secret))
             .finish_non_exhaustive()
+    }
+}
+
+/// `[telegram]`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The bot's token (from @BotFather).
+    pub token: String,
+    /// Where results go: a group's id (`-1001234567890`) or `@channel`.
+    pub chat_id: String,
+    /// The Bot API (default Telegram's; a self-hosted Bot API server, or a stand-in in tests).
+    pub api_url: Option<String>,
+}
+
+// Hand-written: the token is a credential.
+impl std::fmt::Debug for TelegramConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramConfig")
+            .field("token", &"<set>")
+            .field("chat_id", &self.chat_id)
+            .field("api_url", &self.api_url)
+            .finish()
     }
 }
 
@@ -664,6 +690,7 @@ impl Config {
             environment: BTreeMap::new(),
             repos: BTreeMap::new(),
             github: None,
+            telegram: None,
             limits: LimitsConfig::default(),
             web: WebConfig::default(),
             file: None,

@@ -6,6 +6,7 @@
 //! drain time. Telegram or a JSON webhook is one more file like [`github_status`].
 
 pub mod github_status;
+pub mod telegram;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

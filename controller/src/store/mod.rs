@@ -19,7 +19,7 @@ mod log;
 pub mod memory;
 pub mod mongo;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use std::pin::Pin;
 use std::sync::Arc;

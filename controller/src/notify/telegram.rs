@@ -1,0 +1,265 @@
+//! Telegram: one message per finished job to `[telegram] chat_id` (a group id or `@channel`), as the
+//! original ZeroCI sent: status icon and word, repository, branch, the commit (linked for GitHub), what
+//! triggered it, the failed steps with their test counts and the reason, and an inline **Result**
+//! button to the job's page. Text from jobs is escaped for Telegram's HTML; reasons were masked when
+//! the job stored them.
+//!
+//! Sends go through teloxide (rustls) to `api_url` (Telegram's, a self-hosted Bot API, or a stand-in
+//! in tests). Flood control (429 `retry_after`) is waited out, network failures retried with backoff;
+//! what Telegram refuses for good (a bad token, an unknown chat, a bot not in the group) comes back at
+//! once as an error that says so. [`super::Notifications`] keeps one chat's messages in order and
+//! bounds every call, so a slow Telegram never delays a job.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use teloxide::prelude::*;
+use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup, ParseMode, Recipient};
+use teloxide::{ApiError, RequestError};
+
+use super::Notifier;
+use crate::config::TelegramConfig;
+use crate::jobs::{JobRecord, JobStatus, StepStatus, job_url};
+
+/// Sends after a network failure, the first included.
+const ATTEMPTS: u32 = 4;
+/// The longest flood-control wait honoured; a longer one is a failure (the call limit would end it).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
+
+pub struct Telegram {
+    bot: Bot,
+    chat: Recipient,
+}
+
+impl Telegram {
+    pub fn new(config: &TelegramConfig) -> Result<Telegram, String> {
+        let mut bot = Bot::new(&config.token);
+        if let Some(api_url) = &config.api_url {
+            let url = reqwest::Url::parse(api_url)
+                .map_err(|e| format!("[telegram] api_url {api_url:?}: {e}"))?;
+            bot = bot.set_api_url(url);
+        }
+        Ok(Telegram {
+            bot,
+            chat: recipient(&config.chat_id)?,
+        })
+    }
+
+    /// Sends one message with its buttons: flood control waited out, network failures retried.
+    pub async fn send(&self, text: &str, buttons: &[(String, String)]) -> Result<(), String> {
+        let row: Vec<InlineKeyboardButton> = buttons
+            .iter()
+            .filter_map(|(label, url)| {
+                reqwest::Url::parse(url)
+                    .ok()
+                    .map(|url| InlineKeyboardButton::url(label.clone(), url))
+            })
+            .collect();
+        let mut pause = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            let mut request = self
+                .bot
+                .send_message(self.chat.clone(), text)
+                .parse_mode(ParseMode::Html);
+            if !row.is_empty() {
+                request = request.reply_markup(InlineKeyboardMarkup::new([row.clone()]));
+            }
+            match request.await {
+                Ok(_) => return Ok(()),
+                Err(RequestError::RetryAfter(wait)) if wait.duration() <= MAX_RETRY_AFTER => {
+                    tracing::info!(seconds = wait.seconds(), "Telegram asks to wait");
+                    tokio::time::sleep(wait.duration()).await;
+                }
+                Err(RequestError::Network(e)) if attempt < ATTEMPTS => {
+                    tracing::info!(error = %e, attempt, "Telegram unreachable; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(explain(&e)),
+            }
+        }
+    }
+}
+
+/// What to tell an operator about a refusal: the problem in words, then Telegram's own.
+pub fn explain(error: &RequestError) -> String {
+    let hint = match error {
+        RequestError::Api(ApiError::InvalidToken) => {
+            "the bot token is not valid ([telegram] token, from @BotFather)"
+        }
+        RequestError::Api(ApiError::ChatNotFound) => {
+            "the chat was not found ([telegram] chat_id: a group id like -1001234567890, or @channel; the bot must be a member)"
+        }
+        RequestError::Api(ApiError::BotKicked | ApiError::BotKickedFromSupergroup) => {
+            "the bot is not in the group any more: add it again"
+        }
+        RequestError::Api(ApiError::NotEnoughRightsToPostMessages) => {
+            "the bot may not post in this chat: give it the right to"
+        }
+        RequestError::Network(_) => "Telegram (or [telegram] api_url) cannot be reached",
+        _ => "Telegram refused the message",
+    };
+    format!("{hint}: {error}")
+}
+
+/// `-100123` as a chat id, `@name` as a channel.
+fn recipient(chat_id: &str) -> Result<Recipient, String> {
+    if chat_id.starts_with('@') && chat_id.len() > 1 {
+        return Ok(Recipient::ChannelUsername(chat_id.to_string()));
+    }
+    chat_id
+        .parse::<i64>()
+        .map(|id| Recipient::Id(ChatId(id)))
+        .map_err(|_| {
+            format!("[telegram] chat_id must be a chat's number or @channel, got {chat_id:?}")
+        })
+}
+
+/// Text for Telegram's HTML parse mode: `&`, `<`, `>` and `"` escaped.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The message for a finished job and its buttons (label, URL); `None` for a job not finished.
+pub fn message(job: &JobRecord, domain: &str) -> Option<(String, Vec<(String, String)>)> {
+    let (icon, word) = match job.status {
+        JobStatus::Success => ("✅", "passed"),
+        JobStatus::Failure => ("❌", "failed"),
+        JobStatus::Error => ("⚠️", "errored"),
+        JobStatus::Cancelled => ("⛔", "cancelled"),
+        JobStatus::Queued | JobStatus::Provisioning | JobStatus::Running => return None,
+    };
+    let short: String = job.commit.chars().take(7).collect();
+    let commit = match &job.github_repo {
+        Some(repo) => format!(
+            "<a href=\"https://github.com/{}/commit/{}\">{}</a>",
+            escape(repo),
+            escape(&job.commit),
+            escape(&short)
+        ),
+        None => format!("<code>{}</code>", escape(&short)),
+    };
+    let mut lines = vec![
+        format!("{icon} <b>{word}</b> · job #{}", job.id),
+        format!(
+            "<b>{}</b> on <code>{}</code> at {commit}",
+            escape(&job.repo),
+            escape(&job.ref_name)
+        ),
+        format!("triggered by {}", escape(&job.triggered_by)),
+    ];
+    let failed: Vec<String> = job
+        .steps
+        .iter()
+        .filter(|s| matches!(s.status, StepStatus::Failure | StepStatus::Error))
+        .map(|s| {
+            let tests = s
+                .tests
+                .as_ref()
+                .filter(|t| t.failed + t.errors > 0)
+                .map(|t| format!(" ({} of {} tests failed)", t.failed + t.errors, t.total))
+                .unwrap_or_default();
+            format!("• <code>{}</code>{tests}", escape(&s.name))
+        })
+        .collect();
+    if !failed.is_empty() {
+        lines.push("failed steps:".into());
+        lines.extend(failed.into_iter().take(10));
+    }
+    if !job.reason.is_empty() {
+        lines.push(format!("<i>{}</i>", escape(&job.reason)));
+    }
+    let buttons = vec![("Result".to_string(), job_url(domain, job.id))];
+    Some((lines.join("\n"), buttons))
+}
+
+#[async_trait]
+impl Notifier for Telegram {
+    fn name(&self) -> &'static str {
+        "telegram"
+    }
+
+    async fn job_changed(&self, job: &JobRecord, domain: &str) -> Result<(), String> {
+        let Some((text, buttons)) = message(job, domain) else {
+            return Ok(()); // only results are news
+        };
+        self.send(&text, &buttons).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{StepKind, StepRecord, TestTotals};
+
+    fn job(status: JobStatus) -> JobRecord {
+        let mut job = JobRecord::new(
+            42,
+            crate::store::conformance::new_job("<b>repo</b>"),
+            1_000,
+        );
+        job.status = status;
+        job.commit = "0123456789abcdef".into();
+        job.ref_name = "feature/<x>".into();
+        job
+    }
+
+    #[test]
+    fn each_final_status_has_its_icon_word_and_a_result_button() {
+        for (status, expected) in [
+            (JobStatus::Success, "✅ <b>passed</b>"),
+            (JobStatus::Failure, "❌ <b>failed</b>"),
+            (JobStatus::Error, "⚠️ <b>errored</b>"),
+            (JobStatus::Cancelled, "⛔ <b>cancelled</b>"),
+        ] {
+            let (text, buttons) = message(&job(status), "https://ci.example").unwrap();
+            assert!(text.starts_with(expected), "{text}");
+            assert_eq!(
+                buttons,
+                [("Result".to_string(), "https://ci.example/jobs/42".to_string())]
+            );
+        }
+        assert!(message(&job(JobStatus::Running), "https://ci.example").is_none());
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_and_failed_steps_listed_with_their_tests() {
+        let mut failed = job(JobStatus::Failure);
+        failed.github_repo = Some("acme/widget".into());
+        failed.steps.push(StepRecord {
+            name: "pytest <script>alert(1)</script>".into(),
+            kind: StepKind::Script,
+            status: StepStatus::Failure,
+            tests: Some(TestTotals {
+                total: 10,
+                failed: 2,
+                errors: 1,
+                ..TestTotals::default()
+            }),
+            ..crate::engine::apply::checkout_step()
+        });
+        failed.reason = "exit 1 & more".into();
+        let (text, _) = message(&failed, "https://ci.example").unwrap();
+        assert!(!text.contains("<script>") && !text.contains("<b>repo</b>"), "{text}");
+        assert!(text.contains("&lt;b&gt;repo&lt;/b&gt;"), "{text}");
+        assert!(text.contains("<code>feature/&lt;x&gt;</code>"), "{text}");
+        assert!(
+            text.contains("<a href=\"https://github.com/acme/widget/commit/0123456789abcdef\">0123456</a>"),
+            "{text}"
+        );
+        assert!(text.contains("• <code>pytest &lt;script&gt;alert(1)&lt;/script&gt;</code> (3 of 10 tests failed)"), "{text}");
+        assert!(text.contains("<i>exit 1 &amp; more</i>"), "{text}");
+    }
+
+    #[test]
+    fn chats_are_ids_or_channels() {
+        assert!(matches!(recipient("-1001234"), Ok(Recipient::Id(ChatId(-1001234)))));
+        assert!(matches!(recipient("@zeroci"), Ok(Recipient::ChannelUsername(_))));
+        assert!(recipient("zeroci").unwrap_err().contains("chat_id"));
+    }
+}

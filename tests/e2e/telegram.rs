@@ -1,0 +1,139 @@
+//! Telegram messages through the real teloxide client against a stand-in Bot API on localhost: the
+//! message and its Result button for a finished job, flood control (429 `retry_after`) waited out,
+//! and a refused chat counted as a notification failure without touching the job.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header::CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use crate::harness::{Repo, Settings, TestEnv, pipeline};
+
+const TOKEN: &str = "123456:test-token";
+
+/// The Bot API's `sendMessage`: the first call answers 429 (retry after 1 s), later ones accept,
+/// except for chat `-404`, which does not exist.
+#[derive(Clone, Default)]
+struct FakeBotApi {
+    sent: Arc<Mutex<Vec<Value>>>,
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, [(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn send_message(
+    State(fake): State<FakeBotApi>,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // `<api_url>bot<token>/<method>`, the token's colon possibly escaped.
+    let path = uri.path().replace("%3A", ":");
+    if path != format!("/bot{TOKEN}/SendMessage") && path != format!("/bot{TOKEN}/sendMessage") {
+        eprintln!("fake Bot API: unexpected {path}");
+        return reply(StatusCode::NOT_FOUND, json!({"ok": false, "error_code": 404, "description": "Not Found"}));
+    }
+    let mut sent = fake.sent.lock().unwrap();
+    sent.push(request.clone());
+    if sent.len() == 1 {
+        return reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
+        );
+    }
+    if request["chat_id"] == json!(-404) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
+        );
+    }
+    reply(
+        StatusCode::OK,
+        json!({"ok": true, "result": {
+            "message_id": sent.len(),
+            "date": 1_700_000_000,
+            "chat": {"id": request["chat_id"], "type": "supergroup", "title": "ci"},
+            "text": request["text"],
+        }}),
+    )
+}
+
+fn start_fake() -> (FakeBotApi, String, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = FakeBotApi::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let app = axum::Router::new()
+        .fallback(post(send_message))
+        .with_state(fake.clone());
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    (fake, format!("http://{addr}/"), runtime)
+}
+
+fn settings(api_url: &str, chat: &str) -> Settings {
+    Settings {
+        extra: format!("[telegram]\ntoken = \"{TOKEN}\"\nchat_id = \"{chat}\"\napi_url = \"{api_url}\"\n"),
+        ..Settings::default()
+    }
+}
+
+fn notification_failures(env: &TestEnv) -> u64 {
+    let (_, body) = env.http_get("/metrics");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("zeroci_notification_failures_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the failures counter")
+}
+
+#[test]
+fn a_finished_job_is_announced_with_a_result_button_after_waiting_out_flood_control() {
+    let (fake, api_url, _runtime) = start_fake();
+    let env = TestEnv::start_with(settings(&api_url, "-1001234"));
+    let repo = Repo::new(&env, "announced", &[("zeroCI.yaml", &pipeline(&["false"]))]);
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "failure");
+    let sent = zeroci_testkit::wait_for("the message after the 429", || {
+        let sent = fake.sent.lock().unwrap();
+        (sent.len() == 2).then(|| sent.clone())
+    });
+    assert_eq!(sent[0], sent[1], "the same message again after the wait");
+    let message = &sent[1];
+    assert_eq!(message["chat_id"], json!(-1001234));
+    assert_eq!(message["parse_mode"], "HTML");
+    let text = message["text"].as_str().unwrap();
+    assert!(text.starts_with("❌ <b>failed</b>"), "{text}");
+    assert!(text.contains("<b>announced</b>") && text.contains("• <code>false</code>"), "{text}");
+    let button = &message["reply_markup"]["inline_keyboard"][0][0];
+    assert_eq!(button["text"], "Result");
+    assert!(button["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}")), "{button}");
+    assert_eq!(notification_failures(&env), 0);
+}
+
+#[test]
+fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
+    let (fake, api_url, _runtime) = start_fake();
+    let env = TestEnv::start_with(settings(&api_url, "-404"));
+    let repo = Repo::new(&env, "unheard", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    zeroci_testkit::wait_for("the refusal counted", || {
+        (notification_failures(&env) == 1).then_some(())
+    });
+    assert_eq!(fake.sent.lock().unwrap().len(), 2, "refused for good: not retried");
+    assert!(
+        env.controller_log_text().contains("the chat was not found"),
+        "the log says what is wrong"
+    );
+}
