@@ -46,6 +46,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Send a test message through every configured notifier and say what is wrong with each that
+    /// fails (a bad token, an unknown chat, a bot not in the group). Exit code 1 when one fails.
+    CheckNotify,
     /// Build, list and remove the images `vm` machines boot from.
     Image {
         #[command(subcommand)]
@@ -144,6 +147,30 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(Command::Image { action }) = args.command {
         return image_command(&config, action);
+    }
+    if let Some(Command::CheckNotify) = args.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let results = runtime.block_on(zeroci_controller::notify::check(&config));
+        if results.is_empty() {
+            println!("no notifier is configured ([telegram])");
+        }
+        let mut failed = false;
+        for (name, result) in results {
+            match result {
+                Ok(()) => println!("{name}: ok, test message sent"),
+                Err(problem) => {
+                    failed = true;
+                    println!("{name}: FAILED: {problem}");
+                }
+            }
+        }
+        return Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     if args.grpc_listen.is_some() || args.http_listen.is_some() {
         if let Some(listen) = args.grpc_listen {

@@ -137,3 +137,45 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
         "the log says what is wrong"
     );
 }
+
+#[test]
+fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
+    let (fake, api_url, _runtime) = start_fake();
+    let env = TestEnv::start_with(settings(&api_url, "-1001234"));
+    let config = env.home().join("config.toml");
+    let check = || {
+        std::process::Command::new(crate::harness::bin("zeroci-controller"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check-notify")
+            .output()
+            .unwrap()
+    };
+    // The first call meets flood control, waited out.
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("telegram: ok, test message sent"), "{stdout}");
+    assert!(
+        fake.sent.lock().unwrap()[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("ZeroCI can write here"),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("chat_id = \"-1001234\"", "chat_id = \"-404\"");
+    std::fs::write(&config, text).unwrap();
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("telegram: FAILED: the chat was not found"), "{stdout}");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(TOKEN, "654321:wrong");
+    std::fs::write(&config, text).unwrap();
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("the bot token is not valid"), "{stdout}");
+}

@@ -30,6 +30,26 @@ pub trait Notifier: Send + Sync + 'static {
     async fn job_changed(&self, job: &JobRecord, domain: &str) -> Result<(), String>;
 }
 
+/// `zeroci-controller check-notify`: a test message through every notifier that can send one, with
+/// each one's outcome (the exact problem when it fails).
+pub async fn check(config: &crate::config::Config) -> Vec<(&'static str, Result<(), String>)> {
+    let mut results = Vec::new();
+    if let Some(settings) = &config.telegram {
+        let outcome = match telegram::Telegram::new(settings) {
+            Ok(bot) => {
+                let text = format!(
+                    "✅ ZeroCI can write here: results of {} will come to this chat.",
+                    telegram::escape(&config.main.domain)
+                );
+                bot.send(&text, &[]).await
+            }
+            Err(problem) => Err(problem),
+        };
+        results.push(("telegram", outcome));
+    }
+    results
+}
+
 /// Changes waiting per notifier; beyond this, new ones are dropped with a warning.
 const QUEUE_PER_NOTIFIER: usize = 1024;
 

@@ -118,7 +118,7 @@ fn recipient(chat_id: &str) -> Result<Recipient, String> {
 }
 
 /// Text for Telegram's HTML parse mode: `&`, `<`, `>` and `"` escaped.
-fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
