@@ -147,6 +147,11 @@ pub async fn serve(
             .map_err(crate::error::ControllerError::FailedPrecondition)?;
         notifiers.push(Arc::new(telegram));
     }
+    if let Some(webhook) = &config.webhook {
+        let webhook = crate::notify::webhook::JsonWebhook::new(webhook)
+            .map_err(crate::error::ControllerError::FailedPrecondition)?;
+        notifiers.push(Arc::new(webhook));
+    }
     let notifications =
         Notifications::start(notifiers, config.main.domain.clone(), NOTIFY_CALL_LIMIT);
     let engine = Engine::new(EngineParts {

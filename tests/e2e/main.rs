@@ -9,6 +9,7 @@ mod harness;
 mod isolation;
 mod jobs;
 mod lifecycle;
+mod notify_webhook;
 mod pipelines;
 mod production;
 mod restart;

@@ -53,6 +53,9 @@ pub struct Config {
     /// `[telegram]`: a message for every finished job.
     #[serde(default)]
     pub telegram: Option<TelegramConfig>,
+    /// `[webhook]`: every job change POSTed as JSON.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
     /// Ceilings no job can raise.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -142,6 +145,26 @@ impl std::fmt::Debug for GitHubConfig {
             .field("oauth_client_id", &self.oauth_client_id)
             .field("oauth_client_secret", &redacted(&self.oauth_client_secret))
             .finish_non_exhaustive()
+    }
+}
+
+/// `[webhook]`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where every job change is POSTed as JSON.
+    pub url: String,
+    /// Signs each delivery (`X-ZeroCI-Signature-256: sha256=<HMAC-SHA256 of the body>`).
+    pub secret: Option<String>,
+}
+
+// Hand-written: the secret is a credential (and a URL may carry one too).
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &crate::store::mongo::redact_uri(&self.url))
+            .field("secret", &redacted(&self.secret))
+            .finish()
     }
 }
 
@@ -691,6 +714,7 @@ impl Config {
             repos: BTreeMap::new(),
             github: None,
             telegram: None,
+            webhook: None,
             limits: LimitsConfig::default(),
             web: WebConfig::default(),
             file: None,

@@ -7,6 +7,7 @@
 
 pub mod github_status;
 pub mod telegram;
+pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
