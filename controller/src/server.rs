@@ -142,9 +142,10 @@ pub async fn serve(
     {
         notifiers.push(Arc::new(crate::notify::GitHubStatuses { api: api.clone() }));
     }
-    if let Some(telegram) = &config.telegram {
-        let telegram = crate::notify::telegram::Telegram::new(telegram)
-            .map_err(crate::error::ControllerError::FailedPrecondition)?;
+    if config.telegram.is_some() {
+        let telegram =
+            crate::notify::telegram::Telegram::for_jobs(config.clone(), stores.jobs.clone())
+                .map_err(crate::error::ControllerError::FailedPrecondition)?;
         notifiers.push(Arc::new(telegram));
     }
     if let Some(webhook) = &config.webhook {

@@ -179,3 +179,46 @@ fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("the bot token is not valid"), "{stdout}");
 }
+
+#[test]
+fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_branches() {
+    let (fake, api_url, _runtime) = start_fake();
+    let mut env = TestEnv::start_with(settings(&api_url, "-1001234"));
+    let repo = Repo::new(&env, "quiet", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    // Settings for this repository, by its path (known once it exists): the controller restarts.
+    let config = env.home().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[repos.\"local:{}\".telegram]\nnotify = \"failures-and-recoveries\"\nchat_id = \"-555\"\nmute_branches = [\"wip/*\"]\n",
+        repo.path.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let addr = env.grpc_addr.clone();
+    env.kill_controller();
+    env.start_controller(&addr);
+    let outcomes = [("true", "success"), ("false", "failure"), ("true", "success"), ("true", "success")];
+    for (i, (command, status)) in outcomes.iter().enumerate() {
+        let counter = i.to_string();
+        repo.commit(
+            &[("zeroCI.yaml", &pipeline(&[command])), ("counter", &counter)],
+            &format!("change {i}"),
+        );
+        let id = env.submit(&repo.path);
+        assert_eq!(env.wait_job(id)["status"], *status);
+    }
+    // A muted branch's failure says nothing either.
+    zeroci_testkit::git(&repo.path, &["checkout", "-q", "-b", "wip/try"]);
+    repo.commit(&[("zeroCI.yaml", &pipeline(&["false"]))], "wip");
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "failure");
+    // The two messages (after the first attempt's 429): the failure and the recovery, to -555.
+    let sent = zeroci_testkit::wait_for("two messages", || {
+        let sent = fake.sent.lock().unwrap();
+        (sent.len() >= 3).then(|| sent[1..].to_vec())
+    });
+    let texts: Vec<&str> = sent.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts[0].starts_with("❌ <b>failed</b> · job #2"), "{texts:?}");
+    assert!(texts[1].starts_with("✅ <b>passed</b> · job #3"), "{texts:?}");
+    assert!(sent.iter().all(|m| m["chat_id"] == serde_json::json!(-555)), "{sent:?}");
+}

@@ -113,6 +113,54 @@ pub struct RepoConfig {
     /// set replaces `[limits]`'s for its jobs, larger or smaller.
     #[serde(default)]
     pub machine: zeroci::resources::Resources,
+    /// `[repos."x".telegram]`: which results of this repository reach Telegram, and where.
+    #[serde(default)]
+    pub telegram: RepoTelegram,
+}
+
+/// `[repos."x".telegram]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoTelegram {
+    /// Which results are sent (default all).
+    #[serde(default)]
+    pub notify: NotifyOn,
+    /// Another chat for this repository's results.
+    pub chat_id: Option<String>,
+    /// Branches whose results are not sent: names, `*` matching any run of characters
+    /// (`dependabot/*`).
+    #[serde(default)]
+    pub mute_branches: Vec<String>,
+}
+
+/// Which results a repository sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyOn {
+    /// Every finished job.
+    #[default]
+    All,
+    /// Jobs that did not pass (failed, errored, cancelled).
+    Failures,
+    /// Jobs that did not pass, and the first pass after those of the same branch.
+    FailuresAndRecoveries,
+    /// Nothing.
+    None,
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob_matches(rest, &tail[i..]))
+        }
+    }
 }
 
 /// What a log line may show of a secret: whether it is set.
@@ -129,6 +177,7 @@ impl std::fmt::Debug for RepoConfig {
             .field("mask_base64", &self.mask_base64)
             .field("coalesce", &self.coalesce)
             .field("machine", &self.machine)
+            .field("telegram", &self.telegram)
             .finish()
     }
 }
@@ -843,6 +892,16 @@ mod tests {
         assert_eq!(config.controller_id(), "ci-1");
         let shown = format!("{:?} {:?}", config.db, config.queue);
         assert!(!shown.contains("change-me"), "passwords never printed: {shown}");
+    }
+
+    #[test]
+    fn branch_patterns_match_with_stars() {
+        assert!(glob_matches("wip/*", "wip/try"));
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("release-*-rc", "release-1.2-rc"));
+        assert!(!glob_matches("wip/*", "main"));
+        assert!(!glob_matches("main", "main2"));
+        assert!(glob_matches("dépendances/*", "dépendances/x"));
     }
 
     #[test]

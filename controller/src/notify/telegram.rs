@@ -17,9 +17,12 @@ use teloxide::prelude::*;
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup, ParseMode, Recipient};
 use teloxide::{ApiError, RequestError};
 
+use std::sync::Arc;
+
 use super::Notifier;
-use crate::config::TelegramConfig;
+use crate::config::{Config, NotifyOn, TelegramConfig, glob_matches};
 use crate::jobs::{JobRecord, JobStatus, StepStatus, job_url};
+use crate::store::{JobFilter, JobStore};
 
 /// Sends after a network failure, the first included.
 const ATTEMPTS: u32 = 4;
@@ -29,9 +32,28 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
 pub struct Telegram {
     bot: Bot,
     chat: Recipient,
+    /// Per-repository settings (`[repos."x".telegram]`) and the store to tell a recovery, when the
+    /// notifier serves jobs; `None` for `check-notify`.
+    routing: Option<(Arc<Config>, Arc<dyn JobStore>)>,
 }
 
 impl Telegram {
+    /// The notifier of a running controller: `[telegram]` plus each repository's settings.
+    pub fn for_jobs(config: Arc<Config>, jobs: Arc<dyn JobStore>) -> Result<Telegram, String> {
+        let settings = config
+            .telegram
+            .as_ref()
+            .ok_or_else(|| "[telegram] is not configured".to_string())?;
+        let mut telegram = Telegram::new(settings)?;
+        for (name, repo) in &config.repos {
+            if let Some(chat) = &repo.telegram.chat_id {
+                recipient(chat).map_err(|e| format!("[repos.{name:?}.telegram] {e}"))?;
+            }
+        }
+        telegram.routing = Some((config, jobs));
+        Ok(telegram)
+    }
+
     pub fn new(config: &TelegramConfig) -> Result<Telegram, String> {
         let mut bot = Bot::new(&config.token);
         if let Some(api_url) = &config.api_url {
@@ -42,11 +64,55 @@ impl Telegram {
         Ok(Telegram {
             bot,
             chat: recipient(&config.chat_id)?,
+            routing: None,
         })
     }
 
-    /// Sends one message with its buttons: flood control waited out, network failures retried.
+    /// Where this job's result goes, if anywhere: its repository's chat (or the default one), unless
+    /// its branch is muted or its outcome is not one the repository wants.
+    async fn destination(&self, job: &JobRecord) -> Result<Option<Recipient>, String> {
+        let Some((config, jobs)) = &self.routing else {
+            return Ok(Some(self.chat.clone()));
+        };
+        let Some(repo) = config.repo(&job.repo, &job.repo_url) else {
+            return Ok(Some(self.chat.clone()));
+        };
+        let settings = &repo.telegram;
+        if settings
+            .mute_branches
+            .iter()
+            .any(|pattern| glob_matches(pattern, &job.ref_name))
+        {
+            return Ok(None);
+        }
+        let passed = job.status == JobStatus::Success;
+        let wanted = match settings.notify {
+            NotifyOn::All => true,
+            NotifyOn::None => false,
+            NotifyOn::Failures => !passed,
+            NotifyOn::FailuresAndRecoveries => !passed || previous_failed(jobs.as_ref(), job).await?,
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        match &settings.chat_id {
+            Some(chat) => recipient(chat).map(Some),
+            None => Ok(Some(self.chat.clone())),
+        }
+    }
+
+    /// Sends one message with its buttons to the default chat.
     pub async fn send(&self, text: &str, buttons: &[(String, String)]) -> Result<(), String> {
+        self.send_to(&self.chat, text, buttons).await
+    }
+
+    /// Sends one message with its buttons: flood control waited out, network failures retried.
+    async fn send_to(
+        &self,
+        chat: &Recipient,
+        text: &str,
+        buttons: &[(String, String)],
+    ) -> Result<(), String> {
         let row: Vec<InlineKeyboardButton> = buttons
             .iter()
             .filter_map(|(label, url)| {
@@ -60,7 +126,7 @@ impl Telegram {
         loop {
             let mut request = self
                 .bot
-                .send_message(self.chat.clone(), text)
+                .send_message(chat.clone(), text)
                 .parse_mode(ParseMode::Html);
             if !row.is_empty() {
                 request = request.reply_markup(InlineKeyboardMarkup::new([row.clone()]));
@@ -81,6 +147,24 @@ impl Telegram {
             }
         }
     }
+}
+
+/// Whether the branch's previous finished job did not pass (this one passing is then a recovery).
+async fn previous_failed(jobs: &dyn JobStore, job: &JobRecord) -> Result<bool, String> {
+    let earlier = jobs
+        .list(&JobFilter {
+            repo: Some(job.repo.clone()),
+            branch: Some(job.ref_name.clone()),
+            before: Some(job.id),
+            limit: 20,
+            ..JobFilter::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(earlier
+        .iter()
+        .find(|j| j.status.is_final())
+        .is_some_and(|j| j.status != JobStatus::Success))
 }
 
 /// What to tell an operator about a refusal: the problem in words, then Telegram's own.
@@ -188,7 +272,10 @@ impl Notifier for Telegram {
         let Some((text, buttons)) = message(job, domain) else {
             return Ok(()); // only results are news
         };
-        self.send(&text, &buttons).await
+        match self.destination(job).await? {
+            Some(chat) => self.send_to(&chat, &text, &buttons).await,
+            None => Ok(()),
+        }
     }
 }
 
