@@ -144,7 +144,7 @@ pub async fn serve(
     }
     if config.telegram.is_some() {
         let telegram =
-            crate::notify::telegram::Telegram::for_jobs(config.clone(), stores.jobs.clone())
+            crate::notify::telegram::Telegram::for_jobs(config.clone(), stores.clone())
                 .map_err(crate::error::ControllerError::FailedPrecondition)?;
         notifiers.push(Arc::new(telegram));
     }

@@ -101,7 +101,14 @@ fn notification_failures(env: &TestEnv) -> u64 {
 fn a_finished_job_is_announced_with_a_result_button_after_waiting_out_flood_control() {
     let (fake, api_url, _runtime) = start_fake();
     let env = TestEnv::start_with(settings(&api_url, "-1001234"));
-    let repo = Repo::new(&env, "announced", &[("zeroCI.yaml", &pipeline(&["false"]))]);
+    let yaml = r#"bin_path: out/app.bin
+script:
+  - name: tests
+    cmd: printf '<testsuite name="s"><testcase classname="c" name="&lt;bad&gt;"><failure message="expected 1 &amp; got 2">trace</failure></testcase><testcase classname="c" name="fine"/></testsuite>' > "$ZEROCI_TEST_XML"
+  - mkdir -p out && echo bin > out/app.bin
+  - "false"
+"#;
+    let repo = Repo::new(&env, "announced", &[("zeroCI.yaml", yaml)]);
     let id = env.submit(&repo.path);
     assert_eq!(env.wait_job(id)["status"], "failure");
     let sent = zeroci_testkit::wait_for("the message after the 429", || {
@@ -115,9 +122,18 @@ fn a_finished_job_is_announced_with_a_result_button_after_waiting_out_flood_cont
     let text = message["text"].as_str().unwrap();
     assert!(text.starts_with("❌ <b>failed</b>"), "{text}");
     assert!(text.contains("<b>announced</b>") && text.contains("• <code>false</code>"), "{text}");
-    let button = &message["reply_markup"]["inline_keyboard"][0][0];
-    assert_eq!(button["text"], "Result");
-    assert!(button["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}")), "{button}");
+    assert!(
+        text.contains("failed tests:\n• <code>c.&lt;bad&gt;</code>: expected 1 &amp; got 2"),
+        "{text}"
+    );
+    let buttons = &message["reply_markup"]["inline_keyboard"][0];
+    assert_eq!(buttons[0]["text"], "Result");
+    assert!(buttons[0]["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}")), "{buttons}");
+    assert_eq!(buttons[1]["text"], "Artifact");
+    assert!(
+        buttons[1]["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}/artifacts/out/app.bin")),
+        "{buttons}"
+    );
     assert_eq!(notification_failures(&env), 0);
 }
 

@@ -12,7 +12,7 @@ use zeroci::pb;
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobId, JobRecord};
-use crate::store::{EventKind, LogCursor, Payloads, ReportNote};
+use crate::store::{EventKind, LogCursor, LogStore, Payloads, ReportNote, ReportStore};
 
 /// The parsed test reports of a job's steps (or of one step), in step order.
 pub async fn test_reports(
@@ -21,10 +21,19 @@ pub async fn test_reports(
     step: Option<u32>,
 ) -> Result<Vec<pb::StepTestReport>, ControllerError> {
     let record = engine.job(id).await?;
+    reports_of(engine.logs.as_ref(), engine.reports.as_ref(), &record, step).await
+}
+
+/// [`test_reports`] of a record already read, from the stores themselves (for notifiers).
+pub async fn reports_of(
+    logs: &dyn LogStore,
+    reports: &dyn ReportStore,
+    record: &JobRecord,
+    step: Option<u32>,
+) -> Result<Vec<pb::StepTestReport>, ControllerError> {
+    let id = record.id;
     let mut notes: Vec<(u32, LogCursor, ReportNote)> = Vec::new();
-    let mut events = engine
-        .logs
-        .read(id, LogCursor::START, Payloads::WithoutOutput);
+    let mut events = logs.read(id, LogCursor::START, Payloads::WithoutOutput);
     while let Some(event) = events.next().await {
         let event = event?;
         if event.kind == EventKind::TestReport
@@ -58,7 +67,7 @@ pub async fn test_reports(
             entry.error = format!("{} is too large to keep", note.source);
             continue;
         }
-        let Some(xml) = engine.reports.report(id, at).await? else {
+        let Some(xml) = reports.report(id, at).await? else {
             entry.error = format!("{} was not kept", note.source);
             continue;
         };

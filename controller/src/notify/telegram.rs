@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use teloxide::prelude::*;
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup, ParseMode, Recipient};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use teloxide::{ApiError, RequestError};
 
 use std::sync::Arc;
@@ -22,7 +23,14 @@ use std::sync::Arc;
 use super::Notifier;
 use crate::config::{Config, NotifyOn, TelegramConfig, glob_matches};
 use crate::jobs::{JobRecord, JobStatus, StepStatus, job_url};
-use crate::store::{JobFilter, JobStore};
+use crate::store::{JobFilter, JobStore, Stores};
+
+/// What a path segment of an artifact's link keeps as is: the unreserved marks.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Sends after a network failure, the first included.
 const ATTEMPTS: u32 = 4;
@@ -34,12 +42,12 @@ pub struct Telegram {
     chat: Recipient,
     /// Per-repository settings (`[repos."x".telegram]`) and the store to tell a recovery, when the
     /// notifier serves jobs; `None` for `check-notify`.
-    routing: Option<(Arc<Config>, Arc<dyn JobStore>)>,
+    routing: Option<(Arc<Config>, Stores)>,
 }
 
 impl Telegram {
     /// The notifier of a running controller: `[telegram]` plus each repository's settings.
-    pub fn for_jobs(config: Arc<Config>, jobs: Arc<dyn JobStore>) -> Result<Telegram, String> {
+    pub fn for_jobs(config: Arc<Config>, stores: Stores) -> Result<Telegram, String> {
         let settings = config
             .telegram
             .as_ref()
@@ -50,7 +58,7 @@ impl Telegram {
                 recipient(chat).map_err(|e| format!("[repos.{name:?}.telegram] {e}"))?;
             }
         }
-        telegram.routing = Some((config, jobs));
+        telegram.routing = Some((config, stores));
         Ok(telegram)
     }
 
@@ -71,7 +79,7 @@ impl Telegram {
     /// Where this job's result goes, if anywhere: its repository's chat (or the default one), unless
     /// its branch is muted or its outcome is not one the repository wants.
     async fn destination(&self, job: &JobRecord) -> Result<Option<Recipient>, String> {
-        let Some((config, jobs)) = &self.routing else {
+        let Some((config, stores)) = &self.routing else {
             return Ok(Some(self.chat.clone()));
         };
         let Some(repo) = config.repo(&job.repo, &job.repo_url) else {
@@ -90,7 +98,9 @@ impl Telegram {
             NotifyOn::All => true,
             NotifyOn::None => false,
             NotifyOn::Failures => !passed,
-            NotifyOn::FailuresAndRecoveries => !passed || previous_failed(jobs.as_ref(), job).await?,
+            NotifyOn::FailuresAndRecoveries => {
+                !passed || previous_failed(stores.jobs.as_ref(), job).await?
+            }
         };
         if !wanted {
             return Ok(None);
@@ -147,6 +157,38 @@ impl Telegram {
             }
         }
     }
+}
+
+/// How many failed test cases a message names.
+const FAILED_TESTS_SHOWN: usize = 5;
+
+/// `\nfailed tests:\n• <code>class.name</code>: message` for the first failed or errored cases.
+fn failed_tests(reports: &[zeroci::pb::StepTestReport]) -> String {
+    let failed: Vec<&zeroci::pb::TestCase> = reports
+        .iter()
+        .flat_map(|r| &r.cases)
+        .filter(|c| c.status == "failed" || c.status == "error")
+        .collect();
+    if failed.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\nfailed tests:");
+    for case in failed.iter().take(FAILED_TESTS_SHOWN) {
+        let name = if case.classname.is_empty() {
+            case.name.clone()
+        } else {
+            format!("{}.{}", case.classname, case.name)
+        };
+        let message: String = case.message.chars().take(200).collect();
+        text.push_str(&format!("\n• <code>{}</code>", escape(&name)));
+        if !message.is_empty() {
+            text.push_str(&format!(": {}", escape(&message)));
+        }
+    }
+    if failed.len() > FAILED_TESTS_SHOWN {
+        text.push_str(&format!("\n… and {} more", failed.len() - FAILED_TESTS_SHOWN));
+    }
+    text
 }
 
 /// Whether the branch's previous finished job did not pass (this one passing is then a recovery).
@@ -258,7 +300,19 @@ pub fn message(job: &JobRecord, domain: &str) -> Option<(String, Vec<(String, St
     if !job.reason.is_empty() {
         lines.push(format!("<i>{}</i>", escape(&job.reason)));
     }
-    let buttons = vec![("Result".to_string(), job_url(domain, job.id))];
+    let mut buttons = vec![("Result".to_string(), job_url(domain, job.id))];
+    if let Some(artifact) = job.artifacts.iter().rev().find(|a| a.error.is_empty()) {
+        let path: String = artifact
+            .name
+            .split('/')
+            .map(|part| utf8_percent_encode(part, SEGMENT).to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        buttons.push((
+            "Artifact".to_string(),
+            format!("{}/artifacts/{path}", job_url(domain, job.id)),
+        ));
+    }
     Some((lines.join("\n"), buttons))
 }
 
@@ -269,13 +323,28 @@ impl Notifier for Telegram {
     }
 
     async fn job_changed(&self, job: &JobRecord, domain: &str) -> Result<(), String> {
-        let Some((text, buttons)) = message(job, domain) else {
+        let Some((mut text, buttons)) = message(job, domain) else {
             return Ok(()); // only results are news
         };
-        match self.destination(job).await? {
-            Some(chat) => self.send_to(&chat, &text, &buttons).await,
-            None => Ok(()),
+        let Some(chat) = self.destination(job).await? else {
+            return Ok(());
+        };
+        if let Some((_, stores)) = &self.routing
+            && job.status == JobStatus::Failure
+        {
+            // The first failed tests, when the steps sent reports (a report that cannot be read
+            // only costs the message its list).
+            let reports = crate::engine::reports::reports_of(
+                stores.logs.as_ref(),
+                stores.reports.as_ref(),
+                job,
+                None,
+            )
+            .await
+            .unwrap_or_default();
+            text.push_str(&failed_tests(&reports));
         }
+        self.send_to(&chat, &text, &buttons).await
     }
 }
 
