@@ -14,8 +14,8 @@ use crate::harness::{Repo, Settings, TestEnv, pipeline};
 
 const TOKEN: &str = "123456:test-token";
 
-/// The Bot API's `sendMessage`: the first call answers 429 (retry after 1 s), later ones accept,
-/// except for chat `-404`, which does not exist.
+/// The Bot API's `sendMessage`: the first call answers 429 (retry after 1 s), the second 500, later
+/// ones accept, except for chat `-404`, which does not exist.
 #[derive(Clone, Default)]
 struct FakeBotApi {
     sent: Arc<Mutex<Vec<Value>>>,
@@ -43,6 +43,12 @@ async fn send_message(
         return reply(
             StatusCode::TOO_MANY_REQUESTS,
             json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
+        );
+    }
+    if sent.len() == 2 {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"ok": false, "error_code": 500, "description": "Internal Server Error"}),
         );
     }
     if request["chat_id"] == json!(-404) {
@@ -111,12 +117,12 @@ script:
     let repo = Repo::new(&env, "announced", &[("zeroCI.yaml", yaml)]);
     let id = env.submit(&repo.path);
     assert_eq!(env.wait_job(id)["status"], "failure");
-    let sent = zeroci_testkit::wait_for("the message after the 429", || {
+    let sent = zeroci_testkit::wait_for("the message after the 429 and the 500", || {
         let sent = fake.sent.lock().unwrap();
-        (sent.len() == 2).then(|| sent.clone())
+        (sent.len() == 3).then(|| sent.clone())
     });
-    assert_eq!(sent[0], sent[1], "the same message again after the wait");
-    let message = &sent[1];
+    assert!(sent[0] == sent[1] && sent[1] == sent[2], "the same message each time");
+    let message = &sent[2];
     assert_eq!(message["chat_id"], json!(-1001234));
     assert_eq!(message["parse_mode"], "HTML");
     let text = message["text"].as_str().unwrap();
@@ -147,7 +153,7 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
     zeroci_testkit::wait_for("the refusal counted", || {
         (notification_failures(&env) == 1).then_some(())
     });
-    assert_eq!(fake.sent.lock().unwrap().len(), 2, "refused for good: not retried");
+    assert_eq!(fake.sent.lock().unwrap().len(), 3, "refused for good: not retried");
     assert!(
         env.controller_log_text().contains("the chat was not found"),
         "the log says what is wrong"
@@ -167,13 +173,13 @@ fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
             .output()
             .unwrap()
     };
-    // The first call meets flood control, waited out.
+    // The first call meets flood control, waited out, then a server error, retried.
     let out = check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("telegram: ok, test message sent"), "{stdout}");
     assert!(
-        fake.sent.lock().unwrap()[1]["text"]
+        fake.sent.lock().unwrap()[2]["text"]
             .as_str()
             .unwrap()
             .contains("ZeroCI can write here"),
@@ -227,10 +233,10 @@ fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_b
     repo.commit(&[("zeroCI.yaml", &pipeline(&["false"]))], "wip");
     let id = env.submit(&repo.path);
     assert_eq!(env.wait_job(id)["status"], "failure");
-    // The two messages (after the first attempt's 429): the failure and the recovery, to -555.
+    // The two messages (after the first attempt's 429 and 500): the failure and the recovery.
     let sent = zeroci_testkit::wait_for("two messages", || {
         let sent = fake.sent.lock().unwrap();
-        (sent.len() >= 3).then(|| sent[1..].to_vec())
+        (sent.len() >= 4).then(|| sent[2..].to_vec())
     });
     let texts: Vec<&str> = sent.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 2, "{texts:?}");

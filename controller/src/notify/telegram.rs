@@ -147,7 +147,7 @@ impl Telegram {
                     tracing::info!(seconds = wait.seconds(), "Telegram asks to wait");
                     tokio::time::sleep(wait.duration()).await;
                 }
-                Err(RequestError::Network(e)) if attempt < ATTEMPTS => {
+                Err(e) if attempt < ATTEMPTS && transient(&e) => {
                     tracing::info!(error = %e, attempt, "Telegram unreachable; retrying");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
@@ -207,6 +207,23 @@ async fn previous_failed(jobs: &dyn JobStore, job: &JobRecord) -> Result<bool, S
         .iter()
         .find(|j| j.status.is_final())
         .is_some_and(|j| j.status != JobStatus::Success))
+}
+
+/// Whether a failure may pass by itself: the network, Telegram's own server errors (5xx, which the
+/// Bot API reports only by their description), or an answer that is not the API's (a proxy's page).
+fn transient(error: &RequestError) -> bool {
+    match error {
+        RequestError::Network(_) | RequestError::InvalidJson { .. } => true,
+        RequestError::Api(ApiError::Unknown(description)) => [
+            "Internal Server Error",
+            "Bad Gateway",
+            "Service Unavailable",
+            "Gateway Timeout",
+        ]
+        .iter()
+        .any(|server_error| description.contains(server_error)),
+        _ => false,
+    }
 }
 
 /// What to tell an operator about a refusal: the problem in words, then Telegram's own.
