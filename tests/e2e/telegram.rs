@@ -14,11 +14,13 @@ use crate::harness::{Repo, Settings, TestEnv, pipeline};
 
 const TOKEN: &str = "123456:test-token";
 
-/// The Bot API's `sendMessage`: the first call answers 429 (retry after 1 s), the second 500, later
-/// ones accept, except for chat `-404`, which does not exist.
+/// The Bot API's `sendMessage`: the first call answers 429 (retry after 1 s), the second 500 when
+/// `server_error` is set (teloxide itself then waits 10 s), later ones accept, except for chat
+/// `-404`, which does not exist.
 #[derive(Clone, Default)]
 struct FakeBotApi {
     sent: Arc<Mutex<Vec<Value>>>,
+    server_error: bool,
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -45,10 +47,17 @@ async fn send_message(
             json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
         );
     }
-    if sent.len() == 2 {
+    if sent.len() == 2 && fake.server_error {
         return reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"ok": false, "error_code": 500, "description": "Internal Server Error"}),
+        );
+    }
+    // Chat -777 stands for real Telegram, which takes no button to a private address.
+    if request["chat_id"] == json!(-777) && request.get("reply_markup").is_some() {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"ok": false, "error_code": 400, "description": "Bad Request: BUTTON_URL_INVALID"}),
         );
     }
     if request["chat_id"] == json!(-404) {
@@ -69,12 +78,19 @@ async fn send_message(
 }
 
 fn start_fake() -> (FakeBotApi, String, tokio::runtime::Runtime) {
+    start_fake_with(false)
+}
+
+fn start_fake_with(server_error: bool) -> (FakeBotApi, String, tokio::runtime::Runtime) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let fake = FakeBotApi::default();
+    let fake = FakeBotApi {
+        server_error,
+        ..FakeBotApi::default()
+    };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -105,7 +121,7 @@ fn notification_failures(env: &TestEnv) -> u64 {
 
 #[test]
 fn a_finished_job_is_announced_with_a_result_button_after_waiting_out_flood_control() {
-    let (fake, api_url, _runtime) = start_fake();
+    let (fake, api_url, _runtime) = start_fake_with(true);
     let env = TestEnv::start_with(settings(&api_url, "-1001234"));
     let yaml = r#"bin_path: out/app.bin
 script:
@@ -153,7 +169,7 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
     zeroci_testkit::wait_for("the refusal counted", || {
         (notification_failures(&env) == 1).then_some(())
     });
-    assert_eq!(fake.sent.lock().unwrap().len(), 3, "refused for good: not retried");
+    assert_eq!(fake.sent.lock().unwrap().len(), 2, "refused for good: not retried");
     assert!(
         env.controller_log_text().contains("the chat was not found"),
         "the log says what is wrong"
@@ -173,13 +189,13 @@ fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
             .output()
             .unwrap()
     };
-    // The first call meets flood control, waited out, then a server error, retried.
+    // The first call meets flood control, waited out.
     let out = check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("telegram: ok, test message sent"), "{stdout}");
     assert!(
-        fake.sent.lock().unwrap()[2]["text"]
+        fake.sent.lock().unwrap()[1]["text"]
             .as_str()
             .unwrap()
             .contains("ZeroCI can write here"),
@@ -233,14 +249,35 @@ fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_b
     repo.commit(&[("zeroCI.yaml", &pipeline(&["false"]))], "wip");
     let id = env.submit(&repo.path);
     assert_eq!(env.wait_job(id)["status"], "failure");
-    // The two messages (after the first attempt's 429 and 500): the failure and the recovery.
+    // The two messages (after the first attempt's 429): the failure and the recovery, to -555.
     let sent = zeroci_testkit::wait_for("two messages", || {
         let sent = fake.sent.lock().unwrap();
-        (sent.len() >= 4).then(|| sent[2..].to_vec())
+        (sent.len() >= 3).then(|| sent[1..].to_vec())
     });
     let texts: Vec<&str> = sent.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(texts[0].starts_with("❌ <b>failed</b> · job #2"), "{texts:?}");
     assert!(texts[1].starts_with("✅ <b>passed</b> · job #3"), "{texts:?}");
     assert!(sent.iter().all(|m| m["chat_id"] == serde_json::json!(-555)), "{sent:?}");
+}
+
+#[test]
+fn links_telegram_takes_no_button_for_go_into_the_text() {
+    let (fake, api_url, _runtime) = start_fake();
+    let env = TestEnv::start_with(settings(&api_url, "-777"));
+    let repo = Repo::new(&env, "private", &[("zeroCI.yaml", &pipeline(&["true"]))]);
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+    let last = zeroci_testkit::wait_for("the message without buttons", || {
+        let sent = fake.sent.lock().unwrap();
+        sent.last()
+            .filter(|m| m.get("reply_markup").is_none())
+            .cloned()
+    });
+    let text = last["text"].as_str().unwrap();
+    assert!(
+        text.ends_with(&format!("/jobs/{id}\">Result</a>")),
+        "{text}"
+    );
+    assert_eq!(notification_failures(&env), 0);
 }

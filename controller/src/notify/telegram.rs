@@ -123,7 +123,7 @@ impl Telegram {
         text: &str,
         buttons: &[(String, String)],
     ) -> Result<(), String> {
-        let row: Vec<InlineKeyboardButton> = buttons
+        let mut row: Vec<InlineKeyboardButton> = buttons
             .iter()
             .filter_map(|(label, url)| {
                 reqwest::Url::parse(url)
@@ -131,18 +131,31 @@ impl Telegram {
                     .map(|url| InlineKeyboardButton::url(label.clone(), url))
             })
             .collect();
+        let mut text = text.to_string();
         let mut pause = Duration::from_millis(500);
         let mut attempt = 1;
         loop {
             let mut request = self
                 .bot
-                .send_message(chat.clone(), text)
+                .send_message(chat.clone(), &text)
                 .parse_mode(ParseMode::Html);
             if !row.is_empty() {
                 request = request.reply_markup(InlineKeyboardMarkup::new([row.clone()]));
             }
             match request.await {
                 Ok(_) => return Ok(()),
+                // Telegram takes no button to a private address (a controller at http://127.0.0.1):
+                // the links go into the text instead.
+                Err(RequestError::Api(ApiError::ButtonUrlInvalid)) if !row.is_empty() => {
+                    row.clear();
+                    for (label, url) in buttons {
+                        text.push_str(&format!(
+                            "\n<a href=\"{}\">{}</a>",
+                            escape(url),
+                            escape(label)
+                        ));
+                    }
+                }
                 Err(RequestError::RetryAfter(wait)) if wait.duration() <= MAX_RETRY_AFTER => {
                     tracing::info!(seconds = wait.seconds(), "Telegram asks to wait");
                     tokio::time::sleep(wait.duration()).await;
