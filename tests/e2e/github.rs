@@ -9,7 +9,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
-use crate::harness::{Repo, Settings, TestEnv};
+use crate::harness::{Repo, Settings, StandIn, TestEnv};
 
 const SECRET: &str = "webhook-s3cret";
 
@@ -18,7 +18,7 @@ struct FakeGitHub {
     addr: String,
     statuses: Arc<Mutex<Vec<(String, Value)>>>,
     repo: Arc<Mutex<std::path::PathBuf>>,
-    _runtime: tokio::runtime::Runtime,
+    _server: StandIn,
 }
 
 #[derive(Clone)]
@@ -29,21 +29,12 @@ struct Shared {
 
 impl FakeGitHub {
     fn start() -> FakeGitHub {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let repo = Arc::new(Mutex::new(std::path::PathBuf::new()));
         let shared = Shared {
             repo: repo.clone(),
             statuses: statuses.clone(),
         };
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let app = axum::Router::new()
             .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
             .route("/repos/{owner}/{repo}/statuses/{sha}", post(status))
@@ -51,12 +42,12 @@ impl FakeGitHub {
             // Git's "dumb HTTP" protocol: plain files of the repository, so the agent can clone.
             .route("/acme/widget.git/{*path}", get(git_file))
             .with_state(shared);
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let server = StandIn::serve(app);
         FakeGitHub {
-            addr,
+            addr: server.addr.clone(),
             statuses,
             repo,
-            _runtime: runtime,
+            _server: server,
         }
     }
 

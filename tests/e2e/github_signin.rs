@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::harness::{Repo, Settings, TestEnv, pipeline};
+use crate::harness::{Repo, Settings, StandIn, TestEnv, pipeline};
 
 const CLIENT_ID: &str = "Iv1.app-id";
 const CLIENT_SECRET: &str = "app-secret-123";
@@ -21,30 +21,21 @@ const CLIENT_SECRET: &str = "app-secret-123";
 struct FakeOAuth {
     addr: String,
     accepts: Arc<Mutex<Vec<String>>>,
-    _runtime: tokio::runtime::Runtime,
+    _server: StandIn,
 }
 
 impl FakeOAuth {
     fn start() -> FakeOAuth {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let accepts = Arc::new(Mutex::new(Vec::new()));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let app = axum::Router::new()
             .route("/login/oauth/access_token", post(token))
             .route("/user", get(user))
             .with_state(accepts.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let server = StandIn::serve(app);
         FakeOAuth {
-            addr,
+            addr: server.addr.clone(),
             accepts,
-            _runtime: runtime,
+            _server: server,
         }
     }
 }

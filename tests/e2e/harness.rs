@@ -530,6 +530,33 @@ impl TestEnv {
     }
 }
 
+/// A stand-in for an outside service (GitHub, Telegram's Bot API, a webhook receiver): `app` served
+/// on a loopback port of its own, on a runtime of its own, until dropped.
+pub struct StandIn {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StandIn {
+    pub fn serve(app: axum::Router) -> StandIn {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        StandIn {
+            addr,
+            _runtime: runtime,
+        }
+    }
+}
+
 /// Starts `zeroci-controller --config CONFIG` on `listen` (its log appended to `log`) and waits for its
 /// readiness line; returns it with its gRPC and HTTP addresses.
 pub fn spawn_controller(config: &Path, listen: &str, log: &Path) -> (Proc, String, String) {

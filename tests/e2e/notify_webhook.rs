@@ -10,7 +10,7 @@ use axum::routing::post;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 
-use crate::harness::{Repo, Settings, TestEnv, pipeline};
+use crate::harness::{Repo, Settings, StandIn, TestEnv, pipeline};
 
 const SECRET: &str = "webhook-notify-secret";
 
@@ -53,20 +53,12 @@ async fn receive(
 
 #[test]
 fn every_change_of_a_job_arrives_signed_and_in_order() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let received: Received = Arc::default();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new()
         .route("/hook", post(receive))
         .with_state((received.clone(), Arc::new(Mutex::new(0))));
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    let receiver = StandIn::serve(app);
+    let addr = &receiver.addr;
     let env = TestEnv::start_with(Settings {
         extra: format!("[webhook]\nurl = \"http://{addr}/hook\"\nsecret = \"{SECRET}\"\n"),
         ..Settings::default()

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::harness::{Repo, Settings, TestEnv, pipeline};
+use crate::harness::{Repo, Settings, StandIn, TestEnv, pipeline};
 
 const TOKEN: &str = "123456:test-token";
 
@@ -77,29 +77,21 @@ async fn send_message(
     )
 }
 
-fn start_fake() -> (FakeBotApi, String, tokio::runtime::Runtime) {
+fn start_fake() -> (FakeBotApi, String, StandIn) {
     start_fake_with(false)
 }
 
-fn start_fake_with(server_error: bool) -> (FakeBotApi, String, tokio::runtime::Runtime) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+fn start_fake_with(server_error: bool) -> (FakeBotApi, String, StandIn) {
     let fake = FakeBotApi {
         server_error,
         ..FakeBotApi::default()
     };
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let app = axum::Router::new()
         .fallback(post(send_message))
         .with_state(fake.clone());
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    (fake, format!("http://{addr}/"), runtime)
+    let server = StandIn::serve(app);
+    let url = format!("http://{}/", server.addr);
+    (fake, url, server)
 }
 
 fn settings(api_url: &str, chat: &str) -> Settings {
@@ -121,7 +113,7 @@ fn notification_failures(env: &TestEnv) -> u64 {
 
 #[test]
 fn a_finished_job_is_announced_with_a_result_button_after_waiting_out_flood_control() {
-    let (fake, api_url, _runtime) = start_fake_with(true);
+    let (fake, api_url, _bot_api) = start_fake_with(true);
     let env = TestEnv::start_with(settings(&api_url, "-1001234"));
     let yaml = r#"bin_path: out/app.bin
 script:
@@ -161,7 +153,7 @@ script:
 
 #[test]
 fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
-    let (fake, api_url, _runtime) = start_fake();
+    let (fake, api_url, _bot_api) = start_fake();
     let env = TestEnv::start_with(settings(&api_url, "-404"));
     let repo = Repo::new(&env, "unheard", &[("zeroCI.yaml", &pipeline(&["true"]))]);
     let id = env.submit(&repo.path);
@@ -178,7 +170,7 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
 
 #[test]
 fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
-    let (fake, api_url, _runtime) = start_fake();
+    let (fake, api_url, _bot_api) = start_fake();
     let env = TestEnv::start_with(settings(&api_url, "-1001234"));
     let config = env.home().join("config.toml");
     let check = || {
@@ -220,7 +212,7 @@ fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
 
 #[test]
 fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_branches() {
-    let (fake, api_url, _runtime) = start_fake();
+    let (fake, api_url, _bot_api) = start_fake();
     let mut env = TestEnv::start_with(settings(&api_url, "-1001234"));
     let repo = Repo::new(&env, "quiet", &[("zeroCI.yaml", &pipeline(&["true"]))]);
     // Settings for this repository, by its path (known once it exists): the controller restarts.
@@ -263,7 +255,7 @@ fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_b
 
 #[test]
 fn links_telegram_takes_no_button_for_go_into_the_text() {
-    let (fake, api_url, _runtime) = start_fake();
+    let (fake, api_url, _bot_api) = start_fake();
     let env = TestEnv::start_with(settings(&api_url, "-777"));
     let repo = Repo::new(&env, "private", &[("zeroCI.yaml", &pipeline(&["true"]))]);
     let id = env.submit(&repo.path);
