@@ -84,6 +84,9 @@ mod tests {
         let err = connect_any(&endpoints, 0, &tls, Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(err.contains(&dead) && err.contains(&live), "both tried: {err}");
+        assert!(
+            err.contains(&dead) && err.contains(&live),
+            "both tried: {err}"
+        );
     }
 }

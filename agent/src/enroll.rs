@@ -101,7 +101,9 @@ pub async fn enroll(
                     return Err(EnrollError::BadAddress(why));
                 }
                 Ok(Err(CallError::BadAddress(why))) => refusals.push(why),
-                Ok(Err(CallError::Transient(why))) => last_error = Some(format!("{address}: {why}")),
+                Ok(Err(CallError::Transient(why))) => {
+                    last_error = Some(format!("{address}: {why}"))
+                }
                 Err(_) => last_error = Some(format!("{address}: enrollment call timed out")),
             }
         }
@@ -133,8 +135,8 @@ async fn call(
 ) -> Result<zeroci::pb::EnrollResponse, CallError> {
     let tls = zeroci::tls::client_config(&bootstrap.ca_pem, None);
     // A malformed address never gets better.
-    let endpoint = endpoint(address, tls)
-        .map_err(|e| CallError::BadAddress(format!("{address:?}: {e}")))?;
+    let endpoint =
+        endpoint(address, tls).map_err(|e| CallError::BadAddress(format!("{address:?}: {e}")))?;
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
         .await
         .map_err(|_| CallError::Transient("connecting timed out".into()))?

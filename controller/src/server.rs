@@ -143,9 +143,8 @@ pub async fn serve(
         notifiers.push(Arc::new(crate::notify::GitHubStatuses { api: api.clone() }));
     }
     if config.telegram.is_some() {
-        let telegram =
-            crate::notify::telegram::Telegram::for_jobs(config.clone(), stores.clone())
-                .map_err(crate::error::ControllerError::FailedPrecondition)?;
+        let telegram = crate::notify::telegram::Telegram::for_jobs(config.clone(), stores.clone())
+            .map_err(crate::error::ControllerError::FailedPrecondition)?;
         notifiers.push(Arc::new(telegram));
     }
     if let Some(webhook) = &config.webhook {

@@ -286,7 +286,8 @@ fn earlier_output_of_a_long_log_loads_above_and_a_line_link_finds_its_part() {
     let base = format!("http://{}", env.http_addr);
     browser.open(&format!("{base}/jobs/{id}"));
     let first_shown = || {
-        browser.script("return Number(document.querySelector('#log a.ln').dataset.n);")
+        browser
+            .script("return Number(document.querySelector('#log a.ln').dataset.n);")
             .as_u64()
             .unwrap()
     };
@@ -297,12 +298,21 @@ fn earlier_output_of_a_long_log_loads_above_and_a_line_link_finds_its_part() {
     wait_for("earlier output above the tail", || {
         (first_shown() < tail_starts_at).then_some(())
     });
-    assert_eq!(browser.script("return window.zerociMark;"), json!(1), "loaded in place");
+    assert_eq!(
+        browser.script("return window.zerociMark;"),
+        json!(1),
+        "loaded in place"
+    );
     // What was loaded ends where the tail begins: every line once, in order.
     let numbers = browser.script(
         "return Array.from(document.querySelectorAll('#log a.ln')).map(function (a) { return Number(a.dataset.n); });",
     );
-    let numbers: Vec<u64> = numbers.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = numbers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
     let expected: Vec<u64> = (numbers[0]..=30000).collect();
     assert_eq!(numbers, expected);
     browser.screenshot("job-page-earlier-output");

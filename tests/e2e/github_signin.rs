@@ -41,7 +41,12 @@ impl FakeOAuth {
 }
 
 fn json_reply(status: StatusCode, value: Value) -> Response {
-    (status, [(CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 async fn token(
@@ -50,11 +55,16 @@ async fn token(
     body: axum::body::Bytes,
 ) -> Response {
     let body: HashMap<String, String> = serde_json::from_slice(&body).unwrap_or_default();
-    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     accepts.lock().unwrap().push(accept.to_string());
     let app_ok = body.get("client_id").map(String::as_str) == Some(CLIENT_ID)
         && body.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET)
-        && body.get("redirect_uri").is_some_and(|u| u.ends_with("/login/github/callback"));
+        && body
+            .get("redirect_uri")
+            .is_some_and(|u| u.ends_with("/login/github/callback"));
     match body.get("code").and_then(|c| c.strip_prefix("code-")) {
         Some(login) if app_ok => json_reply(
             StatusCode::OK,
@@ -68,10 +78,16 @@ async fn token(
 }
 
 async fn user(headers: HeaderMap) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     match auth.strip_prefix("Bearer gho_") {
         Some(login) => json_reply(StatusCode::OK, json!({"login": login, "id": 1})),
-        None => json_reply(StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials"})),
+        None => json_reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "Bad credentials"}),
+        ),
     }
 }
 
@@ -101,8 +117,17 @@ fn start_sign_in(env: &TestEnv, next: &str) -> (String, String) {
         location.contains(&format!("client_id={}", CLIENT_ID.to_lowercase())),
         "{location}"
     );
-    assert!(location.contains("%2flogin%2fgithub%2fcallback"), "{location}");
-    let state = location.split("state=").nth(1).unwrap().split('&').next().unwrap();
+    assert!(
+        location.contains("%2flogin%2fgithub%2fcallback"),
+        "{location}"
+    );
+    let state = location
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
     let cookie = set_cookie(&head, "zeroci_github_signin").expect("the sign-in cookie");
     assert!(head.contains("samesite=lax"), "{head}");
     (state.to_string(), format!("zeroci_github_signin={cookie}"))
@@ -124,7 +149,9 @@ fn github_accounts_sign_in_with_their_role_and_everyone_else_is_refused() {
     assert_eq!(env.wait_job(id)["status"], "success");
     let (_, _, form) = env.http_get_with_head("/login?next=/jobs/1");
     assert!(
-        String::from_utf8(form).unwrap().contains("href=\"/login/github?next=%2Fjobs%2F1\">Sign in with GitHub"),
+        String::from_utf8(form)
+            .unwrap()
+            .contains("href=\"/login/github?next=%2Fjobs%2F1\">Sign in with GitHub"),
     );
 
     // An admin: back from GitHub, signed in, sent on to where they were going.
@@ -136,13 +163,23 @@ fn github_accounts_sign_in_with_their_role_and_everyone_else_is_refused() {
     );
     assert_eq!(code, 200, "{head}");
     let body = String::from_utf8(body).unwrap();
-    assert!(body.contains(&format!("content=\"0;url={next}\"")), "{body}");
+    assert!(
+        body.contains(&format!("content=\"0;url={next}\"")),
+        "{body}"
+    );
     let session = set_cookie(&head, "zeroci_session").expect("a session");
-    assert!(head.contains("zeroci_github_signin=; "), "the sign-in cookie is cleared: {head}");
-    let (code, _, page) = env.http_get_sending(&next, &[("Cookie", &format!("zeroci_session={session}"))]);
+    assert!(
+        head.contains("zeroci_github_signin=; "),
+        "the sign-in cookie is cleared: {head}"
+    );
+    let (code, _, page) =
+        env.http_get_sending(&next, &[("Cookie", &format!("zeroci_session={session}"))]);
     let page = String::from_utf8(page).unwrap();
     assert_eq!(code, 200);
-    assert!(page.contains("action=\"/jobs/1/rerun\"") && page.contains("admin"), "{page}");
+    assert!(
+        page.contains("action=\"/jobs/1/rerun\"") && page.contains("admin"),
+        "{page}"
+    );
     assert_eq!(fake.accepts.lock().unwrap()[0], "application/json");
 
     // A viewer reads and has no forms.
@@ -153,21 +190,47 @@ fn github_accounts_sign_in_with_their_role_and_everyone_else_is_refused() {
     );
     assert_eq!(code, 200, "{head}");
     let viewer = set_cookie(&head, "zeroci_session").unwrap();
-    let (_, _, page) = env.http_get_sending(&next, &[("Cookie", &format!("zeroci_session={viewer}"))]);
+    let (_, _, page) =
+        env.http_get_sending(&next, &[("Cookie", &format!("zeroci_session={viewer}"))]);
     let page = String::from_utf8(page).unwrap();
-    assert!(page.contains("viewer") && !page.contains("/rerun"), "{page}");
+    assert!(
+        page.contains("viewer") && !page.contains("/rerun"),
+        "{page}"
+    );
 
     // Refused: an account not listed, a state from another browser, no cookie, a bad code, a decline.
     let refusals = [
-        ("code-mallory", true, true, 403, "mallory may not sign in here"),
-        ("code-octocat", false, true, 403, "not started in this browser"),
-        ("code-octocat", true, false, 403, "not started in this browser"),
+        (
+            "code-mallory",
+            true,
+            true,
+            403,
+            "mallory may not sign in here",
+        ),
+        (
+            "code-octocat",
+            false,
+            true,
+            403,
+            "not started in this browser",
+        ),
+        (
+            "code-octocat",
+            true,
+            false,
+            403,
+            "not started in this browser",
+        ),
         ("not-a-code", true, true, 502, "incorrect or expired"),
     ];
     for (code_param, same_state, with_cookie, status, says) in refusals {
         let (state, cookie) = start_sign_in(&env, "/");
         let state = if same_state { state } else { "0".repeat(32) };
-        let cookies = if with_cookie { vec![("Cookie", cookie.as_str())] } else { vec![] };
+        let cookies = if with_cookie {
+            vec![("Cookie", cookie.as_str())]
+        } else {
+            vec![]
+        };
         let (code, head, body) = env.http_get_sending(
             &format!("/login/github/callback?code={code_param}&state={state}"),
             &cookies,
@@ -187,5 +250,9 @@ fn without_an_oauth_app_there_is_no_github_sign_in() {
     let (code, _, _) = env.http_get_with_head("/login/github");
     assert_eq!(code, 404);
     let (_, _, form) = env.http_get_with_head("/login");
-    assert!(!String::from_utf8(form).unwrap().contains("Sign in with GitHub"));
+    assert!(
+        !String::from_utf8(form)
+            .unwrap()
+            .contains("Sign in with GitHub")
+    );
 }

@@ -283,8 +283,11 @@ impl TestEnv {
 
     /// Starts (or restarts) the controller on `listen` and waits for its readiness line.
     pub fn start_controller(&mut self, listen: &str) {
-        let (proc, grpc, http) =
-            spawn_controller(&self.home().join("config.toml"), listen, &self.controller_log);
+        let (proc, grpc, http) = spawn_controller(
+            &self.home().join("config.toml"),
+            listen,
+            &self.controller_log,
+        );
         self.grpc_addr = grpc;
         self.http_addr = http;
         let profile = std::fs::read_to_string(self.profile()).unwrap();

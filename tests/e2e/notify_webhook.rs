@@ -79,9 +79,17 @@ fn every_change_of_a_job_arrives_signed_and_in_order() {
         .collect();
     assert_eq!(statuses.first(), Some(&"queued"), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&"success"), "{statuses:?}");
-    assert!(received.iter().all(|(verdict, _)| verdict == "signed"), "{received:?}");
+    assert!(
+        received.iter().all(|(verdict, _)| verdict == "signed"),
+        "{received:?}"
+    );
     let last = &received.last().unwrap().1;
     assert_eq!(last["repo"], "hooked");
-    assert!(last["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}")));
+    assert!(
+        last["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/jobs/{id}"))
+    );
     assert_eq!(last["steps"][1]["exit_code"], 0);
 }

@@ -123,14 +123,28 @@ script:
         "first\nsecond\n"
     );
     let shown = env.cli(&["show", &id.to_string()]);
-    assert!(shown.stdout_str().contains("FAILED c.bad: boom"), "{}", shown.stdout_str());
+    assert!(
+        shown.stdout_str().contains("FAILED c.bad: boom"),
+        "{}",
+        shown.stdout_str()
+    );
     let file = env.dir.path().join("app.bin");
-    let out = env.cli(&["artifact", &id.to_string(), "out/app.bin", "-o", file.to_str().unwrap()]);
+    let out = env.cli(&[
+        "artifact",
+        &id.to_string(),
+        "out/app.bin",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(std::fs::read(&file).unwrap(), vec![b'z'; 300_000]);
     let (code, body) = env.http_get("/healthz");
     let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!((code, &health["queue"]["state"]), (200, &serde_json::json!("ok")), "{health}");
+    assert_eq!(
+        (code, &health["queue"]["state"]),
+        (200, &serde_json::json!("ok")),
+        "{health}"
+    );
 }
 
 #[test]
@@ -179,7 +193,11 @@ fn a_job_whose_controller_is_killed_is_finished_by_the_other_with_its_whole_outp
     env.use_controller(&peer.grpc_addr);
     let cancel = env.cli(&["cancel", &id.to_string()]);
     assert_ne!(cancel.code, 0, "{}", cancel.stdout_str());
-    assert!(cancel.stderr.contains("runs on controller controller-a"), "{}", cancel.stderr);
+    assert!(
+        cancel.stderr.contains("runs on controller controller-a"),
+        "{}",
+        cancel.stderr
+    );
     env.use_controller(&first);
     env.kill_controller();
     env.use_controller(&peer.grpc_addr);
@@ -188,7 +206,10 @@ fn a_job_whose_controller_is_killed_is_finished_by_the_other_with_its_whole_outp
     let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
     assert_eq!(String::from_utf8(env.raw_log(id, None)).unwrap(), expected);
     assert_eq!(job["attempt"], 1, "the same machine went on: {job:#}");
-    assert!(peer.log_text().contains("waiting for the agent of a running job to reconnect"));
+    assert!(
+        peer.log_text()
+            .contains("waiting for the agent of a running job to reconnect")
+    );
 }
 
 #[test]
@@ -255,7 +276,9 @@ fn an_unreachable_mongodb_or_redis_stops_the_controller_with_one_clear_line() {
         toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     for (backend, says) in [
         (
-            format!("[db]\nbackend = \"mongodb\"\nuri = \"mongodb://{closed}/?serverSelectionTimeoutMS=300\"\n"),
+            format!(
+                "[db]\nbackend = \"mongodb\"\nuri = \"mongodb://{closed}/?serverSelectionTimeoutMS=300\"\n"
+            ),
             "cannot reach MongoDB at",
         ),
         (
@@ -269,15 +292,27 @@ fn an_unreachable_mongodb_or_redis_stops_the_controller_with_one_clear_line() {
         let out = std::process::Command::new(crate::harness::bin("zeroci-controller"))
             .arg("--config")
             .arg(&config_path)
-            .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
             .env("RUST_LOG", "off")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(out.stdout.is_empty(), "never said ready: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "never said ready: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{stderr}");
-        assert!(lines[0].contains(says) && lines[0].matches(says).count() == 1, "{stderr}");
+        assert!(
+            lines[0].contains(says) && lines[0].matches(says).count() == 1,
+            "{stderr}"
+        );
     }
 }

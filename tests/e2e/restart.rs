@@ -70,7 +70,8 @@ fn the_output_limit_counts_what_was_stored_before_a_controller_restart() {
     });
     // The pause leaves the test time to restart the controller between the two halves; were it too
     // short, the test would pass without testing anything, never fail wrongly.
-    let script = "head -c 600 /dev/zero | tr '\\0' a; echo; sleep 3; head -c 600 /dev/zero | tr '\\0' b";
+    let script =
+        "head -c 600 /dev/zero | tr '\\0' a; echo; sleep 3; head -c 600 /dev/zero | tr '\\0' b";
     let repo = Repo::new(
         &env,
         "chatty-across-restarts",

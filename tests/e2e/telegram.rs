@@ -24,7 +24,12 @@ struct FakeBotApi {
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn send_message(
@@ -37,7 +42,10 @@ async fn send_message(
     let path = uri.path().replace("%3A", ":");
     if path != format!("/bot{TOKEN}/SendMessage") && path != format!("/bot{TOKEN}/sendMessage") {
         eprintln!("fake Bot API: unexpected {path}");
-        return reply(StatusCode::NOT_FOUND, json!({"ok": false, "error_code": 404, "description": "Not Found"}));
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({"ok": false, "error_code": 404, "description": "Not Found"}),
+        );
     }
     let mut sent = fake.sent.lock().unwrap();
     sent.push(request.clone());
@@ -96,7 +104,9 @@ fn start_fake_with(server_error: bool) -> (FakeBotApi, String, StandIn) {
 
 fn settings(api_url: &str, chat: &str) -> Settings {
     Settings {
-        extra: format!("[telegram]\ntoken = \"{TOKEN}\"\nchat_id = \"{chat}\"\napi_url = \"{api_url}\"\n"),
+        extra: format!(
+            "[telegram]\ntoken = \"{TOKEN}\"\nchat_id = \"{chat}\"\napi_url = \"{api_url}\"\n"
+        ),
         ..Settings::default()
     }
 }
@@ -129,23 +139,38 @@ script:
         let sent = fake.sent.lock().unwrap();
         (sent.len() == 3).then(|| sent.clone())
     });
-    assert!(sent[0] == sent[1] && sent[1] == sent[2], "the same message each time");
+    assert!(
+        sent[0] == sent[1] && sent[1] == sent[2],
+        "the same message each time"
+    );
     let message = &sent[2];
     assert_eq!(message["chat_id"], json!(-1001234));
     assert_eq!(message["parse_mode"], "HTML");
     let text = message["text"].as_str().unwrap();
     assert!(text.starts_with("❌ <b>failed</b>"), "{text}");
-    assert!(text.contains("<b>announced</b>") && text.contains("• <code>false</code>"), "{text}");
+    assert!(
+        text.contains("<b>announced</b>") && text.contains("• <code>false</code>"),
+        "{text}"
+    );
     assert!(
         text.contains("failed tests:\n• <code>c.&lt;bad&gt;</code>: expected 1 &amp; got 2"),
         "{text}"
     );
     let buttons = &message["reply_markup"]["inline_keyboard"][0];
     assert_eq!(buttons[0]["text"], "Result");
-    assert!(buttons[0]["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}")), "{buttons}");
+    assert!(
+        buttons[0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/jobs/{id}")),
+        "{buttons}"
+    );
     assert_eq!(buttons[1]["text"], "Artifact");
     assert!(
-        buttons[1]["url"].as_str().unwrap().ends_with(&format!("/jobs/{id}/artifacts/out/app.bin")),
+        buttons[1]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/jobs/{id}/artifacts/out/app.bin")),
         "{buttons}"
     );
     assert_eq!(notification_failures(&env), 0);
@@ -161,7 +186,11 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
     zeroci_testkit::wait_for("the refusal counted", || {
         (notification_failures(&env) == 1).then_some(())
     });
-    assert_eq!(fake.sent.lock().unwrap().len(), 2, "refused for good: not retried");
+    assert_eq!(
+        fake.sent.lock().unwrap().len(),
+        2,
+        "refused for good: not retried"
+    );
     assert!(
         env.controller_log_text().contains("the chat was not found"),
         "the log says what is wrong"
@@ -185,7 +214,10 @@ fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
     let out = check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("telegram: ok, test message sent"), "{stdout}");
+    assert!(
+        stdout.contains("telegram: ok, test message sent"),
+        "{stdout}"
+    );
     assert!(
         fake.sent.lock().unwrap()[1]["text"]
             .as_str()
@@ -199,7 +231,10 @@ fn check_notify_sends_a_test_message_or_says_exactly_what_is_wrong() {
     let out = check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("telegram: FAILED: the chat was not found"), "{stdout}");
+    assert!(
+        stdout.contains("telegram: FAILED: the chat was not found"),
+        "{stdout}"
+    );
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace(TOKEN, "654321:wrong");
@@ -226,11 +261,19 @@ fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_b
     let addr = env.grpc_addr.clone();
     env.kill_controller();
     env.start_controller(&addr);
-    let outcomes = [("true", "success"), ("false", "failure"), ("true", "success"), ("true", "success")];
+    let outcomes = [
+        ("true", "success"),
+        ("false", "failure"),
+        ("true", "success"),
+        ("true", "success"),
+    ];
     for (i, (command, status)) in outcomes.iter().enumerate() {
         let counter = i.to_string();
         repo.commit(
-            &[("zeroCI.yaml", &pipeline(&[command])), ("counter", &counter)],
+            &[
+                ("zeroCI.yaml", &pipeline(&[command])),
+                ("counter", &counter),
+            ],
             &format!("change {i}"),
         );
         let id = env.submit(&repo.path);
@@ -248,9 +291,18 @@ fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_b
     });
     let texts: Vec<&str> = sent.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 2, "{texts:?}");
-    assert!(texts[0].starts_with("❌ <b>failed</b> · job #2"), "{texts:?}");
-    assert!(texts[1].starts_with("✅ <b>passed</b> · job #3"), "{texts:?}");
-    assert!(sent.iter().all(|m| m["chat_id"] == serde_json::json!(-555)), "{sent:?}");
+    assert!(
+        texts[0].starts_with("❌ <b>failed</b> · job #2"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].starts_with("✅ <b>passed</b> · job #3"),
+        "{texts:?}"
+    );
+    assert!(
+        sent.iter().all(|m| m["chat_id"] == serde_json::json!(-555)),
+        "{sent:?}"
+    );
 }
 
 #[test]

@@ -290,7 +290,8 @@ fn a_long_log_is_shown_in_parts_numbered_as_in_the_whole_log() {
         let (n, text) = first_numbered_line(&part);
         assert_eq!(text, format!("line {n}"));
         assert!(
-            part.contains(&format!("id=\"L{}\"", first - 1)) && !part.contains(&format!("id=\"L{first}\"")),
+            part.contains(&format!("id=\"L{}\"", first - 1))
+                && !part.contains(&format!("id=\"L{first}\"")),
             "part before {before} must end just before line {first}"
         );
         first = n;
@@ -310,7 +311,10 @@ fn a_long_log_is_shown_in_parts_numbered_as_in_the_whole_log() {
     assert_eq!((first, parts > 2), (1, true));
 
     // The same without scripts: the link opens a page with that part, and one back to the end.
-    let (_, earlier) = page(&format!("/jobs/{id}?before={}", earlier_link(&tail).unwrap()));
+    let (_, earlier) = page(&format!(
+        "/jobs/{id}?before={}",
+        earlier_link(&tail).unwrap()
+    ));
     assert!(earlier.contains(&format!("href=\"/jobs/{id}#log\">latest output")));
     assert!(!earlier.contains("id=\"L30000\""));
     // A line's own address shows the part that holds it.

@@ -47,7 +47,12 @@ fn refused(status: StatusCode, why: &str) -> Response {
          <p>{}</p><p><a href=\"/login\">Sign in again</a></p></body></html>",
         escape(why)
     );
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response()
 }
 
 /// `GET /login/github?next=/jobs/3`.
@@ -88,7 +93,10 @@ pub async fn callback(
         return refused(StatusCode::FORBIDDEN, "GitHub did not confirm the sign-in.");
     }
     let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
-        return refused(StatusCode::BAD_REQUEST, "The answer from GitHub was incomplete.");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "The answer from GitHub was incomplete.",
+        );
     };
     let Some(next) = sessions.github_sign_in_finish(&headers, state, now()) else {
         tracing::warn!("GitHub sign-in refused: its state does not match this browser's");
@@ -108,7 +116,10 @@ pub async fn callback(
         }
     };
     let Some(role) = sessions.role_of_github_account(&login, id) else {
-        tracing::warn!(login, "GitHub sign-in refused: the account is not listed in [web]");
+        tracing::warn!(
+            login,
+            "GitHub sign-in refused: the account is not listed in [web]"
+        );
         return refused(
             StatusCode::FORBIDDEN,
             &format!(
@@ -126,11 +137,7 @@ pub async fn callback(
          <meta http-equiv=\"refresh\" content=\"0;url={escaped}\"><title>Signed in · ZeroCI</title></head>\
          <body><p>Signed in as {login}. <a href=\"{escaped}\">Continue</a></p></body></html>"
     );
-    let mut response = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page,
-    )
-        .into_response();
+    let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
     for cookie in [session, sessions.github_sign_in_clear()] {
         if let Ok(value) = cookie.parse() {
             response.headers_mut().append(header::SET_COOKIE, value);

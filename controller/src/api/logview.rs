@@ -136,7 +136,10 @@ impl OutputIndexes {
         let now = *clock;
         if !jobs.contains_key(&key)
             && jobs.len() >= MAX_INDEXED_JOBS
-            && let Some(oldest) = jobs.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k)
+            && let Some(oldest) = jobs
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
         {
             jobs.remove(&oldest);
         }
@@ -349,8 +352,14 @@ mod tests {
     /// Lines `line 1` … `line n`, in events of `chunk` bytes cut anywhere, after an abandoned attempt's
     /// output (not shown) and with a step event between chunks. Returns the whole output.
     async fn logged(store: &MemoryStore, n: u64, chunk: usize) -> Vec<u8> {
-        let text: Vec<u8> = (1..=n).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
-        let mut events = vec![event(LogCursor::new(1, 1), EventKind::Output, b"old\n".to_vec())];
+        let text: Vec<u8> = (1..=n)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let mut events = vec![event(
+            LogCursor::new(1, 1),
+            EventKind::Output,
+            b"old\n".to_vec(),
+        )];
         let mut cursor = LogCursor::new(2, 0);
         for (i, piece) in text.chunks(chunk).enumerate() {
             if i % 3 == 0 {
@@ -387,7 +396,10 @@ mod tests {
         let mut end = tail.start;
         let mut seen = tail.bytes.len() as u64;
         while end > 0 {
-            let part = indexes.window(&store, RUN, Want::Before(end)).await.unwrap();
+            let part = indexes
+                .window(&store, RUN, Want::Before(end))
+                .await
+                .unwrap();
             assert_eq!(part.end, end);
             assert_eq!(&text[part.start as usize..end as usize], &part.bytes[..]);
             assert_eq!(first_line_of(&part), format!("line {}", part.first_line));
@@ -401,7 +413,10 @@ mod tests {
             let text = String::from_utf8(around.bytes.clone()).unwrap();
             let at = (line - around.first_line) as usize;
             assert_eq!(text.lines().nth(at), Some(format!("line {line}").as_str()));
-            assert_eq!(first_line_of(&around), format!("line {}", around.first_line));
+            assert_eq!(
+                first_line_of(&around),
+                format!("line {}", around.first_line)
+            );
         }
     }
 
@@ -412,7 +427,11 @@ mod tests {
         logged(&store, 10, 4).await;
         let first = indexes.window(&store, RUN, Want::Tail).await.unwrap();
         assert_eq!(first.first_line, 1);
-        let more = event(LogCursor::new(3, 1), EventKind::Output, b"line 11\n".to_vec());
+        let more = event(
+            LogCursor::new(3, 1),
+            EventKind::Output,
+            b"line 11\n".to_vec(),
+        );
         store.append(1, vec![more]).await.unwrap();
         let tail = indexes.window(&store, RUN, Want::Tail).await.unwrap();
         assert_eq!(tail.through, LogCursor::new(3, 1));
@@ -437,7 +456,10 @@ mod tests {
         let indexes = OutputIndexes::default();
         let (mut end, mut seen) = (tail.start, tail.bytes.len() as u64);
         while end > 0 {
-            let part = indexes.window(&store, RUN, Want::Before(end)).await.unwrap();
+            let part = indexes
+                .window(&store, RUN, Want::Before(end))
+                .await
+                .unwrap();
             assert_eq!((part.end, part.first_line), (end, 1));
             seen += part.bytes.len() as u64;
             end = part.start;

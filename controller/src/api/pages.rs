@@ -272,7 +272,10 @@ pub async fn log_part(
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()),
                 (header::CACHE_CONTROL, "no-cache".to_string()),
-                (header::HeaderName::from_static("x-log-start"), window.start.to_string()),
+                (
+                    header::HeaderName::from_static("x-log-start"),
+                    window.start.to_string(),
+                ),
             ],
             window_html(&window),
         )

@@ -157,7 +157,8 @@ impl Sessions {
         };
         if listed(&self.web.github_admins) {
             Some(Role::Admin)
-        } else if listed(&self.web.github_viewers) || self.web.github_viewers.iter().any(|l| l == "*")
+        } else if listed(&self.web.github_viewers)
+            || self.web.github_viewers.iter().any(|l| l == "*")
         {
             Some(Role::Viewer)
         } else {
@@ -202,10 +203,18 @@ impl Sessions {
     /// Where to go after a GitHub sign-in that came back with `state`: `None` unless the request
     /// carries the cookie [`github_sign_in_start`](Sessions::github_sign_in_start) set for that very
     /// state, unexpired (a sign-in someone else started cannot be finished in this browser).
-    pub fn github_sign_in_finish(&self, headers: &HeaderMap, state: &str, now: i64) -> Option<String> {
+    pub fn github_sign_in_finish(
+        &self,
+        headers: &HeaderMap,
+        state: &str,
+        now: i64,
+    ) -> Option<String> {
         let value = cookie(headers, OAUTH_COOKIE)?;
         let (body, mac) = value.rsplit_once('.')?;
-        if !constant_time_eq(self.mac(&format!("github:{body}")).as_bytes(), mac.as_bytes()) {
+        if !constant_time_eq(
+            self.mac(&format!("github:{body}")).as_bytes(),
+            mac.as_bytes(),
+        ) {
             return None;
         }
         let mut parts = body.split('.');
@@ -430,31 +439,65 @@ mod tests {
             .unwrap();
         let headers = with_named_cookie(OAUTH_COOKIE, value);
         assert_eq!(
-            sessions.github_sign_in_finish(&headers, &state, 1_100).as_deref(),
+            sessions
+                .github_sign_in_finish(&headers, &state, 1_100)
+                .as_deref(),
             Some("/jobs/3?line=5")
         );
         // Another state (a sign-in started by someone else), too late, no cookie, a forged one.
-        assert_eq!(sessions.github_sign_in_finish(&headers, "0123", 1_100), None);
-        assert_eq!(sessions.github_sign_in_finish(&headers, &state, 1_000 + OAUTH_SECS), None);
-        assert_eq!(sessions.github_sign_in_finish(&HeaderMap::new(), &state, 1_100), None);
+        assert_eq!(
+            sessions.github_sign_in_finish(&headers, "0123", 1_100),
+            None
+        );
+        assert_eq!(
+            sessions.github_sign_in_finish(&headers, &state, 1_000 + OAUTH_SECS),
+            None
+        );
+        assert_eq!(
+            sessions.github_sign_in_finish(&HeaderMap::new(), &state, 1_100),
+            None
+        );
         let forged = value.replacen(&state, &"0".repeat(state.len()), 1);
         let headers = with_named_cookie(OAUTH_COOKIE, &forged);
-        assert_eq!(sessions.github_sign_in_finish(&headers, &"0".repeat(state.len()), 1_100), None);
+        assert_eq!(
+            sessions.github_sign_in_finish(&headers, &"0".repeat(state.len()), 1_100),
+            None
+        );
         // Where to go is this site's own path, whatever was asked for.
         let (state, set_cookie) = sessions.github_sign_in_start("//evil.example", 1_000);
-        let value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+        let value = set_cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1;
         let headers = with_named_cookie(OAUTH_COOKIE, value);
-        assert_eq!(sessions.github_sign_in_finish(&headers, &state, 1_001).as_deref(), Some("/"));
+        assert_eq!(
+            sessions
+                .github_sign_in_finish(&headers, &state, 1_001)
+                .as_deref(),
+            Some("/")
+        );
     }
 
     #[test]
     fn github_accounts_get_their_listed_role_and_nobody_else_any() {
         let dir = tempfile::tempdir().unwrap();
         let sessions = sessions(dir.path());
-        assert_eq!(sessions.role_of_github_account("octocat", 1), Some(Role::Admin));
-        assert_eq!(sessions.role_of_github_account("HUBOT", 2), Some(Role::Viewer));
+        assert_eq!(
+            sessions.role_of_github_account("octocat", 1),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            sessions.role_of_github_account("HUBOT", 2),
+            Some(Role::Viewer)
+        );
         assert_eq!(sessions.role_of_github_account("mallory", 3), None);
         // By id: whatever the login is now.
-        assert_eq!(sessions.role_of_github_account("renamed", 583231), Some(Role::Viewer));
+        assert_eq!(
+            sessions.role_of_github_account("renamed", 583231),
+            Some(Role::Viewer)
+        );
     }
 }

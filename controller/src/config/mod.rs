@@ -245,7 +245,9 @@ impl GitHubConfig {
     pub fn oauth(&self) -> Option<(&str, &str)> {
         Some((
             self.oauth_client_id.as_deref().filter(|s| !s.is_empty())?,
-            self.oauth_client_secret.as_deref().filter(|s| !s.is_empty())?,
+            self.oauth_client_secret
+                .as_deref()
+                .filter(|s| !s.is_empty())?,
         ))
     }
 }
@@ -377,7 +379,9 @@ impl std::fmt::Debug for DbConfig {
                 retention_days,
                 ..
             } => {
-                let uri = self.mongodb().map(|(uri, _)| crate::store::mongo::redact_uri(&uri));
+                let uri = self
+                    .mongodb()
+                    .map(|(uri, _)| crate::store::mongo::redact_uri(&uri));
                 f.debug_struct("Mongodb")
                     .field("uri", &uri)
                     .field("name", name)
@@ -891,7 +895,10 @@ mod tests {
         assert!(matches!(config.queue, QueueConfig::Redis { .. }));
         assert_eq!(config.controller_id(), "ci-1");
         let shown = format!("{:?} {:?}", config.db, config.queue);
-        assert!(!shown.contains("change-me"), "passwords never printed: {shown}");
+        assert!(
+            !shown.contains("change-me"),
+            "passwords never printed: {shown}"
+        );
     }
 
     #[test]
@@ -913,8 +920,12 @@ mod tests {
 
     #[test]
     fn the_original_zerocis_db_host_and_port_still_work() {
-        let db: DbConfig = toml::from_str("backend = \"mongodb\"\nhost = \"db\"\nport = 27018\n").unwrap();
-        assert_eq!(db.mongodb().unwrap(), ("mongodb://db:27018/".into(), "zeroci".into()));
+        let db: DbConfig =
+            toml::from_str("backend = \"mongodb\"\nhost = \"db\"\nport = 27018\n").unwrap();
+        assert_eq!(
+            db.mongodb().unwrap(),
+            ("mongodb://db:27018/".into(), "zeroci".into())
+        );
     }
 
     #[test]

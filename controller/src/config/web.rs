@@ -67,8 +67,7 @@ impl WebConfig {
                 ));
             }
         }
-        if !self.public && self.admin_tokens.is_empty() && self.viewer_tokens.is_empty() && !oauth
-        {
+        if !self.public && self.admin_tokens.is_empty() && self.viewer_tokens.is_empty() && !oauth {
             return Err(
                 "[web] public = false needs admin_tokens, viewer_tokens or a GitHub OAuth app to sign in with"
                     .into(),
@@ -103,7 +102,11 @@ mod tests {
         assert!(web.validate(false).unwrap_err().contains("at least 16"));
         web.admin_tokens.clear();
         web.public = false;
-        assert!(web.validate(false).unwrap_err().contains("needs admin_tokens"));
+        assert!(
+            web.validate(false)
+                .unwrap_err()
+                .contains("needs admin_tokens")
+        );
         web.viewer_tokens = vec!["0123456789abcdef0123".into()];
         assert!(web.validate(false).is_ok());
         assert!(!format!("{web:?}").contains("0123456789abcdef"));
@@ -117,7 +120,10 @@ mod tests {
         };
         assert!(web.validate(true).unwrap_err().contains("github_admins"));
         web.github_admins = vec!["octocat".into()];
-        assert!(web.validate(true).is_ok(), "a private site GitHub accounts sign in to");
+        assert!(
+            web.validate(true).is_ok(),
+            "a private site GitHub accounts sign in to"
+        );
         assert!(web.validate(false).unwrap_err().contains("oauth_client_id"));
     }
 }

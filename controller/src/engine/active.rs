@@ -92,7 +92,12 @@ pub struct ActiveJob {
 }
 
 impl ActiveJob {
-    pub fn new(record: JobRecord, logged: LogCursor, agent_seq: u64, output_bytes: u64) -> ActiveJob {
+    pub fn new(
+        record: JobRecord,
+        logged: LogCursor,
+        agent_seq: u64,
+        output_bytes: u64,
+    ) -> ActiveJob {
         ActiveJob {
             id: record.id,
             attempt: record.attempt,

@@ -57,9 +57,7 @@ async fn stream(
         // without this controller hearing of it: its end is read from the store, its log re-read.
         let remote = engine.active_job(request.id).is_none();
         // The end is read before draining, so everything appended before it is sent.
-        let ended_here = progress
-            .as_mut()
-            .map(|rx| rx.borrow_and_update().finished);
+        let ended_here = progress.as_mut().map(|rx| rx.borrow_and_update().finished);
         let (finished, queued) = if !request.follow {
             (true, false)
         } else {

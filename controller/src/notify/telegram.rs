@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use teloxide::prelude::*;
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup, ParseMode, Recipient};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use teloxide::{ApiError, RequestError};
 
 use std::sync::Arc;
@@ -199,7 +199,10 @@ fn failed_tests(reports: &[zeroci::pb::StepTestReport]) -> String {
         }
     }
     if failed.len() > FAILED_TESTS_SHOWN {
-        text.push_str(&format!("\n… and {} more", failed.len() - FAILED_TESTS_SHOWN));
+        text.push_str(&format!(
+            "\n… and {} more",
+            failed.len() - FAILED_TESTS_SHOWN
+        ));
     }
     text
 }
@@ -384,11 +387,7 @@ mod tests {
     use crate::jobs::{StepKind, StepRecord, TestTotals};
 
     fn job(status: JobStatus) -> JobRecord {
-        let mut job = JobRecord::new(
-            42,
-            crate::store::conformance::new_job("<b>repo</b>"),
-            1_000,
-        );
+        let mut job = JobRecord::new(42, crate::store::conformance::new_job("<b>repo</b>"), 1_000);
         job.status = status;
         job.commit = "0123456789abcdef".into();
         job.ref_name = "feature/<x>".into();
@@ -407,7 +406,10 @@ mod tests {
             assert!(text.starts_with(expected), "{text}");
             assert_eq!(
                 buttons,
-                [("Result".to_string(), "https://ci.example/jobs/42".to_string())]
+                [(
+                    "Result".to_string(),
+                    "https://ci.example/jobs/42".to_string()
+                )]
             );
         }
         assert!(message(&job(JobStatus::Running), "https://ci.example").is_none());
@@ -431,21 +433,37 @@ mod tests {
         });
         failed.reason = "exit 1 & more".into();
         let (text, _) = message(&failed, "https://ci.example").unwrap();
-        assert!(!text.contains("<script>") && !text.contains("<b>repo</b>"), "{text}");
+        assert!(
+            !text.contains("<script>") && !text.contains("<b>repo</b>"),
+            "{text}"
+        );
         assert!(text.contains("&lt;b&gt;repo&lt;/b&gt;"), "{text}");
         assert!(text.contains("<code>feature/&lt;x&gt;</code>"), "{text}");
         assert!(
-            text.contains("<a href=\"https://github.com/acme/widget/commit/0123456789abcdef\">0123456</a>"),
+            text.contains(
+                "<a href=\"https://github.com/acme/widget/commit/0123456789abcdef\">0123456</a>"
+            ),
             "{text}"
         );
-        assert!(text.contains("• <code>pytest &lt;script&gt;alert(1)&lt;/script&gt;</code> (3 of 10 tests failed)"), "{text}");
+        assert!(
+            text.contains(
+                "• <code>pytest &lt;script&gt;alert(1)&lt;/script&gt;</code> (3 of 10 tests failed)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("<i>exit 1 &amp; more</i>"), "{text}");
     }
 
     #[test]
     fn chats_are_ids_or_channels() {
-        assert!(matches!(recipient("-1001234"), Ok(Recipient::Id(ChatId(-1001234)))));
-        assert!(matches!(recipient("@zeroci"), Ok(Recipient::ChannelUsername(_))));
+        assert!(matches!(
+            recipient("-1001234"),
+            Ok(Recipient::Id(ChatId(-1001234)))
+        ));
+        assert!(matches!(
+            recipient("@zeroci"),
+            Ok(Recipient::ChannelUsername(_))
+        ));
         assert!(recipient("zeroci").unwrap_err().contains("chat_id"));
     }
 }

@@ -99,13 +99,18 @@ impl Notifier for JsonWebhook {
             let problem = match request.send().await {
                 Ok(answer) if answer.status().is_success() => return Ok(()),
                 Ok(answer) if answer.status().is_client_error() => {
-                    return Err(format!("the webhook refused the delivery: HTTP {}", answer.status()));
+                    return Err(format!(
+                        "the webhook refused the delivery: HTTP {}",
+                        answer.status()
+                    ));
                 }
                 Ok(answer) => format!("HTTP {}", answer.status()),
                 Err(e) => e.to_string(),
             };
             if attempt >= ATTEMPTS {
-                return Err(format!("the webhook failed {attempt} times, last: {problem}"));
+                return Err(format!(
+                    "the webhook failed {attempt} times, last: {problem}"
+                ));
             }
             tokio::time::sleep(pause).await;
             pause *= 2;

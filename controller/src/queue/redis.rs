@@ -157,7 +157,9 @@ impl RedisQueue {
     /// `queued` in the store: each controller's next start queues them again.
     async fn failed(&self, error: redis::RedisError) -> QueueError {
         if error.code() == Some("NOGROUP") {
-            tracing::warn!("the Redis queue lost its consumer group (Redis lost its data?): making it again");
+            tracing::warn!(
+                "the Redis queue lost its consumer group (Redis lost its data?): making it again"
+            );
             if let Err(e) = self.make_group().await {
                 return backend(e);
             }
@@ -240,7 +242,6 @@ impl RedisQueue {
             .collect();
         self.first(&entries).await
     }
-
 }
 
 #[async_trait]
@@ -328,9 +329,14 @@ mod tests {
     use super::*;
 
     async fn queue(server: &zeroci_testkit::services::Service, consumer: &str) -> RedisQueue {
-        RedisQueue::open(&server.url(), "test:jobs", consumer, Duration::from_millis(300))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        RedisQueue::open(
+            &server.url(),
+            "test:jobs",
+            consumer,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -398,7 +404,10 @@ mod tests {
         let q = queue(&server, "controller-a").await;
         q.push(1).await.unwrap();
         let mut conn = q.commands.clone();
-        redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
         // The first read meets NOGROUP and makes the group again; then the queue works.
         assert!(q.pop().await.is_err());
         q.push(2).await.unwrap();

@@ -71,7 +71,11 @@ async fn jobs(stores: &Stores) {
         jobs.put(&mut stale).await,
         Err(StoreError::Conflict { .. })
     ));
-    assert_eq!(jobs.get(c.id).await.unwrap().unwrap(), c, "the winner's record");
+    assert_eq!(
+        jobs.get(c.id).await.unwrap().unwrap(),
+        c,
+        "the winner's record"
+    );
 
     let ids = |list: Vec<crate::jobs::JobRecord>| list.iter().map(|j| j.id).collect::<Vec<_>>();
     let all = JobFilter::default();
@@ -102,7 +106,11 @@ async fn jobs(stores: &Stores) {
     let mut done = b.clone();
     done.status = JobStatus::Success;
     jobs.put(&mut done).await.unwrap();
-    assert_eq!(ids(jobs.unfinished().await.unwrap()), [a.id, c.id], "oldest first");
+    assert_eq!(
+        ids(jobs.unfinished().await.unwrap()),
+        [a.id, c.id],
+        "oldest first"
+    );
     assert_eq!(ids(jobs.with_machines().await.unwrap()), [c.id]);
 }
 
@@ -111,13 +119,21 @@ async fn deliveries(stores: &Stores) {
     assert!(jobs.claim_delivery("d-1").await.unwrap());
     assert!(!jobs.claim_delivery("d-1").await.unwrap(), "a redelivery");
     jobs.release_delivery("d-1").await.unwrap();
-    assert!(jobs.claim_delivery("d-1").await.unwrap(), "released: may try again");
+    assert!(
+        jobs.claim_delivery("d-1").await.unwrap(),
+        "released: may try again"
+    );
 }
 
 async fn logs(stores: &Stores) {
     let logs = &stores.logs;
     let job = 7;
-    assert!(collect_log(logs.read(job, LogCursor::START, Payloads::All)).await.unwrap().is_empty());
+    assert!(
+        collect_log(logs.read(job, LogCursor::START, Payloads::All))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let first = vec![
         event(1, 1, EventKind::StepStarted, b""),
         event(1, 2, EventKind::Output, b"hello "),
@@ -141,24 +157,42 @@ async fn logs(stores: &Stores) {
         .await
         .unwrap();
     }
-    let all = collect_log(logs.read(job, LogCursor::START, Payloads::All)).await.unwrap();
-    let cursors: Vec<_> = all.iter().map(|e| (e.cursor.attempt, e.cursor.seq)).collect();
-    assert_eq!(cursors, [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1)], "each event once, in order");
+    let all = collect_log(logs.read(job, LogCursor::START, Payloads::All))
+        .await
+        .unwrap();
+    let cursors: Vec<_> = all
+        .iter()
+        .map(|e| (e.cursor.attempt, e.cursor.seq))
+        .collect();
+    assert_eq!(
+        cursors,
+        [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1)],
+        "each event once, in order"
+    );
     assert_eq!(all[1], first[1]);
     assert_eq!(all[3].payload, Bytes::from_static(b"\x08\x01"));
-    let after = collect_log(logs.read(job, LogCursor::new(1, 3), Payloads::All)).await.unwrap();
+    let after = collect_log(logs.read(job, LogCursor::new(1, 3), Payloads::All))
+        .await
+        .unwrap();
     assert_eq!(after.len(), 2);
     let headers = collect_log(logs.read(job, LogCursor::START, Payloads::WithoutOutput))
         .await
         .unwrap();
     assert!(headers[1].payload.is_empty() && headers[1].output_len() == 6);
-    assert_eq!(headers[3].payload, all[3].payload, "other events stay whole");
+    assert_eq!(
+        headers[3].payload, all[3].payload,
+        "other events stay whole"
+    );
 
     // A batch larger than any single document or frame a backend writes.
     let big = vec![b'x'; 1024 * 1024];
-    let batch: Vec<_> = (2..=21).map(|seq| event(2, seq, EventKind::Output, &big)).collect();
+    let batch: Vec<_> = (2..=21)
+        .map(|seq| event(2, seq, EventKind::Output, &big))
+        .collect();
     logs.append(job, batch).await.unwrap();
-    let read = collect_log(logs.read(job, LogCursor::new(2, 1), Payloads::All)).await.unwrap();
+    let read = collect_log(logs.read(job, LogCursor::new(2, 1), Payloads::All))
+        .await
+        .unwrap();
     assert_eq!(read.len(), 20);
     assert!(read.iter().all(|e| e.payload.len() == big.len()));
     logs.close(job).await;
@@ -194,13 +228,24 @@ async fn reports_and_artifacts(stores: &Stores) {
         .put_pieces(3, vec![piece(6, b"world"), piece(0, b"hello ")])
         .await
         .unwrap();
-    artifacts.put_pieces(3, vec![piece(6, b"world")]).await.unwrap();
+    artifacts
+        .put_pieces(3, vec![piece(6, b"world")])
+        .await
+        .unwrap();
     let bytes: Vec<u8> = collect_bytes(artifacts.read_artifact(3, 1, "out/app.bin"))
         .await
         .unwrap();
     assert_eq!(bytes, b"hello world");
-    assert!(collect_bytes(artifacts.read_artifact(3, 1, "nothing")).await.is_err());
-    assert!(collect_bytes(artifacts.read_artifact(3, 2, "out/app.bin")).await.is_err());
+    assert!(
+        collect_bytes(artifacts.read_artifact(3, 1, "nothing"))
+            .await
+            .is_err()
+    );
+    assert!(
+        collect_bytes(artifacts.read_artifact(3, 2, "out/app.bin"))
+            .await
+            .is_err()
+    );
 }
 
 async fn collect_bytes(mut stream: super::ByteStream) -> Result<Vec<u8>, StoreError> {
@@ -249,7 +294,10 @@ async fn the_mongodb_store_deletes_finished_runs_after_the_retention() {
     let running = stores.jobs.create(new_job("running"), 2).await.unwrap();
     stores
         .logs
-        .append(old.id, vec![event(1, 1, EventKind::Output, b"old output\n")])
+        .append(
+            old.id,
+            vec![event(1, 1, EventKind::Output, b"old output\n")],
+        )
         .await
         .unwrap();
     zeroci_testkit::eventually("the finished run and its log to go", || async {
@@ -260,7 +308,10 @@ async fn the_mongodb_store_deletes_finished_runs_after_the_retention() {
         (gone && log.is_empty()).then_some(())
     })
     .await;
-    assert!(stores.jobs.get(running.id).await.unwrap().is_some(), "an unfinished job stays");
+    assert!(
+        stores.jobs.get(running.id).await.unwrap().is_some(),
+        "an unfinished job stays"
+    );
     // Another retention, then none: the controller starts with either (the index follows the setting).
     for retention in [Some(std::time::Duration::from_secs(86_400)), None] {
         super::mongo::MongoStore::open(&server.url(), "retention", retention)

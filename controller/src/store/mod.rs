@@ -14,12 +14,12 @@
 //! across restarts; for tests, benchmarks and throw-away controllers). A new backend is one more
 //! module plus one line in [`Stores::open`].
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod embedded;
 mod log;
 pub mod memory;
 pub mod mongo;
-#[cfg(test)]
-pub(crate) mod conformance;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -461,7 +461,11 @@ mod tests {
         let events = read_all(&path, Payloads::WithoutOutput);
         assert_eq!(events.len(), 41);
         assert!(events[0].payload.is_empty());
-        assert_eq!(events[0].output_len(), big.len() as u64, "left out, still counted");
+        assert_eq!(
+            events[0].output_len(),
+            big.len() as u64,
+            "left out, still counted"
+        );
         assert_eq!(events[40].kind, EventKind::Finished);
         // The writer's index and one built from the file agree, and lead to the right frame.
         let built = SparseIndex::build(&path).unwrap();

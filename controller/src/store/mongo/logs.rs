@@ -84,9 +84,7 @@ fn log_document(job: JobId, events: &[LogEvent]) -> Document {
 /// The events of a stored document; output payloads left empty (with their length) when `out` was
 /// not read.
 fn events_of(job: JobId, document: &Document) -> Result<Vec<LogEvent>, StoreError> {
-    let entries = document
-        .get_array("events")
-        .map_err(|e| corrupt(job, e))?;
+    let entries = document.get_array("events").map_err(|e| corrupt(job, e))?;
     let out = match document.get("out") {
         Some(Bson::Binary(b)) => Some(&b.bytes[..]),
         _ => None,

@@ -98,9 +98,13 @@ impl MongoStore {
             cause: format!("cannot reach MongoDB at {}: {e}", redact_uri(uri)).into(),
         };
         let mut options = ClientOptions::parse(uri).await.map_err(unreachable)?;
-        options.server_selection_timeout.get_or_insert(CONNECT_TIMEOUT);
+        options
+            .server_selection_timeout
+            .get_or_insert(CONNECT_TIMEOUT);
         options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-        options.app_name.get_or_insert_with(|| "zeroci-controller".into());
+        options
+            .app_name
+            .get_or_insert_with(|| "zeroci-controller".into());
         options.write_concern.get_or_insert(
             WriteConcern::builder()
                 .w(mongodb::options::Acknowledgment::Majority)
@@ -109,7 +113,9 @@ impl MongoStore {
         );
         let client = Client::with_options(options).map_err(unreachable)?;
         let db = client.database(name);
-        db.run_command(doc! {"ping": 1}).await.map_err(unreachable)?;
+        db.run_command(doc! {"ping": 1})
+            .await
+            .map_err(unreachable)?;
         let store = MongoStore {
             jobs: db.collection("jobs"),
             counters: db.collection("counters"),
@@ -158,7 +164,10 @@ impl MongoStore {
             .await
             .map_err(backend)?;
         self.artifacts
-            .create_index(index(doc! {"job": 1, "attempt": 1, "name": 1, "offset": 1}, true))
+            .create_index(index(
+                doc! {"job": 1, "attempt": 1, "name": 1, "offset": 1},
+                true,
+            ))
             .await
             .map_err(backend)?;
         Ok(())
@@ -222,8 +231,10 @@ pub fn redact_uri(uri: &str) -> String {
 
 /// The stored document of a record: what the listings filter on, beside the record itself.
 fn job_document(job: &JobRecord) -> Result<Document, StoreError> {
-    let record = mongodb::bson::to_document(job).map_err(|e| corrupt(format!("job {}", job.id), e))?;
-    let status = mongodb::bson::to_bson(&job.status).map_err(|e| corrupt(format!("job {}", job.id), e))?;
+    let record =
+        mongodb::bson::to_document(job).map_err(|e| corrupt(format!("job {}", job.id), e))?;
+    let status =
+        mongodb::bson::to_bson(&job.status).map_err(|e| corrupt(format!("job {}", job.id), e))?;
     let mut document = doc! {
         "_id": int(job.id),
         // The id again: indexes that combine it with other fields cannot name `_id` everywhere.
@@ -238,7 +249,10 @@ fn job_document(job: &JobRecord) -> Result<Document, StoreError> {
         "record": record,
     };
     if job.status.is_final() && job.machine.is_none() {
-        document.insert(RETAIN_FROM, mongodb::bson::DateTime::from_millis(job.finished_at));
+        document.insert(
+            RETAIN_FROM,
+            mongodb::bson::DateTime::from_millis(job.finished_at),
+        );
     }
     Ok(document)
 }
@@ -251,9 +265,7 @@ fn job_of(document: &Document) -> Result<JobRecord, StoreError> {
     mongodb::bson::from_document(record.clone()).map_err(|e| corrupt(format!("job {id}"), e))
 }
 
-async fn jobs_of(
-    cursor: mongodb::Cursor<Document>,
-) -> Result<Vec<JobRecord>, StoreError> {
+async fn jobs_of(cursor: mongodb::Cursor<Document>) -> Result<Vec<JobRecord>, StoreError> {
     let documents: Vec<Document> = cursor.try_collect().await.map_err(backend)?;
     documents.iter().map(job_of).collect()
 }
@@ -295,7 +307,10 @@ impl JobStore for MongoStore {
         let document = job_document(&next)?;
         let mut matched = self
             .jobs
-            .replace_one(doc! {"_id": int(job.id), "revision": int(expected)}, document.clone())
+            .replace_one(
+                doc! {"_id": int(job.id), "revision": int(expected)},
+                document.clone(),
+            )
             .await
             .map_err(backend)?
             .matched_count;
@@ -370,7 +385,11 @@ impl JobStore for MongoStore {
 
     async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError> {
         let now = mongodb::bson::DateTime::now();
-        match self.deliveries.insert_one(doc! {"_id": id, "at": now}).await {
+        match self
+            .deliveries
+            .insert_one(doc! {"_id": id, "at": now})
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_duplicate(&e) => Ok(false),
             Err(e) => Err(backend(e)),
