@@ -9,11 +9,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod backends;
+mod github;
 mod limits;
+mod notifiers;
 mod provisioner;
 mod web;
 
+pub use backends::{DbConfig, QueueConfig};
+pub use github::GitHubConfig;
 pub use limits::{LimitsConfig, LogLimitAction};
+pub use notifiers::{NotifyOn, RepoTelegram, TelegramConfig, WebhookConfig, glob_matches};
 use provisioner::provisioner_with_default_kind;
 pub use provisioner::{Accel, Isolation, LocalConfig, ProvisionerConfig, VmConfig};
 pub use web::WebConfig;
@@ -67,31 +73,6 @@ pub struct Config {
     pub file: Option<PathBuf>,
 }
 
-/// `[github]`.
-#[derive(Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GitHubConfig {
-    /// Token for the contents API, commit statuses and cloning private repositories.
-    pub access_token: Option<String>,
-    /// Repositories (`owner/name`) whose webhooks start jobs.
-    #[serde(default)]
-    pub repos: Vec<String>,
-    /// The secret configured on the webhooks; deliveries are checked against it (HMAC-SHA256).
-    pub webhook_secret: Option<String>,
-    /// `https://api.github.com` (default) or `https://HOST/api/v3` for GitHub Enterprise.
-    pub api_url: Option<String>,
-    /// The commit status context (default `continuous-integration/ZeroCI`).
-    pub status_context: Option<String>,
-    /// Larger webhook bodies are refused with 413 (default 25 MiB, GitHub's own cap).
-    pub max_body_bytes: Option<usize>,
-    /// A GitHub OAuth app's client id: with `oauth_client_secret`, the pages offer "Sign in with
-    /// GitHub" (roles from `[web] github_admins` / `github_viewers`). The app's callback URL is
-    /// `<domain>/login/github/callback`.
-    pub oauth_client_id: Option<String>,
-    /// That OAuth app's client secret.
-    pub oauth_client_secret: Option<String>,
-}
-
 /// `[repos."owner/name"]`.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,51 +99,6 @@ pub struct RepoConfig {
     pub telegram: RepoTelegram,
 }
 
-/// `[repos."x".telegram]`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepoTelegram {
-    /// Which results are sent (default all).
-    #[serde(default)]
-    pub notify: NotifyOn,
-    /// Another chat for this repository's results.
-    pub chat_id: Option<String>,
-    /// Branches whose results are not sent: names, `*` matching any run of characters
-    /// (`dependabot/*`).
-    #[serde(default)]
-    pub mute_branches: Vec<String>,
-}
-
-/// Which results a repository sends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NotifyOn {
-    /// Every finished job.
-    #[default]
-    All,
-    /// Jobs that did not pass (failed, errored, cancelled).
-    Failures,
-    /// Jobs that did not pass, and the first pass after those of the same branch.
-    FailuresAndRecoveries,
-    /// Nothing.
-    None,
-}
-
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| glob_matches(rest, &tail[i..]))
-        }
-    }
-}
-
 /// What a log line may show of a secret: whether it is set.
 fn redacted(value: &Option<String>) -> &'static str {
     if value.is_some() { "<set>" } else { "<unset>" }
@@ -179,76 +115,6 @@ impl std::fmt::Debug for RepoConfig {
             .field("machine", &self.machine)
             .field("telegram", &self.telegram)
             .finish()
-    }
-}
-
-impl std::fmt::Debug for GitHubConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitHubConfig")
-            .field("access_token", &redacted(&self.access_token))
-            .field("repos", &self.repos)
-            .field("webhook_secret", &redacted(&self.webhook_secret))
-            .field("api_url", &self.api_url)
-            .field("status_context", &self.status_context)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("oauth_client_id", &self.oauth_client_id)
-            .field("oauth_client_secret", &redacted(&self.oauth_client_secret))
-            .finish_non_exhaustive()
-    }
-}
-
-/// `[webhook]`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where every job change is POSTed as JSON.
-    pub url: String,
-    /// Signs each delivery (`X-ZeroCI-Signature-256: sha256=<HMAC-SHA256 of the body>`).
-    pub secret: Option<String>,
-}
-
-// Hand-written: the secret is a credential (and a URL may carry one too).
-impl std::fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("url", &crate::store::mongo::redact_uri(&self.url))
-            .field("secret", &redacted(&self.secret))
-            .finish()
-    }
-}
-
-/// `[telegram]`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelegramConfig {
-    /// The bot's token (from @BotFather).
-    pub token: String,
-    /// Where results go: a group's id (`-1001234567890`) or `@channel`.
-    pub chat_id: String,
-    /// The Bot API (default Telegram's; a self-hosted Bot API server, or a stand-in in tests).
-    pub api_url: Option<String>,
-}
-
-// Hand-written: the token is a credential.
-impl std::fmt::Debug for TelegramConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelegramConfig")
-            .field("token", &"<set>")
-            .field("chat_id", &self.chat_id)
-            .field("api_url", &self.api_url)
-            .finish()
-    }
-}
-
-impl GitHubConfig {
-    /// The OAuth app (client id, secret) pages sign in with, when one is configured.
-    pub fn oauth(&self) -> Option<(&str, &str)> {
-        Some((
-            self.oauth_client_id.as_deref().filter(|s| !s.is_empty())?,
-            self.oauth_client_secret
-                .as_deref()
-                .filter(|s| !s.is_empty())?,
-        ))
     }
 }
 
@@ -330,115 +196,6 @@ pub struct TlsConfig {
     /// Seconds an agent certificate stays valid.
     #[serde(default = "default_agent_cert_ttl")]
     pub agent_cert_ttl: u64,
-}
-
-/// `[db]`: where jobs, logs, reports and artifacts are kept. A new backend is one more variant here and
-/// one line in `store::Stores::open`.
-/// (Variants are structs, even empty ones: serde refuses unknown keys only in those.)
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
-pub enum DbConfig {
-    /// Files under `[main] state_dir` (the default).
-    Embedded {},
-    /// The controller's memory: nothing survives a restart (tests, benchmarks, throw-away runs).
-    Memory {},
-    /// MongoDB, shared by every controller of a service: `uri`, or the original ZeroCI's `host` and
-    /// `port`; the database `name` (default `zeroci`); `retention_days`: finished runs are deleted
-    /// with their logs, reports and artifacts that many days on (default: kept).
-    Mongodb {
-        uri: Option<String>,
-        name: Option<String>,
-        host: Option<String>,
-        port: Option<u16>,
-        retention_days: Option<u32>,
-    },
-}
-
-/// `[queue]`: where queued jobs wait for a worker. One variant per backend; a new backend is one more
-/// variant and one line in `queue::build`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
-pub enum QueueConfig {
-    /// Inside this controller (the default): enough for one controller, since the store keeps every
-    /// queued job and a restart queues them again.
-    #[serde(rename = "in-process")]
-    InProcess {},
-    /// A Redis stream with a consumer group, shared by every controller of a service: `url`
-    /// (`redis://[:password@]host:port/db`), the stream's key (default `zeroci:jobs`).
-    Redis { url: String, stream: Option<String> },
-}
-
-// Hand-written, as the URIs may carry passwords.
-impl std::fmt::Debug for DbConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DbConfig::Embedded {} => f.write_str("Embedded"),
-            DbConfig::Memory {} => f.write_str("Memory"),
-            DbConfig::Mongodb {
-                name,
-                retention_days,
-                ..
-            } => {
-                let uri = self
-                    .mongodb()
-                    .map(|(uri, _)| crate::store::mongo::redact_uri(&uri));
-                f.debug_struct("Mongodb")
-                    .field("uri", &uri)
-                    .field("name", name)
-                    .field("retention_days", retention_days)
-                    .finish()
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for QueueConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueConfig::InProcess {} => f.write_str("InProcess"),
-            QueueConfig::Redis { url, stream } => f
-                .debug_struct("Redis")
-                .field("url", &crate::queue::redis::redact_url(url))
-                .field("stream", stream)
-                .finish(),
-        }
-    }
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig::InProcess {}
-    }
-}
-
-impl DbConfig {
-    /// For `mongodb`: the connection URI and the database name.
-    pub fn mongodb(&self) -> Option<(String, String)> {
-        let DbConfig::Mongodb {
-            uri,
-            name,
-            host,
-            port,
-            ..
-        } = self
-        else {
-            return None;
-        };
-        let uri = uri.clone().unwrap_or_else(|| {
-            format!(
-                "mongodb://{}:{}/",
-                host.as_deref().unwrap_or("localhost"),
-                port.unwrap_or(27017)
-            )
-        });
-        Some((uri, name.clone().unwrap_or_else(|| "zeroci".into())))
-    }
-}
-
-impl Default for DbConfig {
-    fn default() -> Self {
-        DbConfig::Embedded {}
-    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -605,16 +362,7 @@ impl Config {
         if m.store_failure_timeout == 0 {
             return Err("[main] store_failure_timeout must be positive".into());
         }
-        if let DbConfig::Mongodb {
-            retention_days: Some(days),
-            ..
-        } = &self.db
-            && !(1..=36_500).contains(days)
-        {
-            return Err(format!(
-                "[db] retention_days must be between 1 and 36500 (leave it out to keep runs), got {days}"
-            ));
-        }
+        self.db.validate()?;
         self.limits.validate()?;
         let oauth = self.github.as_ref().is_some_and(|g| g.oauth().is_some());
         self.web.validate(oauth)?;
@@ -622,33 +370,7 @@ impl Config {
             vm.validate()?;
         }
         if let Some(github) = &self.github {
-            for repo in &github.repos {
-                let mut parts = repo.split('/');
-                let valid = matches!((parts.next(), parts.next(), parts.next()), (Some(o), Some(n), None) if !o.is_empty() && !n.is_empty());
-                if !valid {
-                    return Err(format!("[github] repos: {repo:?} is not owner/name"));
-                }
-            }
-            if github.oauth_client_id.is_some() != github.oauth_client_secret.is_some() {
-                return Err(
-                    "[github] oauth_client_id and oauth_client_secret go together (a GitHub OAuth app's pair)"
-                        .into(),
-                );
-            }
-            if github
-                .webhook_secret
-                .as_deref()
-                .is_some_and(|s| s.len() < 8)
-            {
-                return Err("[github] webhook_secret must be at least 8 characters".into());
-            }
-            if let Some(url) = &github.api_url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err(format!(
-                    "[github] api_url must be an http(s) URL, got {url:?}"
-                ));
-            }
+            github.validate()?;
         }
         for key in self.environment.keys() {
             check_var_name(key).map_err(|e| format!("[environment] {e}"))?;
@@ -898,33 +620,6 @@ mod tests {
         assert!(
             !shown.contains("change-me"),
             "passwords never printed: {shown}"
-        );
-    }
-
-    #[test]
-    fn branch_patterns_match_with_stars() {
-        assert!(glob_matches("wip/*", "wip/try"));
-        assert!(glob_matches("*", "anything"));
-        assert!(glob_matches("release-*-rc", "release-1.2-rc"));
-        assert!(!glob_matches("wip/*", "main"));
-        assert!(!glob_matches("main", "main2"));
-        assert!(glob_matches("dépendances/*", "dépendances/x"));
-    }
-
-    #[test]
-    fn a_retention_of_zero_days_is_refused() {
-        let mut config = Config::for_init("127.0.0.1:0", None, "http://ci.example");
-        config.db = toml::from_str("backend = \"mongodb\"\nretention_days = 0\n").unwrap();
-        assert!(config.validate().unwrap_err().contains("retention_days"));
-    }
-
-    #[test]
-    fn the_original_zerocis_db_host_and_port_still_work() {
-        let db: DbConfig =
-            toml::from_str("backend = \"mongodb\"\nhost = \"db\"\nport = 27018\n").unwrap();
-        assert_eq!(
-            db.mongodb().unwrap(),
-            ("mongodb://db:27018/".into(), "zeroci".into())
         );
     }
 
