@@ -235,12 +235,7 @@ fn a_running_jobs_page_shows_new_lines_as_they_arrive() {
         "gated",
     );
     let id = env.submit(&repo.path);
-    wait_for("the first line", || {
-        String::from_utf8(env.raw_log(id, Some("1")))
-            .unwrap()
-            .contains("first")
-            .then_some(())
-    });
+    env.wait_for_output(id, Some("1"), "first");
     let browser = Browser::start();
     let base = format!("http://{}", env.http_addr);
     browser.open(&format!("{base}/jobs/{id}"));

@@ -390,6 +390,15 @@ impl TestEnv {
         out.json()
     }
 
+    /// Waits until the job's output (of `step`, or all of it) holds `needle`.
+    pub fn wait_for_output(&self, id: u64, step: Option<&str>, needle: &str) {
+        zeroci_testkit::wait_for(&format!("{needle:?} in the output of job {id}"), || {
+            String::from_utf8_lossy(&self.raw_log(id, step))
+                .contains(needle)
+                .then_some(())
+        });
+    }
+
     /// The job's output up to the line that says `[limits] max_log_bytes` cut it, and that line on.
     pub fn log_cut_at_limit(&self, id: u64) -> (String, String) {
         let log = String::from_utf8(self.raw_log(id, None)).unwrap();

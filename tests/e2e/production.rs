@@ -180,12 +180,7 @@ fn a_job_whose_controller_is_killed_is_finished_by_the_other_with_its_whole_outp
     let script = "for i in $(seq 1 60); do echo line $i; sleep 0.1; done";
     let repo = Repo::new(&env, "orphan", &[("zeroCI.yaml", &pipeline(&[script]))]);
     let id = env.submit(&repo.path);
-    zeroci_testkit::wait_for("the job under way on the first controller", || {
-        String::from_utf8(env.raw_log(id, None))
-            .unwrap()
-            .contains("line 3\n")
-            .then_some(())
-    });
+    env.wait_for_output(id, None, "line 3\n");
     // The second controller starts while the first holds the job: it leaves it alone, and says so
     // rather than pretend to cancel it.
     let peer = Peer::start(&env, "controller-b", &addresses[1]);
@@ -245,12 +240,7 @@ fn a_running_job_finishes_across_a_mongodb_restart() {
     let script = "for i in $(seq 1 30); do echo line $i; sleep 0.1; done";
     let repo = Repo::new(&env, "steady", &[("zeroCI.yaml", &pipeline(&[script]))]);
     let id = env.submit(&repo.path);
-    zeroci_testkit::wait_for("the job under way", || {
-        String::from_utf8(env.raw_log(id, None))
-            .unwrap()
-            .contains("line 3\n")
-            .then_some(())
-    });
+    env.wait_for_output(id, None, "line 3\n");
     env.mongo.as_mut().unwrap().restart();
     let job = env.wait_job(id);
     assert_eq!(job["status"], "success", "{job:#}");

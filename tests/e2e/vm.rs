@@ -222,12 +222,7 @@ fn a_vm_killed_mid_step_ends_the_job_as_agent_lost_and_its_overlay_goes() {
     );
     let id = env.submit(&repo.path);
     let machine = format!("job-{id}-a1");
-    wait_for("the step to start", || {
-        String::from_utf8(env.raw_log(id, Some("1")))
-            .unwrap()
-            .contains("started")
-            .then_some(())
-    });
+    env.wait_for_output(id, Some("1"), "started");
     for pid in qemu_of(&env, &machine) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -257,12 +252,7 @@ fn a_cancelled_job_stops_inside_its_vm_and_the_vm_goes() {
     );
     let id = env.submit(&repo.path);
     let machine = format!("job-{id}-a1");
-    wait_for("the step to start", || {
-        String::from_utf8(env.raw_log(id, Some("1")))
-            .unwrap()
-            .contains("started")
-            .then_some(())
-    });
+    env.wait_for_output(id, Some("1"), "started");
     let out = env.cli(&["cancel", &id.to_string()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let job = env.wait_job(id);
@@ -287,12 +277,7 @@ fn a_controller_killed_with_a_vm_running_leaves_no_vm_behind_after_its_restart()
     );
     let id = env.submit(&repo.path);
     let machine = format!("job-{id}-a1");
-    wait_for("the step to start", || {
-        String::from_utf8(env.raw_log(id, Some("1")))
-            .unwrap()
-            .contains("started")
-            .then_some(())
-    });
+    env.wait_for_output(id, Some("1"), "started");
     let addr = env.grpc_addr.clone();
     env.kill_controller();
     assert!(

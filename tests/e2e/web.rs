@@ -225,12 +225,7 @@ fn a_running_jobs_page_follows_its_log_from_where_the_tail_ends() {
         )],
     );
     let id = env.submit(&repo.path);
-    zeroci_testkit::wait_for("the first line", || {
-        String::from_utf8(env.raw_log(id, Some("1")))
-            .unwrap()
-            .contains("first")
-            .then_some(())
-    });
+    env.wait_for_output(id, Some("1"), "first");
     let (code, _, body) = env.http_get_with_head(&format!("/jobs/{id}"));
     assert_eq!(code, 200);
     let html = String::from_utf8(body).unwrap();

@@ -215,6 +215,19 @@ impl MongoStore {
     }
 }
 
+impl MongoStore {
+    /// The jobs `filter` selects, oldest first.
+    async fn oldest_first(&self, filter: Document) -> Result<Vec<JobRecord>, StoreError> {
+        let cursor = self
+            .jobs
+            .find(filter)
+            .sort(doc! {"id": 1})
+            .await
+            .map_err(backend)?;
+        jobs_of(cursor).await
+    }
+}
+
 /// `mongodb://user:password@host` → `mongodb://user:***@host`: a URI may carry a password.
 pub fn redact_uri(uri: &str) -> String {
     match (uri.find("://"), uri.rfind('@')) {
@@ -364,23 +377,11 @@ impl JobStore for MongoStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let cursor = self
-            .jobs
-            .find(doc! {"final": false})
-            .sort(doc! {"id": 1})
-            .await
-            .map_err(backend)?;
-        jobs_of(cursor).await
+        self.oldest_first(doc! {"final": false}).await
     }
 
     async fn with_machines(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let cursor = self
-            .jobs
-            .find(doc! {"has_machine": true})
-            .sort(doc! {"id": 1})
-            .await
-            .map_err(backend)?;
-        jobs_of(cursor).await
+        self.oldest_first(doc! {"has_machine": true}).await
     }
 
     async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError> {
