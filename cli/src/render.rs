@@ -24,6 +24,12 @@ pub fn job_json(job: &pb::Job) -> Value {
         "reason": job.reason,
         "attempt": job.attempt,
         "triggered_by": job.triggered_by,
+        "committer": job.committer,
+        "notification_failures": job.notification_failures.iter().map(|f| json!({
+            "notifier": f.notifier,
+            "error": f.error,
+            "at": timestamp_json(f.at_unix_ms),
+        })).collect::<Vec<_>>(),
         "steps": job.steps.iter().map(step_json).collect::<Vec<_>>(),
         "artifacts": job.artifacts.iter().map(|a| json!({
             "name": a.name,
@@ -347,6 +353,9 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
     field("commit", or_dash(&job.commit));
     field("url", or_dash(&job.url));
     field("triggered by", or_dash(&job.triggered_by));
+    if !job.committer.is_empty() {
+        field("committer", &job.committer);
+    }
     field("attempt", &job.attempt.to_string());
     field("created", &when(job.created_at_unix_ms));
     field("started", &when(job.started_at_unix_ms));
@@ -357,6 +366,17 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
     );
     if !job.reason.is_empty() {
         field("reason", &job.reason);
+    }
+    for failure in &job.notification_failures {
+        field(
+            "not notified",
+            &format!(
+                "{}: {} ({})",
+                failure.notifier,
+                failure.error,
+                when(failure.at_unix_ms)
+            ),
+        );
     }
     if job.steps.is_empty() {
         out.push_str("\nno steps yet\n");
@@ -445,6 +465,12 @@ mod tests {
             attempt: 1,
             triggered_by: "admin".into(),
             artifacts: Vec::new(),
+            committer: "Ada".into(),
+            notification_failures: vec![pb::NotificationFailure {
+                notifier: "telegram".into(),
+                error: "the chat was not found".into(),
+                at_unix_ms: 1_700_000_009_000,
+            }],
         }
     }
 
@@ -582,5 +608,13 @@ mod tests {
         assert!(d.contains("finished:     -"), "{d}");
         assert!(d.contains("checkout  checkout  success"), "{d}");
         assert!(!d.contains("reason"), "{d}");
+        assert!(d.contains("committer:    Ada"), "{d}");
+        assert!(
+            d.contains("not notified: telegram: the chat was not found ("),
+            "{d}"
+        );
+        let v = job_json(&sample_job());
+        assert_eq!(v["committer"], "Ada");
+        assert_eq!(v["notification_failures"][0]["notifier"], "telegram");
     }
 }

@@ -270,6 +270,9 @@ pub struct NewJob {
     /// A newer commit from a trigger: with coalescing on, it supersedes queued commits of its branch
     /// (never for reruns).
     pub supersede: bool,
+    /// Who made the change, when the trigger knows: a push's head commit author, a pull request's
+    /// opener, a local commit's author.
+    pub committer: Option<String>,
 }
 
 /// One job as stored.
@@ -319,6 +322,31 @@ pub struct JobRecord {
     /// The claim on a provisioning or running job; none while queued and once final.
     #[serde(default)]
     pub lease: Option<Lease>,
+    /// Who made the change, when the trigger knew ([`NewJob::committer`]).
+    #[serde(default)]
+    pub committer: Option<String>,
+}
+
+/// A notifier that could not deliver a change of a job, after its own retries. Kept beside the job
+/// record, not in it, so that a notifier never races the engine's compare-and-set writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationFailure {
+    /// The notifier's name (`telegram`, `webhook`, `github-status`).
+    pub notifier: String,
+    /// What went wrong, as the notifier explains it.
+    pub error: String,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+impl NotificationFailure {
+    pub fn to_pb(&self) -> pb::NotificationFailure {
+        pb::NotificationFailure {
+            notifier: self.notifier.clone(),
+            error: self.error.clone(),
+            at_unix_ms: self.at,
+        }
+    }
 }
 
 impl JobRecord {
@@ -347,6 +375,7 @@ impl JobRecord {
             untrusted: new.untrusted,
             revision: 0,
             lease: None,
+            committer: new.committer,
         }
     }
 
@@ -438,6 +467,8 @@ impl JobRecord {
             reason: self.reason.clone(),
             attempt: self.attempt,
             triggered_by: self.triggered_by.clone(),
+            committer: self.committer.clone().unwrap_or_default(),
+            notification_failures: Vec::new(),
             artifacts: self
                 .artifacts
                 .iter()
@@ -472,6 +503,7 @@ mod tests {
             github_repo: None,
             untrusted: false,
             supersede: false,
+            committer: None,
         };
         let mut job = JobRecord::new(1, new, 0);
         for (i, (kind, status)) in steps.iter().enumerate() {

@@ -172,6 +172,7 @@ mod tests {
             github_repo: None,
             untrusted: false,
             supersede: false,
+            committer: None,
         };
         let mut job = JobRecord::new(1, new, 0);
         job.status = JobStatus::Failure;

@@ -152,8 +152,12 @@ pub async fn serve(
             .map_err(crate::error::ControllerError::FailedPrecondition)?;
         notifiers.push(Arc::new(webhook));
     }
-    let notifications =
-        Notifications::start(notifiers, config.main.domain.clone(), NOTIFY_CALL_LIMIT);
+    let notifications = Notifications::start(
+        notifiers,
+        config.main.domain.clone(),
+        NOTIFY_CALL_LIMIT,
+        stores.jobs.clone(),
+    );
     let engine = Engine::new(EngineParts {
         config: config.clone(),
         stores,

@@ -184,7 +184,7 @@ fn push_payload(repo: &Repo, branch: &str, after: &str) -> Vec<u8> {
         "deleted": after.chars().all(|c| c == '0'),
         "repository": { "full_name": "acme/widget", "clone_url": repo.path_str() },
         "pusher": { "name": "octocat" },
-        "head_commit": { "message": "change" },
+        "head_commit": { "message": "change", "author": { "name": "Octo Cat" } },
     })
     .to_string()
     .into_bytes()
@@ -252,6 +252,7 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
     assert_eq!(job["status"], "success", "{job:#}");
     assert_eq!(job["repo"], "acme/widget");
     assert_eq!(job["ref"], "feature/x/y");
+    assert_eq!(job["committer"], "Octo Cat", "the head commit's author");
     assert_eq!(env.raw_log(id, None), b"built feature/x/y with-secret\n");
     // Statuses are sent in order by one task; wait for the final one to land.
     let statuses = zeroci_testkit::wait_for("the pending and final statuses", || {

@@ -85,6 +85,7 @@ fn every_change_of_a_job_arrives_signed_and_in_order() {
     );
     let last = &received.last().unwrap().1;
     assert_eq!(last["repo"], "hooked");
+    assert_eq!(last["committer"], "t", "the commit's author");
     assert!(
         last["url"]
             .as_str()

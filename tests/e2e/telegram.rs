@@ -153,6 +153,10 @@ script:
         "{text}"
     );
     assert!(
+        text.contains("</code> by t\n"),
+        "the committer, as the CLI read it: {text}"
+    );
+    assert!(
         text.contains("failed tests:\n• <code>c.&lt;bad&gt;</code>: expected 1 &amp; got 2"),
         "{text}"
     );
@@ -183,9 +187,16 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
     let repo = Repo::new(&env, "unheard", &[("zeroCI.yaml", &pipeline(&["true"]))]);
     let id = env.submit(&repo.path);
     assert_eq!(env.wait_job(id)["status"], "success");
-    zeroci_testkit::wait_for("the refusal counted", || {
-        (notification_failures(&env) == 1).then_some(())
+    // Recorded on the job once the notifier gave up (`zeroci show --json` and the page say it).
+    let json = zeroci_testkit::wait_for("the refusal recorded on the job", || {
+        let json = env.job(id);
+        json["notification_failures"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+            .then_some(json)
     });
+    assert_eq!(json["notification_failures"][0]["notifier"], "telegram");
+    assert_eq!(notification_failures(&env), 1, "and counted");
     assert_eq!(
         fake.sent.lock().unwrap().len(),
         2,
@@ -194,6 +205,20 @@ fn a_chat_that_does_not_exist_is_a_counted_failure_and_the_job_is_untouched() {
     assert!(
         env.controller_log_text().contains("the chat was not found"),
         "the log says what is wrong"
+    );
+    let shown = env.cli(&["show", &id.to_string()]).stdout_str();
+    assert!(
+        shown.contains("not notified: telegram: the chat was not found"),
+        "{shown}"
+    );
+    assert_eq!(json["status"], "success", "the job itself is untouched");
+    let (_, page) = env.http_get(&format!("/jobs/{id}"));
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains(
+            "<dt>Not notified</dt><dd class=\"notify-failure\">telegram: the chat was not found"
+        ),
+        "{page}"
     );
 }
 

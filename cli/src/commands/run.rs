@@ -24,6 +24,7 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
             ref_name: args.branch.clone().unwrap_or_default(),
             repo_name: repo,
             step_timeout_secs: args.timeout.unwrap_or(0),
+            committer: String::new(),
         };
         let response = client.rpc.submit_job(request).await;
         let job = response
@@ -49,6 +50,7 @@ pub async fn run(profile: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCo
         ref_name: args.branch.unwrap_or(source.ref_name),
         repo_name: source.repo_name,
         step_timeout_secs: args.timeout.unwrap_or(0),
+        committer: source.committer,
     };
     let mut request = tonic::Request::new(request);
     if args.detach {

@@ -75,6 +75,7 @@ pub fn job(status: &str) -> pb::Job {
         attempt: 1,
         triggered_by: "admin".into(),
         artifacts: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -70,7 +70,15 @@ impl ControlApi {
 
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
         let job = self.engine.job(id).await?;
-        Ok(job.to_pb(self.engine.domain()))
+        let mut shown = job.to_pb(self.engine.domain());
+        shown.notification_failures = self
+            .engine
+            .notification_failures(id)
+            .await?
+            .iter()
+            .map(|f| f.to_pb())
+            .collect();
+        Ok(shown)
     }
 }
 
@@ -114,6 +122,9 @@ impl pb::control_service_server::ControlService for ControlApi {
             github_repo,
             untrusted: false,
             supersede: true,
+            // Shown only; a name longer than any real one is cut.
+            committer: Some(r.committer.chars().take(200).collect::<String>())
+                .filter(|c| !c.trim().is_empty()),
         };
         let job = self.engine.submit(new).await?;
         Ok(Response::new(pb::SubmitJobResponse {
@@ -177,7 +188,7 @@ impl pb::control_service_server::ControlService for ControlApi {
         authorize_user(&request, Access::Read)?;
         let r = request.into_inner();
         // Fail fast on unknown jobs, before the stream starts.
-        self.job(r.id).await?;
+        self.engine.job(r.id).await?;
         let (tx, rx) = mpsc::channel(32);
         let after = r
             .after

@@ -39,6 +39,10 @@ struct JobPage {
     status: String,
     reason: String,
     triggered_by: String,
+    /// Who made the change; empty when unknown.
+    committer: String,
+    /// Notifiers that could not deliver the job's latest change.
+    notification_failures: Vec<NotificationRow>,
     created: String,
     duration: String,
     steps: Vec<StepRow>,
@@ -60,6 +64,12 @@ struct JobPage {
     signed_in: &'static str,
     /// An admin's CSRF token for the rerun and cancel forms; `None`: no forms.
     csrf: Option<String>,
+}
+
+struct NotificationRow {
+    notifier: String,
+    error: String,
+    at: String,
 }
 
 struct StepRow {
@@ -172,6 +182,17 @@ async fn render(
         status: record.status.word(),
         reason: record.reason.clone(),
         triggered_by: record.triggered_by.clone(),
+        committer: record.committer.clone().unwrap_or_default(),
+        notification_failures: engine
+            .notification_failures(id)
+            .await?
+            .into_iter()
+            .map(|f| NotificationRow {
+                notifier: f.notifier,
+                error: f.error,
+                at: clock(f.at),
+            })
+            .collect(),
         created: clock(record.created_at),
         duration: duration(record.started_at, record.finished_at),
         steps: record

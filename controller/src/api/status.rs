@@ -158,6 +158,7 @@ mod tests {
             github_repo: None,
             untrusted: false,
             supersede: false,
+            committer: None,
         };
         let mut job = JobRecord::new(id, new, 0);
         job.status = status;

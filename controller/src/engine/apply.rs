@@ -322,6 +322,7 @@ mod tests {
                 github_repo: None,
                 untrusted: false,
                 supersede: false,
+                committer: None,
             },
             0,
         );

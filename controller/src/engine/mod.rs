@@ -335,6 +335,14 @@ impl Engine {
             .ok_or_else(|| ControllerError::NotFound(format!("job {id} not found")))
     }
 
+    /// What notifiers could not deliver for job `id` (empty when everything got through).
+    pub async fn notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<crate::jobs::NotificationFailure>, ControllerError> {
+        Ok(self.jobs.notification_failures(id).await?)
+    }
+
     // === Triggers ===
 
     pub async fn submit(&self, new: NewJob) -> Result<JobRecord, ControllerError> {
@@ -388,6 +396,7 @@ impl Engine {
             github_repo: old.github_repo,
             untrusted: old.untrusted,
             supersede: false,
+            committer: old.committer,
         })
         .await
     }

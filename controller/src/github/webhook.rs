@@ -142,6 +142,8 @@ pub struct Push {
     pub pusher: String,
     /// The head commit's message; absent on a deletion.
     pub head_message: Option<String>,
+    /// The head commit's author (`head_commit.author.name`); absent on a deletion.
+    pub head_author: Option<String>,
 }
 
 impl Push {
@@ -209,6 +211,12 @@ struct WirePusher {
 #[derive(Deserialize)]
 struct WireCommit {
     message: Option<String>,
+    author: Option<WireAuthor>,
+}
+
+#[derive(Deserialize)]
+struct WireAuthor {
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +329,11 @@ fn parse_push(body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         tag,
         git_ref,
         pusher: need_str(E, w.pusher.and_then(|p| p.name), "pusher.name")?,
+        head_author: w
+            .head_commit
+            .as_ref()
+            .and_then(|c| c.author.as_ref())
+            .and_then(|a| a.name.clone()),
         head_message: w.head_commit.and_then(|c| c.message),
     }))
 }

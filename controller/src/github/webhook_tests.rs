@@ -129,6 +129,7 @@ fn push_to_main() {
     assert!(!p.deleted);
     assert_eq!(p.clone_url, "https://github.com/threefoldtech/zeroCI.git");
     assert_eq!(p.pusher, "AhmedHanafy725");
+    assert_eq!(p.head_author.as_deref(), Some("Ahmed Hanafy"));
     assert_eq!(
         p.head_message.as_deref(),
         Some("Run black on the backend\n\nLine length 120, as CI checks.")

@@ -9,6 +9,7 @@ pub mod github_status;
 pub mod telegram;
 pub mod webhook;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::jobs::JobRecord;
+use crate::jobs::{JobId, JobRecord, NotificationFailure};
+use crate::store::JobStore;
 pub use github_status::{GitHubStatuses, status_for};
 
 #[async_trait]
@@ -51,6 +53,72 @@ pub async fn check(config: &crate::config::Config) -> Vec<(&'static str, Result<
     results
 }
 
+/// One notifier's task: delivers its queue in order and records what it could not deliver.
+struct Delivery {
+    notifier: Arc<dyn Notifier>,
+    domain: String,
+    per_call: Duration,
+    jobs: Arc<dyn JobStore>,
+    failures: Arc<AtomicU64>,
+}
+
+impl Delivery {
+    async fn run(self, mut queue: mpsc::Receiver<JobRecord>) {
+        let name = self.notifier.name();
+        // Unfinished jobs with a failure on record, to forget it when a later change gets through.
+        let mut failed: HashSet<JobId> = HashSet::new();
+        while let Some(job) = queue.recv().await {
+            let span = info_span!("notify", notifier = name, job_id = job.id);
+            let call = self
+                .notifier
+                .job_changed(&job, &self.domain)
+                .instrument(span);
+            let outcome = match tokio::time::timeout(self.per_call, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!(
+                    "no answer within {} s",
+                    self.per_call.as_secs_f32()
+                )),
+            };
+            let record = match outcome {
+                Err(error) => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(notifier = name, job_id = job.id, %error, "notification failed");
+                    failed.insert(job.id);
+                    let failure = NotificationFailure {
+                        notifier: name.to_string(),
+                        error,
+                        at: zeroci::now_unix_ms(),
+                    };
+                    Some(self.jobs.put_notification_failure(job.id, failure))
+                }
+                Ok(()) if failed.remove(&job.id) => {
+                    Some(self.jobs.clear_notification_failure(job.id, name))
+                }
+                Ok(()) => None,
+            };
+            if job.status.is_final() {
+                failed.remove(&job.id); // no later change will come
+            }
+            if let Some(record) = record {
+                match tokio::time::timeout(self.per_call, record).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        warn!(notifier = name, job_id = job.id, %error, "cannot record the notification's outcome on the job")
+                    }
+                    Err(_) => {
+                        warn!(
+                            notifier = name,
+                            job_id = job.id,
+                            "recording the notification's outcome on the job timed out"
+                        )
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Changes waiting per notifier; beyond this, new ones are dropped with a warning.
 const QUEUE_PER_NOTIFIER: usize = 1024;
 
@@ -63,35 +131,29 @@ pub struct Notifications {
 }
 
 impl Notifications {
-    /// Starts one task per notifier; each call may take at most `per_call`.
+    /// Starts one task per notifier; each call may take at most `per_call`. What a notifier could
+    /// not deliver is recorded with the job in `jobs` (shown by `zeroci show` and the job page) and
+    /// forgotten once a later change of that job gets through.
     pub fn start(
         notifiers: Vec<Arc<dyn Notifier>>,
         domain: String,
         per_call: Duration,
+        jobs: Arc<dyn JobStore>,
     ) -> Notifications {
         let tasks = TaskTracker::new();
         let failures = Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
         for notifier in notifiers {
-            let (tx, mut rx) = mpsc::channel::<JobRecord>(QUEUE_PER_NOTIFIER);
-            let failures_of_task = failures.clone();
-            let domain = domain.clone();
-            let name = notifier.name();
-            tasks.spawn(async move {
-                while let Some(job) = rx.recv().await {
-                    let span = info_span!("notify", notifier = name, job_id = job.id);
-                    let call = notifier.job_changed(&job, &domain).instrument(span);
-                    let failure = match tokio::time::timeout(per_call, call).await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(error)) => Some(error),
-                        Err(_) => Some("timed out".to_string()),
-                    };
-                    if let Some(error) = failure {
-                        failures_of_task.fetch_add(1, Ordering::Relaxed);
-                        warn!(notifier = name, job_id = job.id, %error, "notification failed");
-                    }
-                }
-            });
+            let (tx, rx) = mpsc::channel::<JobRecord>(QUEUE_PER_NOTIFIER);
+            let delivery = Delivery {
+                notifier,
+                domain: domain.clone(),
+                per_call,
+                jobs: jobs.clone(),
+                failures: failures.clone(),
+            };
+            let name = delivery.notifier.name();
+            tasks.spawn(delivery.run(rx));
             queues.push((name, tx));
         }
         tasks.close();
@@ -104,7 +166,12 @@ impl Notifications {
 
     /// No notifiers.
     pub fn none() -> Notifications {
-        Notifications::start(Vec::new(), String::new(), Duration::from_secs(1))
+        Notifications::start(
+            Vec::new(),
+            String::new(),
+            Duration::from_secs(1),
+            Arc::new(crate::store::memory::MemoryStore::default()),
+        )
     }
 
     /// Queues a job's change for every notifier; never blocks.
@@ -146,8 +213,11 @@ impl Notifications {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::NewJob;
+    use crate::jobs::JobStatus;
+    use crate::store::conformance::new_job;
+    use crate::store::memory::MemoryStore;
 
+    /// Takes `delay` per change and refuses changes of running jobs.
     struct Recorder {
         name: &'static str,
         delay: Duration,
@@ -162,53 +232,88 @@ mod tests {
         async fn job_changed(&self, job: &JobRecord, _domain: &str) -> Result<(), String> {
             tokio::time::sleep(self.delay).await;
             self.seen.lock().unwrap().push(job.id);
+            if job.status == JobStatus::Running {
+                return Err("the receiver said no".into());
+            }
             Ok(())
         }
     }
 
-    fn job(id: u64) -> JobRecord {
-        let new = NewJob {
-            repo: "r".into(),
-            repo_url: "/r".into(),
-            ref_name: String::new(),
-            commit: "c".into(),
-            triggered_by: "t".into(),
-            step_timeout_secs: 0,
-            github_repo: None,
-            untrusted: false,
-            supersede: false,
+    fn recorder(name: &'static str, delay: Duration) -> (Arc<dyn Notifier>, Arc<Mutex<Vec<u64>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let notifier = Recorder {
+            name,
+            delay,
+            seen: seen.clone(),
         };
-        JobRecord::new(id, new, 0)
+        (Arc::new(notifier), seen)
     }
 
     #[tokio::test]
     async fn notifiers_run_side_by_side_in_order_and_drain_at_shutdown() {
-        let fast = Arc::new(Mutex::new(Vec::new()));
-        let stuck = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new(MemoryStore::default());
+        let mut jobs = Vec::new();
+        for _ in 1..=3 {
+            jobs.push(store.create(new_job("r"), 0).await.unwrap());
+        }
+        let (fast, fast_seen) = recorder("fast", Duration::ZERO);
+        let (stuck, stuck_seen) = recorder("stuck", Duration::from_secs(3600));
         let notifications = Notifications::start(
-            vec![
-                Arc::new(Recorder {
-                    name: "fast",
-                    delay: Duration::ZERO,
-                    seen: fast.clone(),
-                }),
-                Arc::new(Recorder {
-                    name: "stuck",
-                    delay: Duration::from_secs(3600),
-                    seen: stuck.clone(),
-                }),
-            ],
+            vec![fast, stuck],
             "http://x".into(),
             Duration::from_millis(50),
+            store.clone(),
         );
-        for id in 1..=3 {
-            notifications.send(&job(id));
+        for job in &jobs {
+            notifications.send(job);
         }
         // The stuck notifier times out per call; the fast one is not held up by it.
         notifications.drain(Duration::from_secs(5)).await;
-        assert_eq!(*fast.lock().unwrap(), vec![1, 2, 3]);
-        assert!(stuck.lock().unwrap().is_empty());
+        assert_eq!(*fast_seen.lock().unwrap(), vec![1, 2, 3]);
+        assert!(stuck_seen.lock().unwrap().is_empty());
         assert_eq!(notifications.failures(), 3, "each stuck call counted");
-        notifications.send(&job(4)); // after the drain: ignored, no panic
+        for job in &jobs {
+            let failures = store.notification_failures(job.id).await.unwrap();
+            assert_eq!(failures.len(), 1, "{failures:?}");
+            assert_eq!(failures[0].notifier, "stuck");
+            assert_eq!(failures[0].error, "no answer within 0.05 s");
+        }
+        notifications.send(&jobs[0]); // after the drain: ignored, no panic
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_kept_with_the_job_until_a_later_change_gets_through() {
+        let store = Arc::new(MemoryStore::default());
+        let mut job = store.create(new_job("r"), 0).await.unwrap();
+        let mut other = store.create(new_job("r"), 0).await.unwrap();
+        let (notifier, _) = recorder("flaky", Duration::ZERO);
+        let notifications = Notifications::start(
+            vec![notifier],
+            "http://x".into(),
+            Duration::from_secs(5),
+            store.clone(),
+        );
+        job.status = JobStatus::Running;
+        other.status = JobStatus::Running;
+        notifications.send(&job);
+        notifications.send(&other);
+        job.status = JobStatus::Success;
+        notifications.send(&job);
+        notifications.drain(Duration::from_secs(5)).await;
+        assert!(
+            store
+                .notification_failures(job.id)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the final status got through: the earlier failure is forgotten"
+        );
+        let kept = store.notification_failures(other.id).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].notifier.as_str(), kept[0].error.as_str()),
+            ("flaky", "the receiver said no")
+        );
+        assert_eq!(notifications.failures(), 2);
     }
 }

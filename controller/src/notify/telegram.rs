@@ -306,9 +306,13 @@ pub fn message(job: &JobRecord, domain: &str) -> Option<(String, Vec<(String, St
     let mut lines = vec![
         format!("{icon} <b>{word}</b> · job #{}", job.id),
         format!(
-            "<b>{}</b> on <code>{}</code> at {commit}",
+            "<b>{}</b> on <code>{}</code> at {commit}{}",
             escape(&job.repo),
-            escape(&job.ref_name)
+            escape(&job.ref_name),
+            job.committer
+                .as_ref()
+                .map(|name| format!(" by {}", escape(name)))
+                .unwrap_or_default()
         ),
         format!("triggered by {}", escape(&job.triggered_by)),
     ];
@@ -432,7 +436,12 @@ mod tests {
             ..crate::engine::apply::checkout_step()
         });
         failed.reason = "exit 1 & more".into();
+        failed.committer = Some("Mallory <evil@example.com>".into());
         let (text, _) = message(&failed, "https://ci.example").unwrap();
+        assert!(
+            text.contains("</a> by Mallory &lt;evil@example.com&gt;\n"),
+            "{text}"
+        );
         assert!(
             !text.contains("<script>") && !text.contains("<b>repo</b>"),
             "{text}"

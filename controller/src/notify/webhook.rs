@@ -54,6 +54,7 @@ pub fn payload(job: &JobRecord, domain: &str) -> serde_json::Value {
         "commit": job.commit,
         "github_repo": job.github_repo,
         "triggered_by": job.triggered_by,
+        "committer": job.committer,
         "reason": job.reason,
         "url": job_url(domain, job.id),
         "created_at_ms": job.created_at,

@@ -7,7 +7,7 @@ use super::{
     ArtifactPiece, EventKind, JobFilter, LogCursor, LogEvent, Payloads, StoreError, Stores,
     collect_log,
 };
-use crate::jobs::{JobStatus, MachineRecord, NewJob};
+use crate::jobs::{JobStatus, MachineRecord, NewJob, NotificationFailure};
 
 /// A queued job of `repo` (URL `/src/<repo>`, branch `main`).
 pub(crate) fn new_job(repo: &str) -> NewJob {
@@ -21,6 +21,7 @@ pub(crate) fn new_job(repo: &str) -> NewJob {
         github_repo: None,
         untrusted: false,
         supersede: false,
+        committer: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn event(attempt: u32, seq: u64, kind: EventKind, payload: &[u8]) -> LogEvent {
 pub(crate) async fn check_all(stores: &Stores) {
     jobs(stores).await;
     deliveries(stores).await;
+    notification_failures(stores).await;
     logs(stores).await;
     reports_and_artifacts(stores).await;
 }
@@ -122,6 +124,58 @@ async fn deliveries(stores: &Stores) {
     assert!(
         jobs.claim_delivery("d-1").await.unwrap(),
         "released: may try again"
+    );
+}
+
+async fn notification_failures(stores: &Stores) {
+    let jobs = &stores.jobs;
+    let mut job = jobs.create(new_job("notified"), 20).await.unwrap();
+    let failure = |notifier: &str, error: &str, at| NotificationFailure {
+        notifier: notifier.into(),
+        error: error.into(),
+        at,
+    };
+    assert!(jobs.notification_failures(job.id).await.unwrap().is_empty());
+    jobs.put_notification_failure(job.id, failure("webhook", "refused: 403", 1))
+        .await
+        .unwrap();
+    jobs.put_notification_failure(job.id, failure("telegram", "chat not found", 2))
+        .await
+        .unwrap();
+    jobs.put_notification_failure(job.id, failure("telegram", "bot kicked", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs.notification_failures(job.id).await.unwrap(),
+        [
+            failure("telegram", "bot kicked", 3),
+            failure("webhook", "refused: 403", 1)
+        ],
+        "one per notifier, the latest, by name"
+    );
+    // Beside the record: writing them never moves its revision, so the engine's next put still wins.
+    job.status = JobStatus::Success;
+    jobs.put(&mut job).await.unwrap();
+    jobs.clear_notification_failure(job.id, "telegram")
+        .await
+        .unwrap();
+    jobs.clear_notification_failure(job.id, "never-failed")
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs.notification_failures(job.id).await.unwrap(),
+        [failure("webhook", "refused: 403", 1)]
+    );
+    let unknown = job.id + 1000;
+    jobs.put_notification_failure(unknown, failure("webhook", "x", 1))
+        .await
+        .unwrap();
+    assert!(
+        jobs.notification_failures(unknown)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing kept for a job that does not exist"
     );
 }
 

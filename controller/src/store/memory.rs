@@ -13,7 +13,7 @@ use super::{
     ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, LogCursor, LogEvent, LogStore,
     LogStream, Payloads, ReportStore, StoreError,
 };
-use crate::jobs::{JobId, JobRecord, NewJob};
+use crate::jobs::{JobId, JobRecord, NewJob, NotificationFailure};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -27,6 +27,7 @@ struct State {
     records: BTreeMap<JobId, JobRecord>,
     highest_id: JobId,
     deliveries: HashSet<String>,
+    notification_failures: HashMap<JobId, BTreeMap<String, NotificationFailure>>,
     logs: HashMap<JobId, Vec<LogEvent>>,
     reports: HashMap<(JobId, LogCursor), Bytes>,
     artifacts: HashMap<(JobId, u32, String), BytesMut>,
@@ -128,6 +129,45 @@ impl JobStore for MemoryStore {
     async fn release_delivery(&self, id: &str) -> Result<(), StoreError> {
         self.state()?.deliveries.remove(id);
         Ok(())
+    }
+
+    async fn put_notification_failure(
+        &self,
+        id: JobId,
+        failure: NotificationFailure,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if state.records.contains_key(&id) {
+            state
+                .notification_failures
+                .entry(id)
+                .or_default()
+                .insert(failure.notifier.clone(), failure);
+        }
+        Ok(())
+    }
+
+    async fn clear_notification_failure(
+        &self,
+        id: JobId,
+        notifier: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(failures) = self.state()?.notification_failures.get_mut(&id) {
+            failures.remove(notifier);
+        }
+        Ok(())
+    }
+
+    async fn notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<NotificationFailure>, StoreError> {
+        Ok(self
+            .state()?
+            .notification_failures
+            .get(&id)
+            .map(|f| f.values().cloned().collect())
+            .unwrap_or_default())
     }
 }
 

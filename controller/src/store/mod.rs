@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::config::{Config, DbConfig};
-use crate::jobs::{JobId, JobRecord, JobStatus, NewJob};
+use crate::jobs::{JobId, JobRecord, JobStatus, NewJob, NotificationFailure};
 pub use log::{ArtifactNote, ArtifactPiece, EventKind, LogCursor, LogEvent, Payloads, ReportNote};
 
 /// Storage failures.
@@ -97,6 +97,22 @@ pub trait JobStore: Send + Sync + 'static {
     async fn claim_delivery(&self, id: &str) -> Result<bool, StoreError>;
     /// Forgets a claimed delivery whose job could not be created, so a redelivery can try again.
     async fn release_delivery(&self, id: &str) -> Result<(), StoreError>;
+    /// Records what a notifier could not deliver for job `id`, replacing that notifier's earlier
+    /// failure; nothing for a job that does not exist. Kept apart from the record, so that notifiers
+    /// never race the engine's compare-and-set writes. Durable on return.
+    async fn put_notification_failure(
+        &self,
+        id: JobId,
+        failure: NotificationFailure,
+    ) -> Result<(), StoreError>;
+    /// Forgets `notifier`'s failure for job `id` (a later change got through).
+    async fn clear_notification_failure(&self, id: JobId, notifier: &str)
+    -> Result<(), StoreError>;
+    /// The failures recorded for job `id`, ordered by notifier name.
+    async fn notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<NotificationFailure>, StoreError>;
 }
 
 /// A stream of a job's log events.

@@ -33,6 +33,8 @@ struct Trigger {
     /// The branch `run_on` filters on: the pushed branch, or a pull request's base branch.
     filter_branch: String,
     by: String,
+    /// Who made the change: the head commit's author, or the pull request's opener.
+    committer: Option<String>,
     /// A fork's pull request: runs without the token and the repository's secrets.
     untrusted: bool,
 }
@@ -107,6 +109,7 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
                 filter_branch: branch.clone(),
                 branch,
                 event: "push",
+                committer: push.head_author.or_else(|| Some(push.pusher.clone())),
                 by: push.pusher,
                 untrusted: false,
             }
@@ -118,6 +121,7 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
             branch: pr.head_ref,
             event: "pull_request",
             filter_branch: pr.base_ref,
+            committer: Some(pr.sender.clone()),
             by: format!("{} (#{})", pr.sender, pr.number),
             untrusted: pr.from_fork,
         },
@@ -165,6 +169,7 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         github_repo: Some(trigger.repo),
         untrusted: trigger.untrusted,
         supersede: true,
+        committer: trigger.committer,
     };
     match engine.submit(new).await {
         Ok(job) => {

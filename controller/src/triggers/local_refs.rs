@@ -325,6 +325,15 @@ async fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, GitFailure> {
     }
 }
 
+/// The author of `commit`, for messages; none when git cannot tell (it is only shown).
+async fn commit_author(repo: &Path, commit: &str) -> Option<String> {
+    let stdout = git(repo, &["show", "-s", "--format=%an", commit, "--"])
+        .await
+        .ok()?;
+    let name = String::from_utf8_lossy(&stdout).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
 /// For every `[repos."local:/path"]`: watch the repository's branch heads and queue a job for each new
 /// head (for hosts where `zeroci hook install` cannot be used).
 pub fn watch_configured(
@@ -352,6 +361,7 @@ pub fn watch_configured(
                     .repo_path
                     .file_name()
                     .map(|n| n.to_string_lossy().trim_end_matches(".git").to_string());
+                let committer = commit_author(&update.repo_path, &update.commit).await;
                 let new = crate::jobs::NewJob {
                     repo: repo.unwrap_or_else(|| update.repo_path.display().to_string()),
                     repo_url: update.repo_path.display().to_string(),
@@ -362,6 +372,7 @@ pub fn watch_configured(
                     github_repo: None,
                     untrusted: false,
                     supersede: true,
+                    committer,
                 };
                 if let Err(e) = engine.submit(new).await {
                     tracing::warn!(error = %e, "cannot queue a job for a watched repository");

@@ -17,7 +17,7 @@ use zeroci::pki::{CertificateAuthority, Identity};
 use zeroci::resources::Resources;
 use zeroci_controller::config::Config;
 use zeroci_controller::engine::{ActiveJob, Engine, EngineParts};
-use zeroci_controller::jobs::{JobId, JobRecord, MachineRecord, NewJob};
+use zeroci_controller::jobs::{JobId, JobRecord, MachineRecord, NewJob, NotificationFailure};
 use zeroci_controller::notify::Notifications;
 use zeroci_controller::provisioner::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
 use zeroci_controller::queue::InProcessQueue;
@@ -143,6 +143,26 @@ impl JobStore for FailingStore {
     async fn release_delivery(&self, id: &str) -> Result<(), StoreError> {
         self.inner.release_delivery(id).await
     }
+    async fn put_notification_failure(
+        &self,
+        id: JobId,
+        failure: NotificationFailure,
+    ) -> Result<(), StoreError> {
+        self.inner.put_notification_failure(id, failure).await
+    }
+    async fn clear_notification_failure(
+        &self,
+        id: JobId,
+        notifier: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.clear_notification_failure(id, notifier).await
+    }
+    async fn notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<NotificationFailure>, StoreError> {
+        self.inner.notification_failures(id).await
+    }
 }
 
 #[async_trait]
@@ -256,6 +276,7 @@ impl Controller {
             github_repo: None,
             untrusted: false,
             supersede: false,
+            committer: None,
         };
         self.engine.submit(new).await.expect("submitted").id
     }

@@ -5,6 +5,7 @@
 //!   fsync the directory), so a crash leaves the old record or the new one, durably;
 //! - `jobs/<id>/log`: the job's log ([`journal`]);
 //! - `jobs/<id>/reports/`, `jobs/<id>/artifacts/`: see [`files`];
+//! - `jobs/<id>/notifications.json`: what notifiers could not deliver, replaced like the record;
 //! - `deliveries`: webhook delivery ids, one per line (`-id` releases one), fsynced per line.
 //!
 //! All records are also kept in memory (they are small; logs are not), so reads and listings never
@@ -24,7 +25,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::{JobFilter, JobStore, StoreError};
-use crate::jobs::{JobId, JobRecord, NewJob};
+use crate::jobs::{JobId, JobRecord, NewJob, NotificationFailure};
 
 pub struct EmbeddedStore {
     jobs_dir: PathBuf,
@@ -32,6 +33,8 @@ pub struct EmbeddedStore {
     /// Webhook delivery ids seen, mirrored in `deliveries`.
     deliveries: Mutex<HashSet<String>>,
     deliveries_path: PathBuf,
+    /// Held across each read-modify-write of a `notifications.json`.
+    notifications: Mutex<()>,
     /// Logs, reports and artifacts: what is read and written on the blocking pool.
     files: Arc<files::JobFiles>,
 }
@@ -99,6 +102,7 @@ impl EmbeddedStore {
             records: Mutex::new(records),
             deliveries: Mutex::new(deliveries),
             deliveries_path,
+            notifications: Mutex::new(()),
         })
     }
 
@@ -109,6 +113,46 @@ impl EmbeddedStore {
     fn write_record(&self, job: &JobRecord) -> Result<(), StoreError> {
         let path = self.job_dir(job.id).join("job.json");
         let bytes = serde_json::to_vec_pretty(job).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        write_durably(&path, &bytes)
+    }
+
+    fn read_notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<NotificationFailure>, StoreError> {
+        let path = self.job_dir(id).join("notifications.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Applies `change` to a job's notification failures and writes them back, ordered by notifier.
+    async fn change_notification_failures(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut Vec<NotificationFailure>),
+    ) -> Result<(), StoreError> {
+        if !self.records.lock().await.by_id.contains_key(&id) {
+            return Ok(());
+        }
+        let _held = self.notifications.lock().await;
+        let mut failures = self.read_notification_failures(id)?;
+        let before = failures.clone();
+        change(&mut failures);
+        if failures == before {
+            return Ok(());
+        }
+        failures.sort_by(|a, b| a.notifier.cmp(&b.notifier));
+        let path = self.job_dir(id).join("notifications.json");
+        let bytes = serde_json::to_vec_pretty(&failures).map_err(|e| StoreError::Corrupt {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
@@ -254,6 +298,36 @@ impl JobStore for EmbeddedStore {
             self.append_delivery_line(&format!("-{id}"))?;
         }
         Ok(())
+    }
+
+    async fn put_notification_failure(
+        &self,
+        id: JobId,
+        failure: NotificationFailure,
+    ) -> Result<(), StoreError> {
+        self.change_notification_failures(id, |failures| {
+            failures.retain(|f| f.notifier != failure.notifier);
+            failures.push(failure);
+        })
+        .await
+    }
+
+    async fn clear_notification_failure(
+        &self,
+        id: JobId,
+        notifier: &str,
+    ) -> Result<(), StoreError> {
+        self.change_notification_failures(id, |failures| {
+            failures.retain(|f| f.notifier != notifier)
+        })
+        .await
+    }
+
+    async fn notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<NotificationFailure>, StoreError> {
+        self.read_notification_failures(id)
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `counters`: `{_id: "jobs", n}`, incremented atomically for each new job id.
 //! - `deliveries`: webhook delivery ids as `_id`: a second controller's insert of the same id fails
 //!   with a duplicate key, which is how redeliveries are recognised across controllers.
+//! - `notifications`: what a notifier could not deliver, `_id` `"<job>/<notifier>"`.
 //! - `logs`, `reports`, `artifacts`: see [`logs`].
 //!
 //! Writes use write concern `majority` with journaling, so an acknowledged write survives a crash
@@ -25,7 +26,7 @@ use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument, WriteConcern
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{JobFilter, JobStore, StoreError};
-use crate::jobs::{JobId, JobRecord, NewJob};
+use crate::jobs::{JobId, JobRecord, NewJob, NotificationFailure};
 
 /// The date retention counts from, in every collection (a TTL index on it deletes the document).
 pub(crate) const RETAIN_FROM: &str = "retain_from";
@@ -38,6 +39,7 @@ pub struct MongoStore {
     jobs: Collection<Document>,
     counters: Collection<Document>,
     deliveries: Collection<Document>,
+    notifications: Collection<Document>,
     logs: Collection<Document>,
     reports: Collection<Document>,
     artifacts: Collection<Document>,
@@ -120,6 +122,7 @@ impl MongoStore {
             jobs: db.collection("jobs"),
             counters: db.collection("counters"),
             deliveries: db.collection("deliveries"),
+            notifications: db.collection("notifications"),
             logs: db.collection("logs"),
             reports: db.collection("reports"),
             artifacts: db.collection("artifacts"),
@@ -141,7 +144,13 @@ impl MongoStore {
                 .options(IndexOptions::builder().unique(unique).build())
                 .build()
         };
-        for collection in [&self.jobs, &self.logs, &self.reports, &self.artifacts] {
+        for collection in [
+            &self.jobs,
+            &self.logs,
+            &self.reports,
+            &self.artifacts,
+            &self.notifications,
+        ] {
             self.retain(collection, retention).await?;
         }
         self.jobs
@@ -161,6 +170,10 @@ impl MongoStore {
                 index(doc! {"job": 1, "c0": 1}, true),
                 index(doc! {"job": 1, "c1": 1}, false),
             ])
+            .await
+            .map_err(backend)?;
+        self.notifications
+            .create_index(index(doc! {"job": 1, "notifier": 1}, false))
             .await
             .map_err(backend)?;
         self.artifacts
@@ -403,6 +416,80 @@ impl JobStore for MongoStore {
             .await
             .map(drop)
             .map_err(backend)
+    }
+
+    async fn put_notification_failure(
+        &self,
+        id: JobId,
+        failure: NotificationFailure,
+    ) -> Result<(), StoreError> {
+        let exists = self
+            .jobs
+            .find_one(doc! {"_id": int(id)})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(backend)?
+            .is_some();
+        if !exists {
+            return Ok(());
+        }
+        let document = doc! {
+            "_id": format!("{id}/{}", failure.notifier),
+            "job": int(id),
+            "notifier": &failure.notifier,
+            "error": &failure.error,
+            "at": failure.at,
+            RETAIN_FROM: mongodb::bson::DateTime::now(),
+        };
+        self.notifications
+            .replace_one(doc! {"_id": format!("{id}/{}", failure.notifier)}, document)
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
+    async fn clear_notification_failure(
+        &self,
+        id: JobId,
+        notifier: &str,
+    ) -> Result<(), StoreError> {
+        self.notifications
+            .delete_one(doc! {"_id": format!("{id}/{notifier}")})
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
+    async fn notification_failures(
+        &self,
+        id: JobId,
+    ) -> Result<Vec<NotificationFailure>, StoreError> {
+        let documents: Vec<Document> = self
+            .notifications
+            .find(doc! {"job": int(id)})
+            .sort(doc! {"notifier": 1})
+            .await
+            .map_err(backend)?
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        documents
+            .iter()
+            .map(|d| {
+                Ok(NotificationFailure {
+                    notifier: d
+                        .get_str("notifier")
+                        .map_err(|e| corrupt("notifications", e))?
+                        .to_string(),
+                    error: d
+                        .get_str("error")
+                        .map_err(|e| corrupt("notifications", e))?
+                        .to_string(),
+                    at: get_int(d, "at").unwrap_or(0),
+                })
+            })
+            .collect()
     }
 }
 
