@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod bootstrap;
+pub mod cron;
 pub mod pipeline;
 pub mod pki;
 pub mod process;

@@ -6,12 +6,12 @@
 //!   push: {branches: [development]}
 //!   pull_request: {branches: [development]}
 //!   manual: {branches: [master]}
-//!   schedule: {branch: development, cron: "0 0 * * *"}
+//!   schedule: {branch: development, cron: "0 0 * * *", timezone: Europe/Amsterdam}
 //! ```
 
 use serde_json::{Map, Value as Json};
 
-use super::schema::{Checker, join, required_text};
+use super::schema::{Checker, join, optional_text, required_text};
 use super::yaml::{Node, Value};
 
 const TRIGGERS: [&str; 4] = ["push", "pull_request", "manual", "schedule"];
@@ -97,10 +97,10 @@ fn branches_trigger(c: &mut Checker, node: &Node, path: &str) -> Option<Json> {
     Some(serde_json::json!({ "branches": branches }))
 }
 
-/// `{branch: main, cron: "0 2 * * *"}`.
+/// `{branch: main, cron: "0 2 * * *"}`, optionally with `timezone: Europe/Amsterdam` (default UTC).
 fn schedule(c: &mut Checker, node: &Node, path: &str) -> Option<Json> {
     let expected = "a mapping such as `{branch: main, cron: \"0 2 * * *\"}`";
-    let fields = c.fields(node, path, &["branch", "cron"], expected)?;
+    let fields = c.fields(node, path, &["branch", "cron", "timezone"], expected)?;
     let branch = required_text(c, &fields, path, "branch", "the branch to build");
     let cron = required_text(
         c,
@@ -109,109 +109,39 @@ fn schedule(c: &mut Checker, node: &Node, path: &str) -> Option<Json> {
         "cron",
         "a cron expression such as \"0 2 * * *\"",
     );
-    let cron = cron.and_then(|(text, at)| match check_cron(&text) {
-        Ok(()) => Some(text),
-        Err(why) => {
-            c.error(
-                at,
-                &join(path, "cron"),
-                format!("invalid cron expression `{text}`: {why}"),
-            );
-            None
+    let zone = match fields.get("timezone") {
+        None => Some(crate::cron::DEFAULT_TIME_ZONE.to_string()),
+        Some(node) => {
+            let key = join(path, "timezone");
+            let expected = "an IANA time zone such as Europe/Amsterdam";
+            match optional_text(c, Some(node), &key, expected) {
+                Some(zone) => match crate::cron::time_zone_named(&zone) {
+                    Ok(_) => Some(zone),
+                    Err(why) => {
+                        c.error(node, &key, why);
+                        None
+                    }
+                },
+                None => None,
+            }
+        }
+    };
+    let cron = cron.and_then(|(text, at)| {
+        let checked = crate::cron::CronSchedule::parse(
+            &text,
+            zone.as_deref().unwrap_or(crate::cron::DEFAULT_TIME_ZONE),
+        );
+        match checked {
+            Ok(_) => Some(text),
+            Err(why) => {
+                c.error(at, &join(path, "cron"), why);
+                None
+            }
         }
     });
-    Some(serde_json::json!({ "branch": branch.map(|(b, _)| b), "cron": cron }))
-}
-
-/// Minute, hour, day of month, month, day of week.
-const CRON_FIELDS: [(&str, u32, u32); 5] = [
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-];
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-
-/// Checks a standard five-field cron expression: each field a comma-separated list of `*`, `N`,
-/// `N-M`, each optionally `/STEP`; months and days of week also by their English abbreviation.
-pub fn check_cron(expression: &str) -> Result<(), String> {
-    let fields: Vec<&str> = expression.split_whitespace().collect();
-    if fields.len() != CRON_FIELDS.len() {
-        return Err(format!(
-            "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-            fields.len()
-        ));
-    }
-    for (field, (name, min, max)) in fields.iter().zip(CRON_FIELDS) {
-        check_cron_field(field, name, min, max)
-            .map_err(|why| format!("{name} field `{field}`: {why}"))?;
-    }
-    Ok(())
-}
-
-fn check_cron_field(field: &str, name: &str, min: u32, max: u32) -> Result<(), String> {
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((range, step)) => (range, Some(step)),
-            None => (part, None),
-        };
-        if let Some(step) = step {
-            match step.parse::<u32>() {
-                Ok(s) if s >= 1 && s <= max.max(1) => {}
-                _ => {
-                    return Err(format!(
-                        "step `{step}` must be a number from 1 to {}",
-                        max.max(1)
-                    ));
-                }
-            }
-        }
-        if range == "*" {
-            continue;
-        }
-        let (low, high) = match range.split_once('-') {
-            Some((low, high)) => (
-                cron_value(low, name, min, max)?,
-                cron_value(high, name, min, max)?,
-            ),
-            None => {
-                let value = cron_value(range, name, min, max)?;
-                (value, value)
-            }
-        };
-        if low > high {
-            return Err(format!("range `{range}` runs backwards"));
-        }
-    }
-    Ok(())
-}
-
-fn cron_value(text: &str, name: &str, min: u32, max: u32) -> Result<u32, String> {
-    let by_name = |names: &[&str], first: u32| {
-        names
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(text))
-            .and_then(|i| u32::try_from(i).ok())
-            .map(|i| i + first)
-    };
-    let named = match name {
-        "month" => by_name(&MONTHS, 1),
-        "day of week" => by_name(&DAYS, 0),
-        _ => None,
-    };
-    let value = match named {
-        Some(value) => value,
-        None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text
-            .parse::<u32>()
-            .map_err(|_| format!("`{text}` is out of range {min}-{max}"))?,
-        None => return Err(format!("`{text}` is not a number")),
-    };
-    if value < min || value > max {
-        return Err(format!("`{text}` is out of range {min}-{max}"));
-    }
-    Ok(value)
+    Some(serde_json::json!({
+        "branch": branch.map(|(b, _)| b),
+        "cron": cron,
+        "timezone": zone,
+    }))
 }
