@@ -55,6 +55,16 @@ impl CronSchedule {
             .map(|next| next.timestamp_millis())
     }
 
+    /// The latest time at or before `at_ms` at which the expression fires, in Unix milliseconds.
+    pub fn last_at_or_before(&self, at_ms: i64) -> Option<i64> {
+        let at = Utc.timestamp_millis_opt(at_ms).single()?;
+        let local: DateTime<Tz> = at.with_timezone(&self.zone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|previous| previous.timestamp_millis())
+    }
+
     /// In words: "At 02:00, on Monday …".
     pub fn describe(&self) -> String {
         self.cron.describe()
@@ -285,6 +295,15 @@ mod tests {
         assert_eq!(
             every_second.next_after(SATURDAY_NOON + 1),
             Some(SATURDAY_NOON + 1000)
+        );
+        assert_eq!(
+            every_second.last_at_or_before(SATURDAY_NOON + 1500),
+            Some(SATURDAY_NOON + 1000)
+        );
+        assert_eq!(
+            utc.last_at_or_before(SATURDAY_NOON),
+            Some(SATURDAY_NOON - 10 * 3_600_000),
+            "02:00 that morning"
         );
     }
 }

@@ -106,6 +106,9 @@ impl Executor {
     }
 
     async fn clone_and_checkout(&self) -> (Outcome, Option<String>) {
+        if self.assignment.repo_url.is_empty() {
+            return self.empty_workspace().await;
+        }
         let commit = self.assignment.commit.as_str();
         if commit.is_empty() || commit.starts_with('-') {
             return (
@@ -198,6 +201,32 @@ impl Executor {
                     None,
                 )
             }
+        }
+    }
+
+    /// A job without a repository (a schedule's own commands): its workspace starts empty and it has
+    /// no commit.
+    async fn empty_workspace(&self) -> (Outcome, Option<String>) {
+        let last_seq = self
+            .checkout_note("zeroci: no repository: the commands run in an empty workspace\n".into())
+            .await;
+        match tokio::fs::create_dir_all(self.workspace()).await {
+            Ok(()) => (
+                Outcome {
+                    last_seq,
+                    ..Outcome::default()
+                },
+                Some(String::new()),
+            ),
+            Err(error) => (
+                Outcome {
+                    exit_code: 1,
+                    message: format!("cannot make the workspace: {error}"),
+                    last_seq,
+                    ..Outcome::default()
+                },
+                None,
+            ),
         }
     }
 

@@ -255,7 +255,7 @@ impl Lease {
 }
 
 /// What a trigger asks for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NewJob {
     pub repo: String,
     pub repo_url: String,
@@ -273,6 +273,35 @@ pub struct NewJob {
     /// Who made the change, when the trigger knows: a push's head commit author, a pull request's
     /// opener, a local commit's author.
     pub committer: Option<String>,
+    /// The job's zeroCI.yaml itself, for a job without a repository (a schedule's own commands):
+    /// `repo_url` and `commit` are empty and the machine starts with an empty workspace.
+    pub inline_pipeline: Option<String>,
+    /// The schedule run this job is, when a schedule started it.
+    pub schedule: Option<ScheduleRun>,
+}
+
+/// Which tick of which schedule a job runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRun {
+    /// The schedule's name.
+    pub name: String,
+    /// The tick (Unix milliseconds) the run is for; 0 for a run asked for by hand.
+    pub due_at: i64,
+    /// How long after its tick the run started, in milliseconds.
+    pub late_ms: i64,
+    /// Ticks before this one that got no run of their own (no controller was running): this run
+    /// stands for them.
+    pub missed: u32,
+}
+
+impl ScheduleRun {
+    /// A run more than this late counts as late (a tick is otherwise met within milliseconds).
+    pub const LATE_AFTER_MS: i64 = 1000;
+
+    /// Whether the run did not start on time: its tick passed while no controller could start it.
+    pub fn is_late(&self) -> bool {
+        self.missed > 0 || self.late_ms > Self::LATE_AFTER_MS
+    }
 }
 
 /// One job as stored.
@@ -325,6 +354,12 @@ pub struct JobRecord {
     /// Who made the change, when the trigger knew ([`NewJob::committer`]).
     #[serde(default)]
     pub committer: Option<String>,
+    /// See [`NewJob::inline_pipeline`].
+    #[serde(default)]
+    pub inline_pipeline: Option<String>,
+    /// See [`NewJob::schedule`].
+    #[serde(default)]
+    pub schedule: Option<ScheduleRun>,
 }
 
 /// A notifier that could not deliver a change of a job, after its own retries. Kept beside the job
@@ -376,6 +411,8 @@ impl JobRecord {
             revision: 0,
             lease: None,
             committer: new.committer,
+            inline_pipeline: new.inline_pipeline,
+            schedule: new.schedule,
         }
     }
 
@@ -503,7 +540,7 @@ mod tests {
             github_repo: None,
             untrusted: false,
             supersede: false,
-            committer: None,
+            ..Default::default()
         };
         let mut job = JobRecord::new(1, new, 0);
         for (i, (kind, status)) in steps.iter().enumerate() {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod provisioner;
 pub mod queue;
+pub mod schedules;
 pub mod server;
 pub mod store;
 pub mod triggers;

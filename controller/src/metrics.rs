@@ -172,7 +172,7 @@ mod tests {
             github_repo: None,
             untrusted: false,
             supersede: false,
-            committer: None,
+            ..Default::default()
         };
         let mut job = JobRecord::new(1, new, 0);
         job.status = JobStatus::Failure;

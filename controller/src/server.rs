@@ -173,6 +173,10 @@ pub async fn serve(
     engine.recover(&tracker).await?;
     engine.start_workers(&tracker);
     tokio::spawn(engine.clone().take_over_expired(tracker.clone()));
+    tokio::spawn(crate::schedules::scheduler::run(
+        engine.clone(),
+        stop_taking.clone(),
+    ));
     crate::triggers::local_refs::watch_configured(&engine, &config, &stop_taking);
 
     let links_stop = CancellationToken::new();

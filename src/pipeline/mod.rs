@@ -41,6 +41,28 @@ pub struct Pipeline {
     pub run_on: Option<serde_json::Value>,
 }
 
+/// `run_on.schedule`: the branch a repository wants built on a timetable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleTrigger {
+    pub branch: String,
+    pub cron: String,
+    /// An IANA zone name; `UTC` when the file names none.
+    pub timezone: String,
+}
+
+impl Pipeline {
+    /// The valid `run_on.schedule`, if the file has one.
+    pub fn schedule(&self) -> Option<ScheduleTrigger> {
+        let schedule = self.run_on.as_ref()?.get("schedule")?;
+        let text = |key: &str| schedule.get(key)?.as_str().map(str::to_string);
+        Some(ScheduleTrigger {
+            branch: text("branch")?,
+            cron: text("cron")?,
+            timezone: text("timezone").unwrap_or_else(|| crate::cron::DEFAULT_TIME_ZONE.into()),
+        })
+    }
+}
+
 /// One job: an install script, then script steps, in one machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineJob {

@@ -134,6 +134,14 @@ fn run_on_is_validated_and_normalised() {
         "schedule": {"branch": "development", "cron": "0 2 * * 1-5", "timezone": "UTC"},
     });
     assert_eq!(p.run_on, Some(expected));
+    assert_eq!(
+        p.schedule(),
+        Some(ScheduleTrigger {
+            branch: "development".into(),
+            cron: "0 2 * * 1-5".into(),
+            timezone: "UTC".into(),
+        })
+    );
 }
 
 #[test]

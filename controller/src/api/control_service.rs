@@ -11,7 +11,14 @@ use crate::api::auth::{Access, authorize_user};
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobStatus, NewJob};
+use crate::schedules::service::TargetRequest;
+use crate::schedules::{Schedule, ScheduleSpec};
 use crate::store::JobFilter;
+
+use super::schedules::schedule_info;
+
+/// Runs `GetSchedule` returns.
+const SCHEDULE_RUNS_SHOWN: usize = 20;
 
 pub struct ControlApi {
     engine: Arc<Engine>,
@@ -68,6 +75,14 @@ impl ControlApi {
             .map_err(ControllerError::InvalidArgument)
     }
 
+    /// The status of the schedule's latest run, if it had one.
+    async fn last_status(&self, schedule: &Schedule) -> Result<Option<JobStatus>, ControllerError> {
+        let Some(id) = schedule.last_job else {
+            return Ok(None);
+        };
+        Ok(self.engine.jobs.get(id).await?.map(|job| job.status))
+    }
+
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
         let job = self.engine.job(id).await?;
         let mut shown = job.to_pb(self.engine.domain());
@@ -83,7 +98,7 @@ impl ControlApi {
 }
 
 /// The display name of a repository: its last path segment without `.git`.
-fn repo_name(url: &str) -> String {
+pub(crate) fn repo_name(url: &str) -> String {
     let trimmed = url.trim_end_matches('/');
     let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
     last.strip_suffix(".git").unwrap_or(last).to_string()
@@ -125,6 +140,7 @@ impl pb::control_service_server::ControlService for ControlApi {
             // Shown only; a name longer than any real one is cut.
             committer: Some(r.committer.chars().take(200).collect::<String>())
                 .filter(|c| !c.trim().is_empty()),
+            ..NewJob::default()
         };
         let job = self.engine.submit(new).await?;
         Ok(Response::new(pb::SubmitJobResponse {
@@ -254,6 +270,102 @@ impl pb::control_service_server::ControlService for ControlApi {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let user = authorize_user(&request, Access::Write)?;
         let job = self.engine.rerun(request.into_inner().id, &user).await?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job.to_pb(self.engine.domain())),
+        }))
+    }
+
+    async fn add_schedule(
+        &self,
+        request: Request<pb::AddScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let user = authorize_user(&request, Access::Write)?;
+        let r = request.into_inner();
+        let target = self.engine.schedule_target(TargetRequest {
+            repo_url: r.repo_url,
+            repo_name: r.repo_name,
+            ref_name: r.ref_name,
+            image_name: r.image_name,
+            install: r.install,
+            test: r.test,
+        })?;
+        let spec = ScheduleSpec {
+            name: r.name,
+            cron: r.cron,
+            time_zone: r.time_zone,
+            target,
+            step_timeout_secs: r.step_timeout_secs,
+            allow_overlap: r.allow_overlap,
+        };
+        let schedule = self.engine.add_schedule(spec, &user).await?;
+        Ok(Response::new(schedule_info(&schedule, None)))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        authorize_user(&request, Access::Read)?;
+        let mut schedules = Vec::new();
+        for schedule in self.engine.list_schedules().await? {
+            let last = self.last_status(&schedule).await?;
+            schedules.push(schedule_info(&schedule, last));
+        }
+        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::GetScheduleResponse>, Status> {
+        authorize_user(&request, Access::Read)?;
+        let name = request.into_inner().name;
+        let schedule = self.engine.schedule(&name).await?;
+        let runs = self
+            .engine
+            .schedule_runs(&name, SCHEDULE_RUNS_SHOWN)
+            .await?;
+        let last = self.last_status(&schedule).await?;
+        Ok(Response::new(pb::GetScheduleResponse {
+            schedule: Some(schedule_info(&schedule, last)),
+            runs: runs
+                .iter()
+                .map(|job| job.to_pb(self.engine.domain()))
+                .collect(),
+        }))
+    }
+
+    async fn remove_schedule(
+        &self,
+        request: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::RemoveScheduleResponse>, Status> {
+        authorize_user(&request, Access::Write)?;
+        self.engine
+            .remove_schedule(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(pb::RemoveScheduleResponse {}))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        authorize_user(&request, Access::Write)?;
+        let r = request.into_inner();
+        let schedule = self.engine.pause_schedule(&r.name, r.paused).await?;
+        let last = self.last_status(&schedule).await?;
+        Ok(Response::new(schedule_info(&schedule, last)))
+    }
+
+    async fn run_schedule(
+        &self,
+        request: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let user = authorize_user(&request, Access::Write)?;
+        let job = self
+            .engine
+            .run_schedule_now(&request.into_inner().name, &user)
+            .await?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(job.to_pb(self.engine.domain())),
         }))

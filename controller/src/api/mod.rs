@@ -12,5 +12,6 @@ pub mod http;
 pub mod listing;
 pub mod logview;
 pub mod pages;
+pub mod schedules;
 pub mod session;
 pub mod status;

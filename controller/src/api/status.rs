@@ -158,7 +158,7 @@ mod tests {
             github_repo: None,
             untrusted: false,
             supersede: false,
-            committer: None,
+            ..Default::default()
         };
         let mut job = JobRecord::new(id, new, 0);
         job.status = status;

@@ -25,8 +25,13 @@ pub enum Effect {
     None,
     /// The record changed and must be stored.
     Changed,
-    /// The pipeline is known: store the record and send these steps to the agent.
-    RunSteps(pb::RunSteps),
+    /// The pipeline is known: store the record and send these steps to the agent. On a run's first
+    /// plan from a repository's file, `run_on_schedule` is what the file says under
+    /// `run_on.schedule` (`Some(None)`: nothing); `None` when there is nothing to learn.
+    RunSteps {
+        run: pb::RunSteps,
+        run_on_schedule: Option<Option<zeroci::pipeline::ScheduleTrigger>>,
+    },
     /// The pipeline file is unusable: the config step (index given) must get this message, then the
     /// job ends.
     ConfigError {
@@ -132,7 +137,10 @@ fn apply_checkout(
     }
     if !record.stages.is_empty() {
         // A later pipeline job's machine: the plan was made from the first checkout's file.
-        return Effect::RunSteps(run_steps(record));
+        return Effect::RunSteps {
+            run: run_steps(record),
+            run_on_schedule: None,
+        };
     }
     // A replay must not add the plan twice.
     record
@@ -140,7 +148,10 @@ fn apply_checkout(
         .retain(|s| s.kind == StepKind::Checkout && s.stage == 0);
     // Every message is what `zeroci lint` prints for the same file: one `zeroCI.yaml:LINE:COLUMN: KEY:
     // MESSAGE` line per error, then the warnings, which often explain the error (a misspelt key).
-    let plan = if checked_out.pipeline_file_too_large {
+    let plan = if let Some(inline) = &record.inline_pipeline {
+        // A job without a repository: its pipeline came with it.
+        zeroci::pipeline::parse(inline.as_bytes()).map_err(|e| e.to_string())
+    } else if checked_out.pipeline_file_too_large {
         Err(zeroci::pipeline::too_large().to_string())
     } else if !checked_out.has_pipeline_file {
         Err(format!(
@@ -163,8 +174,15 @@ fn apply_checkout(
             }
         }
         Ok(pipeline) => {
+            let run_on_schedule = record
+                .inline_pipeline
+                .is_none()
+                .then(|| pipeline.schedule());
             plan_stages(record, pipeline, defaults);
-            Effect::RunSteps(run_steps(record))
+            Effect::RunSteps {
+                run: run_steps(record),
+                run_on_schedule,
+            }
         }
     }
 }
@@ -322,7 +340,7 @@ mod tests {
                 github_repo: None,
                 untrusted: false,
                 supersede: false,
-                committer: None,
+                ..Default::default()
             },
             0,
         );
@@ -364,7 +382,7 @@ mod tests {
     fn checkout_produces_the_plan_once_even_when_replayed() {
         let mut r = record();
         let f = checked_out("install:\n  - echo a\nscript:\n  - echo b\n  - echo c\n");
-        let Effect::RunSteps(run) = apply_event(&mut r, &f, DEFAULTS) else {
+        let Effect::RunSteps { run, .. } = apply_event(&mut r, &f, DEFAULTS) else {
             panic!()
         };
         let steps = run.steps;
@@ -380,7 +398,7 @@ mod tests {
     fn several_pipeline_jobs_are_planned_at_once_and_run_stage_by_stage() {
         let mut r = record();
         let yaml = "jobs:\n  - name: a\n    script:\n      - {name: s, cmd: make}\n    bin_path: out/x\n  - name: b\n    install: pip install\n    script:\n      - {name: t, cmd: test}\n";
-        let Effect::RunSteps(run) = apply_event(&mut r, &checked_out(yaml), DEFAULTS) else {
+        let Effect::RunSteps { run, .. } = apply_event(&mut r, &checked_out(yaml), DEFAULTS) else {
             panic!()
         };
         assert_eq!(

@@ -256,9 +256,15 @@ impl Engine {
             match apply::apply_event(&mut state.record, event, self.plan_defaults()) {
                 Effect::None => {}
                 Effect::Changed => changed = true,
-                Effect::RunSteps(mut run) => {
+                Effect::RunSteps {
+                    mut run,
+                    run_on_schedule,
+                } => {
                     self.jobs.put(&mut state.record).await?;
                     changed = false;
+                    if let Some(declared) = run_on_schedule {
+                        self.follow_run_on_schedule(&state.record, declared).await;
+                    }
                     self.limit_machine(active, state, &mut run).await;
                     active.send_to_agent(Reply::RunSteps(run));
                 }

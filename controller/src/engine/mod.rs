@@ -49,7 +49,9 @@ use crate::jobs::{JobId, JobRecord, JobStatus, NewJob, StepStatus};
 use crate::notify::Notifications;
 use crate::provisioner::Provisioner;
 use crate::queue::JobQueue;
-use crate::store::{ArtifactStore, JobStore, LogCursor, LogStore, ReportStore, Stores};
+use crate::store::{
+    ArtifactStore, JobStore, LogCursor, LogStore, ReportStore, ScheduleStore, Stores,
+};
 
 /// How supervising a machine ended.
 enum Outcome {
@@ -81,6 +83,9 @@ pub struct Engine {
     pub logs: Arc<dyn LogStore>,
     pub reports: Arc<dyn ReportStore>,
     pub artifacts: Arc<dyn ArtifactStore>,
+    pub schedules: Arc<dyn ScheduleStore>,
+    /// Woken when a schedule is added or changed here, so the scheduler looks again at once.
+    pub(crate) schedule_changes: tokio::sync::Notify,
     queue: Arc<dyn JobQueue>,
     provisioner: Arc<dyn Provisioner>,
     pub ca: CertificateAuthority,
@@ -129,6 +134,8 @@ impl Engine {
             logs: stores.logs,
             reports: stores.reports,
             artifacts: stores.artifacts,
+            schedules: stores.schedules,
+            schedule_changes: tokio::sync::Notify::new(),
             github,
             notifications,
             metrics: Default::default(),
@@ -346,12 +353,18 @@ impl Engine {
     // === Triggers ===
 
     pub async fn submit(&self, new: NewJob) -> Result<JobRecord, ControllerError> {
-        if new.repo_url.trim().is_empty() {
+        if new.inline_pipeline.is_some() {
+            if !new.repo_url.is_empty() || !new.commit.is_empty() {
+                return Err(ControllerError::InvalidArgument(
+                    "a job with its own pipeline has no repository or commit".into(),
+                ));
+            }
+        } else if new.repo_url.trim().is_empty() {
             return Err(ControllerError::InvalidArgument(
                 "repo_url is required".into(),
             ));
         }
-        if new.commit.trim().is_empty() {
+        if new.commit.trim().is_empty() && new.inline_pipeline.is_none() {
             return Err(ControllerError::InvalidArgument(
                 "commit is required".into(),
             ));
@@ -397,6 +410,9 @@ impl Engine {
             untrusted: old.untrusted,
             supersede: false,
             committer: old.committer,
+            // A job without a repository runs the same commands again.
+            inline_pipeline: old.inline_pipeline,
+            ..Default::default()
         })
         .await
     }

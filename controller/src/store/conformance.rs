@@ -7,7 +7,8 @@ use super::{
     ArtifactPiece, EventKind, JobFilter, LogCursor, LogEvent, Payloads, StoreError, Stores,
     collect_log,
 };
-use crate::jobs::{JobStatus, MachineRecord, NewJob, NotificationFailure};
+use crate::jobs::{JobStatus, MachineRecord, NewJob, NotificationFailure, ScheduleRun};
+use crate::schedules::{Origin, Schedule, Target};
 
 /// A queued job of `repo` (URL `/src/<repo>`, branch `main`).
 pub(crate) fn new_job(repo: &str) -> NewJob {
@@ -21,7 +22,7 @@ pub(crate) fn new_job(repo: &str) -> NewJob {
         github_repo: None,
         untrusted: false,
         supersede: false,
-        committer: None,
+        ..Default::default()
     }
 }
 
@@ -43,6 +44,7 @@ pub(crate) async fn check_all(stores: &Stores) {
     jobs(stores).await;
     deliveries(stores).await;
     notification_failures(stores).await;
+    schedules(stores).await;
     logs(stores).await;
     reports_and_artifacts(stores).await;
 }
@@ -177,6 +179,101 @@ async fn notification_failures(stores: &Stores) {
             .is_empty(),
         "nothing kept for a job that does not exist"
     );
+}
+
+fn schedule(name: &str) -> Schedule {
+    Schedule {
+        name: name.into(),
+        cron: "* * * * * *".into(),
+        time_zone: "UTC".into(),
+        target: Target::Commands {
+            image_name: None,
+            install: Vec::new(),
+            test: vec!["true".into()],
+        },
+        step_timeout_secs: 0,
+        allow_overlap: false,
+        paused: false,
+        origin: Origin::RunOn,
+        next_at: 1_000,
+        firing: None,
+        last_job: None,
+        skipped: 0,
+        created_at: 1,
+        revision: 0,
+    }
+}
+
+async fn schedules(stores: &Stores) {
+    let schedules = &stores.schedules;
+    assert!(schedules.get_schedule("nightly").await.unwrap().is_none());
+    let mut nightly = schedule("nightly");
+    schedules.put_schedule(&mut nightly).await.unwrap();
+    assert_eq!(nightly.revision, 1);
+    let mut again = schedule("nightly");
+    assert!(
+        matches!(
+            schedules.put_schedule(&mut again).await,
+            Err(StoreError::ScheduleChanged { .. })
+        ),
+        "a name is taken once"
+    );
+    let mut other = schedule("acme/widget@main");
+    schedules.put_schedule(&mut other).await.unwrap();
+
+    // Two controllers read the same revision; only the first to write fires the tick.
+    let mut mine = schedules.get_schedule("nightly").await.unwrap().unwrap();
+    let mut theirs = mine.clone();
+    mine.next_at = 2_000;
+    schedules.put_schedule(&mut mine).await.unwrap();
+    theirs.next_at = 2_000;
+    assert!(matches!(
+        schedules.put_schedule(&mut theirs).await,
+        Err(StoreError::ScheduleChanged { .. })
+    ));
+    assert_eq!(
+        schedules.get_schedule("nightly").await.unwrap().unwrap(),
+        mine
+    );
+
+    let names: Vec<String> = schedules
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["acme/widget@main", "nightly"], "by name");
+    assert!(schedules.delete_schedule("nightly").await.unwrap());
+    assert!(!schedules.delete_schedule("nightly").await.unwrap());
+    assert!(schedules.get_schedule("nightly").await.unwrap().is_none());
+    let mut recreated = schedule("nightly");
+    schedules.put_schedule(&mut recreated).await.unwrap();
+
+    // Runs of a schedule are listed by its name.
+    let jobs = &stores.jobs;
+    let run = |due_at| NewJob {
+        schedule: Some(ScheduleRun {
+            name: "nightly".into(),
+            due_at,
+            late_ms: 0,
+            missed: 0,
+        }),
+        ..new_job("nightly")
+    };
+    let first = jobs.create(run(1_000), 30).await.unwrap();
+    jobs.create(new_job("nightly"), 31).await.unwrap();
+    let second = jobs.create(run(2_000), 32).await.unwrap();
+    let runs = jobs
+        .list(&JobFilter {
+            schedule: Some("nightly".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = runs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, [second.id, first.id]);
+    assert_eq!(runs[1].schedule.as_ref().unwrap().due_at, 1_000);
 }
 
 async fn logs(stores: &Stores) {

@@ -11,9 +11,10 @@ use tokio::sync::Mutex;
 
 use super::{
     ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, LogCursor, LogEvent, LogStore,
-    LogStream, Payloads, ReportStore, StoreError,
+    LogStream, Payloads, ReportStore, ScheduleStore, StoreError,
 };
 use crate::jobs::{JobId, JobRecord, NewJob, NotificationFailure};
+use crate::schedules::Schedule;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -31,6 +32,7 @@ struct State {
     logs: HashMap<JobId, Vec<LogEvent>>,
     reports: HashMap<(JobId, LogCursor), Bytes>,
     artifacts: HashMap<(JobId, u32, String), BytesMut>,
+    schedules: BTreeMap<String, Schedule>,
 }
 
 impl MemoryStore {
@@ -57,6 +59,12 @@ pub(crate) fn filter_newest_first<'a>(
         .filter(|j| filter.status.is_none_or(|s| j.status == s))
         .filter(|j| filter.before.is_none_or(|before| j.id < before))
         .filter(|j| filter.branch.as_ref().is_none_or(|b| &j.ref_name == b))
+        .filter(|j| {
+            filter
+                .schedule
+                .as_ref()
+                .is_none_or(|name| j.schedule.as_ref().is_some_and(|s| &s.name == name))
+        })
         .filter(|j| {
             filter
                 .repo
@@ -262,5 +270,45 @@ impl ArtifactStore for MemoryStore {
                 })
         });
         Box::pin(futures::stream::once(async move { found }))
+    }
+}
+
+/// Compare-and-set of `schedule` into `schedules` (shared by the backends that keep them in memory):
+/// the schedule as it will be stored, or the conflict.
+pub(crate) fn put_schedule_in(
+    schedules: &BTreeMap<String, Schedule>,
+    schedule: &Schedule,
+) -> Result<Schedule, StoreError> {
+    let found = schedules.get(&schedule.name).map(|s| s.revision);
+    if found != (schedule.revision > 0).then_some(schedule.revision) {
+        return Err(StoreError::ScheduleChanged {
+            name: schedule.name.clone(),
+        });
+    }
+    let mut next = schedule.clone();
+    next.revision += 1;
+    Ok(next)
+}
+
+#[async_trait]
+impl ScheduleStore for MemoryStore {
+    async fn put_schedule(&self, schedule: &mut Schedule) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        let next = put_schedule_in(&state.schedules, schedule)?;
+        schedule.revision = next.revision;
+        state.schedules.insert(next.name.clone(), next);
+        Ok(())
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        Ok(self.state()?.schedules.get(name).cloned())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        Ok(self.state()?.schedules.values().cloned().collect())
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.state()?.schedules.remove(name).is_some())
     }
 }

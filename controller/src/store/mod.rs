@@ -2,7 +2,8 @@
 //! - [`JobStore`]: job records (compare-and-set on a revision, leases for claims), webhook deliveries;
 //! - [`LogStore`]: each job's log, appended in batches and read as a stream from a [`LogCursor`];
 //! - [`ReportStore`]: test reports as sent (bounded: 3 MiB each);
-//! - [`ArtifactStore`]: files jobs kept, of any size.
+//! - [`ArtifactStore`]: files jobs kept, of any size;
+//! - [`ScheduleStore`]: schedules, compare-and-set like job records.
 //!
 //! Durability rule, for every backend: a call that writes returns only once what it wrote survives a
 //! crash of the controller and of the machine it runs on (embedded: `fsync` of the file and, for new
@@ -30,6 +31,7 @@ use futures::Stream;
 
 use crate::config::{Config, DbConfig};
 use crate::jobs::{JobId, JobRecord, JobStatus, NewJob, NotificationFailure};
+use crate::schedules::Schedule;
 pub use log::{ArtifactNote, ArtifactPiece, EventKind, LogCursor, LogEvent, Payloads, ReportNote};
 
 /// Storage failures.
@@ -50,6 +52,10 @@ pub enum StoreError {
         expected: u64,
         found: u64,
     },
+    /// The schedule changed since it was read (another controller fired it, a user paused it), or
+    /// was created when `revision` 0 asked for a new one.
+    #[error("schedule {name:?} changed meanwhile")]
+    ScheduleChanged { name: String },
     /// Events appended out of order: a bug in the caller, refused so the log stays readable.
     #[error("log of job {id}: {message}")]
     OutOfOrder { id: JobId, message: String },
@@ -72,6 +78,8 @@ pub struct JobFilter {
     pub branch: Option<String>,
     /// Only jobs older than this one (the next page after it).
     pub before: Option<JobId>,
+    /// Only runs of this schedule.
+    pub schedule: Option<String>,
     pub limit: usize,
 }
 
@@ -157,13 +165,29 @@ pub trait ArtifactStore: Send + Sync + 'static {
     fn read_artifact(&self, job: JobId, attempt: u32, name: &str) -> ByteStream;
 }
 
-/// The four stores the engine works with.
+/// Schedules by name. Every write is a compare-and-set on the schedule's revision, like job records:
+/// firing a tick is such a write, so of several controllers sharing the store exactly one fires it.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
+    /// Creates the schedule when `schedule.revision` is 0 and the name is free, otherwise replaces
+    /// the stored one when its revision is `schedule.revision`; then advances `schedule.revision`.
+    /// [`StoreError::ScheduleChanged`] when either does not hold. Durable on return.
+    async fn put_schedule(&self, schedule: &mut Schedule) -> Result<(), StoreError>;
+    async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError>;
+    /// Every schedule, ordered by name.
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError>;
+    /// Removes the schedule (its runs stay, as jobs); false when there was none.
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError>;
+}
+
+/// The five stores the engine works with.
 #[derive(Clone)]
 pub struct Stores {
     pub jobs: Arc<dyn JobStore>,
     pub logs: Arc<dyn LogStore>,
     pub reports: Arc<dyn ReportStore>,
     pub artifacts: Arc<dyn ArtifactStore>,
+    pub schedules: Arc<dyn ScheduleStore>,
 }
 
 impl Stores {
@@ -188,13 +212,14 @@ impl Stores {
     /// Every seam served by one backend object.
     pub fn all<S>(store: Arc<S>) -> Stores
     where
-        S: JobStore + LogStore + ReportStore + ArtifactStore,
+        S: JobStore + LogStore + ReportStore + ArtifactStore + ScheduleStore,
     {
         Stores {
             jobs: store.clone(),
             logs: store.clone(),
             reports: store.clone(),
-            artifacts: store,
+            artifacts: store.clone(),
+            schedules: store,
         }
     }
 }

@@ -170,6 +170,7 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         untrusted: trigger.untrusted,
         supersede: true,
         committer: trigger.committer,
+        ..Default::default()
     };
     match engine.submit(new).await {
         Ok(job) => {

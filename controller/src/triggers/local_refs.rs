@@ -373,6 +373,7 @@ pub fn watch_configured(
                     untrusted: false,
                     supersede: true,
                     committer,
+                    ..Default::default()
                 };
                 if let Err(e) = engine.submit(new).await {
                     tracing::warn!(error = %e, "cannot queue a job for a watched repository");

@@ -21,10 +21,11 @@ use zeroci_controller::jobs::{JobId, JobRecord, MachineRecord, NewJob, Notificat
 use zeroci_controller::notify::Notifications;
 use zeroci_controller::provisioner::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
 use zeroci_controller::queue::InProcessQueue;
+use zeroci_controller::schedules::Schedule;
 use zeroci_controller::store::memory::MemoryStore;
 use zeroci_controller::store::{
     ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, LogCursor, LogEvent, LogStore,
-    LogStream, Payloads, ReportStore, StoreError, Stores,
+    LogStream, Payloads, ReportStore, ScheduleStore, StoreError, Stores,
 };
 
 /// A provisioner that makes nothing: it records what it was asked, can fail on purpose, and hands each
@@ -185,6 +186,22 @@ impl LogStore for FailingStore {
 }
 
 #[async_trait]
+impl ScheduleStore for FailingStore {
+    async fn put_schedule(&self, schedule: &mut Schedule) -> Result<(), StoreError> {
+        self.inner.put_schedule(schedule).await
+    }
+    async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+        self.inner.get_schedule(name).await
+    }
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.inner.schedules().await
+    }
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_schedule(name).await
+    }
+}
+
+#[async_trait]
 impl ReportStore for FailingStore {
     async fn put_report(&self, job: JobId, at: LogCursor, xml: Bytes) -> Result<(), StoreError> {
         self.inner.put_report(job, at, xml).await
@@ -276,7 +293,7 @@ impl Controller {
             github_repo: None,
             untrusted: false,
             supersede: false,
-            committer: None,
+            ..Default::default()
         };
         self.engine.submit(new).await.expect("submitted").id
     }

@@ -6,6 +6,7 @@
 //! - `jobs/<id>/log`: the job's log ([`journal`]);
 //! - `jobs/<id>/reports/`, `jobs/<id>/artifacts/`: see [`files`];
 //! - `jobs/<id>/notifications.json`: what notifiers could not deliver, replaced like the record;
+//! - `schedules/<hex of the name>.json`: one per schedule ([`schedules`]);
 //! - `deliveries`: webhook delivery ids, one per line (`-id` releases one), fsynced per line.
 //!
 //! All records are also kept in memory (they are small; logs are not), so reads and listings never
@@ -15,6 +16,7 @@
 mod files;
 pub mod journal;
 mod logs;
+mod schedules;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -35,6 +37,7 @@ pub struct EmbeddedStore {
     deliveries_path: PathBuf,
     /// Held across each read-modify-write of a `notifications.json`.
     notifications: Mutex<()>,
+    schedules: schedules::ScheduleFiles,
     /// Logs, reports and artifacts: what is read and written on the blocking pool.
     files: Arc<files::JobFiles>,
 }
@@ -103,6 +106,7 @@ impl EmbeddedStore {
             deliveries: Mutex::new(deliveries),
             deliveries_path,
             notifications: Mutex::new(()),
+            schedules: schedules::ScheduleFiles::open(state_dir.join("schedules"))?,
         })
     }
 

@@ -9,6 +9,7 @@
 //! - `deliveries`: webhook delivery ids as `_id`: a second controller's insert of the same id fails
 //!   with a duplicate key, which is how redeliveries are recognised across controllers.
 //! - `notifications`: what a notifier could not deliver, `_id` `"<job>/<notifier>"`.
+//! - `schedules`: see [`schedules`].
 //! - `logs`, `reports`, `artifacts`: see [`logs`].
 //!
 //! Writes use write concern `majority` with journaling, so an acknowledged write survives a crash
@@ -16,6 +17,7 @@
 //! document is written whole by one controller.
 
 mod logs;
+mod schedules;
 
 use std::time::Duration;
 
@@ -40,6 +42,7 @@ pub struct MongoStore {
     counters: Collection<Document>,
     deliveries: Collection<Document>,
     notifications: Collection<Document>,
+    schedules: Collection<Document>,
     logs: Collection<Document>,
     reports: Collection<Document>,
     artifacts: Collection<Document>,
@@ -53,7 +56,7 @@ pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> 
     }
 }
 
-fn corrupt(what: impl std::fmt::Display, message: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: impl std::fmt::Display, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         path: format!("mongodb {what}"),
         message: message.to_string(),
@@ -123,6 +126,7 @@ impl MongoStore {
             counters: db.collection("counters"),
             deliveries: db.collection("deliveries"),
             notifications: db.collection("notifications"),
+            schedules: db.collection("schedules"),
             logs: db.collection("logs"),
             reports: db.collection("reports"),
             artifacts: db.collection("artifacts"),
@@ -162,6 +166,7 @@ impl MongoStore {
                 index(doc! {"repo_url": 1, "id": -1}, false),
                 index(doc! {"status": 1, "id": -1}, false),
                 index(doc! {"ref_name": 1, "id": -1}, false),
+                index(doc! {"schedule": 1, "id": -1}, false),
             ])
             .await
             .map_err(backend)?;
@@ -272,6 +277,7 @@ fn job_document(job: &JobRecord) -> Result<Document, StoreError> {
         "repo_url": &job.repo_url,
         "ref_name": &job.ref_name,
         "has_machine": job.machine.is_some(),
+        "schedule": job.schedule.as_ref().map(|s| s.name.as_str()),
         "record": record,
     };
     if job.status.is_final() && job.machine.is_none() {
@@ -378,6 +384,9 @@ impl JobStore for MongoStore {
         }
         if let Some(branch) = &filter.branch {
             query.insert("ref_name", branch);
+        }
+        if let Some(schedule) = &filter.schedule {
+            query.insert("schedule", schedule);
         }
         if let Some(before) = filter.before {
             query.insert("id", doc! {"$lt": int(before)});

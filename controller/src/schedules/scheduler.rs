@@ -1,0 +1,217 @@
+//! The task that fires schedules, on every controller. It sleeps until the earliest next tick (or a
+//! local change, or [`POLL`] for changes other controllers made), then for each due schedule:
+//!
+//! 1. writes the schedule with its next tick advanced and a [`Firing`] for this tick — a
+//!    compare-and-set, so when several controllers see the tick, exactly one write succeeds and the
+//!    others move on;
+//! 2. submits the run's job, which names the schedule and the tick;
+//! 3. clears the firing and records the job as the latest run.
+//!
+//! A controller that dies between 1 and 3 leaves the firing behind; after [`FIRING_LEASE_MS`] any
+//! controller looks for a job of that tick and either records it or submits it, so a tick is neither
+//! lost nor run twice (unless a controller stalls for the whole lease between 1 and 2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use zeroci::cron::CronSchedule;
+
+use super::timing::{Due, decide};
+use super::{Firing, Schedule};
+use crate::engine::Engine;
+use crate::error::ControllerError;
+use crate::jobs::ScheduleRun;
+use crate::store::StoreError;
+
+/// How long a firing may stay unfinished before another controller completes it.
+pub const FIRING_LEASE_MS: i64 = 30_000;
+/// The longest sleep: schedules added or changed by another controller are seen within it.
+const POLL: Duration = Duration::from_secs(1);
+/// Runs of one schedule looked through for the job of an unfinished firing.
+const RUNS_SEARCHED: usize = 20;
+
+/// Fires schedules until `stop`.
+pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
+    info!("scheduler started");
+    loop {
+        // Registered before the pass, so a change made during it still wakes the next sleep.
+        let changed = engine.schedule_changes.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let wake_at = match pass(&engine).await {
+            Ok(wake_at) => wake_at,
+            Err(error) => {
+                warn!(%error, "cannot read the schedules; trying again");
+                zeroci::now_unix_ms() + POLL.as_millis() as i64
+            }
+        };
+        let sleep = Duration::from_millis(
+            (wake_at - zeroci::now_unix_ms()).clamp(0, POLL.as_millis() as i64) as u64,
+        );
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(sleep) => {}
+            () = &mut changed => {}
+        }
+    }
+}
+
+/// One look at every schedule; returns when the next one is due.
+async fn pass(engine: &Engine) -> Result<i64, ControllerError> {
+    let now = zeroci::now_unix_ms();
+    let mut wake_at = now + POLL.as_millis() as i64;
+    for schedule in engine.schedules.schedules().await? {
+        if schedule.paused {
+            continue;
+        }
+        let name = schedule.name.clone();
+        let next = match &schedule.firing {
+            Some(firing) if now - firing.since < FIRING_LEASE_MS => {
+                Ok(firing.since + FIRING_LEASE_MS)
+            }
+            Some(_) => take_over(engine, schedule).await.map(|()| now),
+            None if schedule.next_at > now => Ok(schedule.next_at),
+            None => fire(engine, schedule, now).await,
+        };
+        match next {
+            Ok(at) => wake_at = wake_at.min(at),
+            Err(error) => warn!(schedule = %name, %error, "schedule not fired"),
+        }
+    }
+    Ok(wake_at)
+}
+
+/// Handles a schedule whose tick came; returns when it is next due.
+async fn fire(engine: &Engine, mut schedule: Schedule, now: i64) -> Result<i64, ControllerError> {
+    let cron = CronSchedule::parse(&schedule.cron, &schedule.time_zone)
+        .map_err(ControllerError::FailedPrecondition)?;
+    let previous_running = engine.unfinished_run(&schedule).await?.is_some();
+    match decide(
+        &cron,
+        schedule.next_at,
+        now,
+        previous_running,
+        schedule.allow_overlap,
+    ) {
+        Due::Wait { until } => Ok(until),
+        Due::Skip { due_at, next_at } => {
+            schedule.next_at = next_at;
+            schedule.skipped += 1;
+            if claim(engine, &mut schedule).await? {
+                info!(schedule = %schedule.name, due_at, previous = ?schedule.last_job,
+                    "tick skipped: the previous run is still going");
+            }
+            Ok(next_at)
+        }
+        Due::Fire {
+            due_at,
+            late_ms,
+            missed,
+            next_at,
+        } => {
+            schedule.next_at = next_at;
+            schedule.firing = Some(Firing {
+                due_at,
+                late_ms,
+                missed,
+                by: engine.owner().to_string(),
+                since: now,
+            });
+            if claim(engine, &mut schedule).await? {
+                complete(engine, schedule).await?;
+            }
+            Ok(next_at)
+        }
+    }
+}
+
+/// Writes the schedule as this controller's claim on the tick; false when another controller (or a
+/// user) wrote it first, which leaves the tick to them.
+async fn claim(engine: &Engine, schedule: &mut Schedule) -> Result<bool, ControllerError> {
+    match engine.schedules.put_schedule(schedule).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::ScheduleChanged { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Submits the run of the schedule's firing and records it.
+async fn complete(engine: &Engine, schedule: Schedule) -> Result<(), ControllerError> {
+    let Some(firing) = schedule.firing.clone() else {
+        return Ok(());
+    };
+    let run = ScheduleRun {
+        name: schedule.name.clone(),
+        due_at: firing.due_at,
+        late_ms: firing.late_ms,
+        missed: firing.missed,
+    };
+    let triggered_by = triggered_by(&run);
+    let job = engine.start_run(&schedule, run, triggered_by).await?;
+    info!(schedule = %schedule.name, job_id = job.id, due_at = firing.due_at,
+        late_ms = firing.late_ms, missed = firing.missed, "schedule fired");
+    record_run(engine, &schedule.name, firing.due_at, job.id).await
+}
+
+/// Clears the firing of tick `due_at` and records `job` as the latest run.
+async fn record_run(
+    engine: &Engine,
+    name: &str,
+    due_at: i64,
+    job: u64,
+) -> Result<(), ControllerError> {
+    engine
+        .change_schedule(name, |schedule| {
+            if schedule.firing.as_ref().is_none_or(|f| f.due_at != due_at) {
+                return Ok(false);
+            }
+            schedule.firing = None;
+            schedule.last_job = Some(job);
+            Ok(true)
+        })
+        .await
+        .map(drop)
+}
+
+/// Completes a firing whose controller did not: records the tick's job when it exists, otherwise
+/// claims the firing and submits it.
+async fn take_over(engine: &Engine, mut schedule: Schedule) -> Result<(), ControllerError> {
+    let Some(firing) = schedule.firing.clone() else {
+        return Ok(());
+    };
+    let runs = engine.schedule_runs(&schedule.name, RUNS_SEARCHED).await?;
+    let existing = runs.iter().find(|job| {
+        job.schedule
+            .as_ref()
+            .is_some_and(|run| run.due_at == firing.due_at)
+    });
+    if let Some(job) = existing {
+        return record_run(engine, &schedule.name, firing.due_at, job.id).await;
+    }
+    warn!(schedule = %schedule.name, due_at = firing.due_at, left_by = %firing.by,
+        "a run was claimed but not started; starting it");
+    schedule.firing = Some(Firing {
+        by: engine.owner().to_string(),
+        since: zeroci::now_unix_ms(),
+        ..firing
+    });
+    if claim(engine, &mut schedule).await? {
+        complete(engine, schedule).await?;
+    }
+    Ok(())
+}
+
+/// "schedule NAME", with how late a late run is and what it stands for.
+pub fn triggered_by(run: &ScheduleRun) -> String {
+    if !run.is_late() {
+        return format!("schedule {}", run.name);
+    }
+    let late = format!("late by {:.1} s", run.late_ms as f64 / 1000.0);
+    match run.missed {
+        0 => format!("schedule {} ({late})", run.name),
+        1 => format!("schedule {} ({late}; 1 earlier tick missed)", run.name),
+        n => format!("schedule {} ({late}; {n} earlier ticks missed)", run.name),
+    }
+}

@@ -1,0 +1,448 @@
+//! What users and pushes do to schedules, as engine operations: every entry point (gRPC, the HTTP API,
+//! `run_on.schedule`) goes through these, so the same checks apply everywhere. Every change is a
+//! compare-and-set, retried on a fresh read when the scheduler (here or on another controller) wrote
+//! the schedule meanwhile.
+
+use tracing::{info, warn};
+use zeroci::cron::CronSchedule;
+use zeroci::pipeline::ScheduleTrigger;
+
+use super::timing::NEVER;
+use super::{Origin, Schedule, ScheduleSpec, Target, check_name, inline_pipeline};
+use crate::engine::Engine;
+use crate::error::ControllerError;
+use crate::jobs::{JobRecord, NewJob, ScheduleRun};
+use crate::store::{JobFilter, StoreError};
+
+/// The fields of a schedule request that say what it runs (gRPC and the HTTP API alike).
+#[derive(Debug, Clone, Default)]
+pub struct TargetRequest {
+    pub repo_url: String,
+    pub repo_name: String,
+    pub ref_name: String,
+    pub image_name: String,
+    pub install: Vec<String>,
+    pub test: Vec<String>,
+}
+
+/// Compare-and-set attempts of one change before giving up (each follows a fresh read).
+const CHANGE_ATTEMPTS: usize = 10;
+
+/// The next tick after `now`, or [`NEVER`].
+fn next_tick(cron: &CronSchedule, now: i64) -> i64 {
+    cron.next_after(now).unwrap_or(NEVER)
+}
+
+impl Engine {
+    /// Adds a schedule; its first run is at the expression's next tick.
+    pub async fn add_schedule(
+        &self,
+        spec: ScheduleSpec,
+        user: &str,
+    ) -> Result<Schedule, ControllerError> {
+        let cron = spec.check().map_err(ControllerError::InvalidArgument)?;
+        let now = zeroci::now_unix_ms();
+        let mut schedule = Schedule {
+            time_zone: spec.zone().to_string(),
+            name: spec.name,
+            cron: spec.cron.trim().to_string(),
+            target: spec.target,
+            step_timeout_secs: spec.step_timeout_secs,
+            allow_overlap: spec.allow_overlap,
+            paused: false,
+            origin: Origin::Api {
+                created_by: user.to_string(),
+            },
+            next_at: next_tick(&cron, now),
+            firing: None,
+            last_job: None,
+            skipped: 0,
+            created_at: now,
+            revision: 0,
+        };
+        match self.schedules.put_schedule(&mut schedule).await {
+            Ok(()) => {}
+            Err(StoreError::ScheduleChanged { name }) => {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "a schedule named {name:?} exists already; remove it first"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        info!(schedule = %schedule.name, cron = %schedule.cron, zone = %schedule.time_zone, user, "schedule added");
+        self.schedule_changes.notify_waiters();
+        Ok(schedule)
+    }
+
+    pub async fn schedule(&self, name: &str) -> Result<Schedule, ControllerError> {
+        self.schedules
+            .get_schedule(name)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("no schedule named {name:?}")))
+    }
+
+    pub async fn list_schedules(&self) -> Result<Vec<Schedule>, ControllerError> {
+        Ok(self.schedules.schedules().await?)
+    }
+
+    /// What a request asks a schedule to run: a repository by URL, a configured GitHub repository by
+    /// name (`repo_url` empty), or commands (no repository at all).
+    pub fn schedule_target(&self, request: TargetRequest) -> Result<Target, ControllerError> {
+        let TargetRequest {
+            repo_url,
+            repo_name,
+            ref_name,
+            image_name,
+            install,
+            test,
+        } = request;
+        let invalid = |m: &str| Err(ControllerError::InvalidArgument(m.to_string()));
+        let commands = !install.is_empty() || !test.is_empty() || !image_name.is_empty();
+        if repo_url.is_empty() && repo_name.is_empty() {
+            if !ref_name.is_empty() {
+                return invalid("a ref needs a repository");
+            }
+            return Ok(Target::Commands {
+                image_name: Some(image_name).filter(|i| !i.is_empty()),
+                install,
+                test,
+            });
+        }
+        if commands {
+            return invalid(
+                "a schedule runs a repository's zeroCI.yaml or its own commands, not both",
+            );
+        }
+        if repo_url.is_empty() {
+            let Some(api) = &self.github else {
+                return invalid(
+                    "a repository URL is required: this controller has no [github] section for repository names",
+                );
+            };
+            let configured = self
+                .config
+                .github
+                .as_ref()
+                .is_some_and(|g| g.repos.iter().any(|r| r.eq_ignore_ascii_case(&repo_name)));
+            if !configured {
+                return Err(ControllerError::InvalidArgument(format!(
+                    "{repo_name} is not in [github] repos"
+                )));
+            }
+            let repo_url = api
+                .clone_url(&repo_name)
+                .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+            return Ok(Target::Repository {
+                repo: repo_name.clone(),
+                repo_url,
+                ref_name,
+                github_repo: Some(repo_name),
+            });
+        }
+        self.config
+            .check_repo_pairing(&repo_name, &repo_url)
+            .map_err(ControllerError::InvalidArgument)?;
+        Ok(Target::Repository {
+            repo: if repo_name.is_empty() {
+                crate::api::control_service::repo_name(&repo_url)
+            } else {
+                repo_name
+            },
+            repo_url,
+            ref_name,
+            github_repo: None,
+        })
+    }
+
+    /// The schedule's latest runs, newest first.
+    pub async fn schedule_runs(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, ControllerError> {
+        Ok(self
+            .jobs
+            .list(&JobFilter {
+                schedule: Some(name.to_string()),
+                limit,
+                ..JobFilter::default()
+            })
+            .await?)
+    }
+
+    /// Removes a schedule; its runs stay.
+    pub async fn remove_schedule(&self, name: &str) -> Result<(), ControllerError> {
+        if !self.schedules.delete_schedule(name).await? {
+            return Err(ControllerError::NotFound(format!(
+                "no schedule named {name:?}"
+            )));
+        }
+        info!(schedule = name, "schedule removed");
+        self.schedule_changes.notify_waiters();
+        Ok(())
+    }
+
+    /// Pauses or resumes. A resumed schedule continues at its next tick from now: the ticks that
+    /// passed while it was paused get no run.
+    pub async fn pause_schedule(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<Schedule, ControllerError> {
+        let now = zeroci::now_unix_ms();
+        let schedule = self
+            .change_schedule(name, |schedule| {
+                if schedule.paused == paused {
+                    return Ok(false);
+                }
+                schedule.paused = paused;
+                if !paused {
+                    let cron = CronSchedule::parse(&schedule.cron, &schedule.time_zone)
+                        .map_err(ControllerError::FailedPrecondition)?;
+                    schedule.next_at = next_tick(&cron, now);
+                }
+                Ok(true)
+            })
+            .await?;
+        info!(schedule = name, paused, "schedule paused or resumed");
+        self.schedule_changes.notify_waiters();
+        Ok(schedule)
+    }
+
+    /// Starts a run now, by hand (the next tick stays as it was). Refused while a run is still going,
+    /// unless the schedule allows overlapping runs.
+    pub async fn run_schedule_now(
+        &self,
+        name: &str,
+        user: &str,
+    ) -> Result<JobRecord, ControllerError> {
+        let schedule = self.schedule(name).await?;
+        if !schedule.allow_overlap
+            && let Some(running) = self.unfinished_run(&schedule).await?
+        {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "schedule {name:?} is still running job {running}; wait for it or cancel it"
+            )));
+        }
+        let run = ScheduleRun {
+            name: name.to_string(),
+            due_at: 0,
+            late_ms: 0,
+            missed: 0,
+        };
+        let job = self
+            .start_run(&schedule, run, format!("{user} (schedule {name}, by hand)"))
+            .await?;
+        let id = job.id;
+        self.change_schedule(name, |schedule| {
+            schedule.last_job = Some(id);
+            Ok(true)
+        })
+        .await?;
+        Ok(job)
+    }
+
+    /// The schedule's latest run when it has not finished.
+    pub(crate) async fn unfinished_run(
+        &self,
+        schedule: &Schedule,
+    ) -> Result<Option<u64>, ControllerError> {
+        let Some(id) = schedule.last_job else {
+            return Ok(None);
+        };
+        let running = self
+            .jobs
+            .get(id)
+            .await?
+            .is_some_and(|job| !job.status.is_final());
+        Ok(running.then_some(id))
+    }
+
+    /// Submits the job of one run.
+    pub(crate) async fn start_run(
+        &self,
+        schedule: &Schedule,
+        run: ScheduleRun,
+        triggered_by: String,
+    ) -> Result<JobRecord, ControllerError> {
+        let mut new = NewJob {
+            triggered_by,
+            step_timeout_secs: schedule.step_timeout_secs,
+            schedule: Some(run),
+            ..NewJob::default()
+        };
+        match &schedule.target {
+            Target::Repository {
+                repo,
+                repo_url,
+                ref_name,
+                github_repo,
+            } => {
+                new.repo = repo.clone();
+                new.repo_url = repo_url.clone();
+                new.ref_name = ref_name.clone();
+                new.github_repo = github_repo.clone();
+                new.commit = self.head_to_test(github_repo.as_deref(), ref_name).await;
+            }
+            Target::Commands { .. } => {
+                new.repo = schedule.name.clone();
+                new.inline_pipeline = inline_pipeline(&schedule.target);
+            }
+        }
+        self.submit(new).await
+    }
+
+    /// The commit a repository run tests: for GitHub, the branch's head read from its API, so that
+    /// statuses name a commit; otherwise the ref itself, which the machine resolves when it clones.
+    async fn head_to_test(&self, github_repo: Option<&str>, ref_name: &str) -> String {
+        let by_name = if ref_name.is_empty() {
+            "HEAD".to_string()
+        } else {
+            ref_name.to_string()
+        };
+        let (Some(api), Some(repo)) = (&self.github, github_repo) else {
+            return by_name;
+        };
+        if ref_name.is_empty() {
+            return by_name;
+        }
+        match api.branch_head(repo, ref_name).await {
+            Ok(commit) => commit,
+            Err(error) => {
+                warn!(repo, branch = ref_name, %error, "cannot read the branch head from GitHub; the machine resolves the branch");
+                by_name
+            }
+        }
+    }
+
+    /// A checked-out commit's `run_on.schedule` (`declared`), seen for its branch: registers or
+    /// updates `repo@branch` when it names this branch, removes one registered that way when it does
+    /// not any more. Code from outside the repository (a fork) never touches schedules. Problems are
+    /// logged: they never fail the job.
+    pub(crate) async fn follow_run_on_schedule(
+        &self,
+        record: &JobRecord,
+        declared: Option<ScheduleTrigger>,
+    ) {
+        if record.untrusted || record.ref_name.is_empty() || record.repo_url.is_empty() {
+            return;
+        }
+        let name = format!("{}@{}", record.repo, record.ref_name);
+        if check_name(&name).is_err() {
+            return;
+        }
+        let outcome = match declared.filter(|d| d.branch == record.ref_name) {
+            Some(declared) => self.register_run_on(&name, record, declared).await,
+            None => self.unregister_run_on(&name).await,
+        };
+        if let Err(error) = outcome {
+            warn!(job_id = record.id, schedule = %name, %error, "cannot follow run_on.schedule");
+        }
+    }
+
+    async fn register_run_on(
+        &self,
+        name: &str,
+        record: &JobRecord,
+        declared: ScheduleTrigger,
+    ) -> Result<(), ControllerError> {
+        let cron = CronSchedule::parse(&declared.cron, &declared.timezone)
+            .map_err(ControllerError::InvalidArgument)?;
+        let target = Target::Repository {
+            repo: record.repo.clone(),
+            repo_url: record.repo_url.clone(),
+            ref_name: record.ref_name.clone(),
+            github_repo: record.github_repo.clone(),
+        };
+        let now = zeroci::now_unix_ms();
+        match self.schedules.get_schedule(name).await? {
+            None => {
+                let mut schedule = Schedule {
+                    name: name.to_string(),
+                    cron: declared.cron,
+                    time_zone: declared.timezone,
+                    target,
+                    step_timeout_secs: 0,
+                    allow_overlap: false,
+                    paused: false,
+                    origin: Origin::RunOn,
+                    next_at: next_tick(&cron, now),
+                    firing: None,
+                    last_job: None,
+                    skipped: 0,
+                    created_at: now,
+                    revision: 0,
+                };
+                match self.schedules.put_schedule(&mut schedule).await {
+                    // Registered meanwhile by a job of the same push on another controller.
+                    Ok(()) | Err(StoreError::ScheduleChanged { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                info!(schedule = name, cron = %schedule.cron, "schedule registered from run_on.schedule");
+            }
+            Some(existing) if existing.origin != Origin::RunOn => {
+                warn!(
+                    schedule = name,
+                    "run_on.schedule names a schedule made through the API; left as it is"
+                );
+                return Ok(());
+            }
+            Some(_) => {
+                self.change_schedule(name, |schedule| {
+                    let timing_changed =
+                        schedule.cron != declared.cron || schedule.time_zone != declared.timezone;
+                    if !timing_changed && schedule.target == target {
+                        return Ok(false);
+                    }
+                    schedule.cron = declared.cron.clone();
+                    schedule.time_zone = declared.timezone.clone();
+                    schedule.target = target.clone();
+                    if timing_changed {
+                        schedule.next_at = next_tick(&cron, now);
+                    }
+                    Ok(true)
+                })
+                .await?;
+            }
+        }
+        self.schedule_changes.notify_waiters();
+        Ok(())
+    }
+
+    async fn unregister_run_on(&self, name: &str) -> Result<(), ControllerError> {
+        let Some(existing) = self.schedules.get_schedule(name).await? else {
+            return Ok(());
+        };
+        if existing.origin == Origin::RunOn && self.schedules.delete_schedule(name).await? {
+            info!(
+                schedule = name,
+                "schedule removed: run_on.schedule is gone from the branch"
+            );
+            self.schedule_changes.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to the stored schedule (it returns whether it changed anything) and writes it
+    /// back, again on a fresh read when someone wrote it meanwhile.
+    pub(crate) async fn change_schedule(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut Schedule) -> Result<bool, ControllerError>,
+    ) -> Result<Schedule, ControllerError> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let mut schedule = self.schedule(name).await?;
+            if !change(&mut schedule)? {
+                return Ok(schedule);
+            }
+            match self.schedules.put_schedule(&mut schedule).await {
+                Ok(()) => return Ok(schedule),
+                Err(StoreError::ScheduleChanged { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControllerError::Unavailable(format!(
+            "schedule {name:?} keeps changing; try again"
+        )))
+    }
+}
