@@ -51,6 +51,8 @@ pub enum Command {
     Rerun(RerunArgs),
     /// Connect a local repository to ZeroCI with git hooks.
     Hook(HookArgs),
+    /// Test suites on a timetable: add, list, show, remove, run now, pause, resume.
+    Schedule(ScheduleArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Check a zeroCI.yaml offline and show the plan it would run (no controller, no profile).
@@ -114,6 +116,97 @@ pub enum HookCommand {
         #[arg(default_value = ".", value_name = "PATH")]
         path: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule: a repository's zeroCI.yaml at the head of a branch, or install and test
+    /// commands with no repository.
+    Add(ScheduleAddArgs),
+    /// List the schedules.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a schedule and its latest runs.
+    Show {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a schedule (its runs stay).
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Start a run now and follow it, like `run`.
+    Run {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Print the job id and return without following.
+        #[arg(long)]
+        detach: bool,
+        /// Print no live output; print the final job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop firing until resumed.
+    Pause {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Fire again, from the next tick on (ticks while paused get no run).
+    Resume {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScheduleAddArgs {
+    /// Unique name: letters, digits and `._-@:/+`.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Cron expression: `MIN HOUR DAY MONTH WEEKDAY`, or with seconds first; `@daily` and the like.
+    #[arg(long, value_name = "EXPR")]
+    pub cron: String,
+    /// The time zone the expression is read in (IANA name such as Europe/Amsterdam; default UTC).
+    #[arg(long = "tz", value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    /// The repository to test: a local path, a URL git clones, or a GitHub repository configured on
+    /// the controller (`owner/name`).
+    #[arg(long, value_name = "PATH|URL|OWNER/NAME", conflicts_with_all = ["install", "test", "image"])]
+    pub repo: Option<String>,
+    /// With --repo: the branch whose head each run tests (default: the repository's default branch).
+    #[arg(long = "ref", value_name = "REF", requires = "repo")]
+    pub git_ref: Option<String>,
+    /// An install command (repeat for more); runs as one step that stops at the first failure.
+    #[arg(long, value_name = "CMD")]
+    pub install: Vec<String>,
+    /// A test command (repeat for more), one step each.
+    #[arg(long, value_name = "CMD", required_unless_present = "repo")]
+    pub test: Vec<String>,
+    /// The machine image for commands (`prerequisites: {image_name}`).
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// Per-step timeout in seconds (default: the pipeline's or the controller's).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+    /// Start a run even while the previous one is still going (default: skip that tick).
+    #[arg(long)]
+    pub allow_overlap: bool,
+    /// Print the schedule as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

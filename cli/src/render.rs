@@ -153,7 +153,7 @@ pub fn agent_json(agent: &pb::AgentInfo) -> Value {
     })
 }
 
-fn timestamp_json(ms: i64) -> Value {
+pub fn timestamp_json(ms: i64) -> Value {
     rfc3339(ms).map_or(Value::Null, Value::String)
 }
 
@@ -236,7 +236,7 @@ fn short_commit(commit: &str) -> &str {
     commit.get(..7).unwrap_or(commit)
 }
 
-fn or_dash(s: &str) -> &str {
+pub fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 

@@ -17,6 +17,7 @@ mod jobs;
 mod lint;
 mod logs;
 mod run;
+mod schedule;
 
 /// The job succeeded, or a read command worked.
 pub const EXIT_OK: u8 = 0;
@@ -58,6 +59,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         Command::Artifact(a) => artifact::download(profile, a).await,
         Command::Rerun(a) => run::rerun(profile, a).await,
         Command::Hook(a) => hook::hook(profile, a),
+        Command::Schedule(a) => schedule::schedule(profile, a).await,
         Command::Completions(a) => completions::completions(a),
         // Offline: no profile is loaded and nothing is dialled.
         Command::Lint(a) => lint::lint(a),

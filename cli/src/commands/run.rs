@@ -82,7 +82,7 @@ pub async fn rerun(profile: Option<&Path>, args: RerunArgs) -> anyhow::Result<Ex
 }
 
 /// Reports a queued job and, unless detached, follows it to its end.
-async fn after_submit(
+pub(super) async fn after_submit(
     client: &mut Client,
     job: pb::Job,
     detach: bool,

@@ -174,6 +174,60 @@ impl server::ControlService for Fake {
         Err(Status::unimplemented("the fake controller does not rerun"))
     }
 
+    async fn add_schedule(
+        &self,
+        _request: Request<pb::AddScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no schedules",
+        ))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no schedules",
+        ))
+    }
+
+    async fn get_schedule(
+        &self,
+        _request: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::GetScheduleResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no schedules",
+        ))
+    }
+
+    async fn remove_schedule(
+        &self,
+        _request: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::RemoveScheduleResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no schedules",
+        ))
+    }
+
+    async fn pause_schedule(
+        &self,
+        _request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no schedules",
+        ))
+    }
+
+    async fn run_schedule(
+        &self,
+        _request: Request<pb::ScheduleRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no schedules",
+        ))
+    }
+
     type DownloadArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
 
     async fn download_artifact(

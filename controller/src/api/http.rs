@@ -57,6 +57,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/logout", post(super::actions::logout))
         .route("/login/github", get(super::github_login::start))
         .route("/login/github/callback", get(super::github_login::callback))
+        .route(
+            "/api/schedule",
+            get(super::schedule_http::get)
+                .post(super::schedule_http::add)
+                .delete(super::schedule_http::remove),
+        )
+        .route("/api/schedule_trigger", post(super::schedule_http::trigger))
         .route("/jobs/{id}/rerun", post(super::actions::rerun))
         .route("/jobs/{id}/cancel", post(super::actions::cancel))
         .route(

@@ -14,6 +14,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use super::pages::{clock, duration};
 use crate::engine::Engine;
 use crate::jobs::{JobId, JobRecord};
+use crate::schedules::Target;
 use crate::store::JobFilter;
 
 /// Jobs the dashboard looks through for branches' latest results.
@@ -26,6 +27,7 @@ const PAGE: usize = 50;
 struct Dashboard {
     active: Vec<JobRow>,
     branches: Vec<BranchRow>,
+    schedules: Vec<ScheduleRow>,
     agents: Vec<AgentRow>,
     machines: usize,
     kind: &'static str,
@@ -61,6 +63,17 @@ struct BranchRow {
     status: String,
     commit: String,
     finished: String,
+}
+
+struct ScheduleRow {
+    name: String,
+    name_query: String,
+    cron: String,
+    time_zone: String,
+    runs: String,
+    /// When it fires next, or "paused".
+    next: String,
+    last: Option<(JobId, String)>,
 }
 
 struct AgentRow {
@@ -165,11 +178,16 @@ pub async fn dashboard(State(engine): State<Arc<Engine>>) -> Response {
             })
         })
         .collect();
+    let schedules = match schedule_rows(&engine, &jobs).await {
+        Ok(rows) => rows,
+        Err(error) => return unavailable(error),
+    };
     let gauges = engine.gauges().await;
     html(
         Dashboard {
             active,
             branches,
+            schedules,
             agents,
             machines: gauges.machines,
             kind: engine.provisioner_kind(),
@@ -178,33 +196,98 @@ pub async fn dashboard(State(engine): State<Arc<Engine>>) -> Response {
     )
 }
 
+/// The schedules, each with its latest run (`recent`: the jobs the dashboard read already).
+async fn schedule_rows(
+    engine: &Engine,
+    recent: &[JobRecord],
+) -> Result<Vec<ScheduleRow>, crate::error::ControllerError> {
+    let mut rows = Vec::new();
+    for schedule in engine.list_schedules().await? {
+        let last = match schedule.last_job {
+            Some(id) => match recent.iter().find(|j| j.id == id) {
+                Some(job) => Some((id, job.status.word())),
+                None => engine
+                    .jobs
+                    .get(id)
+                    .await?
+                    .map(|job| (id, job.status.word())),
+            },
+            None => None,
+        };
+        let runs = match &schedule.target {
+            Target::Repository { repo, ref_name, .. } if ref_name.is_empty() => repo.clone(),
+            Target::Repository { repo, ref_name, .. } => format!("{repo} @ {ref_name}"),
+            Target::Commands { test, .. } => format!("{} command(s)", test.len()),
+        };
+        rows.push(ScheduleRow {
+            name_query: query_value(&schedule.name),
+            next: if schedule.paused {
+                "paused".into()
+            } else if schedule.next_at == crate::schedules::timing::NEVER {
+                "never".into()
+            } else {
+                clock(schedule.next_at)
+            },
+            name: schedule.name,
+            cron: schedule.cron,
+            time_zone: schedule.time_zone,
+            runs,
+            last,
+        });
+    }
+    Ok(rows)
+}
+
 #[derive(serde::Deserialize)]
 pub struct HistoryQuery {
     repo: Option<String>,
     branch: Option<String>,
+    /// A schedule's runs instead of a repository's jobs.
+    schedule: Option<String>,
     before: Option<JobId>,
 }
 
-/// `GET /repos?repo=NAME[&branch=B][&before=ID]`.
+/// `GET /repos?repo=NAME[&branch=B][&before=ID]`, or `?schedule=NAME[&before=ID]`.
 pub async fn history(
     State(engine): State<Arc<Engine>>,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
-    let Some(repo) = query.repo.filter(|r| !r.is_empty()) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "give a repository: /repos?repo=NAME\n",
-        )
-            .into_response();
-    };
     let branch = query.branch.filter(|b| !b.is_empty());
+    let schedule = query.schedule.filter(|s| !s.is_empty());
+    let (title, filter, mut next_query) = match (schedule, query.repo.filter(|r| !r.is_empty())) {
+        (Some(schedule), _) => (
+            format!("schedule {schedule}"),
+            JobFilter {
+                schedule: Some(schedule.clone()),
+                ..Default::default()
+            },
+            format!("schedule={}", query_value(&schedule)),
+        ),
+        (None, Some(repo)) => {
+            let mut next_query = format!("repo={}", query_value(&repo));
+            if let Some(branch) = &branch {
+                next_query.push_str(&format!("&branch={}", query_value(branch)));
+            }
+            let filter = JobFilter {
+                repo: Some(repo.clone()),
+                branch: branch.clone(),
+                ..Default::default()
+            };
+            (repo, filter, next_query)
+        }
+        (None, None) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give a repository (/repos?repo=NAME) or a schedule (/repos?schedule=NAME)\n",
+            )
+                .into_response();
+        }
+    };
     let filter = JobFilter {
-        repo: Some(repo.clone()),
-        branch: branch.clone(),
         before: query.before,
         // One more than a page tells whether there is another.
         limit: PAGE + 1,
-        ..Default::default()
+        ..filter
     };
     let mut jobs = match engine.jobs.list(&filter).await {
         Ok(jobs) => jobs,
@@ -213,20 +296,15 @@ pub async fn history(
     let more = jobs.len() > PAGE;
     jobs.truncate(PAGE);
     let next = match (more, jobs.last()) {
-        (true, Some(last)) => Some(format!(
-            "/repos?repo={}{}&before={}",
-            query_value(&repo),
-            branch
-                .as_ref()
-                .map(|b| format!("&branch={}", query_value(b)))
-                .unwrap_or_default(),
-            last.id
-        )),
+        (true, Some(last)) => {
+            next_query.push_str(&format!("&before={}", last.id));
+            Some(format!("/repos?{next_query}"))
+        }
         _ => None,
     };
     html(
         History {
-            repo,
+            repo: title,
             branch: branch.unwrap_or_default(),
             jobs: jobs.iter().map(job_row).collect(),
             before: query.before,
