@@ -25,6 +25,13 @@ pub fn job_json(job: &pb::Job) -> Value {
         "attempt": job.attempt,
         "triggered_by": job.triggered_by,
         "committer": job.committer,
+        "schedule": job.schedule.as_ref().map_or(Value::Null, |run| json!({
+            "name": run.name,
+            "due_at": timestamp_json(run.due_at_unix_ms),
+            "late_ms": run.late_ms,
+            "missed": run.missed,
+            "late": run.late,
+        })),
         "notification_failures": job.notification_failures.iter().map(|f| json!({
             "notifier": f.notifier,
             "error": f.error,
@@ -471,6 +478,7 @@ mod tests {
                 error: "the chat was not found".into(),
                 at_unix_ms: 1_700_000_009_000,
             }],
+            schedule: None,
         }
     }
 

@@ -506,6 +506,13 @@ impl JobRecord {
             triggered_by: self.triggered_by.clone(),
             committer: self.committer.clone().unwrap_or_default(),
             notification_failures: Vec::new(),
+            schedule: self.schedule.as_ref().map(|run| pb::ScheduleRun {
+                name: run.name.clone(),
+                due_at_unix_ms: run.due_at,
+                late_ms: run.late_ms,
+                missed: run.missed,
+                late: run.is_late(),
+            }),
             artifacts: self
                 .artifacts
                 .iter()

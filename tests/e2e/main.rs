@@ -13,6 +13,7 @@ mod notify_webhook;
 mod pipelines;
 mod production;
 mod restart;
+mod schedules;
 mod security;
 mod telegram;
 mod triggers;

@@ -9,14 +9,14 @@ use crate::harness::{Proc, Repo, Settings, TestEnv, merge_tables, pipeline, spaw
 
 /// A second controller of the same service: same store, queue, PKI and agent addresses; its own name
 /// and state directory.
-struct Peer {
+pub struct Peer {
     proc: Option<Proc>,
-    grpc_addr: String,
+    pub grpc_addr: String,
     log: PathBuf,
 }
 
 impl Peer {
-    fn start(env: &TestEnv, name: &str, listen: &str) -> Peer {
+    pub fn start(env: &TestEnv, name: &str, listen: &str) -> Peer {
         let home = env.home();
         let mut config: toml::Table =
             toml::from_str(&std::fs::read_to_string(home.join("config.toml")).unwrap()).unwrap();
@@ -33,7 +33,7 @@ impl Peer {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -57,7 +57,7 @@ fn free_address() -> String {
 
 /// Production backends; with `peers`, every controller's agents know every controller's address
 /// (ports picked now), and leases are short so a dead controller's jobs move on quickly.
-fn production(workers: usize, peers: bool) -> (Settings, Vec<String>) {
+pub fn production(workers: usize, peers: bool) -> (Settings, Vec<String>) {
     let addresses = if peers {
         vec![free_address(), free_address()]
     } else {

@@ -149,7 +149,8 @@ fn print_schedule(info: &pb::ScheduleInfo, json: bool) -> anyhow::Result<ExitCod
 fn runs_what(info: &pb::ScheduleInfo) -> String {
     if info.repo_url.is_empty() {
         let steps = info.install.len().min(1) + info.test.len();
-        return format!("commands ({steps} steps)");
+        let plural = if steps == 1 { "" } else { "s" };
+        return format!("commands ({steps} step{plural})");
     }
     if info.ref_name.is_empty() {
         info.repo.clone()

@@ -35,12 +35,13 @@ const RUNS_SEARCHED: usize = 20;
 /// Fires schedules until `stop`.
 pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
     info!("scheduler started");
+    let started_at = zeroci::now_unix_ms();
     loop {
         // Registered before the pass, so a change made during it still wakes the next sleep.
         let changed = engine.schedule_changes.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let wake_at = match pass(&engine).await {
+        let wake_at = match pass(&engine, started_at).await {
             Ok(wake_at) => wake_at,
             Err(error) => {
                 warn!(%error, "cannot read the schedules; trying again");
@@ -58,8 +59,9 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
     }
 }
 
-/// One look at every schedule; returns when the next one is due.
-async fn pass(engine: &Engine) -> Result<i64, ControllerError> {
+/// One look at every schedule; returns when the next one is due. Firings this controller left
+/// before `started_at` (it was killed mid-firing) are completed at once, without waiting for the lease.
+async fn pass(engine: &Engine, started_at: i64) -> Result<i64, ControllerError> {
     let now = zeroci::now_unix_ms();
     let mut wake_at = now + POLL.as_millis() as i64;
     for schedule in engine.schedules.schedules().await? {
@@ -68,6 +70,9 @@ async fn pass(engine: &Engine) -> Result<i64, ControllerError> {
         }
         let name = schedule.name.clone();
         let next = match &schedule.firing {
+            Some(firing) if firing.by == engine.owner() && firing.since < started_at => {
+                take_over(engine, schedule).await.map(|()| now)
+            }
             Some(firing) if now - firing.since < FIRING_LEASE_MS => {
                 Ok(firing.since + FIRING_LEASE_MS)
             }
