@@ -580,3 +580,35 @@ fn a_fork_pull_request_is_refused_by_unisolated_machines() {
             .all(|s| s["name"] != "echo ran")
     );
 }
+
+#[test]
+fn a_push_that_run_on_filters_out_still_registers_and_removes_its_branch_schedule() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(settings(&fake, ""));
+    let nightly = "script:\n  - echo nightly\nrun_on:\n  push: {branches: [main]}\n  schedule: {branch: nightly, cron: \"0 3 * * *\"}\n";
+    let repo = Repo::new(&env, "widget", &[("zeroCI.yaml", nightly)]);
+    fake.serve(&repo);
+    let sha = repo.commit(&[("a", "1")], "on the nightly branch");
+    let body = push_payload(&repo, "nightly", &sha);
+    let (status, answer) = deliver(&env, "push", "d-n1", &body, Some(sign(&body)));
+    assert_eq!(status, 200, "run_on.push has only main: {answer}");
+    let shown = env.cli(&["schedule", "show", "acme/widget@nightly", "--json"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let schedule = shown.json();
+    assert_eq!(schedule["origin"], "run_on");
+    assert_eq!(schedule["cron"], "0 3 * * *");
+    assert!(jobs(&env).is_empty(), "the push itself started nothing");
+
+    let sha = repo.commit(
+        &[(
+            "zeroCI.yaml",
+            "script:\n  - echo nightly\nrun_on:\n  push: {branches: [main]}\n",
+        )],
+        "no more nights",
+    );
+    let body = push_payload(&repo, "nightly", &sha);
+    let (status, _) = deliver(&env, "push", "d-n2", &body, Some(sign(&body)));
+    assert_eq!(status, 200);
+    let gone = env.cli(&["schedule", "show", "acme/widget@nightly"]);
+    assert!(gone.stderr.contains("no schedule named"), "{}", gone.stderr);
+}

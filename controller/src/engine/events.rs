@@ -263,7 +263,8 @@ impl Engine {
                     self.jobs.put(&mut state.record).await?;
                     changed = false;
                     if let Some(declared) = run_on_schedule {
-                        self.follow_run_on_schedule(&state.record, declared).await;
+                        let branch = crate::schedules::service::PushedBranch::of(&state.record);
+                        self.follow_run_on_schedule(&branch, declared).await;
                     }
                     self.limit_machine(active, state, &mut run).await;
                     active.send_to_agent(Reply::RunSteps(run));

@@ -167,7 +167,7 @@ async fn record_run(
     due_at: i64,
     job: u64,
 ) -> Result<(), ControllerError> {
-    engine
+    let recorded = engine
         .change_schedule(name, |schedule| {
             if schedule.firing.as_ref().is_none_or(|f| f.due_at != due_at) {
                 return Ok(false);
@@ -176,8 +176,12 @@ async fn record_run(
             schedule.last_job = Some(job);
             Ok(true)
         })
-        .await
-        .map(drop)
+        .await;
+    match recorded {
+        // Removed while its run was being started: the run goes on, with nothing to record it on.
+        Ok(_) | Err(ControllerError::NotFound(_)) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Completes a firing whose controller did not: records the tick's job when it exists, otherwise

@@ -25,6 +25,29 @@ pub struct TargetRequest {
     pub test: Vec<String>,
 }
 
+/// A branch whose newest commit was seen, for `run_on.schedule`.
+#[derive(Debug, Clone)]
+pub struct PushedBranch {
+    pub repo: String,
+    pub repo_url: String,
+    pub ref_name: String,
+    pub github_repo: Option<String>,
+    /// A fork's code: never touches schedules.
+    pub untrusted: bool,
+}
+
+impl PushedBranch {
+    pub fn of(job: &JobRecord) -> PushedBranch {
+        PushedBranch {
+            repo: job.repo.clone(),
+            repo_url: job.repo_url.clone(),
+            ref_name: job.ref_name.clone(),
+            github_repo: job.github_repo.clone(),
+            untrusted: job.untrusted,
+        }
+    }
+}
+
 /// Compare-and-set attempts of one change before giving up (each follows a fresh read).
 const CHANGE_ATTEMPTS: usize = 10;
 
@@ -315,44 +338,45 @@ impl Engine {
         }
     }
 
-    /// A checked-out commit's `run_on.schedule` (`declared`), seen for its branch: registers or
-    /// updates `repo@branch` when it names this branch, removes one registered that way when it does
-    /// not any more. Code from outside the repository (a fork) never touches schedules. Problems are
-    /// logged: they never fail the job.
+    /// `run_on.schedule` as a branch's newest commit declares it (`declared`): registers or updates
+    /// `repo@branch` when it names this branch, removes one registered that way when it does not any
+    /// more. Seen at a job's checkout and in GitHub push deliveries (also those `run_on` filters out).
+    /// Code from outside the repository (a fork) never touches schedules. Problems are logged: they
+    /// never fail a job or a delivery.
     pub(crate) async fn follow_run_on_schedule(
         &self,
-        record: &JobRecord,
+        branch: &PushedBranch,
         declared: Option<ScheduleTrigger>,
     ) {
-        if record.untrusted || record.ref_name.is_empty() || record.repo_url.is_empty() {
+        if branch.untrusted || branch.ref_name.is_empty() || branch.repo_url.is_empty() {
             return;
         }
-        let name = format!("{}@{}", record.repo, record.ref_name);
+        let name = format!("{}@{}", branch.repo, branch.ref_name);
         if check_name(&name).is_err() {
             return;
         }
-        let outcome = match declared.filter(|d| d.branch == record.ref_name) {
-            Some(declared) => self.register_run_on(&name, record, declared).await,
+        let outcome = match declared.filter(|d| d.branch == branch.ref_name) {
+            Some(declared) => self.register_run_on(&name, branch, declared).await,
             None => self.unregister_run_on(&name).await,
         };
         if let Err(error) = outcome {
-            warn!(job_id = record.id, schedule = %name, %error, "cannot follow run_on.schedule");
+            warn!(schedule = %name, %error, "cannot follow run_on.schedule");
         }
     }
 
     async fn register_run_on(
         &self,
         name: &str,
-        record: &JobRecord,
+        branch: &PushedBranch,
         declared: ScheduleTrigger,
     ) -> Result<(), ControllerError> {
         let cron = CronSchedule::parse(&declared.cron, &declared.timezone)
             .map_err(ControllerError::InvalidArgument)?;
         let target = Target::Repository {
-            repo: record.repo.clone(),
-            repo_url: record.repo_url.clone(),
-            ref_name: record.ref_name.clone(),
-            github_repo: record.github_repo.clone(),
+            repo: branch.repo.clone(),
+            repo_url: branch.repo_url.clone(),
+            ref_name: branch.ref_name.clone(),
+            github_repo: branch.github_repo.clone(),
         };
         let now = zeroci::now_unix_ms();
         match self.schedules.get_schedule(name).await? {

@@ -20,6 +20,7 @@ use crate::engine::Engine;
 use crate::github::webhook::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, repo_allowed};
 use crate::github::{WebhookEvent, parse_event, verify_signature};
 use crate::jobs::NewJob;
+use crate::schedules::service::PushedBranch;
 
 /// What a runnable delivery asks for.
 struct Trigger {
@@ -218,6 +219,19 @@ async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<Stri
     let Ok(pipeline) = zeroci::pipeline::parse(&file) else {
         return Ok(None);
     };
+    if trigger.event == "push" {
+        // Also when `run_on` filters this push out: the branch may be one only a schedule builds.
+        let branch = PushedBranch {
+            repo: trigger.repo.clone(),
+            repo_url: trigger.clone_url.clone(),
+            ref_name: trigger.branch.clone(),
+            github_repo: Some(trigger.repo.clone()),
+            untrusted: trigger.untrusted,
+        };
+        engine
+            .follow_run_on_schedule(&branch, pipeline.schedule())
+            .await;
+    }
     let Some(run_on) = pipeline.run_on else {
         return Ok(None);
     };
