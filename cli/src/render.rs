@@ -25,6 +25,7 @@ pub fn job_json(job: &pb::Job) -> Value {
         "attempt": job.attempt,
         "triggered_by": job.triggered_by,
         "committer": job.committer,
+        "waiting_for": job.waiting_for,
         "schedule": job.schedule.as_ref().map_or(Value::Null, |run| json!({
             "name": run.name,
             "due_at": timestamp_json(run.due_at_unix_ms),
@@ -373,6 +374,9 @@ pub fn job_detail(job: &pb::Job, now_ms: i64) -> String {
     );
     if !job.reason.is_empty() {
         field("reason", &job.reason);
+    }
+    if !job.waiting_for.is_empty() {
+        field("waiting", &job.waiting_for);
     }
     for failure in &job.notification_failures {
         field(

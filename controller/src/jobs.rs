@@ -360,6 +360,10 @@ pub struct JobRecord {
     /// See [`NewJob::schedule`].
     #[serde(default)]
     pub schedule: Option<ScheduleRun>,
+    /// Why the job waits for its machine (every machine its provisioner may have is in use); none
+    /// once it has one.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
 }
 
 /// A notifier that could not deliver a change of a job, after its own retries. Kept beside the job
@@ -413,6 +417,7 @@ impl JobRecord {
             committer: new.committer,
             inline_pipeline: new.inline_pipeline,
             schedule: new.schedule,
+            waiting_for: None,
         }
     }
 
@@ -484,8 +489,9 @@ impl JobRecord {
         self.status = status;
         self.reason = reason.into();
         self.finished_at = now;
-        // Nothing runs any more: no controller holds the job.
+        // Nothing runs any more: no controller holds the job, and it waits for nothing.
         self.lease = None;
+        self.waiting_for = None;
     }
 
     pub fn to_pb(&self, domain: &str) -> pb::Job {
@@ -513,6 +519,7 @@ impl JobRecord {
                 missed: run.missed,
                 late: run.is_late(),
             }),
+            waiting_for: self.waiting_for.clone().unwrap_or_default(),
             artifacts: self
                 .artifacts
                 .iter()

@@ -142,3 +142,48 @@ fn killed_agent_is_declared_lost_and_the_job_ends_error() {
         (!left).then_some(())
     });
 }
+
+#[test]
+fn jobs_beyond_max_machines_wait_saying_why_and_run_when_a_machine_is_free() {
+    let env = TestEnv::start_with(Settings {
+        extra: "[provisioner.local]\nmax_machines = 1\n".into(),
+        ..Settings::default()
+    });
+    let busy = Repo::new(
+        &env,
+        "busy",
+        &[("zeroCI.yaml", "script:\n  - echo busy; sleep 6002\n")],
+    );
+    let first = env.submit(&busy.path);
+    env.wait_for_output(first, None, "busy");
+    let next = Repo::new(&env, "next", &[("zeroCI.yaml", "script:\n  - echo two\n")]);
+    let second = env.submit(&next.path);
+    let third = env.submit(&next.path);
+    for id in [second, third] {
+        let job = zeroci_testkit::wait_for("the job to say it waits for a machine", || {
+            let job = env.job(id);
+            (job["waiting_for"] != "").then_some(job)
+        });
+        assert_eq!(
+            job["waiting_for"], "no local machine free: all 1 machines are in use (max_machines)",
+            "{job:#}"
+        );
+        assert_eq!(job["status"], "provisioning");
+    }
+    let shown = env.cli(&["show", &second.to_string()]).stdout_str();
+    assert!(
+        shown.contains("waiting:      no local machine free"),
+        "{shown}"
+    );
+    // Cancelled while it waits: cancelled, not an error.
+    assert_eq!(env.cli(&["cancel", &third.to_string()]).code, 0);
+    let job = env.wait_job(third);
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert_eq!(job["waiting_for"], "");
+    // The machine comes free: the waiting job gets it.
+    assert_eq!(env.cli(&["cancel", &first.to_string()]).code, 0);
+    let job = env.wait_job(second);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_eq!(job["waiting_for"], "");
+    assert_eq!(env.raw_log(second, None), b"two\n");
+}

@@ -38,6 +38,8 @@ struct JobPage {
     commit_url: Option<String>,
     status: String,
     reason: String,
+    /// Why the job waits for its machine; empty otherwise.
+    waiting_for: String,
     triggered_by: String,
     /// Who made the change; empty when unknown.
     committer: String,
@@ -181,6 +183,7 @@ async fn render(
             .map(|repo| format!("https://github.com/{repo}/commit/{}", record.commit)),
         status: record.status.word(),
         reason: record.reason.clone(),
+        waiting_for: record.waiting_for.clone().unwrap_or_default(),
         triggered_by: record.triggered_by.clone(),
         committer: record.committer.clone().unwrap_or_default(),
         notification_failures: engine

@@ -366,9 +366,7 @@ impl Config {
         self.limits.validate()?;
         let oauth = self.github.as_ref().is_some_and(|g| g.oauth().is_some());
         self.web.validate(oauth)?;
-        if let ProvisionerConfig::Vm { vm } = &self.provisioner {
-            vm.validate()?;
-        }
+        self.provisioner.validate()?;
         if let Some(github) = &self.github {
             github.validate()?;
         }

@@ -50,6 +50,8 @@ pub struct VmConfig {
     pub disk_gb: u64,
     /// The qemu binary; default `qemu-system-x86_64` on the PATH.
     pub qemu: Option<PathBuf>,
+    /// VMs at once at most (default: no limit but `[main] workers`); more jobs wait for one.
+    pub max_machines: Option<usize>,
 }
 
 impl Default for VmConfig {
@@ -64,12 +66,31 @@ impl Default for VmConfig {
             memory_mb: default_vm_memory_mb(),
             disk_gb: default_vm_disk_gb(),
             qemu: None,
+            max_machines: None,
         }
     }
 }
 
-impl VmConfig {
+impl ProvisionerConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
+        let (kind, max_machines) = match self {
+            ProvisionerConfig::Local { local } => ("local", local.max_machines),
+            ProvisionerConfig::Vm { vm } => {
+                vm.validate()?;
+                ("vm", vm.max_machines)
+            }
+        };
+        if max_machines == Some(0) {
+            return Err(format!(
+                "[provisioner.{kind}] max_machines must be at least 1 (leave it out for no limit)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl VmConfig {
+    fn validate(&self) -> Result<(), String> {
         if self.cpus == 0 || self.cpus > 64 {
             return Err(format!(
                 "[provisioner.vm] cpus must be between 1 and 64, got {}",
@@ -151,6 +172,8 @@ pub struct LocalConfig {
     /// When the controller runs as root, job N runs as host user `first_uid + N % 65536`
     /// (default 1000000): no job shares a user with the controller, and rarely with another job.
     pub first_uid: Option<u32>,
+    /// Machines at once at most (default: no limit but `[main] workers`); more jobs wait for one.
+    pub max_machines: Option<usize>,
 }
 
 /// How `local` machines are separated from the controller and from each other.

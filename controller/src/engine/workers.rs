@@ -10,6 +10,8 @@ use tracing::Instrument;
 
 /// Machines asked for at most this many times when the provisioner says trying again may help.
 const PROVISION_TRIES: u32 = 3;
+/// The longest pause between asks while every machine is in use (well within any lease).
+const CAPACITY_POLL_CAP: Duration = Duration::from_secs(5);
 
 /// Records a machine's progress in its job's record, for the provisioner.
 struct JobLedger<'a> {
@@ -291,6 +293,8 @@ impl Engine {
         let mut tries = 0;
         let mut pacing =
             zeroci::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let mut waiting =
+            zeroci::backoff::Backoff::new(Duration::from_millis(250), CAPACITY_POLL_CAP);
         let failure = loop {
             tries += 1;
             info!(job_id = id, attempt = active.attempt, machine = %request.name, tries, "provisioning");
@@ -302,8 +306,18 @@ impl Engine {
                     if let Some(machine) = state.record.machine.as_mut() {
                         machine.details = details;
                     }
+                    state.record.waiting_for = None;
                     self.jobs.put(&mut state.record).await?;
                     return Ok(());
+                }
+                Err(e @ ProvisionError::NoCapacity { .. }) if !stop.is_cancelled() => {
+                    // Not a failed try: the job waits, saying for what, until a machine is free.
+                    tries -= 1;
+                    self.wait_for_machine(active, e.to_string()).await?;
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = waiting.wait() => {}
+                    }
                 }
                 Err(e) if e.is_retryable() && tries < PROVISION_TRIES && !stop.is_cancelled() => {
                     warn!(job_id = id, error = %e, "provisioning failed; trying again");
@@ -325,9 +339,31 @@ impl Engine {
         let mut state = active.state.lock().await;
         let (status, reason) = match (&failure, state.record.cancel_reason.clone()) {
             (ProvisionError::Cancelled { .. }, Some(reason)) => (JobStatus::Cancelled, reason),
+            // Cancelled while it waited for a free machine.
+            (ProvisionError::NoCapacity { .. }, Some(reason)) if stop.is_cancelled() => {
+                (JobStatus::Cancelled, reason)
+            }
             _ => (JobStatus::Error, format!("provisioning failed: {failure}")),
         };
         self.finalize(active, &mut state, status, reason).await?;
+        Ok(())
+    }
+
+    /// Records why the job waits for a machine (shown by `zeroci show` and its page) and renews its
+    /// lease, which only the supervision of a running machine renews otherwise.
+    async fn wait_for_machine(
+        &self,
+        active: &ActiveJob,
+        reason: String,
+    ) -> Result<(), ControllerError> {
+        let mut state = active.state.lock().await;
+        if state.record.waiting_for.as_deref() != Some(reason.as_str()) {
+            info!(job_id = active.id, %reason, "job waits for a machine");
+            self.notify(&state.record);
+        }
+        state.record.waiting_for = Some(reason);
+        state.record.lease = Some(self.new_lease());
+        self.jobs.put(&mut state.record).await?;
         Ok(())
     }
 

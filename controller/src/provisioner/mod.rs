@@ -9,6 +9,7 @@
 //! `destroy` is called on every path out of a job (success, failure, error, cancel, lost agent) and for
 //! leftovers after a crash, so it must accept a machine that is half made or already gone.
 
+pub mod capacity;
 mod cgroup;
 pub mod local;
 pub mod vm;
@@ -66,6 +67,10 @@ pub enum ProvisionError {
     /// The ledger could not record progress: going on would make a machine nobody knows about.
     #[error("cannot record machine {name}: {message}")]
     Record { name: String, message: String },
+    /// Every machine the provisioner may have is in use (or the farm has no room): the job waits for
+    /// one instead of failing.
+    #[error("no {kind} machine free: {message}")]
+    NoCapacity { kind: &'static str, message: String },
     /// The provisioner cannot work at all (missing binary, bad settings); found at start-up.
     #[error("{kind} machines are unavailable: {message}")]
     Unavailable { kind: &'static str, message: String },
@@ -78,7 +83,9 @@ impl ProvisionError {
             ProvisionError::Prepare { retryable, .. } | ProvisionError::Start { retryable, .. } => {
                 *retryable
             }
-            ProvisionError::Destroy { .. } | ProvisionError::Record { .. } => true,
+            ProvisionError::Destroy { .. }
+            | ProvisionError::Record { .. }
+            | ProvisionError::NoCapacity { .. } => true,
             ProvisionError::Cancelled { .. } | ProvisionError::Unavailable { .. } => false,
         }
     }
@@ -124,10 +131,15 @@ pub trait Provisioner: Send + Sync + 'static {
 
 /// The provisioner `[provisioner] kind` names. One line per kind.
 pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
-    match &config.provisioner {
-        ProvisionerConfig::Local { local } => Ok(Arc::new(local::LocalProvisioner::from_config(
-            config, local,
-        )?)),
-        ProvisionerConfig::Vm { vm } => Ok(Arc::new(vm::VmProvisioner::from_config(config, vm)?)),
-    }
+    let (kind, max_machines): (Arc<dyn Provisioner>, _) = match &config.provisioner {
+        ProvisionerConfig::Local { local } => (
+            Arc::new(local::LocalProvisioner::from_config(config, local)?),
+            local.max_machines,
+        ),
+        ProvisionerConfig::Vm { vm } => (
+            Arc::new(vm::VmProvisioner::from_config(config, vm)?),
+            vm.max_machines,
+        ),
+    };
+    Ok(capacity::Limited::wrap(kind, max_machines))
 }
