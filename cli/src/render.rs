@@ -482,7 +482,7 @@ mod tests {
                 error: "the chat was not found".into(),
                 at_unix_ms: 1_700_000_009_000,
             }],
-            schedule: None,
+            ..Default::default()
         }
     }
 
