@@ -207,9 +207,12 @@ impl Executor {
     /// A job without a repository (a schedule's own commands): its workspace starts empty and it has
     /// no commit.
     async fn empty_workspace(&self) -> (Outcome, Option<String>) {
-        let last_seq = self
-            .checkout_note("zeroci: no repository: the commands run in an empty workspace\n".into())
-            .await;
+        let mut note = String::new();
+        if self.ctx.options.unisolated {
+            note.push_str("zeroci: this job runs unisolated ([provisioner.local] isolation = \"none\"): its steps run as the controller's user and can read the controller's files\n");
+        }
+        note.push_str("zeroci: no repository: the commands run in an empty workspace\n");
+        let last_seq = self.checkout_note(note).await;
         match tokio::fs::create_dir_all(self.workspace()).await {
             Ok(()) => (
                 Outcome {

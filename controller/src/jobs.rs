@@ -278,6 +278,8 @@ pub struct NewJob {
     pub inline_pipeline: Option<String>,
     /// The schedule run this job is, when a schedule started it.
     pub schedule: Option<ScheduleRun>,
+    /// The job this one runs again (`zeroci rerun`).
+    pub rerun_of: Option<JobId>,
 }
 
 /// Which tick of which schedule a job runs.
@@ -360,6 +362,9 @@ pub struct JobRecord {
     /// See [`NewJob::schedule`].
     #[serde(default)]
     pub schedule: Option<ScheduleRun>,
+    /// See [`NewJob::rerun_of`].
+    #[serde(default)]
+    pub rerun_of: Option<JobId>,
     /// Why the job waits for its machine (every machine its provisioner may have is in use); none
     /// once it has one.
     #[serde(default)]
@@ -417,6 +422,7 @@ impl JobRecord {
             committer: new.committer,
             inline_pipeline: new.inline_pipeline,
             schedule: new.schedule,
+            rerun_of: new.rerun_of,
             waiting_for: None,
         }
     }

@@ -186,9 +186,14 @@ async fn render(
         waiting_for: record.waiting_for.clone().unwrap_or_default(),
         triggered_by: record.triggered_by.clone(),
         committer: record.committer.clone().unwrap_or_default(),
+        // Best effort: a page without them beats no page.
         notification_failures: engine
             .notification_failures(id)
-            .await?
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(job_id = id, %error, "cannot read the job's notification failures");
+                Vec::new()
+            })
             .into_iter()
             .map(|f| NotificationRow {
                 notifier: f.notifier,

@@ -263,8 +263,11 @@ impl Engine {
                     self.jobs.put(&mut state.record).await?;
                     changed = false;
                     if let Some(declared) = run_on_schedule {
-                        let branch = crate::schedules::service::PushedBranch::of(&state.record);
-                        self.follow_run_on_schedule(&branch, declared).await;
+                        if let Some(branch) =
+                            crate::schedules::service::PushedBranch::of(&state.record)
+                        {
+                            self.follow_run_on_schedule(&branch, declared).await;
+                        }
                     }
                     self.limit_machine(active, state, &mut run).await;
                     active.send_to_agent(Reply::RunSteps(run));

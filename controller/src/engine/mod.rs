@@ -412,6 +412,7 @@ impl Engine {
             committer: old.committer,
             // A job without a repository runs the same commands again.
             inline_pipeline: old.inline_pipeline,
+            rerun_of: Some(id),
             ..Default::default()
         })
         .await

@@ -65,7 +65,9 @@ struct Delivery {
 impl Delivery {
     async fn run(self, mut queue: mpsc::Receiver<JobRecord>) {
         let name = self.notifier.name();
-        // Unfinished jobs with a failure on record, to forget it when a later change gets through.
+        // Unfinished jobs with a failure on record, to forget it when a later change gets through; a
+        // delivered final change forgets any failure on record (also one from before a restart, or
+        // from another controller), so no job ends with a failure that was made good.
         let mut failed: HashSet<JobId> = HashSet::new();
         while let Some(job) = queue.recv().await {
             let span = info_span!("notify", notifier = name, job_id = job.id);
@@ -92,7 +94,7 @@ impl Delivery {
                     };
                     Some(self.jobs.put_notification_failure(job.id, failure))
                 }
-                Ok(()) if failed.remove(&job.id) => {
+                Ok(()) if failed.remove(&job.id) || job.status.is_final() => {
                     Some(self.jobs.clear_notification_failure(job.id, name))
                 }
                 Ok(()) => None,

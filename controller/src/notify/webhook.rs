@@ -106,7 +106,8 @@ impl Notifier for JsonWebhook {
                     ));
                 }
                 Ok(answer) => format!("HTTP {}", answer.status()),
-                Err(e) => e.to_string(),
+                // Without the URL: it may hold a credential, and this text is shown with the job.
+                Err(e) => e.without_url().to_string(),
             };
             if attempt >= ATTEMPTS {
                 return Err(format!(

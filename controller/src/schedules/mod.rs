@@ -20,8 +20,8 @@ use zeroci::cron::CronSchedule;
 
 use crate::jobs::JobId;
 
-/// The longest name a schedule may have.
-pub const MAX_NAME_LEN: usize = 128;
+/// The longest name a schedule may have (the embedded store names its file by the name's hex).
+pub const MAX_NAME_LEN: usize = 100;
 
 /// A schedule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub struct Schedule {
     pub last_job: Option<JobId>,
     /// Ticks skipped because the previous run was still going.
     pub skipped: u64,
+    /// For `run_on`: when the commit whose file it follows was seen (see
+    /// [`service::PushedBranch::seen_at`]).
+    #[serde(default)]
+    pub declared_at: i64,
     pub created_at: i64,
     /// Advanced by every store write (compare-and-set, as for job records).
     pub revision: u64,
@@ -101,6 +105,29 @@ pub struct Firing {
     pub since: i64,
 }
 
+impl Schedule {
+    /// A new schedule from a checked spec; its first run is at the expression's next tick after `now`.
+    pub fn new(spec: ScheduleSpec, cron: &CronSchedule, origin: Origin, now: i64) -> Schedule {
+        Schedule {
+            time_zone: spec.zone().to_string(),
+            name: spec.name,
+            cron: spec.cron.trim().to_string(),
+            target: spec.target,
+            step_timeout_secs: spec.step_timeout_secs,
+            allow_overlap: spec.allow_overlap,
+            paused: false,
+            origin,
+            next_at: cron.next_after(now).unwrap_or(timing::NEVER),
+            firing: None,
+            last_job: None,
+            skipped: 0,
+            declared_at: now,
+            created_at: now,
+            revision: 0,
+        }
+    }
+}
+
 /// What a user asks for; checked by [`ScheduleSpec::check`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleSpec {
@@ -119,14 +146,17 @@ impl ScheduleSpec {
         check_name(&self.name)?;
         let cron = CronSchedule::parse(&self.cron, self.zone())?;
         match &self.target {
-            Target::Repository { repo_url, .. } => {
+            Target::Repository {
+                repo_url, ref_name, ..
+            } => {
                 if repo_url.trim().is_empty() {
                     return Err(
                         "a schedule needs a repository, or install and test commands".into(),
                     );
                 }
-                if repo_url.starts_with('-') {
-                    return Err("the repository must not start with '-'".into());
+                // Both end up as git arguments on the machine.
+                if repo_url.starts_with('-') || ref_name.starts_with('-') {
+                    return Err("the repository and the ref must not start with '-'".into());
                 }
             }
             Target::Commands { .. } => {
@@ -235,7 +265,7 @@ mod tests {
         for (bad, why) in [
             (
                 spec("", "0 2 * * *", "", commands(&[], &["true"])),
-                "1 to 128 characters",
+                "1 to 100 characters",
             ),
             (
                 spec("a b", "0 2 * * *", "", commands(&[], &["true"])),

@@ -4,12 +4,16 @@
 //! 1. writes the schedule with its next tick advanced and a [`Firing`] for this tick — a
 //!    compare-and-set, so when several controllers see the tick, exactly one write succeeds and the
 //!    others move on;
-//! 2. submits the run's job, which names the schedule and the tick;
+//! 2. checks it still holds the firing and submits the run's job, which names the schedule and the
+//!    tick (each claimed schedule on a task of its own, so one slow start delays no other schedule);
 //! 3. clears the firing and records the job as the latest run.
 //!
 //! A controller that dies between 1 and 3 leaves the firing behind; after [`FIRING_LEASE_MS`] any
 //! controller looks for a job of that tick and either records it or submits it, so a tick is neither
-//! lost nor run twice (unless a controller stalls for the whole lease between 1 and 2).
+//! lost nor run twice. Step 2 is bounded well within the lease (the slowest part, reading a GitHub
+//! branch head, gives up after [`super::service::HEAD_TIMEOUT`]), and re-checks the firing right
+//! before submitting, so a take-over and the original start cannot both submit. A start that can never
+//! succeed (a repository that is refused) clears the firing, so later ticks still fire.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +36,38 @@ const POLL: Duration = Duration::from_secs(1);
 /// Runs of one schedule looked through for the job of an unfinished firing.
 const RUNS_SEARCHED: usize = 20;
 
+/// This scheduler: its controller, its process (two processes never share a name, even with one
+/// `controller_id`), and when it started.
+#[derive(Debug, Clone)]
+struct Me {
+    owner: String,
+    name: String,
+    started_at: i64,
+}
+
+impl Me {
+    /// A firing this controller left in an earlier life (killed mid-firing): completed at once.
+    fn left_before(&self, firing: &Firing) -> bool {
+        firing.by != self.name
+            && firing.by.split(' ').next() == Some(self.owner.as_str())
+            && firing.since < self.started_at
+    }
+}
+
 /// Fires schedules until `stop`.
 pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
-    info!("scheduler started");
-    let started_at = zeroci::now_unix_ms();
+    let me = Me {
+        owner: engine.owner().to_string(),
+        name: format!("{} {:016x}", engine.owner(), rand::random::<u64>()),
+        started_at: zeroci::now_unix_ms(),
+    };
+    info!(scheduler = %me.name, "scheduler started");
     loop {
         // Registered before the pass, so a change made during it still wakes the next sleep.
         let changed = engine.schedule_changes.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let wake_at = match pass(&engine, started_at).await {
+        let wake_at = match pass(&engine, &me).await {
             Ok(wake_at) => wake_at,
             Err(error) => {
                 warn!(%error, "cannot read the schedules; trying again");
@@ -59,9 +85,8 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
     }
 }
 
-/// One look at every schedule; returns when the next one is due. Firings this controller left
-/// before `started_at` (it was killed mid-firing) are completed at once, without waiting for the lease.
-async fn pass(engine: &Engine, started_at: i64) -> Result<i64, ControllerError> {
+/// One look at every schedule; returns when the next one is due.
+async fn pass(engine: &Arc<Engine>, me: &Me) -> Result<i64, ControllerError> {
     let now = zeroci::now_unix_ms();
     let mut wake_at = now + POLL.as_millis() as i64;
     for schedule in engine.schedules.schedules().await? {
@@ -70,15 +95,13 @@ async fn pass(engine: &Engine, started_at: i64) -> Result<i64, ControllerError> 
         }
         let name = schedule.name.clone();
         let next = match &schedule.firing {
-            Some(firing) if firing.by == engine.owner() && firing.since < started_at => {
-                take_over(engine, schedule).await.map(|()| now)
-            }
+            Some(firing) if me.left_before(firing) => take_over(engine, schedule, me).await,
             Some(firing) if now - firing.since < FIRING_LEASE_MS => {
                 Ok(firing.since + FIRING_LEASE_MS)
             }
-            Some(_) => take_over(engine, schedule).await.map(|()| now),
+            Some(_) => take_over(engine, schedule, me).await,
             None if schedule.next_at > now => Ok(schedule.next_at),
-            None => fire(engine, schedule, now).await,
+            None => fire(engine, schedule, now, me).await,
         };
         match next {
             Ok(at) => wake_at = wake_at.min(at),
@@ -88,8 +111,13 @@ async fn pass(engine: &Engine, started_at: i64) -> Result<i64, ControllerError> 
     Ok(wake_at)
 }
 
-/// Handles a schedule whose tick came; returns when it is next due.
-async fn fire(engine: &Engine, mut schedule: Schedule, now: i64) -> Result<i64, ControllerError> {
+/// Handles a schedule whose tick came; returns when to look at it again.
+async fn fire(
+    engine: &Arc<Engine>,
+    mut schedule: Schedule,
+    now: i64,
+    me: &Me,
+) -> Result<i64, ControllerError> {
     let cron = CronSchedule::parse(&schedule.cron, &schedule.time_zone)
         .map_err(ControllerError::FailedPrecondition)?;
     let previous_running = engine.unfinished_run(&schedule).await?.is_some();
@@ -121,11 +149,11 @@ async fn fire(engine: &Engine, mut schedule: Schedule, now: i64) -> Result<i64, 
                 due_at,
                 late_ms,
                 missed,
-                by: engine.owner().to_string(),
+                by: me.name.clone(),
                 since: now,
             });
             if claim(engine, &mut schedule).await? {
-                complete(engine, schedule).await?;
+                start_completing(engine, schedule, me);
             }
             Ok(next_at)
         }
@@ -142,30 +170,65 @@ async fn claim(engine: &Engine, schedule: &mut Schedule) -> Result<bool, Control
     }
 }
 
-/// Submits the run of the schedule's firing and records it.
-async fn complete(engine: &Engine, schedule: Schedule) -> Result<(), ControllerError> {
+/// Completes a claimed firing on a task of its own, then wakes the scheduler for the next tick.
+fn start_completing(engine: &Arc<Engine>, schedule: Schedule, me: &Me) {
+    let (engine, me) = (engine.clone(), me.clone());
+    tokio::spawn(async move {
+        let name = schedule.name.clone();
+        if let Err(error) = complete(&engine, schedule, &me).await {
+            warn!(schedule = %name, %error, "run not started; another try follows");
+        }
+        engine.schedule_changes.notify_waiters();
+    });
+}
+
+/// Submits the run of the schedule's firing (when this scheduler still holds it) and records it.
+async fn complete(engine: &Engine, schedule: Schedule, me: &Me) -> Result<(), ControllerError> {
     let Some(firing) = schedule.firing.clone() else {
         return Ok(());
     };
+    let held = engine
+        .schedules
+        .get_schedule(&schedule.name)
+        .await?
+        .and_then(|stored| stored.firing)
+        .is_some_and(|stored| stored.by == me.name && stored.since == firing.since);
+    if !held {
+        info!(schedule = %schedule.name, due_at = firing.due_at, "firing taken over meanwhile; not starting it here");
+        return Ok(());
+    }
     let run = ScheduleRun {
         name: schedule.name.clone(),
         due_at: firing.due_at,
-        late_ms: firing.late_ms,
+        // From the tick to this start, which a take-over makes later than first decided.
+        late_ms: (zeroci::now_unix_ms() - firing.due_at).max(firing.late_ms),
         missed: firing.missed,
     };
     let triggered_by = triggered_by(&run);
-    let job = engine.start_run(&schedule, run, triggered_by).await?;
+    let job = match engine.start_run(&schedule, run, triggered_by).await {
+        Ok(job) => job,
+        Err(
+            error @ (ControllerError::InvalidArgument(_)
+            | ControllerError::FailedPrecondition(_)
+            | ControllerError::NotFound(_)),
+        ) => {
+            // Refused for good: trying the same start again would block every later tick.
+            warn!(schedule = %schedule.name, due_at = firing.due_at, %error, "run refused; tick dropped");
+            return finish_firing(engine, &schedule.name, firing.due_at, None).await;
+        }
+        Err(error) => return Err(error),
+    };
     info!(schedule = %schedule.name, job_id = job.id, due_at = firing.due_at,
         late_ms = firing.late_ms, missed = firing.missed, "schedule fired");
-    record_run(engine, &schedule.name, firing.due_at, job.id).await
+    finish_firing(engine, &schedule.name, firing.due_at, Some(job.id)).await
 }
 
 /// Clears the firing of tick `due_at` and records `job` as the latest run.
-async fn record_run(
+async fn finish_firing(
     engine: &Engine,
     name: &str,
     due_at: i64,
-    job: u64,
+    job: Option<u64>,
 ) -> Result<(), ControllerError> {
     let recorded = engine
         .change_schedule(name, |schedule| {
@@ -173,7 +236,9 @@ async fn record_run(
                 return Ok(false);
             }
             schedule.firing = None;
-            schedule.last_job = Some(job);
+            if job.is_some() {
+                schedule.last_job = job;
+            }
             Ok(true)
         })
         .await;
@@ -184,11 +249,16 @@ async fn record_run(
     }
 }
 
-/// Completes a firing whose controller did not: records the tick's job when it exists, otherwise
-/// claims the firing and submits it.
-async fn take_over(engine: &Engine, mut schedule: Schedule) -> Result<(), ControllerError> {
+/// Completes a firing whose scheduler did not: records the tick's job when it exists, otherwise
+/// claims the firing and submits it. Returns when to look again.
+async fn take_over(
+    engine: &Arc<Engine>,
+    mut schedule: Schedule,
+    me: &Me,
+) -> Result<i64, ControllerError> {
+    let now = zeroci::now_unix_ms();
     let Some(firing) = schedule.firing.clone() else {
-        return Ok(());
+        return Ok(now);
     };
     let runs = engine.schedule_runs(&schedule.name, RUNS_SEARCHED).await?;
     let existing = runs.iter().find(|job| {
@@ -197,19 +267,20 @@ async fn take_over(engine: &Engine, mut schedule: Schedule) -> Result<(), Contro
             .is_some_and(|run| run.due_at == firing.due_at)
     });
     if let Some(job) = existing {
-        return record_run(engine, &schedule.name, firing.due_at, job.id).await;
+        finish_firing(engine, &schedule.name, firing.due_at, Some(job.id)).await?;
+        return Ok(now);
     }
     warn!(schedule = %schedule.name, due_at = firing.due_at, left_by = %firing.by,
         "a run was claimed but not started; starting it");
     schedule.firing = Some(Firing {
-        by: engine.owner().to_string(),
-        since: zeroci::now_unix_ms(),
+        by: me.name.clone(),
+        since: now,
         ..firing
     });
     if claim(engine, &mut schedule).await? {
-        complete(engine, schedule).await?;
+        start_completing(engine, schedule, me);
     }
-    Ok(())
+    Ok(now + FIRING_LEASE_MS)
 }
 
 /// "schedule NAME", with how late a late run is and what it stands for.

@@ -34,22 +34,30 @@ pub struct PushedBranch {
     pub github_repo: Option<String>,
     /// A fork's code: never touches schedules.
     pub untrusted: bool,
+    /// When the commit was seen (its job created, its push delivered): what an older commit declares
+    /// never replaces what a newer one did.
+    pub seen_at: i64,
 }
 
 impl PushedBranch {
-    pub fn of(job: &JobRecord) -> PushedBranch {
-        PushedBranch {
+    /// The branch as a job saw it; none for a rerun, which may be of any old commit.
+    pub fn of(job: &JobRecord) -> Option<PushedBranch> {
+        job.rerun_of.is_none().then(|| PushedBranch {
             repo: job.repo.clone(),
             repo_url: job.repo_url.clone(),
             ref_name: job.ref_name.clone(),
             github_repo: job.github_repo.clone(),
             untrusted: job.untrusted,
-        }
+            seen_at: job.created_at,
+        })
     }
 }
 
 /// Compare-and-set attempts of one change before giving up (each follows a fresh read).
 const CHANGE_ATTEMPTS: usize = 10;
+/// The longest wait for GitHub's answer about a branch head before a run tests the branch by name:
+/// well within the scheduler's firing lease.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The next tick after `now`, or [`NEVER`].
 fn next_tick(cron: &CronSchedule, now: i64) -> i64 {
@@ -64,25 +72,10 @@ impl Engine {
         user: &str,
     ) -> Result<Schedule, ControllerError> {
         let cron = spec.check().map_err(ControllerError::InvalidArgument)?;
-        let now = zeroci::now_unix_ms();
-        let mut schedule = Schedule {
-            time_zone: spec.zone().to_string(),
-            name: spec.name,
-            cron: spec.cron.trim().to_string(),
-            target: spec.target,
-            step_timeout_secs: spec.step_timeout_secs,
-            allow_overlap: spec.allow_overlap,
-            paused: false,
-            origin: Origin::Api {
-                created_by: user.to_string(),
-            },
-            next_at: next_tick(&cron, now),
-            firing: None,
-            last_job: None,
-            skipped: 0,
-            created_at: now,
-            revision: 0,
+        let origin = Origin::Api {
+            created_by: user.to_string(),
         };
+        let mut schedule = Schedule::new(spec, &cron, origin, zeroci::now_unix_ms());
         match self.schedules.put_schedule(&mut schedule).await {
             Ok(()) => {}
             Err(StoreError::ScheduleChanged { name }) => {
@@ -240,12 +233,17 @@ impl Engine {
         user: &str,
     ) -> Result<JobRecord, ControllerError> {
         let schedule = self.schedule(name).await?;
-        if !schedule.allow_overlap
-            && let Some(running) = self.unfinished_run(&schedule).await?
-        {
-            return Err(ControllerError::FailedPrecondition(format!(
-                "schedule {name:?} is still running job {running}; wait for it or cancel it"
-            )));
+        if !schedule.allow_overlap {
+            if let Some(running) = self.unfinished_run(&schedule).await? {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "schedule {name:?} is still running job {running}; wait for it or cancel it"
+                )));
+            }
+            if schedule.firing.is_some() {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "schedule {name:?} is starting a run right now; try again in a moment"
+                )));
+            }
         }
         let run = ScheduleRun {
             name: name.to_string(),
@@ -329,10 +327,18 @@ impl Engine {
         if ref_name.is_empty() {
             return by_name;
         }
-        match api.branch_head(repo, ref_name).await {
-            Ok(commit) => commit,
-            Err(error) => {
+        match tokio::time::timeout(HEAD_TIMEOUT, api.branch_head(repo, ref_name)).await {
+            Ok(Ok(commit)) => commit,
+            Ok(Err(error)) => {
                 warn!(repo, branch = ref_name, %error, "cannot read the branch head from GitHub; the machine resolves the branch");
+                by_name
+            }
+            Err(_) => {
+                warn!(
+                    repo,
+                    branch = ref_name,
+                    "GitHub did not say the branch head in time; the machine resolves the branch"
+                );
                 by_name
             }
         }
@@ -352,12 +358,13 @@ impl Engine {
             return;
         }
         let name = format!("{}@{}", branch.repo, branch.ref_name);
-        if check_name(&name).is_err() {
+        if let Err(why) = check_name(&name) {
+            warn!(schedule = %name, %why, "run_on.schedule not followed: the branch makes no valid schedule name");
             return;
         }
         let outcome = match declared.filter(|d| d.branch == branch.ref_name) {
             Some(declared) => self.register_run_on(&name, branch, declared).await,
-            None => self.unregister_run_on(&name).await,
+            None => self.unregister_run_on(&name, branch.seen_at).await,
         };
         if let Err(error) = outcome {
             warn!(schedule = %name, %error, "cannot follow run_on.schedule");
@@ -381,22 +388,16 @@ impl Engine {
         let now = zeroci::now_unix_ms();
         match self.schedules.get_schedule(name).await? {
             None => {
-                let mut schedule = Schedule {
+                let spec = ScheduleSpec {
                     name: name.to_string(),
                     cron: declared.cron,
                     time_zone: declared.timezone,
                     target,
                     step_timeout_secs: 0,
                     allow_overlap: false,
-                    paused: false,
-                    origin: Origin::RunOn,
-                    next_at: next_tick(&cron, now),
-                    firing: None,
-                    last_job: None,
-                    skipped: 0,
-                    created_at: now,
-                    revision: 0,
                 };
+                let mut schedule = Schedule::new(spec, &cron, Origin::RunOn, now);
+                schedule.declared_at = branch.seen_at;
                 match self.schedules.put_schedule(&mut schedule).await {
                     // Registered meanwhile by a job of the same push on another controller.
                     Ok(()) | Err(StoreError::ScheduleChanged { .. }) => {}
@@ -413,10 +414,15 @@ impl Engine {
             }
             Some(_) => {
                 self.change_schedule(name, |schedule| {
+                    if branch.seen_at < schedule.declared_at {
+                        // An older commit's file, seen after a newer one's (a job that ran late).
+                        return Ok(false);
+                    }
                     let timing_changed =
                         schedule.cron != declared.cron || schedule.time_zone != declared.timezone;
+                    schedule.declared_at = branch.seen_at;
                     if !timing_changed && schedule.target == target {
-                        return Ok(false);
+                        return Ok(true);
                     }
                     schedule.cron = declared.cron.clone();
                     schedule.time_zone = declared.timezone.clone();
@@ -433,11 +439,16 @@ impl Engine {
         Ok(())
     }
 
-    async fn unregister_run_on(&self, name: &str) -> Result<(), ControllerError> {
+    async fn unregister_run_on(&self, name: &str, seen_at: i64) -> Result<(), ControllerError> {
         let Some(existing) = self.schedules.get_schedule(name).await? else {
             return Ok(());
         };
-        if existing.origin == Origin::RunOn && self.schedules.delete_schedule(name).await? {
+        // Not when a newer commit declared it (an older commit's job that ran late).
+        let stale = seen_at < existing.declared_at;
+        if existing.origin == Origin::RunOn
+            && !stale
+            && self.schedules.delete_schedule(name).await?
+        {
             info!(
                 schedule = name,
                 "schedule removed: run_on.schedule is gone from the branch"

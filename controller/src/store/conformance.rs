@@ -199,6 +199,7 @@ fn schedule(name: &str) -> Schedule {
         firing: None,
         last_job: None,
         skipped: 0,
+        declared_at: 0,
         created_at: 1,
         revision: 0,
     }
@@ -244,11 +245,31 @@ async fn schedules(stores: &Stores) {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["acme/widget@main", "nightly"], "by name");
+    let mut before_removal = schedules.get_schedule("nightly").await.unwrap().unwrap();
     assert!(schedules.delete_schedule("nightly").await.unwrap());
     assert!(!schedules.delete_schedule("nightly").await.unwrap());
     assert!(schedules.get_schedule("nightly").await.unwrap().is_none());
     let mut recreated = schedule("nightly");
+    recreated.created_at = 2;
     schedules.put_schedule(&mut recreated).await.unwrap();
+    schedules.put_schedule(&mut recreated).await.unwrap();
+    // A writer still holding the removed schedule (same name, same revision) cannot touch the new one.
+    assert_eq!(before_removal.revision, recreated.revision);
+    before_removal.paused = true;
+    assert!(matches!(
+        schedules.put_schedule(&mut before_removal).await,
+        Err(StoreError::ScheduleChanged { .. })
+    ));
+    // The longest name fits every backend (the embedded one names a file by it).
+    let mut longest = schedule(&"n".repeat(crate::schedules::MAX_NAME_LEN));
+    schedules.put_schedule(&mut longest).await.unwrap();
+    assert!(
+        schedules
+            .get_schedule(&longest.name)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Runs of a schedule are listed by its name.
     let jobs = &stores.jobs;

@@ -279,8 +279,13 @@ pub(crate) fn put_schedule_in(
     schedules: &BTreeMap<String, Schedule>,
     schedule: &Schedule,
 ) -> Result<Schedule, StoreError> {
-    let found = schedules.get(&schedule.name).map(|s| s.revision);
-    if found != (schedule.revision > 0).then_some(schedule.revision) {
+    // The creation time too: a schedule removed and made again restarts its revisions, and a writer
+    // still holding the old one must not overwrite the new.
+    let found = schedules
+        .get(&schedule.name)
+        .map(|s| (s.revision, s.created_at));
+    let expected = (schedule.revision > 0).then_some((schedule.revision, schedule.created_at));
+    if found != expected {
         return Err(StoreError::ScheduleChanged {
             name: schedule.name.clone(),
         });

@@ -95,6 +95,18 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         Ok(WebhookEvent::Ignored { reason }) => return ignored(reason),
         Ok(WebhookEvent::Push(push)) => {
             if let Some(reason) = push.skip_reason() {
+                if let Some(branch) = &push.branch {
+                    // A deleted branch's schedule goes with it.
+                    let deleted = PushedBranch {
+                        repo: push.repo.clone(),
+                        repo_url: push.clone_url.clone(),
+                        ref_name: branch.clone(),
+                        github_repo: Some(push.repo.clone()),
+                        untrusted: false,
+                        seen_at: zeroci::now_unix_ms(),
+                    };
+                    engine.follow_run_on_schedule(&deleted, None).await;
+                }
                 return ignored(reason);
             }
             let Some(branch) = push.branch.clone().filter(|_| push.tag.is_none()) else {
@@ -209,7 +221,19 @@ async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<Stri
                 json!({ "error": format!("cannot read zeroCI.yaml from GitHub: {e}") }),
             )
         })?;
+    let pushed = (trigger.event == "push").then(|| PushedBranch {
+        repo: trigger.repo.clone(),
+        repo_url: trigger.clone_url.clone(),
+        ref_name: trigger.branch.clone(),
+        github_repo: Some(trigger.repo.clone()),
+        untrusted: trigger.untrusted,
+        seen_at: zeroci::now_unix_ms(),
+    });
     let Some(file) = file else {
+        if let Some(pushed) = &pushed {
+            // No pipeline file any more: no schedule either.
+            engine.follow_run_on_schedule(pushed, None).await;
+        }
         return Ok(Some(format!(
             "no {} at commit {}",
             zeroci::pipeline::FILE_NAME,
@@ -219,17 +243,10 @@ async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<Stri
     let Ok(pipeline) = zeroci::pipeline::parse(&file) else {
         return Ok(None);
     };
-    if trigger.event == "push" {
+    if let Some(pushed) = &pushed {
         // Also when `run_on` filters this push out: the branch may be one only a schedule builds.
-        let branch = PushedBranch {
-            repo: trigger.repo.clone(),
-            repo_url: trigger.clone_url.clone(),
-            ref_name: trigger.branch.clone(),
-            github_repo: Some(trigger.repo.clone()),
-            untrusted: trigger.untrusted,
-        };
         engine
-            .follow_run_on_schedule(&branch, pipeline.schedule())
+            .follow_run_on_schedule(pushed, pipeline.schedule())
             .await;
     }
     let Some(run_on) = pipeline.run_on else {

@@ -46,7 +46,12 @@ impl ScheduleStore for MongoStore {
             let matched = self
                 .schedules
                 .replace_one(
-                    doc! {"_id": &schedule.name, "revision": int(expected)},
+                    // The creation time too: see `put_schedule_in` for a schedule made again.
+                    doc! {
+                        "_id": &schedule.name,
+                        "revision": int(expected),
+                        "record.created_at": schedule.created_at,
+                    },
                     document(&next)?,
                 )
                 .await
@@ -80,7 +85,18 @@ impl ScheduleStore for MongoStore {
             .try_collect()
             .await
             .map_err(backend)?;
-        documents.iter().map(schedule_of).collect()
+        // One document this controller cannot read (written by a newer one during an upgrade) must
+        // not stop every other schedule.
+        Ok(documents
+            .iter()
+            .filter_map(|document| match schedule_of(document) {
+                Ok(schedule) => Some(schedule),
+                Err(error) => {
+                    tracing::error!(%error, "unreadable schedule skipped");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
