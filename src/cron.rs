@@ -283,9 +283,18 @@ mod tests {
         // croner fires at the first instant after the gap, 01:00 UTC, and Monday's at 00:00 UTC.
         let amsterdam = CronSchedule::parse("0 2 * * *", "Europe/Amsterdam").unwrap();
         let sunday = amsterdam.next_after(SATURDAY_NOON).unwrap();
+        assert_eq!(sunday, 1_774_746_000_000, "03:00 CEST, right after the gap");
         let monday = amsterdam.next_after(sunday).unwrap();
         assert_eq!(monday, 1_774_828_800_000, "02:00 CEST is 00:00 UTC");
         assert!(sunday < monday);
+        // When clocks go back (Sunday 25 October 2026, 03:00 CEST → 02:00 CET) 02:30 happens twice;
+        // a fixed-time schedule still runs once that day.
+        let half_past_two = CronSchedule::parse("30 2 * * *", "Europe/Amsterdam").unwrap();
+        let october_24_noon = 1_792_843_200_000;
+        let first = half_past_two.next_after(october_24_noon).unwrap();
+        assert_eq!(first, 1_792_888_200_000, "02:30 CEST is 00:30 UTC");
+        let second = half_past_two.next_after(first).unwrap();
+        assert_eq!(second, 1_792_978_200_000, "the next is Monday's 02:30 CET, 01:30 UTC");
         // Seconds: strictly after, every second.
         let every_second = CronSchedule::parse("* * * * * *", "UTC").unwrap();
         assert_eq!(

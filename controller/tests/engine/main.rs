@@ -2,6 +2,7 @@
 //! provisioner, with agents played in-process. These tests run jobs without spawning a binary, so they
 //! can break the store or the clock's assumptions on purpose.
 
+mod schedules;
 mod support;
 
 use std::sync::Arc;
