@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobStatus, NewJob};
 use crate::schedules::service::TargetRequest;
-use crate::schedules::{Schedule, ScheduleSpec};
+use crate::schedules::ScheduleSpec;
 use crate::store::JobFilter;
 
 use super::schedules::schedule_info;
@@ -73,14 +73,6 @@ impl ControlApi {
             .config
             .check_repo_pairing(name, url)
             .map_err(ControllerError::InvalidArgument)
-    }
-
-    /// The status of the schedule's latest run, if it had one.
-    async fn last_status(&self, schedule: &Schedule) -> Result<Option<JobStatus>, ControllerError> {
-        let Some(id) = schedule.last_job else {
-            return Ok(None);
-        };
-        Ok(self.engine.jobs.get(id).await?.map(|job| job.status))
     }
 
     async fn job(&self, id: u64) -> Result<pb::Job, ControllerError> {
@@ -308,7 +300,7 @@ impl pb::control_service_server::ControlService for ControlApi {
         authorize_user(&request, Access::Read)?;
         let mut schedules = Vec::new();
         for schedule in self.engine.list_schedules().await? {
-            let last = self.last_status(&schedule).await?;
+            let last = self.engine.last_run_status(&schedule).await?;
             schedules.push(schedule_info(&schedule, last));
         }
         Ok(Response::new(pb::ListSchedulesResponse { schedules }))
@@ -325,7 +317,7 @@ impl pb::control_service_server::ControlService for ControlApi {
             .engine
             .schedule_runs(&name, SCHEDULE_RUNS_SHOWN)
             .await?;
-        let last = self.last_status(&schedule).await?;
+        let last = self.engine.last_run_status(&schedule).await?;
         Ok(Response::new(pb::GetScheduleResponse {
             schedule: Some(schedule_info(&schedule, last)),
             runs: runs
@@ -353,7 +345,7 @@ impl pb::control_service_server::ControlService for ControlApi {
         authorize_user(&request, Access::Write)?;
         let r = request.into_inner();
         let schedule = self.engine.pause_schedule(&r.name, r.paused).await?;
-        let last = self.last_status(&schedule).await?;
+        let last = self.engine.last_run_status(&schedule).await?;
         Ok(Response::new(schedule_info(&schedule, last)))
     }
 

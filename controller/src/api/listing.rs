@@ -203,17 +203,16 @@ async fn schedule_rows(
 ) -> Result<Vec<ScheduleRow>, crate::error::ControllerError> {
     let mut rows = Vec::new();
     for schedule in engine.list_schedules().await? {
-        let last = match schedule.last_job {
-            Some(id) => match recent.iter().find(|j| j.id == id) {
-                Some(job) => Some((id, job.status.word())),
-                None => engine
-                    .jobs
-                    .get(id)
-                    .await?
-                    .map(|job| (id, job.status.word())),
-            },
-            None => None,
+        // The dashboard read the latest jobs already; older runs are read one by one.
+        let recent_status = schedule
+            .last_job
+            .and_then(|id| recent.iter().find(|j| j.id == id))
+            .map(|job| job.status);
+        let status = match recent_status {
+            Some(status) => Some(status),
+            None => engine.last_run_status(&schedule).await?,
         };
+        let last = schedule.last_job.zip(status.map(|s| s.word()));
         let runs = match &schedule.target {
             Target::Repository { repo, ref_name, .. } if ref_name.is_empty() => repo.clone(),
             Target::Repository { repo, ref_name, .. } => format!("{repo} @ {ref_name}"),

@@ -263,6 +263,17 @@ impl Engine {
         Ok(job)
     }
 
+    /// The status of the schedule's latest run, if it had one.
+    pub async fn last_run_status(
+        &self,
+        schedule: &Schedule,
+    ) -> Result<Option<crate::jobs::JobStatus>, ControllerError> {
+        let Some(id) = schedule.last_job else {
+            return Ok(None);
+        };
+        Ok(self.jobs.get(id).await?.map(|job| job.status))
+    }
+
     /// The schedule's latest run when it has not finished.
     pub(crate) async fn unfinished_run(
         &self,
