@@ -294,7 +294,10 @@ mod tests {
         let first = half_past_two.next_after(october_24_noon).unwrap();
         assert_eq!(first, 1_792_888_200_000, "02:30 CEST is 00:30 UTC");
         let second = half_past_two.next_after(first).unwrap();
-        assert_eq!(second, 1_792_978_200_000, "the next is Monday's 02:30 CET, 01:30 UTC");
+        assert_eq!(
+            second, 1_792_978_200_000,
+            "the next is Monday's 02:30 CET, 01:30 UTC"
+        );
         // Seconds: strictly after, every second.
         let every_second = CronSchedule::parse("* * * * * *", "UTC").unwrap();
         assert_eq!(

@@ -303,30 +303,11 @@ fn the_original_schedule_api_works_behind_its_token() {
     assert_eq!(one["runs"][0]["id"], id, "{one}");
     assert_eq!(one["last_job"], id);
 
-    let (status, _) = api(
-        &env,
-        "DELETE",
-        "/api/schedule",
-        Some(VIEWER_TOKEN),
-        &json!({"schedule_name": "nightly"}),
-    );
-    assert_eq!(status, 403);
-    let (status, _) = api(
-        &env,
-        "DELETE",
-        "/api/schedule",
-        Some(ADMIN_TOKEN),
-        &json!({"schedule_name": "nightly"}),
-    );
-    assert_eq!(status, 200);
-    let (status, _) = api(
-        &env,
-        "DELETE",
-        "/api/schedule",
-        Some(ADMIN_TOKEN),
-        &json!({"schedule_name": "nightly"}),
-    );
-    assert_eq!(status, 404);
+    let remove = json!({"schedule_name": "nightly"});
+    for (token, expected) in [(VIEWER_TOKEN, 403), (ADMIN_TOKEN, 200), (ADMIN_TOKEN, 404)] {
+        let (status, answer) = api(&env, "DELETE", "/api/schedule", Some(token), &remove);
+        assert_eq!(status, expected, "{answer}");
+    }
     let (_, names) = api(
         &env,
         "GET",

@@ -11,8 +11,8 @@ use crate::api::auth::{Access, authorize_user};
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobStatus, NewJob};
-use crate::schedules::service::TargetRequest;
 use crate::schedules::ScheduleSpec;
+use crate::schedules::service::TargetRequest;
 use crate::store::JobFilter;
 
 use super::schedules::schedule_info;

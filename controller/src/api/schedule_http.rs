@@ -174,6 +174,18 @@ fn parse_body(bytes: &Bytes) -> Result<Body, Refusal> {
     })
 }
 
+/// A call that changes a schedule: its body, from an admin, naming the schedule.
+fn change(
+    sessions: &Sessions,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<(Body, String), Refusal> {
+    let body = parse_body(bytes)?;
+    admin(sessions, headers, &body)?;
+    let name = name_of(&body)?;
+    Ok((body, name))
+}
+
 fn name_of(body: &Body) -> Result<String, Refusal> {
     body.schedule_name
         .clone()
@@ -221,9 +233,7 @@ pub async fn add(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Refusal> {
-    let body = parse_body(&bytes)?;
-    admin(&sessions, &headers, &body)?;
-    let name = name_of(&body)?;
+    let (body, name) = change(&sessions, &headers, &bytes)?;
     let Some(cron) = body.run_time.clone() else {
         return Err(refused(
             StatusCode::BAD_REQUEST,
@@ -299,9 +309,7 @@ pub async fn remove(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Refusal> {
-    let body = parse_body(&bytes)?;
-    admin(&sessions, &headers, &body)?;
-    let name = name_of(&body)?;
+    let (_, name) = change(&sessions, &headers, &bytes)?;
     engine.remove_schedule(&name).await?;
     Ok(answer(StatusCode::OK, json!({ "removed": name })))
 }
@@ -313,9 +321,7 @@ pub async fn trigger(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Refusal> {
-    let body = parse_body(&bytes)?;
-    admin(&sessions, &headers, &body)?;
-    let name = name_of(&body)?;
+    let (_, name) = change(&sessions, &headers, &bytes)?;
     match engine.run_schedule_now(&name, "HTTP API").await {
         Ok(job) => Ok(answer(
             StatusCode::ACCEPTED,
