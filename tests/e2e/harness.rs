@@ -159,6 +159,8 @@ pub struct Settings {
     pub extra: String,
     /// `Some(images_dir)`: `vm` machines booting the images there, instead of `local` ones.
     pub vm_images: Option<PathBuf>,
+    /// `Some(table)`: this `[provisioner]` table (another kind, such as `ssh`) instead of `local`.
+    pub provisioner: Option<toml::Table>,
     /// MongoDB (nx-27017) and Redis, started for this installation, instead of the embedded store
     /// and the in-process queue. Also on for every test with `ZEROCI_E2E_BACKENDS=production`.
     pub production: bool,
@@ -175,6 +177,7 @@ impl Default for Settings {
             cancel_grace: 2,
             extra: String::new(),
             vm_images: None,
+            provisioner: None,
             production: std::env::var("ZEROCI_E2E_BACKENDS").is_ok_and(|b| b == "production"),
             grpc_listen: "127.0.0.1:0".into(),
         }
@@ -239,7 +242,10 @@ impl TestEnv {
                 provisioner.insert("vm".into(), machines.into());
             }
         }
-        config.insert("provisioner".into(), provisioner.into());
+        config.insert(
+            "provisioner".into(),
+            settings.provisioner.clone().unwrap_or(provisioner).into(),
+        );
         let (mongo, redis) = if settings.production {
             let (mongo, redis) = (
                 zeroci_testkit::services::Service::mongo(),
@@ -718,6 +724,20 @@ impl Repo {
 
     pub fn path_str(&self) -> &str {
         self.path.to_str().unwrap()
+    }
+}
+
+/// A process of a test's own (a server standing in for a host), in its own process group, killed with
+/// it on drop.
+pub fn spawn_process(command: &mut Command, name: &str) -> Proc {
+    let child = command
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    Proc {
+        child,
+        name: name.to_string(),
     }
 }
 

@@ -15,6 +15,7 @@ mod production;
 mod restart;
 mod schedules;
 mod security;
+mod ssh;
 mod telegram;
 mod triggers;
 mod vm;

@@ -21,7 +21,9 @@ pub use github::GitHubConfig;
 pub use limits::{LimitsConfig, LogLimitAction};
 pub use notifiers::{NotifyOn, RepoTelegram, TelegramConfig, WebhookConfig, glob_matches};
 use provisioner::provisioner_with_default_kind;
-pub use provisioner::{Accel, Isolation, LocalConfig, ProvisionerConfig, VmConfig};
+pub use provisioner::{
+    Accel, Isolation, LocalConfig, ProvisionerConfig, SshConfig, SshHostConfig, VmConfig,
+};
 pub use web::WebConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,12 @@ impl Config {
         match &mut self.provisioner {
             ProvisionerConfig::Local { local } => {
                 if let Some(p) = &mut local.agent_binary {
+                    fix(p);
+                }
+            }
+            ProvisionerConfig::Ssh { ssh } => {
+                fix(&mut ssh.key_file);
+                if let Some(p) = &mut ssh.agent_binary {
                     fix(p);
                 }
             }

@@ -19,6 +19,71 @@ pub enum ProvisionerConfig {
         #[serde(default)]
         vm: VmConfig,
     },
+    /// Existing hosts reached over SSH: the agent is copied there and started per job.
+    Ssh { ssh: SshConfig },
+}
+
+/// `[provisioner.ssh]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The hosts jobs are spread over, each with its pinned host key.
+    pub hosts: Vec<SshHostConfig>,
+    /// The account jobs run as on every host.
+    pub user: String,
+    /// The private key (OpenSSH format) the controller logs in with.
+    pub key_file: PathBuf,
+    /// Where machines live on the hosts (default `/tmp/zeroci`); each job gets a directory below.
+    #[serde(default = "default_ssh_work_dir")]
+    pub work_dir: String,
+    /// The agent binary to copy (for the hosts' system); default: `zeroci-agent` next to the
+    /// controller's executable.
+    pub agent_binary: Option<PathBuf>,
+    /// Seconds an agent keeps trying to reach a controller that went away.
+    pub agent_give_up: Option<u64>,
+    /// Machines at once at most, over all hosts; more jobs wait for one.
+    pub max_machines: Option<usize>,
+}
+
+/// One SSH host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshHostConfig {
+    /// `host:port` (port 22 when left out).
+    pub address: String,
+    /// Its public host key as in `known_hosts` or `ssh-keyscan` (`ssh-ed25519 AAAA…`): a host that
+    /// shows another key is refused.
+    pub host_key: String,
+}
+
+fn default_ssh_work_dir() -> String {
+    "/tmp/zeroci".into()
+}
+
+impl SshConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.hosts.is_empty() {
+            return Err("[provisioner.ssh] hosts must name at least one host".into());
+        }
+        for host in &self.hosts {
+            russh::keys::PublicKey::from_openssh(host.host_key.trim()).map_err(|e| {
+                format!(
+                    "[provisioner.ssh] host_key of {}: not a public key line such as `ssh-ed25519 AAAA…`: {e}",
+                    host.address
+                )
+            })?;
+        }
+        if self.user.trim().is_empty() {
+            return Err("[provisioner.ssh] user is required".into());
+        }
+        if !self.work_dir.starts_with('/') || self.work_dir.contains(['\'', '"', '$', '`', ' ']) {
+            return Err(format!(
+                "[provisioner.ssh] work_dir must be an absolute path without quotes, `$` or spaces, got {:?}",
+                self.work_dir
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[provisioner.vm]`.
@@ -78,6 +143,10 @@ impl ProvisionerConfig {
             ProvisionerConfig::Vm { vm } => {
                 vm.validate()?;
                 ("vm", vm.max_machines)
+            }
+            ProvisionerConfig::Ssh { ssh } => {
+                ssh.validate()?;
+                ("ssh", ssh.max_machines)
             }
         };
         if max_machines == Some(0) {
@@ -183,4 +252,40 @@ pub enum Isolation {
     #[default]
     Namespaces,
     None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh(hosts: &str, work_dir: &str) -> Result<(), String> {
+        let text = format!(
+            "kind = \"ssh\"\n[ssh]\nuser = \"ci\"\nkey_file = \"/k\"\nwork_dir = \"{work_dir}\"\nhosts = {hosts}\n"
+        );
+        let config: ProvisionerConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate()
+    }
+
+    #[test]
+    fn ssh_hosts_need_a_pinned_key_and_machines_an_absolute_plain_directory() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let host = format!("[{{ address = \"h:22\", host_key = \"{key}\" }}]");
+        assert_eq!(ssh(&host, "/srv/ci"), Ok(()));
+        assert!(
+            ssh("[]", "/srv/ci")
+                .unwrap_err()
+                .contains("at least one host")
+        );
+        let bad = "[{ address = \"h\", host_key = \"ssh-ed25519 not-base64\" }]";
+        assert!(ssh(bad, "/srv/ci").unwrap_err().contains("host_key of h"));
+        assert!(ssh(&host, "srv/ci").unwrap_err().contains("absolute path"));
+        assert!(
+            ssh(&host, "/srv/$HOME")
+                .unwrap_err()
+                .contains("absolute path")
+        );
+        let no_key = "[{ address = \"h\" }]";
+        assert!(ssh(no_key, "/srv/ci").unwrap_err().contains("host_key"));
+    }
 }

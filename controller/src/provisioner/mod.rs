@@ -12,6 +12,7 @@
 pub mod capacity;
 mod cgroup;
 pub mod local;
+pub mod ssh;
 pub mod vm;
 
 use std::sync::Arc;
@@ -139,6 +140,10 @@ pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
         ProvisionerConfig::Vm { vm } => (
             Arc::new(vm::VmProvisioner::from_config(config, vm)?),
             vm.max_machines,
+        ),
+        ProvisionerConfig::Ssh { ssh } => (
+            Arc::new(ssh::SshProvisioner::from_config(ssh)?),
+            ssh.max_machines,
         ),
     };
     Ok(capacity::Limited::wrap(kind, max_machines))

@@ -1,0 +1,223 @@
+//! `ssh` machines against a real OpenSSH server (Debian's openssh-server) started by the test on a
+//! loopback port with keys made for it: a full job, a host showing another key, the host gone mid-job.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{Proc, Repo, Settings, TestEnv, spawn_process};
+use zeroci_testkit::bin;
+
+/// An sshd of the test's own, and the keys to reach it.
+struct Sshd {
+    proc: Proc,
+    /// Keys, config and the machines' directory.
+    dir: tempfile::TempDir,
+    address: String,
+    /// `ssh-ed25519 AAAA…` as a pinned host key.
+    host_key: String,
+    client_key: PathBuf,
+    /// Where the machines live "on the host".
+    work_dir: PathBuf,
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+}
+
+/// `/usr/sbin/sshd`, installed by `scripts/install-test-services sshd` when missing.
+fn sshd_program() -> PathBuf {
+    let sshd = PathBuf::from("/usr/sbin/sshd");
+    if !sshd.exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-services");
+        let installed = Command::new(&script).arg("sshd").status();
+        assert!(
+            installed.is_ok_and(|s| s.success()) && sshd.exists(),
+            "/usr/sbin/sshd is needed by this test and could not be installed: run `{} sshd` as root (Debian's openssh-server)",
+            script.display()
+        );
+    }
+    sshd
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let sshd = sshd_program();
+        let tempdir = tempfile::Builder::new()
+            .prefix("zeroci-sshd-")
+            .tempdir()
+            .unwrap();
+        let dir = tempdir.path().to_path_buf();
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("client_key"));
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        // Privilege separation wants its empty directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).unwrap();
+        let proc = spawn_process(
+            Command::new(&sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap()),
+            "sshd",
+        );
+        let address = format!("127.0.0.1:{port}");
+        zeroci_testkit::wait_for("sshd listening", || {
+            std::net::TcpStream::connect(&address).ok().map(drop)
+        });
+        let host_key = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+        Sshd {
+            proc,
+            dir: tempdir,
+            address,
+            host_key: host_key
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+            client_key: dir.join("client_key"),
+            work_dir: dir.join("remote"),
+        }
+    }
+
+    /// The `[provisioner]` table for this host, pinning `host_key`.
+    fn provisioner(&self, host_key: &str) -> toml::Table {
+        let text = format!(
+            "kind = \"ssh\"\n[ssh]\nuser = \"root\"\nkey_file = \"{key}\"\nwork_dir = \"{work}\"\n\
+             agent_binary = \"{agent}\"\nagent_give_up = 60\n\
+             hosts = [{{ address = \"{address}\", host_key = \"{host_key}\" }}]\n",
+            key = self.client_key.display(),
+            work = self.work_dir.display(),
+            agent = bin("zeroci-agent").display(),
+            address = self.address,
+        );
+        toml::from_str(&text).unwrap()
+    }
+}
+
+fn env_with(sshd: &Sshd, host_key: &str) -> TestEnv {
+    TestEnv::start_with(Settings {
+        provisioner: Some(sshd.provisioner(host_key)),
+        ..Settings::default()
+    })
+}
+
+/// Directories of machines still on the host.
+fn machines_left(work_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(work_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("agent-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_job_runs_on_an_ssh_host_and_leaves_nothing_behind() {
+    let sshd = Sshd::start();
+    let env = env_with(&sshd, &sshd.host_key);
+    let repo = Repo::new(
+        &env,
+        "over-ssh",
+        &[(
+            "zeroCI.yaml",
+            "script:\n  - echo \"ran on $(hostname) in $PWD\"\n",
+        )],
+    );
+    for _ in 0..2 {
+        let id = env.submit(&repo.path);
+        let job = env.wait_job(id);
+        assert_eq!(job["status"], "success", "{job:#}");
+        let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+        assert!(log.contains(&sshd.work_dir.display().to_string()), "{log}");
+    }
+    // The agent was copied once and checked; each machine's directory went with its job.
+    let agents: Vec<_> = std::fs::read_dir(&sshd.work_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+        .collect();
+    assert_eq!(agents.len(), 1);
+    zeroci_testkit::wait_for("the machines removed from the host", || {
+        machines_left(&sshd.work_dir).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_host_showing_another_key_is_refused_before_anything_is_sent() {
+    let sshd = Sshd::start();
+    let other = sshd.dir.path().join("other_key");
+    keygen(&other);
+    let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_key: String = other_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = env_with(&sshd, &other_key);
+    let repo = Repo::new(
+        &env,
+        "refused",
+        &[("zeroCI.yaml", "script:\n  - echo never\n")],
+    );
+    let id = env.submit(&repo.path);
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "error", "{job:#}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("showed a host key other than the one pinned"),
+        "{job:#}"
+    );
+    assert!(!sshd.work_dir.exists(), "nothing was copied to the host");
+}
+
+#[test]
+fn a_host_gone_mid_job_ends_the_job_with_the_agent_lost() {
+    let sshd = Sshd::start();
+    let env = env_with(&sshd, &sshd.host_key);
+    let repo = Repo::new(
+        &env,
+        "vanishing",
+        &[("zeroCI.yaml", "script:\n  - echo started; sleep 6003\n")],
+    );
+    let id = env.submit(&repo.path);
+    env.wait_for_output(id, None, "started");
+    // The host goes: its sshd and every process of the job's machine.
+    let Sshd {
+        proc,
+        work_dir,
+        dir,
+        ..
+    } = sshd;
+    drop(proc);
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f"])
+        .arg(work_dir.display().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the machine's processes were found");
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "error", "{job:#}");
+    assert!(job["reason"].as_str().unwrap().contains("lost"), "{job:#}");
+    drop(dir);
+}
