@@ -189,6 +189,9 @@ fn a_host_showing_another_key_is_refused_before_anything_is_sent() {
         "{job:#}"
     );
     assert!(!sshd.work_dir.exists(), "nothing was copied to the host");
+    zeroci_testkit::wait_for("no machine left on record", || {
+        env.stored_job(id)["machine"].is_null().then_some(())
+    });
 }
 
 #[test]

@@ -335,15 +335,26 @@ impl Provisioner for SshProvisioner {
             dir: format!("{}/{}", self.work_dir, request.name),
             pid: None,
         };
-        ledger.record(details.to_value()).await?;
         // A host that cannot be reached, or a command that fails there, may work on the next try.
         let failed = |message: String| ProvisionError::Start {
             name: request.name.clone(),
             message,
             retryable: true,
         };
+        let connect = async {
+            let connection = self.connect(host).await.map_err(failed)?;
+            // Recorded once the host is known to be the pinned one, before anything is made there:
+            // a machine refused at the door leaves nothing to destroy.
+            ledger.record(details.to_value()).await?;
+            Ok::<_, ProvisionError>(connection)
+        };
+        let connection = tokio::select! {
+            connection = connect => connection?,
+            () = cancel.cancelled() => {
+                return Err(ProvisionError::Cancelled { name: request.name.clone() });
+            }
+        };
         let make = async {
-            let connection = self.connect(host).await?;
             let agent = self.ensure_agent(&connection).await?;
             let bootstrap = serde_json::to_vec(&request.bootstrap).map_err(|e| e.to_string())?;
             let dir = quoted(&details.dir);
