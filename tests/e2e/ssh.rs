@@ -1,5 +1,6 @@
-//! `ssh` machines against a real OpenSSH server (Debian's openssh-server) started by the test on a
-//! loopback port with keys made for it: a full job, a host showing another key, the host gone mid-job.
+//! `ssh` machines against a real OpenSSH server (Debian's openssh-server) started by the test in a
+//! network namespace of its own — a host reached only over a veth pair, as a machine on the network
+//! would be — with keys made for it: a full job, a host showing another key, the host gone mid-job.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,9 +8,94 @@ use std::process::Command;
 use crate::harness::{Proc, Repo, Settings, TestEnv, spawn_process};
 use zeroci_testkit::bin;
 
-/// An sshd of the test's own, and the keys to reach it.
+/// A network namespace joined to this one by a veth pair: the "host" side has `.1`, the namespace
+/// `.2`, in a /30 of 10.0.0.0/8 picked at random so parallel tests do not meet. Removed on drop, with
+/// every process still in it.
+struct NetNs {
+    name: String,
+    /// The address this side has, where the controller listens.
+    outside: String,
+    /// The address inside, where sshd listens.
+    inside: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    fn new() -> NetNs {
+        let tag: u32 = rand::random();
+        let (b, c, d) = ((tag >> 16) as u8, (tag >> 8) as u8, (tag as u8) & 0xfc);
+        let name = format!("zci-ssh-{tag:08x}");
+        let (outer, inner) = (format!("zs{tag:08x}a"), format!("zs{tag:08x}b"));
+        let outside = format!("10.{b}.{c}.{}", d + 1);
+        let inside = format!("10.{b}.{c}.{}", d + 2);
+        ip(&["netns", "add", &name]);
+        let ns = NetNs {
+            name,
+            outside,
+            inside,
+        };
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/30", ns.outside), "dev", &outer]);
+        ip(&["link", "set", &outer, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.inside),
+            "dev",
+            &inner,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &inner, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Kills every process in the namespace: the host is gone.
+    fn kill_all(&self) {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .expect("ip netns pids");
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: kill(2) of a process in the test's own namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        self.kill_all();
+        // The veth pair goes with the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// An sshd of the test's own in a namespace of its own, and the keys to reach it.
 struct Sshd {
     proc: Proc,
+    ns: NetNs,
     /// Keys, config and the machines' directory.
     dir: tempfile::TempDir,
     address: String,
@@ -57,32 +143,32 @@ impl Sshd {
         std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
         // Privilege separation wants its empty directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let ns = NetNs::new();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+            "Port 22\nListenAddress {inside}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
              PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
-            d = dir.display()
+            d = dir.display(),
+            inside = ns.inside
         );
         std::fs::write(dir.join("sshd_config"), config).unwrap();
         let proc = spawn_process(
-            Command::new(&sshd)
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(&sshd)
                 .args(["-D", "-e", "-f"])
                 .arg(dir.join("sshd_config"))
                 .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap()),
             "sshd",
         );
-        let address = format!("127.0.0.1:{port}");
+        let address = format!("{}:22", ns.inside);
         zeroci_testkit::wait_for("sshd listening", || {
             std::net::TcpStream::connect(&address).ok().map(drop)
         });
         let host_key = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
         Sshd {
             proc,
+            ns,
             dir: tempdir,
             address,
             host_key: host_key
@@ -110,9 +196,11 @@ impl Sshd {
     }
 }
 
+/// A controller whose agents reach it from the host's namespace: it listens on this side of the veth.
 fn env_with(sshd: &Sshd, host_key: &str) -> TestEnv {
     TestEnv::start_with(Settings {
         provisioner: Some(sshd.provisioner(host_key)),
+        grpc_listen: format!("{}:0", sshd.ns.outside),
         ..Settings::default()
     })
 }
