@@ -62,6 +62,16 @@ impl NetNs {
         ]);
         ip(&["-n", &ns.name, "link", "set", &inner, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        // Everything else through this side: a controller listening on another namespace's veth too.
+        ip(&[
+            "-n",
+            &ns.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ns.outside,
+        ]);
         ns
     }
 
@@ -131,7 +141,8 @@ fn sshd_program() -> PathBuf {
 }
 
 impl Sshd {
-    fn start() -> Sshd {
+    /// With `client`: that key logs in too (hosts sharing one controller key), instead of a new one.
+    fn start(client: Option<&Path>) -> Sshd {
         let sshd = sshd_program();
         let tempdir = tempfile::Builder::new()
             .prefix("zeroci-sshd-")
@@ -139,8 +150,18 @@ impl Sshd {
             .unwrap();
         let dir = tempdir.path().to_path_buf();
         keygen(&dir.join("host_key"));
-        keygen(&dir.join("client_key"));
-        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        let client_key = match client {
+            Some(key) => key.to_path_buf(),
+            None => {
+                keygen(&dir.join("client_key"));
+                dir.join("client_key")
+            }
+        };
+        std::fs::copy(
+            client_key.with_extension("pub"),
+            dir.join("authorized_keys"),
+        )
+        .unwrap();
         // Privilege separation wants its empty directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
         let ns = NetNs::new();
@@ -176,24 +197,38 @@ impl Sshd {
                 .take(2)
                 .collect::<Vec<_>>()
                 .join(" "),
-            client_key: dir.join("client_key"),
+            client_key,
             work_dir: dir.join("remote"),
         }
     }
 
     /// The `[provisioner]` table for this host, pinning `host_key`.
+    /// The `[provisioner]` table for this host, pinning `host_key`.
     fn provisioner(&self, host_key: &str) -> toml::Table {
-        let text = format!(
-            "kind = \"ssh\"\n[ssh]\nuser = \"root\"\nkey_file = \"{key}\"\nwork_dir = \"{work}\"\n\
-             agent_binary = \"{agent}\"\nagent_give_up = 60\n\
-             hosts = [{{ address = \"{address}\", host_key = \"{host_key}\" }}]\n",
-            key = self.client_key.display(),
-            work = self.work_dir.display(),
-            agent = bin("zeroci-agent").display(),
-            address = self.address,
-        );
-        toml::from_str(&text).unwrap()
+        provisioner(self, &[(&self.address, host_key)])
     }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+/// The `[provisioner]` table for `hosts` (address, pinned key), logging in with `first`'s client key
+/// and keeping machines under its work directory.
+fn provisioner(first: &Sshd, hosts: &[(&str, &str)]) -> toml::Table {
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|(address, key)| format!("{{ address = \"{address}\", host_key = \"{key}\" }}"))
+        .collect();
+    let text = format!(
+        "kind = \"ssh\"\n[ssh]\nuser = \"root\"\nkey_file = \"{key}\"\nwork_dir = \"{work}\"\n\
+         agent_binary = \"{agent}\"\nagent_give_up = 60\nhosts = [{hosts}]\n",
+        key = first.client_key.display(),
+        work = first.work_dir.display(),
+        agent = bin("zeroci-agent").display(),
+        hosts = hosts.join(", "),
+    );
+    toml::from_str(&text).unwrap()
 }
 
 /// A controller whose agents reach it from the host's namespace: it listens on this side of the veth.
@@ -220,7 +255,7 @@ fn machines_left(work_dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_job_runs_on_an_ssh_host_and_leaves_nothing_behind() {
-    let sshd = Sshd::start();
+    let sshd = Sshd::start(None);
     let env = env_with(&sshd, &sshd.host_key);
     let repo = Repo::new(
         &env,
@@ -251,7 +286,7 @@ fn a_job_runs_on_an_ssh_host_and_leaves_nothing_behind() {
 
 #[test]
 fn a_host_showing_another_key_is_refused_before_anything_is_sent() {
-    let sshd = Sshd::start();
+    let sshd = Sshd::start(None);
     let other = sshd.dir.path().join("other_key");
     keygen(&other);
     let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
@@ -284,7 +319,7 @@ fn a_host_showing_another_key_is_refused_before_anything_is_sent() {
 
 #[test]
 fn a_host_gone_mid_job_ends_the_job_with_the_agent_lost() {
-    let sshd = Sshd::start();
+    let sshd = Sshd::start(None);
     let env = env_with(&sshd, &sshd.host_key);
     let repo = Repo::new(
         &env,
@@ -311,4 +346,40 @@ fn a_host_gone_mid_job_ends_the_job_with_the_agent_lost() {
     assert_eq!(job["status"], "error", "{job:#}");
     assert!(job["reason"].as_str().unwrap().contains("lost"), "{job:#}");
     drop(dir);
+}
+
+#[test]
+fn jobs_go_to_the_hosts_in_turn_and_pass_over_one_that_is_down() {
+    let a = Sshd::start(None);
+    let b = Sshd::start(Some(&a.client_key));
+    let env = TestEnv::start_with(Settings {
+        provisioner: Some(provisioner(
+            &a,
+            &[(&a.address, &a.host_key), (&b.address, &b.host_key)],
+        )),
+        grpc_listen: format!("{}:0", a.ns.outside),
+        ..Settings::default()
+    });
+    let repo = Repo::new(
+        &env,
+        "spread",
+        &[("zeroCI.yaml", "script:\n  - echo spread\n")],
+    );
+    let run = |env: &TestEnv| {
+        for _ in 0..2 {
+            let id = env.submit(&repo.path);
+            let job = env.wait_job(id);
+            assert_eq!(job["status"], "success", "{job:#}");
+        }
+    };
+    run(&env);
+    for host in [&a, &b] {
+        assert!(
+            host.log().contains("Accepted publickey"),
+            "each host took a job"
+        );
+    }
+    // Host a goes down: the next jobs all go to b.
+    a.ns.kill_all();
+    run(&env);
 }

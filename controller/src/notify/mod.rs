@@ -318,4 +318,36 @@ mod tests {
         );
         assert_eq!(notifications.failures(), 2);
     }
+
+    #[tokio::test]
+    async fn a_delivered_final_change_clears_a_failure_recorded_before_a_restart() {
+        let store = Arc::new(MemoryStore::default());
+        let mut job = store.create(new_job("r"), 0).await.unwrap();
+        let failure = NotificationFailure {
+            notifier: "flaky".into(),
+            error: "recorded by the previous process".into(),
+            at: 1,
+        };
+        store
+            .put_notification_failure(job.id, failure)
+            .await
+            .unwrap();
+        let (notifier, _) = recorder("flaky", Duration::ZERO);
+        let notifications = Notifications::start(
+            vec![notifier],
+            "http://x".into(),
+            Duration::from_secs(5),
+            store.clone(),
+        );
+        job.status = JobStatus::Success;
+        notifications.send(&job);
+        notifications.drain(Duration::from_secs(5)).await;
+        assert!(
+            store
+                .notification_failures(job.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! `ssh` machines: existing hosts reached over SSH (russh, a pure-Rust client). Per job: a directory
-//! `<work_dir>/<machine>` on the next host in turn, the agent binary copied once per host and version
+//! `<work_dir>/<machine>` on the next host in turn (one that cannot be reached is passed over), the agent binary copied once per host and version
 //! (`<work_dir>/agent-<sha256>`, checked by its sha256 after every copy), the bootstrap written with
 //! mode 600, and the agent started detached in a session of its own. `destroy` kills that session
 //! (every process the job started) and removes the directory.
@@ -329,31 +329,42 @@ impl Provisioner for SshProvisioner {
                 retryable: false,
             });
         }
-        let host = &self.hosts[self.next_host.fetch_add(1, Ordering::Relaxed) % self.hosts.len()];
-        let mut details = SshDetails {
-            host: host.address.clone(),
-            dir: format!("{}/{}", self.work_dir, request.name),
-            pid: None,
-        };
         // A host that cannot be reached, or a command that fails there, may work on the next try.
         let failed = |message: String| ProvisionError::Start {
             name: request.name.clone(),
             message,
             retryable: true,
         };
+        // The hosts in turn, from the next one: a host that is down is passed over for the others.
+        let first = self.next_host.fetch_add(1, Ordering::Relaxed);
         let connect = async {
-            let connection = self.connect(host).await.map_err(failed)?;
-            // Recorded once the host is known to be the pinned one, before anything is made there:
-            // a machine refused at the door leaves nothing to destroy.
-            ledger.record(details.to_value()).await?;
-            Ok::<_, ProvisionError>(connection)
+            let mut refusals = Vec::new();
+            for n in 0..self.hosts.len() {
+                let host = &self.hosts[(first + n) % self.hosts.len()];
+                match self.connect(host).await {
+                    Ok(connection) => return Ok((host, connection)),
+                    Err(refusal) => {
+                        tracing::warn!(machine = %request.name, %refusal, "ssh host passed over");
+                        refusals.push(refusal);
+                    }
+                }
+            }
+            Err(failed(refusals.join("; ")))
         };
-        let connection = tokio::select! {
+        let (host, connection) = tokio::select! {
             connection = connect => connection?,
             () = cancel.cancelled() => {
                 return Err(ProvisionError::Cancelled { name: request.name.clone() });
             }
         };
+        let mut details = SshDetails {
+            host: host.address.clone(),
+            dir: format!("{}/{}", self.work_dir, request.name),
+            pid: None,
+        };
+        // Recorded once the host is known to be the pinned one, before anything is made there: a
+        // machine refused at every door leaves nothing to destroy.
+        ledger.record(details.to_value()).await?;
         let make = async {
             let agent = self.ensure_agent(&connection).await?;
             let bootstrap = serde_json::to_vec(&request.bootstrap).map_err(|e| e.to_string())?;
