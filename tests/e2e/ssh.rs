@@ -9,10 +9,12 @@ use crate::harness::{Proc, Repo, Settings, TestEnv, spawn_process};
 use zeroci_testkit::bin;
 
 /// A network namespace joined to this one by a veth pair: the "host" side has `.1`, the namespace
-/// `.2`, in a /30 of 10.0.0.0/8 picked at random so parallel tests do not meet. Removed on drop, with
-/// every process still in it.
+/// `.2`, in a /30 of 198.18.0.0/15 (set aside for tests, so no real route is shadowed) picked at
+/// random so parallel tests do not meet. Removed on drop, with every process still in it.
 struct NetNs {
     name: String,
+    /// This side of the veth pair (gone with the namespace, unless moving the other end failed).
+    outer: String,
     /// The address this side has, where the controller listens.
     outside: String,
     /// The address inside, where sshd listens.
@@ -34,14 +36,19 @@ fn ip(args: &[&str]) {
 impl NetNs {
     fn new() -> NetNs {
         let tag: u32 = rand::random();
-        let (b, c, d) = ((tag >> 16) as u8, (tag >> 8) as u8, (tag as u8) & 0xfc);
+        let (b, c, d) = (
+            18 + ((tag >> 16) & 1) as u8,
+            (tag >> 8) as u8,
+            (tag as u8) & 0xfc,
+        );
         let name = format!("zci-ssh-{tag:08x}");
         let (outer, inner) = (format!("zs{tag:08x}a"), format!("zs{tag:08x}b"));
-        let outside = format!("10.{b}.{c}.{}", d + 1);
-        let inside = format!("10.{b}.{c}.{}", d + 2);
+        let outside = format!("198.{b}.{c}.{}", d + 1);
+        let inside = format!("198.{b}.{c}.{}", d + 2);
         ip(&["netns", "add", &name]);
         let ns = NetNs {
             name,
+            outer: outer.clone(),
             outside,
             inside,
         };
@@ -95,9 +102,13 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         self.kill_all();
-        // The veth pair goes with the namespace.
+        // The veth pair goes with the namespace; this side is removed too in case it never moved.
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.outer])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -240,6 +251,14 @@ fn env_with(sshd: &Sshd, host_key: &str) -> TestEnv {
     })
 }
 
+/// True when some process's command line contains `needle` (NUL-separated arguments).
+fn running(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(needle))
+    })
+}
+
 /// Directories of machines still on the host.
 fn machines_left(work_dir: &Path) -> Vec<String> {
     std::fs::read_dir(work_dir)
@@ -262,7 +281,7 @@ fn a_job_runs_on_an_ssh_host_and_leaves_nothing_behind() {
         "over-ssh",
         &[(
             "zeroCI.yaml",
-            "script:\n  - echo \"ran on $(hostname) in $PWD\"\n",
+            "script:\n  - echo \"ran on $(hostname) in $PWD\"\n  - (sleep 6004 &)\n",
         )],
     );
     for _ in 0..2 {
@@ -281,6 +300,10 @@ fn a_job_runs_on_an_ssh_host_and_leaves_nothing_behind() {
     assert_eq!(agents.len(), 1);
     zeroci_testkit::wait_for("the machines removed from the host", || {
         machines_left(&sshd.work_dir).is_empty().then_some(())
+    });
+    // What a step left running went with its machine.
+    zeroci_testkit::wait_for("the steps' leftovers killed", || {
+        (!running("sleep\u{0}6004")).then_some(())
     });
 }
 

@@ -76,9 +76,13 @@ impl SshConfig {
         if self.user.trim().is_empty() {
             return Err("[provisioner.ssh] user is required".into());
         }
-        if !self.work_dir.starts_with('/') || self.work_dir.contains(['\'', '"', '$', '`', ' ']) {
+        let plain = !self.work_dir.contains(['\'', '"', '$', '`', ' ']);
+        if !self.work_dir.starts_with('/')
+            || self.work_dir.trim_end_matches('/').is_empty()
+            || !plain
+        {
             return Err(format!(
-                "[provisioner.ssh] work_dir must be an absolute path without quotes, `$` or spaces, got {:?}",
+                "[provisioner.ssh] work_dir must be an absolute path (not /) without quotes, `$` or spaces, got {:?}",
                 self.work_dir
             ));
         }

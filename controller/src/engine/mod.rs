@@ -563,6 +563,9 @@ impl Engine {
     /// machine, which is the new holder's now.
     pub(crate) fn release(&self, active: &ActiveJob, state: &mut RunState) {
         state.retired = true;
+        if let Some(machine) = &state.record.machine {
+            self.provisioner.forget(machine);
+        }
         active.send_to_agent(pb::controller_message::Kind::Disconnect(pb::Disconnect {
             reason: "another controller took this job over".into(),
             done: false,

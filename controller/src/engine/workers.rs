@@ -298,7 +298,22 @@ impl Engine {
         let failure = loop {
             tries += 1;
             info!(job_id = id, attempt = active.attempt, machine = %request.name, tries, "provisioning");
-            match self.provisioner.create(&request, &ledger, &stop).await {
+            // A machine can take long to make (a remote host, a VM): the claim on the job must not
+            // lapse meanwhile. Both futures are polled side by side, so a renewal waiting for the
+            // job's state never blocks the ledger write holding it.
+            let renewing = async {
+                loop {
+                    tokio::time::sleep(self.config.lease() / 3).await;
+                    if let Err(error) = self.renew_lease(active).await {
+                        warn!(job_id = id, %error, "cannot renew the lease while the machine is made");
+                    }
+                }
+            };
+            let created = tokio::select! {
+                created = self.provisioner.create(&request, &ledger, &stop) => created,
+                () = renewing => unreachable!("renewing never ends"),
+            };
+            match created {
                 Ok(details) => {
                     // The agent's time to connect counts from a machine that exists, not from the claim.
                     active.touch();

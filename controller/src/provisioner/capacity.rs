@@ -103,10 +103,18 @@ impl Provisioner for Limited {
         self.inner.limit(machine, resources).await
     }
 
+    /// The place is given back also when destroying failed (a host gone, say): the machine is
+    /// retried at every start until it is destroyed, and a place held for a machine that may never
+    /// answer again would stop every later job.
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError> {
-        self.inner.destroy(machine).await?;
+        let destroyed = self.inner.destroy(machine).await;
         self.capacity.release(&machine.name);
-        Ok(())
+        destroyed
+    }
+
+    fn forget(&self, machine: &MachineRecord) {
+        self.inner.forget(machine);
+        self.capacity.release(&machine.name);
     }
 }
 

@@ -128,6 +128,9 @@ pub trait Provisioner: Send + Sync + 'static {
     ) -> Result<Vec<String>, ProvisionError>;
     /// Destroys the machine and everything on it; succeeds when it is already gone.
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), ProvisionError>;
+    /// The machine is another controller's now (it took the job over): this one neither destroys
+    /// nor counts it any more.
+    fn forget(&self, _machine: &MachineRecord) {}
 }
 
 /// The provisioner `[provisioner] kind` names. One line per kind.

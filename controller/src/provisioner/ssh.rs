@@ -283,8 +283,9 @@ impl SshProvisioner {
             return Ok(path);
         }
         let partial = format!("{path}.{}", rand::random::<u32>());
+        // The work directory is this account's alone: nobody else may swap the agent after its check.
         let copy = format!(
-            "mkdir -p {dir} && cat > {partial} && chmod 755 {partial} && mv -f {partial} {path}",
+            "umask 077 && mkdir -p {dir} && [ -O {dir} ] && chmod 700 {dir} && cat > {partial} && chmod 700 {partial} && mv -f {partial} {path}",
             dir = quoted(&self.work_dir),
             partial = quoted(&partial),
             path = quoted(&path)
@@ -369,15 +370,19 @@ impl Provisioner for SshProvisioner {
             let agent = self.ensure_agent(&connection).await?;
             let bootstrap = serde_json::to_vec(&request.bootstrap).map_err(|e| e.to_string())?;
             let dir = quoted(&details.dir);
+            // Nothing of a job is for other accounts of the host: the token least of all.
             let prepare = format!(
-                "rm -rf {dir} && mkdir -p {dir}/job && umask 077 && cat > {dir}/bootstrap.json"
+                "umask 077 && rm -rf {dir} && mkdir -p {dir}/job && cat > {dir}/bootstrap.json"
             );
             connection
                 .check(&prepare, Some(Input::Bytes(bootstrap)))
                 .await?;
-            // `setsid`: the agent leads a session of its own, which `destroy` ends whole.
+            // `setsid`: the agent leads a session of its own, which `destroy` ends whole. The shell
+            // it runs in writes its own pid (the session's id) to `agent.pid` and prints it, then
+            // becomes the agent; `destroy` reads the file, so it finds the session even when this
+            // answer never arrived.
             let start = format!(
-                "cd {dir} && setsid {agent} run --bootstrap {dir}/bootstrap.json --workdir {dir}/job --give-up-after {give_up} > {dir}/agent.log 2>&1 < /dev/null & echo $!",
+                "umask 077; cd {dir} || exit 1; setsid sh -c 'echo $$ > \"$1/agent.pid\"; echo $$; exec \"$0\" run --bootstrap \"$1/bootstrap.json\" --workdir \"$1/job\" --give-up-after {give_up} > \"$1/agent.log\" 2>&1' {agent} {dir} < /dev/null &",
                 agent = quoted(&agent),
                 give_up = self.agent_give_up_secs
             );
@@ -438,12 +443,12 @@ impl Provisioner for SshProvisioner {
             )));
         };
         let connection = self.connect(host).await.map_err(failed)?;
-        let mut command = String::new();
-        if let Some(pid) = details.pid {
-            // Every process of the agent's session: the agent and whatever its steps left running.
-            command.push_str(&format!("pkill -KILL -s {pid} 2>/dev/null; "));
-        }
-        command.push_str(&format!("rm -rf {}", quoted(&details.dir)));
+        // Every process of the agent's session: the agent and whatever its steps left running (a
+        // step that starts a session of its own escapes it). pkill exits 1 when none is left.
+        let dir = quoted(&details.dir);
+        let command = format!(
+            "if [ -f {dir}/agent.pid ]; then pkill -KILL -s \"$(cat {dir}/agent.pid)\"; found=$?; [ $found -le 1 ] || exit $found; fi; rm -rf {dir}"
+        );
         connection.check(&command, None).await.map_err(failed)?;
         info!(machine = %machine.name, host = %details.host, "ssh machine destroyed");
         Ok(())
