@@ -353,21 +353,15 @@ impl Engine {
     // === Triggers ===
 
     pub async fn submit(&self, new: NewJob) -> Result<JobRecord, ControllerError> {
+        let wrong = |message: &str| Err(ControllerError::InvalidArgument(message.into()));
         if new.inline_pipeline.is_some() {
             if !new.repo_url.is_empty() || !new.commit.is_empty() {
-                return Err(ControllerError::InvalidArgument(
-                    "a job with its own pipeline has no repository or commit".into(),
-                ));
+                return wrong("a job with its own pipeline has no repository or commit");
             }
         } else if new.repo_url.trim().is_empty() {
-            return Err(ControllerError::InvalidArgument(
-                "repo_url is required".into(),
-            ));
-        }
-        if new.commit.trim().is_empty() && new.inline_pipeline.is_none() {
-            return Err(ControllerError::InvalidArgument(
-                "commit is required".into(),
-            ));
+            return wrong("repo_url is required");
+        } else if new.commit.trim().is_empty() {
+            return wrong("commit is required");
         }
         if new.repo_url.starts_with('-') || new.commit.starts_with('-') {
             // They end up as git arguments on the machine.

@@ -251,6 +251,17 @@ mod tests {
         (Arc::new(notifier), seen)
     }
 
+    /// One notifier that refuses changes of running jobs, recording on `store`.
+    fn flaky(store: &Arc<MemoryStore>) -> Notifications {
+        let (notifier, _) = recorder("flaky", Duration::ZERO);
+        Notifications::start(
+            vec![notifier],
+            "http://x".into(),
+            Duration::from_secs(5),
+            store.clone(),
+        )
+    }
+
     #[tokio::test]
     async fn notifiers_run_side_by_side_in_order_and_drain_at_shutdown() {
         let store = Arc::new(MemoryStore::default());
@@ -288,13 +299,7 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         let mut job = store.create(new_job("r"), 0).await.unwrap();
         let mut other = store.create(new_job("r"), 0).await.unwrap();
-        let (notifier, _) = recorder("flaky", Duration::ZERO);
-        let notifications = Notifications::start(
-            vec![notifier],
-            "http://x".into(),
-            Duration::from_secs(5),
-            store.clone(),
-        );
+        let notifications = flaky(&store);
         job.status = JobStatus::Running;
         other.status = JobStatus::Running;
         notifications.send(&job);
@@ -332,13 +337,7 @@ mod tests {
             .put_notification_failure(job.id, failure)
             .await
             .unwrap();
-        let (notifier, _) = recorder("flaky", Duration::ZERO);
-        let notifications = Notifications::start(
-            vec![notifier],
-            "http://x".into(),
-            Duration::from_secs(5),
-            store.clone(),
-        );
+        let notifications = flaky(&store);
         job.status = JobStatus::Success;
         notifications.send(&job);
         notifications.drain(Duration::from_secs(5)).await;

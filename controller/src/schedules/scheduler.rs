@@ -120,7 +120,9 @@ async fn fire(
 ) -> Result<i64, ControllerError> {
     let cron = CronSchedule::parse(&schedule.cron, &schedule.time_zone)
         .map_err(ControllerError::FailedPrecondition)?;
-    let previous_running = engine.unfinished_run(&schedule).await?.is_some();
+    // Only a schedule whose runs may not overlap needs to know (one store read saved per tick).
+    let previous_running =
+        !schedule.allow_overlap && engine.unfinished_run(&schedule).await?.is_some();
     match decide(
         &cron,
         schedule.next_at,

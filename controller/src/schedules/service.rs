@@ -40,6 +40,18 @@ pub struct PushedBranch {
 }
 
 impl PushedBranch {
+    /// A branch of a configured GitHub repository, as a push delivery shows it now.
+    pub fn on_github(repo: &str, clone_url: &str, branch: &str, untrusted: bool) -> PushedBranch {
+        PushedBranch {
+            repo: repo.to_string(),
+            repo_url: clone_url.to_string(),
+            ref_name: branch.to_string(),
+            github_repo: Some(repo.to_string()),
+            untrusted,
+            seen_at: zeroci::now_unix_ms(),
+        }
+    }
+
     /// The branch as a job saw it; none for a rerun, which may be of any old commit.
     pub fn of(job: &JobRecord) -> Option<PushedBranch> {
         job.rerun_of.is_none().then(|| PushedBranch {

@@ -97,14 +97,8 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
             if let Some(reason) = push.skip_reason() {
                 if let Some(branch) = &push.branch {
                     // A deleted branch's schedule goes with it.
-                    let deleted = PushedBranch {
-                        repo: push.repo.clone(),
-                        repo_url: push.clone_url.clone(),
-                        ref_name: branch.clone(),
-                        github_repo: Some(push.repo.clone()),
-                        untrusted: false,
-                        seen_at: zeroci::now_unix_ms(),
-                    };
+                    let deleted =
+                        PushedBranch::on_github(&push.repo, &push.clone_url, branch, false);
                     engine.follow_run_on_schedule(&deleted, None).await;
                 }
                 return ignored(reason);
@@ -221,13 +215,13 @@ async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<Stri
                 json!({ "error": format!("cannot read zeroCI.yaml from GitHub: {e}") }),
             )
         })?;
-    let pushed = (trigger.event == "push").then(|| PushedBranch {
-        repo: trigger.repo.clone(),
-        repo_url: trigger.clone_url.clone(),
-        ref_name: trigger.branch.clone(),
-        github_repo: Some(trigger.repo.clone()),
-        untrusted: trigger.untrusted,
-        seen_at: zeroci::now_unix_ms(),
+    let pushed = (trigger.event == "push").then(|| {
+        PushedBranch::on_github(
+            &trigger.repo,
+            &trigger.clone_url,
+            &trigger.branch,
+            trigger.untrusted,
+        )
     });
     let Some(file) = file else {
         if let Some(pushed) = &pushed {
