@@ -1,6 +1,10 @@
 //! Compiles `proto/zeroci/v1/*.proto` with protox (pure Rust, no system `protoc`).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["zeroci/v1/agent.proto", "zeroci/v1/control.proto"];
+    let files = [
+        "zeroci/v1/agent.proto",
+        "zeroci/v1/control.proto",
+        "zeroci/v1/pool.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

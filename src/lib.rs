@@ -17,6 +17,8 @@
 pub mod backoff;
 pub mod bootstrap;
 pub mod cron;
+pub mod encoding;
+pub mod labels;
 pub mod pipeline;
 pub mod pki;
 pub mod process;

@@ -81,6 +81,43 @@ pub fn signal_session(sid: u32, signal: i32) -> usize {
     members.len()
 }
 
+/// SIGTERMs every process of session `sid`, waits up to `grace` for them to end (they may flush what
+/// they hold), then SIGKILLs what is left; returns how many had to be killed.
+pub async fn stop_session(sid: u32, grace: std::time::Duration) -> usize {
+    if signal_session(sid, SIGTERM) == 0 {
+        return 0;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if session_members(sid).is_empty() {
+            return 0;
+        }
+        // The kernel has no "session ended" event to wait on; a short poll is what is left.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    signal_session(sid, SIGKILL)
+}
+
+/// Makes the kernel SIGKILL the calling process when the thread that started it ends (use in
+/// `pre_exec`): a machine dies with the long-lived host agent that made it.
+pub fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and takes plain integers.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } < 0
+    {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Makes the calling process the leader of a new session (use in `pre_exec`).
 pub fn become_session_leader() -> io::Result<()> {
     // SAFETY: setsid(2) is async-signal-safe and has no preconditions.

@@ -79,6 +79,53 @@ impl std::fmt::Debug for SandboxSpec {
     }
 }
 
+/// The first host user of sandboxed jobs when the machine maker runs as root.
+pub const DEFAULT_FIRST_UID: u32 = 1_000_000;
+
+/// Job `job_id`'s host user: spread over 65536 users from `first_uid`, so concurrent jobs rarely
+/// share one.
+pub fn job_uid(first_uid: u32, job_id: u64) -> u32 {
+    let offset = u32::try_from(job_id % 65_536).unwrap_or(0);
+    first_uid.saturating_add(offset)
+}
+
+/// The directory of a repository a job clones from this host (`/path` or `file:///path`), which a
+/// sandbox must show read-only; `None` for a URL of another host.
+pub fn local_source(repo_url: &str) -> Option<PathBuf> {
+    let path = repo_url.strip_prefix("file://").unwrap_or(repo_url);
+    path.starts_with('/').then(|| PathBuf::from(path))
+}
+
+/// Starts `binary --version` in the namespaces a sandbox uses; why that fails, with what to do about it.
+pub fn probe_namespaces(binary: &std::path::Path) -> Result<(), String> {
+    use std::process::Stdio;
+    let mut probe = std::process::Command::new(binary);
+    probe
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: unshare is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(
+            &mut probe,
+            crate::process::enter_sandbox_namespaces,
+        )
+    };
+    let refused = |reason: String| {
+        format!(
+            "sandboxed jobs need Linux namespaces and this kernel refuses them ({reason}); allow user \
+             namespaces (sysctl user.max_user_namespaces=15000, and kernel.unprivileged_userns_clone=1 \
+             where it exists) or run as root"
+        )
+    };
+    match probe.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(refused(format!("the probe exited with {status}"))),
+        Err(error) => Err(refused(format!("unshare: {error}"))),
+    }
+}
+
 /// The host directories a sandbox shows by default: what a build needs from the system (compilers,
 /// interpreters, libraries, certificates, name resolution), nothing of users or services.
 pub fn default_read_only_paths() -> Vec<PathBuf> {

@@ -19,6 +19,7 @@ pub mod enroll;
 pub mod executor;
 pub mod mask;
 pub mod outbox;
+pub mod pool;
 #[cfg(target_os = "linux")]
 pub mod sandbox;
 pub mod session;
@@ -285,7 +286,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// The machine's host name, for the controller's agents list.
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the pointer and length describe a writable buffer we own.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroci_agent::{AgentConfig, Bootstrap, BootstrapSource};
 
 #[derive(Debug, Parser)]
@@ -55,6 +55,63 @@ enum Command {
         #[arg(long, value_name = "FD")]
         spec_fd: i32,
     },
+    /// Join a controller's pool: stay running and make a fresh machine for each job the controller
+    /// sends (`[provisioner] kind = "pool"`).
+    Join(JoinArgs),
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The controller's gRPC address (`host:port`); several, comma-separated, are tried in turn.
+    #[arg(long, env = "ZEROCI_CONTROLLER")]
+    controller: String,
+    /// The join token (`zeroci agents token create NAME`); prefer --token-file or the environment,
+    /// which other users cannot read in the process list.
+    #[arg(
+        long,
+        env = "ZEROCI_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The controller's CA certificate (PEM), which its certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+    /// This host's name in `zeroci agents` (default: its host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// What this host offers, comma-separated (`linux,gpu`); jobs asking for labels run only on
+    /// hosts that have them all.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Machines at once at most.
+    #[arg(long, default_value_t = 1)]
+    capacity: u32,
+    /// Where machines live (default: /var/lib/zeroci-agent as root, else ~/.local/state/zeroci-agent).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// `namespaces`: each job in a sandbox of fresh Linux namespaces. `none`: jobs run as this user,
+    /// unisolated; the controller then sends no fork pull request here.
+    #[arg(long, value_enum, default_value_t = JoinIsolation::Namespaces)]
+    isolation: JoinIsolation,
+    /// `none`: steps run without a network (the checkout still has it).
+    #[arg(long, value_enum, default_value_t = JoinNetwork::Host)]
+    network: JoinNetwork,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum JoinIsolation {
+    Namespaces,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum JoinNetwork {
+    Host,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +128,13 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Join(args) = cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return runtime.block_on(join(args));
+    }
     // Before any thread exists: the sandbox forks, and only the agent's process goes on from here.
     let config = agent_config(cli.command)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,6 +151,87 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
     // Tasks still running (a reader stuck on a pipe) must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(code)
+}
+
+/// `zeroci-agent join`: serves until SIGTERM/SIGINT or a refused token.
+async fn join(args: JoinArgs) -> anyhow::Result<u8> {
+    use zeroci_agent::pool::machines::{MachineSettings, Machines};
+    let token = match (args.token, &args.token_file) {
+        (Some(token), _) => token,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the join token from {}", file.display()))?,
+        (None, None) => {
+            anyhow::bail!("a join token is needed: --token-file FILE or ZEROCI_JOIN_TOKEN")
+        }
+    };
+    let ca_pem = std::fs::read_to_string(&args.ca)
+        .with_context(|| format!("cannot read the CA certificate {}", args.ca.display()))?;
+    let labels = zeroci::labels::parse_list(&args.labels).map_err(anyhow::Error::msg)?;
+    let name = args.name.unwrap_or_else(zeroci_agent::hostname);
+    zeroci::labels::validate(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    anyhow::ensure!(args.capacity >= 1, "--capacity must be at least 1");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let work_dir = match args.work_dir {
+        Some(dir) => dir,
+        None if root => PathBuf::from("/var/lib/zeroci-agent"),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".local/state/zeroci-agent"))
+            .context("--work-dir is needed: HOME is not set")?,
+    };
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("cannot create {}", work_dir.display()))?;
+    std::fs::set_permissions(
+        &work_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("cannot make {} private", work_dir.display()))?;
+    let agent_binary = std::env::current_exe().context("cannot find this program's path")?;
+    let isolated = matches!(args.isolation, JoinIsolation::Namespaces);
+    if isolated {
+        zeroci::sandbox::probe_namespaces(&agent_binary).map_err(|reason| {
+            anyhow::anyhow!(
+                "{reason}, or join with --isolation none to run jobs unisolated on purpose"
+            )
+        })?;
+    }
+    let mut hidden = vec![work_dir.clone(), args.ca.clone()];
+    hidden.extend(args.token_file.clone());
+    let (machines, gone) = Machines::open(MachineSettings {
+        dir: work_dir.join("machines"),
+        agent_binary,
+        isolated,
+        network: match args.network {
+            JoinNetwork::Host => zeroci::sandbox::StepNetwork::Host,
+            JoinNetwork::None => zeroci::sandbox::StepNetwork::None,
+        },
+        first_uid: root.then_some(zeroci::sandbox::DEFAULT_FIRST_UID),
+        hidden,
+    })
+    .await
+    .with_context(|| format!("cannot prepare {}", work_dir.display()))?;
+    let settings = zeroci_agent::pool::JoinSettings {
+        controllers: zeroci_agent::endpoints::list(&args.controller),
+        token: token.trim().to_string(),
+        ca_pem,
+        name,
+        labels,
+        capacity: args.capacity,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let force = tokio_util::sync::CancellationToken::new();
+    zeroci::signals::watch(shutdown.clone(), force.clone(), |_| {})
+        .context("cannot install signal handlers")?;
+    tokio::select! {
+        joined = zeroci_agent::pool::join(settings, machines, gone, shutdown) => match joined {
+            Ok(()) => Ok(0),
+            Err(error) => {
+                tracing::error!(%error, "stopped");
+                Ok(2)
+            }
+        },
+        () = force.cancelled() => Ok(1),
+    }
 }
 
 fn agent_config(command: Command) -> anyhow::Result<AgentConfig> {
@@ -121,6 +266,7 @@ fn agent_config(command: Command) -> anyhow::Result<AgentConfig> {
                 zeroci_agent::sandbox::isolates_step_network(&entered.spec);
             Ok(config)
         }
+        Command::Join(_) => anyhow::bail!("join is served by `join`"),
     }
 }
 

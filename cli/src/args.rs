@@ -43,7 +43,7 @@ pub enum Command {
     Logs(LogsArgs),
     /// Cancel a queued or running job.
     Cancel(CancelArgs),
-    /// The agents connected now, with their job.
+    /// The agents connected now, with their job, and the pool hosts joined; join tokens.
     Agents(AgentsArgs),
     /// Download a file a job kept (the pipeline's `bin_path`).
     Artifact(ArtifactArgs),
@@ -273,9 +273,46 @@ pub struct ArtifactArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentsArgs {
-    /// Print a JSON array of agents.
+    /// Print JSON: `{"agents": [...], "pool_hosts": [...]}`.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<AgentsCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentsCommand {
+    /// Join tokens, which hosts join the pool with (`zeroci-agent join --token`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token; it is shown once.
+    Create {
+        /// Names the token (letters, digits, `._-`).
+        name: String,
+        /// Also write the controller's CA certificate here, for `zeroci-agent join --ca`.
+        #[arg(long, value_name = "FILE")]
+        write_ca: Option<std::path::PathBuf>,
+        /// Print JSON: `{"token", "name", "id", "created_at"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the join tokens (never their secrets).
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token: hosts that joined with it are dropped and cannot join again.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -161,6 +161,21 @@ pub fn agent_json(agent: &pb::AgentInfo) -> Value {
     })
 }
 
+pub fn pool_host_json(host: &pb::PoolHostInfo) -> Value {
+    json!({
+        "name": host.name,
+        "labels": host.labels,
+        "capacity": host.capacity,
+        "machines": host.machines,
+        "isolated": host.isolated,
+        "address": host.address,
+        "version": host.version,
+        "token_name": host.token_name,
+        "connected_at": timestamp_json(host.connected_at_unix_ms),
+        "last_seen": timestamp_json(host.last_seen_unix_ms),
+    })
+}
+
 pub fn timestamp_json(ms: i64) -> Value {
     rfc3339(ms).map_or(Value::Null, Value::String)
 }
@@ -334,6 +349,43 @@ pub fn agents_table(agents: &[pb::AgentInfo], now_ms: i64) -> String {
             "ADDRESS",
             "VERSION",
             "CONNECTED",
+            "LAST SEEN",
+        ],
+        &rows,
+    )
+}
+
+/// Pool hosts (`zeroci-agent join`): one row each, with how many of their places are taken.
+pub fn pool_hosts_table(hosts: &[pb::PoolHostInfo], now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            let labels = if h.labels.is_empty() {
+                "-".to_string()
+            } else {
+                h.labels.join(",")
+            };
+            vec![
+                h.name.clone(),
+                labels,
+                format!("{}/{}", h.machines.len(), h.capacity),
+                if h.isolated { "sandbox" } else { "none" }.to_string(),
+                or_dash(&h.address).to_string(),
+                or_dash(&h.token_name).to_string(),
+                format_relative(h.connected_at_unix_ms, now_ms),
+                format_relative(h.last_seen_unix_ms, now_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "POOL HOST",
+            "LABELS",
+            "MACHINES",
+            "ISOLATION",
+            "ADDRESS",
+            "TOKEN",
+            "JOINED",
             "LAST SEEN",
         ],
         &rows,

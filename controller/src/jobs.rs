@@ -158,6 +158,9 @@ pub struct StageRecord {
     /// What the pipeline job asked of its machine (`prerequisites: {cpus, memory_mb, pids}`).
     #[serde(default, skip_serializing_if = "Resources::is_unlimited")]
     pub resources: Resources,
+    /// What a pool host must offer (`prerequisites.labels`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Index of the stage's checkout step.
     pub checkout_step: u32,
 }

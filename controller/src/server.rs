@@ -15,11 +15,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use zeroci::pb::agent_service_server::AgentServiceServer;
 use zeroci::pb::control_service_server::ControlServiceServer;
+use zeroci::pb::pool_service_server::PoolServiceServer;
 use zeroci::pki::{CertificateAuthority, read_to_string};
 
 use crate::api::agent_service::AgentApi;
 use crate::api::auth::require_user_certificate;
 use crate::api::control_service::ControlApi;
+use crate::api::pool_service::PoolApi;
 use crate::config::Config;
 use crate::engine::{Engine, EngineParts};
 use crate::notify::Notifications;
@@ -114,7 +116,11 @@ pub async fn serve(
     );
     let stores = Stores::open(&config).await?;
     let queue = crate::queue::build(&config).await?;
-    let provisioner = crate::provisioner::build(&config)?;
+    let machines = crate::provisioner::build(&config)?;
+    let membership = Arc::new(crate::provisioner::pool::membership::PoolMembership::new(
+        stores.join_tokens.clone(),
+        machines.pool_hosts.clone(),
+    ));
     let bound = listener.local_addr()?;
     let stop_taking = CancellationToken::new();
     let github = match &config.github {
@@ -162,7 +168,7 @@ pub async fn serve(
         config: config.clone(),
         stores,
         queue,
-        provisioner,
+        provisioner: machines.provisioner,
         ca,
         agent_endpoint: agent_endpoint(&config, bound),
         shutdown: stop_taking.clone(),
@@ -190,9 +196,14 @@ pub async fn serve(
             links_stop.clone(),
         )))
         .add_service(ControlServiceServer::with_interceptor(
-            ControlApi::new(engine.clone()),
+            ControlApi::new(engine.clone(), membership.clone()),
             require_user_certificate,
         ))
+        // Joined hosts hold a join token, not a certificate; the service checks it.
+        .add_service(PoolServiceServer::new(PoolApi::new(
+            membership,
+            links_stop.clone(),
+        )))
         .serve_with_incoming_shutdown(
             nodelay(TcpListenerStream::new(listener)),
             server_stop.clone().cancelled_owned(),

@@ -71,6 +71,8 @@ pub struct PipelineJob {
     pub shell_bin: Option<String>,
     /// What the job asks of its machine (`prerequisites: {cpus, memory_mb, pids}`).
     pub resources: crate::resources::Resources,
+    /// What a pool host must offer to run it (`prerequisites.labels`); empty: any host.
+    pub labels: Vec<String>,
     /// Install commands in order (the list form's items, or the install string as one element); run
     /// as one step that stops at the first failure.
     pub install: Vec<String>,
@@ -201,7 +203,7 @@ impl LintReport {
         render_all(&self.errors, &self.warnings, file)
     }
 
-    /// `{"valid", "jobs": [{"name", "image_name", "shell_bin", "resources", "timeout", "install", "steps": [{"name",
+    /// `{"valid", "jobs": [{"name", "image_name", "shell_bin", "resources", "labels", "timeout", "install", "steps": [{"name",
     /// "cmd"}], "bin_path"}], "run_on", "errors": [{"line", "column", "key", "message"}], "warnings"}`.
     /// An invalid file has no plan: `jobs` is empty and `run_on` null.
     pub fn to_json(&self) -> serde_json::Value {
@@ -236,6 +238,7 @@ fn job_json(job: &PipelineJob) -> serde_json::Value {
         "image_name": job.image_name,
         "shell_bin": job.shell_bin,
         "resources": job.resources,
+        "labels": job.labels,
         "timeout": job.timeout_secs,
         "install": job.install,
         "steps": job.steps.iter().map(|s| serde_json::json!({"name": s.name, "cmd": s.cmd})).collect::<Vec<_>>(),

@@ -13,13 +13,14 @@ use super::{Diagnostic, MAX_DIAGNOSTICS, MAX_JOBS, Pipeline, PipelineJob, Script
 
 /// Keys of a job; at the top level they form the single job of the list and single-job forms.
 const JOB_KEYS: [&str; 5] = ["prerequisites", "install", "script", "bin_path", "timeout"];
-const PREREQUISITE_KEYS: [&str; 6] = [
+const PREREQUISITE_KEYS: [&str; 7] = [
     "image_name",
     "imageName",
     "shell_bin",
     "cpus",
     "memory_mb",
     "pids",
+    "labels",
 ];
 const STEP_KEYS: [&str; 5] = ["name", "cmd", "type", "working_dir", "yaml_path"];
 /// Keys that only mean something to the original's neph steps.
@@ -274,6 +275,7 @@ fn check_job(c: &mut Checker, job: &Fields<'_>, path: &str, name: String) -> Pip
         mut image_name,
         shell_bin,
         resources,
+        labels,
     } = match job.get("prerequisites") {
         Some(node) => prerequisites(c, node, &join(path, "prerequisites")),
         None => Prerequisites::default(),
@@ -301,6 +303,7 @@ fn check_job(c: &mut Checker, job: &Fields<'_>, path: &str, name: String) -> Pip
         image_name,
         shell_bin,
         resources,
+        labels,
         install: job
             .get("install")
             .map(|n| install(c, n, &join(path, "install")))
@@ -319,6 +322,7 @@ struct Prerequisites {
     image_name: Option<String>,
     shell_bin: Option<String>,
     resources: crate::resources::Resources,
+    labels: Vec<String>,
 }
 
 fn prerequisites(c: &mut Checker, node: &Node, path: &str) -> Prerequisites {
@@ -388,11 +392,43 @@ fn prerequisites(c: &mut Checker, node: &Node, path: &str) -> Prerequisites {
             ),
         );
     }
+    let labels = fields
+        .get("labels")
+        .map(|node| labels(c, node, &join(path, "labels")))
+        .unwrap_or_default();
     Prerequisites {
         image_name: image.or(early),
         shell_bin: shell,
         resources,
+        labels,
     }
+}
+
+/// What a pool host must offer: one label or a list of them, each letters, digits, `.`, `_`, `-`.
+fn labels(c: &mut Checker, node: &Node, path: &str) -> Vec<String> {
+    let expected = "a label or a list of labels such as `[linux, gpu]`";
+    let items: Vec<(String, &Node)> = match &node.value {
+        _ if node.is_null() => Vec::new(),
+        Value::Scalar { text, .. } => vec![(text.trim().to_string(), node)],
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match &item.value {
+                Value::Scalar { text, .. } => Some((text.trim().to_string(), item)),
+                _ => wrong(c, item, &format!("{path}[{i}]"), "a label (a string)"),
+            })
+            .collect(),
+        Value::Map(_) => return wrong(c, node, path, expected).unwrap_or_default(),
+    };
+    let mut labels = Vec::new();
+    for (label, at) in items {
+        if let Err(problem) = crate::labels::validate(&label) {
+            c.error(at, path, problem);
+        } else if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    labels
 }
 
 /// The text of a plain (unquoted) scalar, or an error saying what was expected.

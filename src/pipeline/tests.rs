@@ -513,3 +513,16 @@ fn suggestions_need_a_close_key() {
     assert_eq!(schema::suggest("run-on", &known), Some("run_on"));
     assert_eq!(schema::suggest("colour", &known), None);
 }
+
+#[test]
+fn prerequisites_labels_are_one_or_a_list_and_checked() {
+    let report = lint(b"jobs:\n  - name: a\n    prerequisites: {labels: [linux, gpu, linux]}\n    script: [true]\n  - name: b\n    prerequisites: {labels: arm64}\n    script: [true]\n");
+    let pipeline = report.pipeline.unwrap();
+    assert_eq!(pipeline.jobs[0].labels, ["linux", "gpu"]);
+    assert_eq!(pipeline.jobs[1].labels, ["arm64"]);
+    let report = lint(b"prerequisites:\n  labels: [\"has space\", {a: 1}]\nscript: [true]\n");
+    let messages: Vec<&str> = report.errors.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("only letters"), "{messages:?}");
+    assert!(messages[1].contains("a label"), "{messages:?}");
+}

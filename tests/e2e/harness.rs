@@ -91,6 +91,14 @@ impl Lines {
         }
     }
 
+    /// Every line read so far (those waiting included).
+    pub fn all(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// The first line (from now on) that contains `needle`.
     pub fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + patience();

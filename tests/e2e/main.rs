@@ -11,6 +11,7 @@ mod jobs;
 mod lifecycle;
 mod notify_webhook;
 mod pipelines;
+mod pool;
 mod production;
 mod restart;
 mod schedules;

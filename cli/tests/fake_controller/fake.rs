@@ -228,6 +228,27 @@ impl server::ControlService for Fake {
         ))
     }
 
+    async fn create_join_token(
+        &self,
+        _request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        Err(Status::unimplemented("the fake controller has no pool"))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        Err(Status::unimplemented("the fake controller has no pool"))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        _request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        Err(Status::unimplemented("the fake controller has no pool"))
+    }
+
     type DownloadArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
 
     async fn download_artifact(
@@ -297,6 +318,17 @@ impl server::ControlService for Fake {
                 version: "0.1.0".into(),
                 last_seen_unix_ms: zeroci::now_unix_ms(),
                 connected_at_unix_ms: zeroci::now_unix_ms() - 120_000,
+            }],
+            pool_hosts: vec![pb::PoolHostInfo {
+                name: "rack-1".into(),
+                labels: vec!["linux".into(), "gpu".into()],
+                capacity: 4,
+                machines: vec!["job-7-1".into()],
+                isolated: true,
+                token_name: "rack".into(),
+                connected_at_unix_ms: zeroci::now_unix_ms() - 60_000,
+                last_seen_unix_ms: zeroci::now_unix_ms(),
+                ..Default::default()
             }],
         }))
     }

@@ -259,6 +259,20 @@ async fn read_commands() {
         stdout.contains("sandbox-7") && stdout.contains("2m ago"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("POOL HOST")
+            && stdout.contains("rack-1")
+            && stdout.contains("linux,gpu")
+            && stdout.contains("1/4"),
+        "{stdout}"
+    );
+    let out = run(&s.profile, &["agents", "--json"]).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["agents"][0]["hostname"], "sandbox-7");
+    assert_eq!(
+        doc["pool_hosts"][0]["machines"],
+        serde_json::json!(["job-7-1"])
+    );
 
     for args in [&["show", "99"][..], &["logs", "99"], &["cancel", "99"]] {
         let out = run(&s.profile, args).await;

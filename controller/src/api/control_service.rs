@@ -11,6 +11,7 @@ use crate::api::auth::{Access, authorize_user};
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::{JobStatus, NewJob};
+use crate::provisioner::pool::membership::PoolMembership;
 use crate::schedules::ScheduleSpec;
 use crate::schedules::service::TargetRequest;
 use crate::store::JobFilter;
@@ -22,11 +23,12 @@ const SCHEDULE_RUNS_SHOWN: usize = 20;
 
 pub struct ControlApi {
     engine: Arc<Engine>,
+    pool: Arc<PoolMembership>,
 }
 
 impl ControlApi {
-    pub fn new(engine: Arc<Engine>) -> ControlApi {
-        ControlApi { engine }
+    pub fn new(engine: Arc<Engine>, pool: Arc<PoolMembership>) -> ControlApi {
+        ControlApi { engine, pool }
     }
 
     /// A configured GitHub repository's clone URL and the latest commit of `branch`.
@@ -382,7 +384,40 @@ impl pb::control_service_server::ControlService for ControlApi {
             })
             .collect();
         agents.sort_by_key(|a| a.job_id);
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        let pool_hosts = self.pool.hosts().map(|h| h.list()).unwrap_or_default();
+        Ok(Response::new(pb::ListAgentsResponse { agents, pool_hosts }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        authorize_user(&request, Access::Write)?;
+        let name = request.into_inner().name;
+        let (token, info) = self.pool.create_token(&name, zeroci::now_unix_ms()).await?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token,
+            info: Some(info),
+            ca_pem: self.engine.ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        authorize_user(&request, Access::Write)?;
+        let tokens = self.pool.tokens().await?;
+        Ok(Response::new(pb::ListJoinTokensResponse { tokens }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        authorize_user(&request, Access::Write)?;
+        let name = request.into_inner().name;
+        Ok(Response::new(self.pool.revoke(&name).await?))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod http;
 pub mod listing;
 pub mod logview;
 pub mod pages;
+pub mod pool_service;
 pub mod schedule_http;
 pub mod schedules;
 pub mod session;

@@ -22,7 +22,8 @@ pub use limits::{LimitsConfig, LogLimitAction};
 pub use notifiers::{NotifyOn, RepoTelegram, TelegramConfig, WebhookConfig, glob_matches};
 use provisioner::provisioner_with_default_kind;
 pub use provisioner::{
-    Accel, Isolation, LocalConfig, ProvisionerConfig, SshConfig, SshHostConfig, VmConfig,
+    Accel, Isolation, LocalConfig, PoolConfig, ProvisionerConfig, SshConfig, SshHostConfig,
+    VmConfig,
 };
 pub use web::WebConfig;
 
@@ -308,6 +309,7 @@ impl Config {
                     fix(p);
                 }
             }
+            ProvisionerConfig::Pool { .. } => {}
         }
     }
 

@@ -21,6 +21,21 @@ pub enum ProvisionerConfig {
     },
     /// Existing hosts reached over SSH: the agent is copied there and started per job.
     Ssh { ssh: SshConfig },
+    /// Hosts that joined with `zeroci-agent join`; each makes a sandbox per job.
+    Pool {
+        #[serde(default)]
+        pool: PoolConfig,
+    },
+}
+
+/// `[provisioner.pool]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Seconds a per-job agent keeps trying to reach a controller that went away.
+    pub agent_give_up: Option<u64>,
+    /// Machines at once at most, over all hosts (each host also has its own `--capacity`).
+    pub max_machines: Option<usize>,
 }
 
 /// `[provisioner.ssh]`.
@@ -152,6 +167,7 @@ impl ProvisionerConfig {
                 ssh.validate()?;
                 ("ssh", ssh.max_machines)
             }
+            ProvisionerConfig::Pool { pool } => ("pool", pool.max_machines),
         };
         if max_machines == Some(0) {
             return Err(format!(

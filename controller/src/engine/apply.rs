@@ -220,6 +220,7 @@ fn plan_stages(
             image_name: job.image_name.clone(),
             bin_path: job.bin_path.clone(),
             resources: job.resources,
+            labels: job.labels.clone(),
             checkout_step,
         });
         let mut timeout = if record.step_timeout_secs > 0 {

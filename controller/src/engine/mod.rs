@@ -108,10 +108,7 @@ pub struct Engine {
 
 pub(crate) fn sha256_hex(data: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    zeroci::encoding::hex(&sha2::Sha256::digest(data.as_bytes()))
 }
 
 impl Engine {
@@ -632,5 +629,5 @@ fn random_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    zeroci::encoding::hex(&bytes)
 }

@@ -1,6 +1,6 @@
 //! What the first pipeline job asks of its machine, read before that machine exists. The plan proper
 //! comes from the agent's checkout, on the machine; a machine that boots an image must know the image
-//! first, so for such provisioners the engine reads `zeroCI.yaml` at the job's commit itself: from the
+//! first (and a pool host the labels it must offer), so for such provisioners the engine reads `zeroCI.yaml` at the job's commit itself: from the
 //! repository on this host, or through GitHub's contents API. Anything else (a URL of another host)
 //! boots the `default` image for its first pipeline job; later pipeline jobs get the image their plan
 //! names.
@@ -21,13 +21,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct FirstStage {
     pub image_name: Option<String>,
     pub resources: Resources,
+    pub labels: Vec<String>,
 }
 
 impl Engine {
     /// Reads the first pipeline job's prerequisites when the provisioner needs them to make its
     /// machine and the plan is not known yet; `None` when it is known, not needed, or unreadable.
     pub(super) async fn preview_first_stage(&self, record: &JobRecord) -> Option<FirstStage> {
-        if !record.stages.is_empty() || !self.provisioner.needs_image() {
+        if !record.stages.is_empty() || !self.provisioner.needs_prerequisites() {
             return None;
         }
         let text = match (&record.github_repo, &self.github) {
@@ -51,6 +52,7 @@ impl Engine {
         Some(FirstStage {
             image_name: first.image_name,
             resources: first.resources,
+            labels: first.labels,
         })
     }
 

@@ -254,9 +254,11 @@ impl Engine {
         let stage = record.stages.get(record.stage() as usize);
         let (mut resources, _) = self.machine_resources(&record);
         let mut image_name = stage.and_then(|stage| stage.image_name.clone());
+        let mut labels = stage.map(|stage| stage.labels.clone()).unwrap_or_default();
         if let Some(first) = self.preview_first_stage(&record).await {
             resources = self.grant_machine(&record, &first.resources).0;
             image_name = first.image_name;
+            labels = first.labels;
         }
         let request = MachineRequest {
             job_id: id,
@@ -276,6 +278,7 @@ impl Engine {
             untrusted: record.untrusted,
             resources,
             image_name,
+            labels,
         };
         let ledger = JobLedger {
             engine: self,

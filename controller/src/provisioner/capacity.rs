@@ -80,8 +80,8 @@ impl Provisioner for Limited {
         self.inner.kind()
     }
 
-    fn needs_image(&self) -> bool {
-        self.inner.needs_image()
+    fn needs_prerequisites(&self) -> bool {
+        self.inner.needs_prerequisites()
     }
 
     async fn create(

@@ -69,7 +69,7 @@ impl MachineGroups {
         let owner = {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
-            digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+            zeroci::encoding::hex(&digest[..6])
         };
         Ok(MachineGroups {
             parent,

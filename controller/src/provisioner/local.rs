@@ -54,13 +54,12 @@ struct SandboxSettings {
 impl SandboxSettings {
     /// Job N's host user: spread over 65536 users so concurrent jobs rarely share one.
     fn uid_for(&self, job_id: u64) -> Option<u32> {
-        let offset = u32::try_from(job_id % 65_536).unwrap_or(0);
-        self.first_uid.map(|first| first.saturating_add(offset))
+        self.first_uid
+            .map(|first| zeroci::sandbox::job_uid(first, job_id))
     }
 }
 
-/// The first host user of sandboxed jobs when the controller runs as root.
-pub const DEFAULT_FIRST_UID: u32 = 1_000_000;
+pub use zeroci::sandbox::DEFAULT_FIRST_UID;
 
 /// What is recorded of a local machine: the directory before it is made, then the agent's process.
 #[derive(Debug, Serialize, Deserialize)]
@@ -466,48 +465,22 @@ impl Provisioner for LocalProvisioner {
     }
 }
 
-/// The directory of a repository the job clones from this host (`/path` or `file:///path`), which the
-/// sandbox must show.
-pub fn local_source(repo_url: &str) -> Option<PathBuf> {
-    let path = repo_url.strip_prefix("file://").unwrap_or(repo_url);
-    path.starts_with('/').then(|| PathBuf::from(path))
-}
+pub use zeroci::sandbox::local_source;
 
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Starts a process in the namespaces a sandbox uses, so a kernel that refuses them is found at
-/// start-up, with what to do about it, rather than at the first job.
+/// Finds a kernel that refuses the namespaces a sandbox uses at start-up, with what to do about it,
+/// rather than at the first job.
 fn check_namespaces(agent_binary: &Path) -> Result<(), ProvisionError> {
-    let mut probe = std::process::Command::new(agent_binary);
-    probe
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: unshare is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(
-            &mut probe,
-            zeroci::process::enter_sandbox_namespaces,
-        )
-    };
-    let refused = |reason: String| ProvisionError::Unavailable {
+    zeroci::sandbox::probe_namespaces(agent_binary).map_err(|reason| ProvisionError::Unavailable {
         kind: "local",
         message: format!(
-            "sandboxed jobs need Linux namespaces and this kernel refuses them ({reason}); allow user \
-             namespaces (sysctl user.max_user_namespaces=15000, and kernel.unprivileged_userns_clone=1 \
-             where it exists) or run the controller as root, or set [provisioner.local] isolation = \
-             \"none\" to run jobs unisolated on purpose"
+            "{reason}, or set [provisioner.local] isolation = \"none\" to run jobs unisolated on purpose"
         ),
-    };
-    match probe.status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(refused(format!("the probe exited with {status}"))),
-        Err(error) => Err(refused(format!("unshare: {error}"))),
-    }
+    })
 }
 
 impl LocalDetails {
@@ -518,22 +491,13 @@ impl LocalDetails {
 
 /// SIGTERM everything in the agent's session, give it a moment to flush, then SIGKILL what is left.
 async fn stop_session(sid: u32) {
-    use zeroci::process::{SIGKILL, SIGTERM, session_members, signal_session};
-    if signal_session(sid, SIGTERM) == 0 {
-        return;
+    let killed = zeroci::process::stop_session(sid, Duration::from_secs(3)).await;
+    if killed > 0 {
+        warn!(
+            sid,
+            killed, "machine processes did not stop on SIGTERM; killed"
+        );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < deadline {
-        if session_members(sid).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let killed = signal_session(sid, SIGKILL);
-    warn!(
-        sid,
-        killed, "machine processes did not stop on SIGTERM; killed"
-    );
 }
 
 #[cfg(test)]
@@ -564,6 +528,7 @@ mod tests {
             untrusted,
             resources: Resources::default(),
             image_name: None,
+            labels: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod capacity;
 mod cgroup;
 pub mod local;
+pub mod pool;
 pub mod ssh;
 pub mod vm;
 
@@ -44,6 +45,8 @@ pub struct MachineRequest {
     /// The pipeline job's `prerequisites.image_name`, when its plan is known (machines that boot an
     /// image use it; a local machine is the host's system).
     pub image_name: Option<String>,
+    /// The pipeline job's `prerequisites.labels`, when its plan is known: a pool host must offer all.
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +107,10 @@ pub trait MachineLedger: Send + Sync {
 pub trait Provisioner: Send + Sync + 'static {
     /// The `[provisioner] kind` this implements.
     fn kind(&self) -> &'static str;
-    /// Whether `create` needs the pipeline job's image (a VM boots it): the engine then reads the
-    /// first pipeline job's prerequisites before its machine exists.
-    fn needs_image(&self) -> bool {
+    /// Whether `create` needs the pipeline job's prerequisites (a VM boots its image, a pool host must
+    /// offer its labels): the engine then reads the first pipeline job's prerequisites before its
+    /// machine exists.
+    fn needs_prerequisites(&self) -> bool {
         false
     }
     /// Creates the machine and starts the agent; returns the details to record with the machine.
@@ -133,8 +137,15 @@ pub trait Provisioner: Send + Sync + 'static {
     fn forget(&self, _machine: &MachineRecord) {}
 }
 
+/// What [`build`] makes: the provisioner, and for the `pool` kind the registry its hosts join through.
+pub struct Machines {
+    pub provisioner: Arc<dyn Provisioner>,
+    pub pool_hosts: Option<Arc<pool::hosts::PoolHosts>>,
+}
+
 /// The provisioner `[provisioner] kind` names. One line per kind.
-pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
+pub fn build(config: &Config) -> Result<Machines, ProvisionError> {
+    let mut pool_hosts = None;
     let (kind, max_machines): (Arc<dyn Provisioner>, _) = match &config.provisioner {
         ProvisionerConfig::Local { local } => (
             Arc::new(local::LocalProvisioner::from_config(config, local)?),
@@ -148,6 +159,14 @@ pub fn build(config: &Config) -> Result<Arc<dyn Provisioner>, ProvisionError> {
             Arc::new(ssh::SshProvisioner::from_config(ssh)?),
             ssh.max_machines,
         ),
+        ProvisionerConfig::Pool { pool } => {
+            let provisioner = pool::PoolProvisioner::from_config(pool);
+            pool_hosts = Some(provisioner.hosts());
+            (Arc::new(provisioner), pool.max_machines)
+        }
     };
-    Ok(capacity::Limited::wrap(kind, max_machines))
+    Ok(Machines {
+        provisioner: capacity::Limited::wrap(kind, max_machines),
+        pool_hosts,
+    })
 }

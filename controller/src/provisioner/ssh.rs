@@ -205,7 +205,7 @@ impl SshProvisioner {
                 agent_binary.display()
             ))
         })?;
-        let agent_sha256 = hex(&sha2::Sha256::digest(&agent));
+        let agent_sha256 = zeroci::encoding::hex(&sha2::Sha256::digest(&agent));
         Ok(SshProvisioner {
             hosts,
             user: config.user.clone(),
@@ -305,10 +305,6 @@ impl SshProvisioner {
         info!(%path, "agent copied to the host");
         Ok(path)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[async_trait]

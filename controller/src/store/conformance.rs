@@ -39,14 +39,55 @@ fn event(attempt: u32, seq: u64, kind: EventKind, payload: &[u8]) -> LogEvent {
     }
 }
 
-/// Every contract of the four seams.
+/// Every contract of the seams.
 pub(crate) async fn check_all(stores: &Stores) {
     jobs(stores).await;
     deliveries(stores).await;
     notification_failures(stores).await;
     schedules(stores).await;
+    join_tokens(stores).await;
     logs(stores).await;
     reports_and_artifacts(stores).await;
+}
+
+async fn join_tokens(stores: &Stores) {
+    use crate::provisioner::pool::tokens::JoinToken;
+    let tokens = &stores.join_tokens;
+    let (rack, _) = JoinToken::issue("rack-1", 1).unwrap();
+    let (beta, _) = JoinToken::issue("beta", 2).unwrap();
+    assert!(tokens.add_join_token(&rack).await.unwrap());
+    assert!(tokens.add_join_token(&beta).await.unwrap());
+    let (same_name, _) = JoinToken::issue("rack-1", 3).unwrap();
+    assert!(
+        !tokens.add_join_token(&same_name).await.unwrap(),
+        "names are unique"
+    );
+    assert_eq!(
+        tokens.join_token(&rack.id).await.unwrap(),
+        Some(rack.clone())
+    );
+    assert!(tokens.join_token(&same_name.id).await.unwrap().is_none());
+    let names: Vec<String> = tokens
+        .join_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["beta", "rack-1"]);
+    assert_eq!(
+        tokens.remove_join_token("rack-1").await.unwrap(),
+        Some(rack.clone())
+    );
+    assert!(
+        tokens.join_token(&rack.id).await.unwrap().is_none(),
+        "revoked = gone"
+    );
+    assert!(tokens.remove_join_token("rack-1").await.unwrap().is_none());
+    assert!(
+        tokens.add_join_token(&same_name).await.unwrap(),
+        "a revoked name is free again"
+    );
 }
 
 async fn jobs(stores: &Stores) {

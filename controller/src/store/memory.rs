@@ -10,10 +10,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex;
 
 use super::{
-    ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, LogCursor, LogEvent, LogStore,
-    LogStream, Payloads, ReportStore, ScheduleStore, StoreError,
+    ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, JoinTokenStore, LogCursor,
+    LogEvent, LogStore, LogStream, Payloads, ReportStore, ScheduleStore, StoreError,
 };
 use crate::jobs::{JobId, JobRecord, NewJob, NotificationFailure};
+use crate::provisioner::pool::tokens::JoinToken;
 use crate::schedules::Schedule;
 
 #[derive(Default)]
@@ -33,6 +34,7 @@ struct State {
     reports: HashMap<(JobId, LogCursor), Bytes>,
     artifacts: HashMap<(JobId, u32, String), BytesMut>,
     schedules: BTreeMap<String, Schedule>,
+    join_tokens: JoinTokens,
 }
 
 impl MemoryStore {
@@ -315,5 +317,51 @@ impl ScheduleStore for MemoryStore {
 
     async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.state()?.schedules.remove(name).is_some())
+    }
+}
+
+/// Join tokens by name, for the backends that keep them in memory.
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct JoinTokens(BTreeMap<String, JoinToken>);
+
+impl JoinTokens {
+    /// Adds `token` unless its name is taken; whether it was added.
+    pub(crate) fn add(&mut self, token: &JoinToken) -> bool {
+        if self.0.contains_key(&token.name) {
+            return false;
+        }
+        self.0.insert(token.name.clone(), token.clone());
+        true
+    }
+
+    pub(crate) fn by_id(&self, id: &str) -> Option<JoinToken> {
+        self.0.values().find(|t| t.id == id).cloned()
+    }
+
+    pub(crate) fn all(&self) -> Vec<JoinToken> {
+        self.0.values().cloned().collect()
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> Option<JoinToken> {
+        self.0.remove(name)
+    }
+}
+
+#[async_trait]
+impl JoinTokenStore for MemoryStore {
+    async fn add_join_token(&self, token: &JoinToken) -> Result<bool, StoreError> {
+        Ok(self.state()?.join_tokens.add(token))
+    }
+
+    async fn join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError> {
+        Ok(self.state()?.join_tokens.by_id(id))
+    }
+
+    async fn join_tokens(&self) -> Result<Vec<JoinToken>, StoreError> {
+        Ok(self.state()?.join_tokens.all())
+    }
+
+    async fn remove_join_token(&self, name: &str) -> Result<Option<JoinToken>, StoreError> {
+        Ok(self.state()?.join_tokens.remove(name))
     }
 }

@@ -3,7 +3,8 @@
 //! - [`LogStore`]: each job's log, appended in batches and read as a stream from a [`LogCursor`];
 //! - [`ReportStore`]: test reports as sent (bounded: 3 MiB each);
 //! - [`ArtifactStore`]: files jobs kept, of any size;
-//! - [`ScheduleStore`]: schedules, compare-and-set like job records.
+//! - [`ScheduleStore`]: schedules, compare-and-set like job records;
+//! - [`JoinTokenStore`]: the tokens pool hosts join with (hashes only).
 //!
 //! Durability rule, for every backend: a call that writes returns only once what it wrote survives a
 //! crash of the controller and of the machine it runs on (embedded: `fsync` of the file and, for new
@@ -31,6 +32,7 @@ use futures::Stream;
 
 use crate::config::{Config, DbConfig};
 use crate::jobs::{JobId, JobRecord, JobStatus, NewJob, NotificationFailure};
+use crate::provisioner::pool::tokens::JoinToken;
 use crate::schedules::Schedule;
 pub use log::{ArtifactNote, ArtifactPiece, EventKind, LogCursor, LogEvent, Payloads, ReportNote};
 
@@ -180,7 +182,20 @@ pub trait ScheduleStore: Send + Sync + 'static {
     async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError>;
 }
 
-/// The five stores the engine works with.
+/// Join tokens of pool hosts, by id; names are unique. Revoking one removes it.
+#[async_trait]
+pub trait JoinTokenStore: Send + Sync + 'static {
+    /// Stores a new token; false (and nothing stored) when a token of that name exists. Durable on
+    /// return.
+    async fn add_join_token(&self, token: &JoinToken) -> Result<bool, StoreError>;
+    async fn join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError>;
+    /// Every token, ordered by name.
+    async fn join_tokens(&self) -> Result<Vec<JoinToken>, StoreError>;
+    /// Removes the token named `name` and returns it; `None` when there is none. Durable on return.
+    async fn remove_join_token(&self, name: &str) -> Result<Option<JoinToken>, StoreError>;
+}
+
+/// The stores the engine works with.
 #[derive(Clone)]
 pub struct Stores {
     pub jobs: Arc<dyn JobStore>,
@@ -188,6 +203,7 @@ pub struct Stores {
     pub reports: Arc<dyn ReportStore>,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub schedules: Arc<dyn ScheduleStore>,
+    pub join_tokens: Arc<dyn JoinTokenStore>,
 }
 
 impl Stores {
@@ -212,14 +228,15 @@ impl Stores {
     /// Every seam served by one backend object.
     pub fn all<S>(store: Arc<S>) -> Stores
     where
-        S: JobStore + LogStore + ReportStore + ArtifactStore + ScheduleStore,
+        S: JobStore + LogStore + ReportStore + ArtifactStore + ScheduleStore + JoinTokenStore,
     {
         Stores {
             jobs: store.clone(),
             logs: store.clone(),
             reports: store.clone(),
             artifacts: store.clone(),
-            schedules: store,
+            schedules: store.clone(),
+            join_tokens: store,
         }
     }
 }

@@ -19,13 +19,14 @@ use zeroci_controller::config::Config;
 use zeroci_controller::engine::{ActiveJob, Engine, EngineParts};
 use zeroci_controller::jobs::{JobId, JobRecord, MachineRecord, NewJob, NotificationFailure};
 use zeroci_controller::notify::Notifications;
+use zeroci_controller::provisioner::pool::tokens::JoinToken;
 use zeroci_controller::provisioner::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
 use zeroci_controller::queue::InProcessQueue;
 use zeroci_controller::schedules::Schedule;
 use zeroci_controller::store::memory::MemoryStore;
 use zeroci_controller::store::{
-    ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, LogCursor, LogEvent, LogStore,
-    LogStream, Payloads, ReportStore, ScheduleStore, StoreError, Stores,
+    ArtifactPiece, ArtifactStore, ByteStream, JobFilter, JobStore, JoinTokenStore, LogCursor,
+    LogEvent, LogStore, LogStream, Payloads, ReportStore, ScheduleStore, StoreError, Stores,
 };
 
 /// A provisioner that makes nothing: it records what it was asked, can fail on purpose, and hands each
@@ -198,6 +199,22 @@ impl ScheduleStore for FailingStore {
     }
     async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
         self.inner.delete_schedule(name).await
+    }
+}
+
+#[async_trait]
+impl JoinTokenStore for FailingStore {
+    async fn add_join_token(&self, token: &JoinToken) -> Result<bool, StoreError> {
+        self.inner.add_join_token(token).await
+    }
+    async fn join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError> {
+        self.inner.join_token(id).await
+    }
+    async fn join_tokens(&self) -> Result<Vec<JoinToken>, StoreError> {
+        self.inner.join_tokens().await
+    }
+    async fn remove_join_token(&self, name: &str) -> Result<Option<JoinToken>, StoreError> {
+        self.inner.remove_join_token(name).await
     }
 }
 

@@ -83,6 +83,7 @@ fn pipeline() -> impl Strategy<Value = Pipeline> {
         .prop_map(
             |(name, image_name, shell_bin, install, steps, timeout_secs, bin_path)| PipelineJob {
                 resources: Default::default(),
+                labels: Vec::new(),
                 name,
                 image_name,
                 shell_bin,

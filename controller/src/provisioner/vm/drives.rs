@@ -124,10 +124,7 @@ pub(super) fn agent_disk(agent_binary: &Path, vm_dir: &Path) -> Result<PathBuf, 
     let mut hash = sha2::Sha256::new();
     hash.update(&agent);
     hash.update(GUEST_INIT.as_bytes());
-    let digest: String = hash.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = zeroci::encoding::hex(&hash.finalize()[..8]);
     let disk = vm_dir.join(format!("agent-{digest}.ext4"));
     if disk.is_file() {
         return Ok(disk);

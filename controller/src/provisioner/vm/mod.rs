@@ -176,7 +176,7 @@ impl Provisioner for VmProvisioner {
         "vm"
     }
 
-    fn needs_image(&self) -> bool {
+    fn needs_prerequisites(&self) -> bool {
         true
     }
 

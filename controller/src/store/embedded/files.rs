@@ -207,7 +207,7 @@ impl JobFiles {
 
     pub fn artifact_path(&self, id: JobId, attempt: u32, name: &str) -> PathBuf {
         // Hex keeps any name (a path with slashes, dots) a plain file name.
-        let file: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        let file = zeroci::encoding::hex(name.as_bytes());
         self.job_dir(id)
             .join("artifacts")
             .join(attempt.to_string())

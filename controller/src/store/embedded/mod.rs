@@ -7,6 +7,7 @@
 //! - `jobs/<id>/reports/`, `jobs/<id>/artifacts/`: see [`files`];
 //! - `jobs/<id>/notifications.json`: what notifiers could not deliver, replaced like the record;
 //! - `schedules/<hex of the name>.json`: one per schedule ([`schedules`]);
+//! - `join-tokens.json`: pool hosts' join tokens (hashes), replaced like a record;
 //! - `deliveries`: webhook delivery ids, one per line (`-id` releases one), fsynced per line.
 //!
 //! All records are also kept in memory (they are small; logs are not), so reads and listings never
@@ -14,6 +15,7 @@
 //! directory stays when its record is set aside as corrupt.
 
 mod files;
+mod join_tokens;
 pub mod journal;
 mod logs;
 mod schedules;
@@ -38,6 +40,7 @@ pub struct EmbeddedStore {
     /// Held across each read-modify-write of a `notifications.json`.
     notifications: Mutex<()>,
     schedules: schedules::ScheduleFiles,
+    join_tokens: join_tokens::JoinTokenFile,
     /// Logs, reports and artifacts: what is read and written on the blocking pool.
     files: Arc<files::JobFiles>,
 }
@@ -107,6 +110,7 @@ impl EmbeddedStore {
             deliveries_path,
             notifications: Mutex::new(()),
             schedules: schedules::ScheduleFiles::open(state_dir.join("schedules"))?,
+            join_tokens: join_tokens::JoinTokenFile::open(state_dir.join("join-tokens.json"))?,
         })
     }
 

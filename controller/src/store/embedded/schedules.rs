@@ -46,7 +46,7 @@ impl ScheduleFiles {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = zeroci::encoding::hex(name.as_bytes());
         self.dir.join(format!("{hex}.json"))
     }
 }

@@ -10,12 +10,14 @@
 //!   with a duplicate key, which is how redeliveries are recognised across controllers.
 //! - `notifications`: what a notifier could not deliver, `_id` `"<job>/<notifier>"`.
 //! - `schedules`: see [`schedules`].
+//! - `join_tokens`: see [`join_tokens`].
 //! - `logs`, `reports`, `artifacts`: see [`logs`].
 //!
 //! Writes use write concern `majority` with journaling, so an acknowledged write survives a crash
 //! of the database's primary (the store's durability rule). Reads need no transactions: every
 //! document is written whole by one controller.
 
+mod join_tokens;
 mod logs;
 mod schedules;
 
@@ -43,6 +45,7 @@ pub struct MongoStore {
     deliveries: Collection<Document>,
     notifications: Collection<Document>,
     schedules: Collection<Document>,
+    join_tokens: Collection<Document>,
     logs: Collection<Document>,
     reports: Collection<Document>,
     artifacts: Collection<Document>,
@@ -127,6 +130,7 @@ impl MongoStore {
             deliveries: db.collection("deliveries"),
             notifications: db.collection("notifications"),
             schedules: db.collection("schedules"),
+            join_tokens: db.collection("join_tokens"),
             logs: db.collection("logs"),
             reports: db.collection("reports"),
             artifacts: db.collection("artifacts"),
@@ -175,6 +179,10 @@ impl MongoStore {
                 index(doc! {"job": 1, "c0": 1}, true),
                 index(doc! {"job": 1, "c1": 1}, false),
             ])
+            .await
+            .map_err(backend)?;
+        self.join_tokens
+            .create_index(index(doc! {"id": 1}, true))
             .await
             .map_err(backend)?;
         self.notifications

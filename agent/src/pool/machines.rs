@@ -1,0 +1,302 @@
+//! The machines a joined host makes: one directory per machine under `<work_dir>/machines/`, a
+//! per-job agent started from this same binary as the leader of a session of its own, in a sandbox of
+//! fresh namespaces (`zeroci-agent sandbox`, as the controller's `local` machines) unless the host
+//! joined with `--isolation none`. Every machine dies with this process (parent-death signal), so a
+//! killed host agent leaves only directories, which the next start removes.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use zeroci::bootstrap::Bootstrap;
+use zeroci::sandbox::{SandboxSpec, StepNetwork, local_source};
+
+/// How long a machine's processes get to stop on SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Where a machine's session id is written, for a later start to clean up after a crash.
+const SESSION_FILE: &str = "session";
+
+/// How machines are made on this host.
+#[derive(Debug, Clone)]
+pub struct MachineSettings {
+    /// `<work_dir>/machines`.
+    pub dir: PathBuf,
+    /// This binary: the per-job agent is the same program.
+    pub agent_binary: PathBuf,
+    /// Sandboxes (fresh namespaces) or, with `--isolation none`, plain processes.
+    pub isolated: bool,
+    pub network: StepNetwork,
+    /// Host user of job 0's root when running as root.
+    pub first_uid: Option<u32>,
+    /// Host paths no sandbox may see (the work directory, the token file).
+    pub hidden: Vec<PathBuf>,
+}
+
+/// What a failed start says to the controller.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// A machine that ended on its own: its name and how its agent exited.
+pub type Gone = (String, String);
+
+struct Running {
+    /// The per-job agent's pid, also its session id.
+    pid: u32,
+    dir: PathBuf,
+}
+
+/// The machines this host runs now.
+pub struct Machines {
+    settings: MachineSettings,
+    running: Mutex<HashMap<String, Running>>,
+    /// Told when a machine's agent exits and the machine is removed by this host.
+    gone: mpsc::UnboundedSender<Gone>,
+}
+
+/// A machine name: letters, digits, `-`, `_`, `.`, not only dots (it becomes a directory name).
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > 128 || !plain || name.chars().all(|c| c == '.') {
+        return Err(format!("{name:?} is not a machine name"));
+    }
+    Ok(())
+}
+
+impl Machines {
+    /// Removes what an earlier life of this host left (its machines died with it) and returns the
+    /// machine list, with the receiver of machines that end on their own.
+    pub async fn open(
+        settings: MachineSettings,
+    ) -> std::io::Result<(Arc<Machines>, mpsc::UnboundedReceiver<Gone>)> {
+        std::fs::create_dir_all(&settings.dir)?;
+        for entry in std::fs::read_dir(&settings.dir)? {
+            let dir = entry?.path();
+            clean_up(&dir).await;
+        }
+        let (gone, gone_rx) = mpsc::unbounded_channel();
+        Ok((
+            Arc::new(Machines {
+                settings,
+                running: Mutex::new(HashMap::new()),
+                gone,
+            }),
+            gone_rx,
+        ))
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether machines are sandboxes.
+    pub fn isolated(&self) -> bool {
+        self.settings.isolated
+    }
+
+    /// Names of the machines running now.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.running().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Makes machine `name` and starts its per-job agent; its pid, and whether `max_processes`
+    /// (0: none) was applied (only where the machine runs as a host user of its own).
+    pub fn start(
+        self: &Arc<Self>,
+        name: &str,
+        bootstrap: Bootstrap,
+        repo_url: &str,
+        give_up_after_secs: u64,
+        max_processes: u64,
+    ) -> Result<(u32, bool), StartFailure> {
+        let fail = |message: String| StartFailure {
+            message,
+            retryable: false,
+        };
+        check_name(name).map_err(fail)?;
+        if self.running().contains_key(name) {
+            return Err(fail(format!("machine {name} exists already")));
+        }
+        let dir = self.settings.dir.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let job_dir = dir.join("job");
+        std::fs::create_dir_all(&job_dir)
+            .map_err(|e| fail(format!("{}: {e}", job_dir.display())))?;
+        let log = std::fs::File::create(dir.join("agent.log"))
+            .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut command = tokio::process::Command::new(&self.settings.agent_binary);
+        // Nothing of this host agent's environment (its token) reaches the job.
+        command.env_clear();
+        let uid = self
+            .settings
+            .first_uid
+            .filter(|_| self.settings.isolated)
+            .map(|first| zeroci::sandbox::job_uid(first, bootstrap.job_id));
+        // RLIMIT_NPROC counts the user's processes: it binds one machine only on a user of its own.
+        let limit = (max_processes > 0 && uid.is_some()).then_some(max_processes);
+        let handover = if self.settings.isolated {
+            if let Some(uid) = uid {
+                std::os::unix::fs::chown(&job_dir, Some(uid), Some(uid))
+                    .map_err(|e| fail(format!("{}: {e}", job_dir.display())))?;
+            }
+            command.args(["sandbox", "--spec-fd", "3"]);
+            SandboxSpec {
+                bootstrap,
+                job_dir: job_dir.clone(),
+                uid,
+                gid: uid,
+                read_only: zeroci::sandbox::default_read_only_paths(),
+                hidden: self.settings.hidden.clone(),
+                sources: local_source(repo_url).into_iter().collect(),
+                network: self.settings.network,
+                hostname: name.to_string(),
+                give_up_after_secs,
+            }
+            .to_json()
+        } else {
+            command
+                .args(["run", "--bootstrap-fd", "3", "--unisolated", "--workdir"])
+                .arg(&job_dir)
+                .arg("--give-up-after")
+                .arg(give_up_after_secs.to_string());
+            serde_json::to_vec(&bootstrap).map_err(|e| fail(e.to_string()))?
+        };
+        let (reader, mut writer) = zeroci::process::pipe().map_err(|e| fail(e.to_string()))?;
+        // A few KiB: the pipe holds it all before the agent starts.
+        std::io::Write::write_all(&mut writer, &handover).map_err(|e| fail(e.to_string()))?;
+        drop(writer);
+        command
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let handover_fd = reader.as_raw_fd();
+        // SAFETY: setsid, prctl and dup2/fcntl are async-signal-safe; nothing else runs between fork
+        // and exec.
+        unsafe {
+            command.pre_exec(move || {
+                zeroci::process::become_session_leader()?;
+                zeroci::process::die_with_parent()?;
+                if let Some(max) = limit {
+                    zeroci::process::limit_processes(0, max)?;
+                }
+                zeroci::process::inherit_fd(handover_fd, 3)
+            });
+        }
+        let spawned = command.spawn();
+        drop(reader);
+        let mut child = spawned.map_err(|e| StartFailure {
+            message: format!("cannot start the agent: {e}"),
+            retryable: true,
+        })?;
+        let Some(pid) = child.id() else {
+            return Err(StartFailure {
+                message: "the agent exited at once".into(),
+                retryable: true,
+            });
+        };
+        let _ = std::fs::write(dir.join(SESSION_FILE), pid.to_string());
+        self.running()
+            .insert(name.to_string(), Running { pid, dir });
+        info!(machine = %name, pid, "machine started");
+        let machines = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("cannot wait for the agent: {e}"),
+            };
+            // Still ours (not destroyed meanwhile): remove it and say so.
+            let ended = machines.running().remove(&name);
+            if let Some(ended) = ended {
+                info!(machine = %name, %exit, "machine's agent exited; removing the machine");
+                stop(ended.pid).await;
+                remove_dir(&ended.dir);
+                let _ = machines.gone.send((name, exit));
+            }
+        });
+        Ok((pid, limit.is_some()))
+    }
+
+    /// Stops everything in machine `name` and removes it; a machine this host does not run is gone
+    /// already.
+    pub async fn destroy(&self, name: &str) -> Result<(), String> {
+        check_name(name)?;
+        let running = self.running().remove(name);
+        if let Some(running) = running {
+            stop(running.pid).await;
+        }
+        let dir = self.settings.dir.join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: {e}", dir.display())),
+        }
+    }
+
+    /// Stops and removes every machine (the host agent is leaving).
+    pub async fn destroy_all(&self) {
+        for name in self.names() {
+            if let Err(error) = self.destroy(&name).await {
+                warn!(machine = %name, %error, "cannot remove machine");
+            }
+        }
+    }
+}
+
+async fn stop(sid: u32) {
+    let killed = zeroci::process::stop_session(sid, STOP_GRACE).await;
+    if killed > 0 {
+        warn!(
+            sid,
+            killed, "machine processes did not stop on SIGTERM; killed"
+        );
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(dir = %dir.display(), error = %e, "cannot remove machine directory");
+    }
+}
+
+/// A machine left by an earlier life: its session (whose leader died with that life; the kernel
+/// gives no new process a pid that still names a live session, so what is left in it is ours) is
+/// stopped and its directory removed.
+async fn clean_up(dir: &Path) {
+    let sid = std::fs::read_to_string(dir.join(SESSION_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(sid) = sid {
+        stop(sid).await;
+    }
+    info!(dir = %dir.display(), "removing a machine left by an earlier run");
+    remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_names_cannot_leave_the_machines_directory() {
+        assert!(check_name("job-12-1").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x", "a b", &"x".repeat(129)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
