@@ -87,7 +87,47 @@ impl Bootstrap {
             source,
         })
     }
+
+    /// The bootstrap as environment variables ([`ENV_CONTROLLER`] and the rest), for machines that
+    /// are configured by environment only (a ThreeFold Grid zmachine's `env`, which zos exports to the
+    /// machine's init and zinit hands to the agent's service).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (ENV_CONTROLLER, self.controller.clone()),
+            (ENV_CA_PEM, self.ca_pem.clone()),
+            (ENV_TOKEN, self.token.clone()),
+            (ENV_JOB_ID, self.job_id.to_string()),
+        ]
+    }
+
+    /// Reads what [`to_env`](Bootstrap::to_env) wrote through `lookup`; names what is missing or
+    /// malformed.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Bootstrap, String> {
+        let get = |name: &str| {
+            lookup(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("{name} is not set"))
+        };
+        let job_id = get(ENV_JOB_ID)?;
+        Ok(Bootstrap {
+            controller: get(ENV_CONTROLLER)?,
+            ca_pem: get(ENV_CA_PEM)?,
+            token: get(ENV_TOKEN)?,
+            job_id: job_id
+                .parse()
+                .map_err(|_| format!("{ENV_JOB_ID} is not a job id: {job_id:?}"))?,
+        })
+    }
 }
+
+/// The controller's address(es), as `Bootstrap::controller`.
+pub const ENV_CONTROLLER: &str = "ZEROCI_CONTROLLER";
+/// The controller's CA certificate (PEM).
+pub const ENV_CA_PEM: &str = "ZEROCI_CA_PEM";
+/// The one-time enrolment token.
+pub const ENV_TOKEN: &str = "ZEROCI_BOOTSTRAP_TOKEN";
+/// The job the machine was made for.
+pub const ENV_JOB_ID: &str = "ZEROCI_JOB_ID";
 
 #[cfg(test)]
 mod tests {
@@ -106,5 +146,26 @@ mod tests {
         let read = Bootstrap::read_from(disk.as_slice(), "/dev/vdc").map_err(|e| e.to_string());
         assert_eq!(read.map(|b| b.job_id), Ok(4));
         assert!(Bootstrap::read_from(&[0u8; 16][..], "/dev/vdc").is_err());
+    }
+
+    #[test]
+    fn the_environment_form_round_trips_and_names_what_is_missing() {
+        let bootstrap = Bootstrap {
+            controller: "ci.example:7701".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nX\n".into(),
+            token: "t0k".into(),
+            job_id: 12,
+        };
+        let env: std::collections::HashMap<&str, String> = bootstrap.to_env().into_iter().collect();
+        let read = Bootstrap::from_env(|name| env.get(name).cloned());
+        assert_eq!(read, Ok(bootstrap));
+        let missing = Bootstrap::from_env(|name| {
+            (name != ENV_TOKEN).then(|| env.get(name).cloned()).flatten()
+        });
+        assert_eq!(missing, Err("ZEROCI_BOOTSTRAP_TOKEN is not set".to_string()));
+        let bad = Bootstrap::from_env(|name| {
+            if name == ENV_JOB_ID { Some("x".into()) } else { env.get(name).cloned() }
+        });
+        assert!(bad.unwrap_err().contains("not a job id"));
     }
 }

@@ -26,13 +26,18 @@ enum Command {
         /// The bootstrap JSON written by the provisioner (deleted after enrollment).
         #[arg(
             long,
-            required_unless_present = "bootstrap_fd",
-            conflicts_with = "bootstrap_fd"
+            required_unless_present_any = ["bootstrap_fd", "bootstrap_env"],
+            conflicts_with_all = ["bootstrap_fd", "bootstrap_env"]
         )]
         bootstrap: Option<PathBuf>,
         /// Read the bootstrap JSON from this inherited descriptor instead of a file.
-        #[arg(long, value_name = "FD")]
+        #[arg(long, value_name = "FD", conflicts_with = "bootstrap_env")]
         bootstrap_fd: Option<i32>,
+        /// Read the bootstrap from ZEROCI_CONTROLLER, ZEROCI_CA_PEM, ZEROCI_BOOTSTRAP_TOKEN and
+        /// ZEROCI_JOB_ID (a machine configured by environment, such as a ThreeFold Grid zmachine);
+        /// they are removed from the environment before any step runs.
+        #[arg(long)]
+        bootstrap_env: bool,
         /// Work directory for the checkout and test results.
         #[arg(long)]
         workdir: PathBuf,
@@ -239,6 +244,7 @@ fn agent_config(command: Command) -> anyhow::Result<AgentConfig> {
         Command::Run {
             bootstrap,
             bootstrap_fd,
+            bootstrap_env,
             workdir,
             give_up_after,
             shared_test_xml,
@@ -247,7 +253,10 @@ fn agent_config(command: Command) -> anyhow::Result<AgentConfig> {
             let bootstrap = match (bootstrap, bootstrap_fd) {
                 (Some(path), _) => BootstrapSource::File(path),
                 (None, Some(fd)) => BootstrapSource::Given(read_bootstrap_fd(fd)?),
-                (None, None) => anyhow::bail!("--bootstrap or --bootstrap-fd is required"),
+                (None, None) if bootstrap_env => BootstrapSource::Given(read_bootstrap_env()?),
+                (None, None) => {
+                    anyhow::bail!("--bootstrap, --bootstrap-fd or --bootstrap-env is required")
+                }
             };
             let mut config =
                 AgentConfig::new(bootstrap, workdir, Duration::from_secs(give_up_after));
@@ -268,6 +277,17 @@ fn agent_config(command: Command) -> anyhow::Result<AgentConfig> {
         }
         Command::Join(_) => anyhow::bail!("join is served by `join`"),
     }
+}
+
+/// The bootstrap from the environment, which then forgets it (steps inherit no token).
+fn read_bootstrap_env() -> anyhow::Result<Bootstrap> {
+    let bootstrap =
+        Bootstrap::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+    for (name, _) in bootstrap.to_env() {
+        // SAFETY: called from `main` before the runtime or any other thread exists.
+        unsafe { std::env::remove_var(name) };
+    }
+    Ok(bootstrap)
 }
 
 /// The bootstrap JSON on an inherited descriptor, which is closed afterwards.
