@@ -160,11 +160,20 @@ mod tests {
         let read = Bootstrap::from_env(|name| env.get(name).cloned());
         assert_eq!(read, Ok(bootstrap));
         let missing = Bootstrap::from_env(|name| {
-            (name != ENV_TOKEN).then(|| env.get(name).cloned()).flatten()
+            (name != ENV_TOKEN)
+                .then(|| env.get(name).cloned())
+                .flatten()
         });
-        assert_eq!(missing, Err("ZEROCI_BOOTSTRAP_TOKEN is not set".to_string()));
+        assert_eq!(
+            missing,
+            Err("ZEROCI_BOOTSTRAP_TOKEN is not set".to_string())
+        );
         let bad = Bootstrap::from_env(|name| {
-            if name == ENV_JOB_ID { Some("x".into()) } else { env.get(name).cloned() }
+            if name == ENV_JOB_ID {
+                Some("x".into())
+            } else {
+                env.get(name).cloned()
+            }
         });
         assert!(bad.unwrap_err().contains("not a job id"));
     }

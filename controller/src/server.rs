@@ -102,6 +102,18 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let machines = crate::provisioner::build(&config)?;
+    serve_with(config, listeners, shutdown, machines).await
+}
+
+/// [`serve`] with machines made by the caller (a provisioner wired to a grid other than the one
+/// `config` names, such as the tests' simulated ThreeFold Grid).
+pub async fn serve_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    machines: crate::provisioner::Machines,
+) -> Result<(), ServeError> {
     let Listeners {
         grpc: listener,
         http,
@@ -116,7 +128,6 @@ pub async fn serve(
     );
     let stores = Stores::open(&config).await?;
     let queue = crate::queue::build(&config).await?;
-    let machines = crate::provisioner::build(&config)?;
     let membership = Arc::new(crate::provisioner::pool::membership::PoolMembership::new(
         stores.join_tokens.clone(),
         machines.pool_hosts.clone(),

@@ -6,7 +6,9 @@
 //!   secp256k1 key for RMB encryption);
 //! * [`rmb`]: the Reliable Message Bus envelope, its signature, the relay token and payload
 //!   encryption;
-//! * [`chain`]: what deploying needs of TFChain (twins, node contracts), as a trait.
+//! * [`chain`]: what deploying needs of TFChain (twins, node contracts), as a trait;
+//! * [`proxy`]: the grid proxy's node search;
+//! * [`vm`]: a CI VM as one deployment (network + zmachine).
 //!
 //! Golden vectors made with the published TypeScript SDK (`tests/data/golden.json`) pin the
 //! formats; where that SDK and zos (Go) disagree, zos wins, because the node is what verifies.
@@ -14,7 +16,10 @@
 pub mod chain;
 pub mod deployment;
 pub mod identity;
+pub mod proxy;
 pub mod rmb;
+pub mod substrate;
+pub mod vm;
 
 pub use deployment::{Deployment, Workload, WorkloadData, WorkloadResult};
 pub use identity::{Identity, KeyType};

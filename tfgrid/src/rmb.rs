@@ -2,9 +2,10 @@
 //! signature, the relay login token ([`jwt`]) and end-to-end payload encryption ([`e2e`]).
 //!
 //! Everything here follows rmb-rs (`proto/types.proto`, `src/types/mod.rs`, `src/token`,
-//! `src/peer/e2e`), because zos nodes talk through `rmb-peer` from that repository. No transport:
-//! the WebSocket client and the simulated relay build on these.
+//! `src/peer/e2e`), because zos nodes talk through `rmb-peer` from that repository. [`client`] is
+//! the WebSocket peer built on them.
 
+pub mod client;
 pub mod e2e;
 pub mod jwt;
 

@@ -152,7 +152,9 @@ impl Link<'_> {
                 request.metadata_mut().insert("authorization", value);
             }
             Err(_) => {
-                return StreamEnd::Refused("the join token holds characters a header cannot".into());
+                return StreamEnd::Refused(
+                    "the join token holds characters a header cannot".into(),
+                );
             }
         }
         let mut client = PoolServiceClient::new(channel);

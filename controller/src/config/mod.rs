@@ -22,8 +22,8 @@ pub use limits::{LimitsConfig, LogLimitAction};
 pub use notifiers::{NotifyOn, RepoTelegram, TelegramConfig, WebhookConfig, glob_matches};
 use provisioner::provisioner_with_default_kind;
 pub use provisioner::{
-    Accel, Isolation, LocalConfig, PoolConfig, ProvisionerConfig, SshConfig, SshHostConfig,
-    VmConfig,
+    Accel, GridNetwork, Isolation, LocalConfig, PoolConfig, ProvisionerConfig, SshConfig,
+    SshHostConfig, TfgridConfig, VmConfig,
 };
 pub use web::WebConfig;
 
@@ -310,6 +310,11 @@ impl Config {
                 }
             }
             ProvisionerConfig::Pool { .. } => {}
+            ProvisionerConfig::Tfgrid { tfgrid } => {
+                if let Some(p) = &mut tfgrid.mnemonic_file {
+                    fix(p);
+                }
+            }
         }
     }
 
@@ -680,6 +685,51 @@ network = \"host\"
             Config::load(&write(dir.path(), &bad)).is_err(),
             "unknown keys in [provisioner]"
         );
+    }
+
+    #[test]
+    fn tfgrid_and_pool_tables_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = toml::to_string(&Config::for_init("127.0.0.1:0", None, "http://x")).unwrap();
+        let start = base.find("[provisioner]").unwrap();
+        let end = base[start..]
+            .find("\n[")
+            .and_then(|i| {
+                base[start + i + 1..]
+                    .find("\n[")
+                    .map(|j| start + i + 1 + j + 1)
+            })
+            .unwrap();
+        let without = format!("{}{}", &base[..start], &base[end..]);
+        let grid = without.clone()
+            + "\n[provisioner]\nkind = \"tfgrid\"\n[provisioner.tfgrid]\nnetwork = \"dev\"\nmnemonic_file = \"phrase\"\n[provisioner.tfgrid.images]\ndefault = \"https://hub.grid.tf/a/b.flist\"\n";
+        let config = Config::load(&write(dir.path(), &grid)).unwrap();
+        let ProvisionerConfig::Tfgrid { tfgrid } = config.provisioner else {
+            panic!("kind = tfgrid");
+        };
+        assert_eq!(tfgrid.farm_id, 1, "Freefarm by default");
+        assert_eq!(tfgrid.network, GridNetwork::Dev);
+        assert_eq!(tfgrid.mnemonic_file, Some(dir.path().join("phrase")));
+        for (bad, says) in [
+            (grid.replace("default = ", "other = "), "\"default\""),
+            (grid.replace("https://hub", "ftp://hub"), "https:// flist"),
+            (
+                grid.replace("network = \"dev\"", "chain_url = \"https://x\""),
+                "chain_url",
+            ),
+            (
+                grid.replace("network = \"dev\"", "key_type = \"rsa\""),
+                "key_type",
+            ),
+        ] {
+            let err = Config::load(&write(dir.path(), &bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let pool = without + "\n[provisioner]\nkind = \"pool\"\n";
+        let config = Config::load(&write(dir.path(), &pool)).unwrap();
+        assert!(matches!(config.provisioner, ProvisionerConfig::Pool { .. }));
     }
 
     #[test]

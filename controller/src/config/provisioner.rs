@@ -26,6 +26,167 @@ pub enum ProvisionerConfig {
         #[serde(default)]
         pool: PoolConfig,
     },
+    /// A VM per job on the ThreeFold Grid, from an flist, on a farm's node.
+    Tfgrid { tfgrid: TfgridConfig },
+}
+
+/// `[provisioner.tfgrid]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TfgridConfig {
+    /// `main` (default), `test`, `dev` or `qa`: the endpoints below default to that network's.
+    #[serde(default)]
+    pub network: GridNetwork,
+    /// The grid proxy (`https://gridproxy.grid.tf/` on main).
+    pub proxy_url: Option<String>,
+    /// The RMB relay (`wss://relay.grid.tf` on main).
+    pub relay_url: Option<String>,
+    /// TFChain's RPC (`wss://tfchain.grid.tf/ws` on main).
+    pub chain_url: Option<String>,
+    /// The farm VMs are made on (default 1, Freefarm).
+    #[serde(default = "default_farm_id")]
+    pub farm_id: u32,
+    /// A file holding the twin's BIP-39 phrase or `0x` seed; without it, the environment variable
+    /// `ZEROCI_TFGRID_MNEMONIC`. Never logged.
+    pub mnemonic_file: Option<PathBuf>,
+    /// `sr25519` (default) or `ed25519`.
+    #[serde(default = "default_key_type")]
+    pub key_type: String,
+    /// zeroCI.yaml `image_name` → flist URL; `default` is what jobs without one get.
+    pub images: std::collections::BTreeMap<String, String>,
+    /// What the VM runs as PID 1 (default `/sbin/zinit init`, which starts the agent's service).
+    #[serde(default = "default_entrypoint")]
+    pub entrypoint: String,
+    /// CPUs per VM (default 2); `[limits]`/`prerequisites.cpus` may lower it.
+    #[serde(default = "default_vm_cpus")]
+    pub cpus: u32,
+    /// Memory per VM in MiB (default 2048).
+    #[serde(default = "default_vm_memory_mb")]
+    pub memory_mb: u64,
+    /// Root filesystem per VM in GiB (default 10).
+    #[serde(default = "default_grid_disk_gb")]
+    pub disk_gb: u64,
+    /// Seconds a VM may take from deployment to running (default 600: flists are downloaded).
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout: u64,
+    /// Milliseconds between asking the node how the deployment goes (default 2000).
+    #[serde(default = "default_status_poll_ms")]
+    pub status_poll_ms: u64,
+    /// VMs at once at most; more jobs wait for one.
+    pub max_machines: Option<usize>,
+}
+
+/// Which ThreeFold Grid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GridNetwork {
+    #[default]
+    Main,
+    Test,
+    Dev,
+    Qa,
+}
+
+impl GridNetwork {
+    /// (proxy, relay, chain) of this network.
+    pub fn endpoints(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            GridNetwork::Main => (
+                "https://gridproxy.grid.tf/",
+                "wss://relay.grid.tf",
+                "wss://tfchain.grid.tf/ws",
+            ),
+            GridNetwork::Test => (
+                "https://gridproxy.test.grid.tf/",
+                "wss://relay.test.grid.tf",
+                "wss://tfchain.test.grid.tf/ws",
+            ),
+            GridNetwork::Dev => (
+                "https://gridproxy.dev.grid.tf/",
+                "wss://relay.dev.grid.tf",
+                "wss://tfchain.dev.grid.tf/ws",
+            ),
+            GridNetwork::Qa => (
+                "https://gridproxy.qa.grid.tf/",
+                "wss://relay.qa.grid.tf",
+                "wss://tfchain.qa.grid.tf/ws",
+            ),
+        }
+    }
+}
+
+fn default_farm_id() -> u32 {
+    1
+}
+
+fn default_key_type() -> String {
+    "sr25519".into()
+}
+
+fn default_entrypoint() -> String {
+    "/sbin/zinit init".into()
+}
+
+fn default_grid_disk_gb() -> u64 {
+    10
+}
+
+fn default_boot_timeout() -> u64 {
+    600
+}
+
+fn default_status_poll_ms() -> u64 {
+    2000
+}
+
+impl TfgridConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !self.images.contains_key("default") {
+            return Err("[provisioner.tfgrid] images must map \"default\" to an flist URL".into());
+        }
+        if let Some((name, _)) = self
+            .images
+            .iter()
+            .find(|(_, flist)| !flist.starts_with("https://"))
+        {
+            return Err(format!(
+                "[provisioner.tfgrid] images.{name:?} must be an https:// flist URL"
+            ));
+        }
+        let scheme = |url: &Option<String>, schemes: [&str; 2], key: &str| match url {
+            Some(url) if !schemes.iter().any(|s| url.starts_with(s)) => Err(format!(
+                "[provisioner.tfgrid] {key} must start with {} or {}, got {url:?}",
+                schemes[0], schemes[1]
+            )),
+            _ => Ok(()),
+        };
+        scheme(&self.proxy_url, ["https://", "http://"], "proxy_url")?;
+        scheme(&self.relay_url, ["wss://", "ws://"], "relay_url")?;
+        scheme(&self.chain_url, ["wss://", "ws://"], "chain_url")?;
+        if !matches!(self.key_type.as_str(), "sr25519" | "ed25519") {
+            return Err(format!(
+                "[provisioner.tfgrid] key_type must be sr25519 or ed25519, got {:?}",
+                self.key_type
+            ));
+        }
+        if self.cpus == 0 || self.cpus > 32 {
+            return Err("[provisioner.tfgrid] cpus must be between 1 and 32".into());
+        }
+        if self.memory_mb < 256 {
+            return Err(
+                "[provisioner.tfgrid] memory_mb must be at least 256 (zos's minimum)".into(),
+            );
+        }
+        if self.disk_gb == 0 {
+            return Err("[provisioner.tfgrid] disk_gb must be at least 1".into());
+        }
+        if self.boot_timeout == 0 || self.status_poll_ms == 0 {
+            return Err(
+                "[provisioner.tfgrid] boot_timeout and status_poll_ms must be positive".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[provisioner.pool]`.
@@ -168,6 +329,10 @@ impl ProvisionerConfig {
                 ("ssh", ssh.max_machines)
             }
             ProvisionerConfig::Pool { pool } => ("pool", pool.max_machines),
+            ProvisionerConfig::Tfgrid { tfgrid } => {
+                tfgrid.validate()?;
+                ("tfgrid", tfgrid.max_machines)
+            }
         };
         if max_machines == Some(0) {
             return Err(format!(

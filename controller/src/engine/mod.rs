@@ -57,8 +57,18 @@ use crate::store::{
 enum Outcome {
     Final,
     NextStage,
-    /// The controller is shutting down and the job goes on without it.
+    /// The controller is shutting down and the job goes on without it (or waits in the queue).
     LeftRunning,
+}
+
+/// How making a job's machine ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Provisioned {
+    Made,
+    /// It could not be made; the job is over.
+    Failed,
+    /// The controller is stopping: the job is queued again for the next start.
+    HandedBack,
 }
 
 /// What the engine is built from; everything but the config is a seam.

@@ -238,8 +238,10 @@ impl Engine {
         active: &Arc<ActiveJob>,
         token: Option<String>,
     ) -> Result<Outcome, ControllerError> {
-        if let Some(token) = token {
-            self.provision(active, token).await?;
+        if let Some(token) = token
+            && self.provision(active, token).await? == Provisioned::HandedBack
+        {
+            return Ok(Outcome::LeftRunning);
         }
         self.supervise(active).await
     }
@@ -248,7 +250,7 @@ impl Engine {
         &self,
         active: &Arc<ActiveJob>,
         token: String,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<Provisioned, ControllerError> {
         let id = active.id;
         let record = active.state.lock().await.record.clone();
         let stage = record.stages.get(record.stage() as usize);
@@ -326,7 +328,7 @@ impl Engine {
                     }
                     state.record.waiting_for = None;
                     self.jobs.put(&mut state.record).await?;
-                    return Ok(());
+                    return Ok(Provisioned::Made);
                 }
                 Err(e @ ProvisionError::NoCapacity { .. }) if !stop.is_cancelled() => {
                     // Not a failed try: the job waits, saying for what, until a machine is free.
@@ -353,6 +355,13 @@ impl Engine {
                 Err(e) => break e,
             }
         };
+        let stopping = matches!(
+            failure,
+            ProvisionError::Cancelled { .. } | ProvisionError::NoCapacity { .. }
+        ) && self.shutdown.is_cancelled();
+        if stopping && active.state.lock().await.record.cancel_reason.is_none() {
+            return self.hand_back(active).await;
+        }
         warn!(job_id = id, error = %failure, "provisioning failed");
         let mut state = active.state.lock().await;
         let (status, reason) = match (&failure, state.record.cancel_reason.clone()) {
@@ -364,7 +373,31 @@ impl Engine {
             _ => (JobStatus::Error, format!("provisioning failed: {failure}")),
         };
         self.finalize(active, &mut state, status, reason).await?;
-        Ok(())
+        Ok(Provisioned::Failed)
+    }
+
+    /// The controller stops while the job's machine is being made or waited for: whatever was made of
+    /// it is destroyed and the job goes back to the queue, for the next start or another controller,
+    /// instead of ending in error for a reason that is not its own.
+    async fn hand_back(&self, active: &ActiveJob) -> Result<Provisioned, ControllerError> {
+        let mut state = active.state.lock().await;
+        if let Some(machine) = state.record.machine.clone()
+            && let Err(error) = self.provisioner.destroy(&machine).await
+        {
+            // Kept on record: the next start destroys it, then finds no agent and ends the job.
+            warn!(job_id = active.id, %error, "cannot destroy a half-made machine at shutdown");
+            return Ok(Provisioned::HandedBack);
+        }
+        state.record.status = JobStatus::Queued;
+        state.record.machine = None;
+        state.record.lease = None;
+        state.record.waiting_for = None;
+        self.jobs.put(&mut state.record).await?;
+        info!(
+            job_id = active.id,
+            "shutting down before the job had a machine; queued again"
+        );
+        Ok(Provisioned::HandedBack)
     }
 
     /// Records why the job waits for a machine (shown by `zeroci show` and its page) and renews its

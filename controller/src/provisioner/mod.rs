@@ -14,6 +14,7 @@ mod cgroup;
 pub mod local;
 pub mod pool;
 pub mod ssh;
+pub mod tfgrid;
 pub mod vm;
 
 use std::sync::Arc;
@@ -164,6 +165,10 @@ pub fn build(config: &Config) -> Result<Machines, ProvisionError> {
             pool_hosts = Some(provisioner.hosts());
             (Arc::new(provisioner), pool.max_machines)
         }
+        ProvisionerConfig::Tfgrid { tfgrid } => (
+            Arc::new(tfgrid::TfgridProvisioner::from_config(tfgrid)?),
+            tfgrid.max_machines,
+        ),
     };
     Ok(Machines {
         provisioner: capacity::Limited::wrap(kind, max_machines),

@@ -245,6 +245,32 @@ async fn a_retryable_provisioning_failure_is_retried_on_a_clean_machine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_for_a_machine_at_shutdown_is_queued_again_and_runs_after_the_restart() {
+    let store = Arc::new(MemoryStore::default());
+    let first = Controller::start(test_config("a"), Stores::all(store.clone())).await;
+    first.provisioner.full.store(true, Ordering::SeqCst);
+    let id = first.submit().await;
+    zeroci_testkit::eventually("the job to wait for a machine", || async {
+        first.record(id).await.waiting_for.map(|_| ())
+    })
+    .await;
+    first.stop().await;
+    let record = first.record(id).await;
+    assert_eq!(record.status, JobStatus::Queued, "{record:?}");
+    assert!(record.machine.is_none() && record.lease.is_none() && record.waiting_for.is_none());
+    drop(first);
+    // The next start takes it like any queued job.
+    let second = Controller::start(test_config("a"), Stores::all(store.clone())).await;
+    zeroci_testkit::eventually("the job to get a machine", || async {
+        (!second.provisioner.created().is_empty()).then_some(())
+    })
+    .await;
+    let record = second.record(id).await;
+    assert!(record.machine.is_some(), "{record:?}");
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controllers_on_one_store_claim_a_job_once() {
     let store: Stores = memory();
     let a = Controller::start(test_config("a"), store.clone()).await;

@@ -37,6 +37,8 @@ pub struct ScriptedProvisioner {
     pub destroyed: Mutex<HashSet<String>>,
     /// The next this many creates fail with a retryable error.
     pub fail_next: AtomicU32,
+    /// Every machine is in use: creates answer `NoCapacity` while this is set.
+    pub full: std::sync::atomic::AtomicBool,
     /// Each `limit` call: the machine and what it was limited to.
     pub limited: Mutex<Vec<(String, Resources)>>,
     requests: Mutex<Option<mpsc::UnboundedSender<MachineRequest>>>,
@@ -70,6 +72,12 @@ impl Provisioner for ScriptedProvisioner {
         ledger: &dyn MachineLedger,
         cancel: &CancellationToken,
     ) -> Result<serde_json::Value, ProvisionError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(ProvisionError::NoCapacity {
+                kind: "scripted",
+                message: "all scripted machines are in use".into(),
+            });
+        }
         ledger.record(serde_json::json!({ "made": false })).await?;
         self.created.lock().unwrap().push(request.name.clone());
         if cancel.is_cancelled() {
