@@ -180,7 +180,7 @@ fn unknown_keys_are_warnings_with_a_suggestion_and_the_file_stays_valid() {
                 7,
                 3,
                 "prerequisites.colour",
-                "unknown key, ignored; known keys here: `image_name`, `imageName`, `shell_bin`, `cpus`, `memory_mb`, `pids`"
+                "unknown key, ignored; known keys here: `image_name`, `imageName`, `shell_bin`, `cpus`, `memory_mb`, `pids`, `labels`"
             ),
         ]
     );

@@ -275,11 +275,13 @@ fn a_repository_can_send_only_failures_and_recoveries_to_its_own_chat_and_mute_b
     let (fake, api_url, _bot_api) = start_fake();
     let mut env = TestEnv::start_with(settings(&api_url, "-1001234"));
     let repo = Repo::new(&env, "quiet", &[("zeroCI.yaml", &pipeline(&["true"]))]);
-    // Settings for this repository, by its path (known once it exists): the controller restarts.
+    // Settings for this repository, by its path (known once it exists): the controller restarts. Keyed
+    // by the plain path, not `local:PATH`, which would also watch the repository and run every commit
+    // a second time beside the submitted jobs.
     let config = env.home().join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[repos.\"local:{}\".telegram]\nnotify = \"failures-and-recoveries\"\nchat_id = \"-555\"\nmute_branches = [\"wip/*\"]\n",
+        "\n[repos.\"{}\".telegram]\nnotify = \"failures-and-recoveries\"\nchat_id = \"-555\"\nmute_branches = [\"wip/*\"]\n",
         repo.path.display()
     ));
     std::fs::write(&config, text).unwrap();
