@@ -105,6 +105,10 @@ struct JoinArgs {
     /// `none`: steps run without a network (the checkout still has it).
     #[arg(long, value_enum, default_value_t = JoinNetwork::Host)]
     network: JoinNetwork,
+    /// Show jobs whose repository is a local path that path, read-only (for a host that shares the
+    /// controller's file system); without it such jobs fail to clone, and no job sees this host's files.
+    #[arg(long)]
+    local_repos: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -200,6 +204,8 @@ async fn join(args: JoinArgs) -> anyhow::Result<u8> {
             )
         })?;
     }
+    let host_id = zeroci_agent::pool::host_id(&work_dir)
+        .with_context(|| format!("cannot keep this host's id in {}", work_dir.display()))?;
     let mut hidden = vec![work_dir.clone(), args.ca.clone()];
     hidden.extend(args.token_file.clone());
     let (machines, gone) = Machines::open(MachineSettings {
@@ -212,6 +218,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<u8> {
         },
         first_uid: root.then_some(zeroci::sandbox::DEFAULT_FIRST_UID),
         hidden,
+        local_repos: args.local_repos,
     })
     .await
     .with_context(|| format!("cannot prepare {}", work_dir.display()))?;
@@ -220,6 +227,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<u8> {
         token: token.trim().to_string(),
         ca_pem,
         name,
+        host_id,
         labels,
         capacity: args.capacity,
     };

@@ -58,6 +58,8 @@ impl Host {
             .args(["--capacity", &capacity.to_string()])
             .arg("--work-dir")
             .arg(&work_dir)
+            // The test's repositories are paths on this host, which the hosts share.
+            .arg("--local-repos")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod proxy;
 pub mod rmb;
 pub mod substrate;
+mod tls;
 pub mod vm;
 
 pub use deployment::{Deployment, Workload, WorkloadData, WorkloadResult};

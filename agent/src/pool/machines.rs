@@ -35,6 +35,9 @@ pub struct MachineSettings {
     pub first_uid: Option<u32>,
     /// Host paths no sandbox may see (the work directory, the token file).
     pub hidden: Vec<PathBuf>,
+    /// Whether a job's local repository path (the controller's) is shown in its sandbox: only for a
+    /// host that shares the controller's file system, or a submitted `/` would show this host's.
+    pub local_repos: bool,
 }
 
 /// What a failed start says to the controller.
@@ -48,8 +51,8 @@ pub struct StartFailure {
 pub type Gone = (String, String);
 
 struct Running {
-    /// The per-job agent's pid, also its session id.
-    pid: u32,
+    /// The per-job agent's pid, also its session id; `None` while it starts.
+    pid: Option<u32>,
     dir: PathBuf,
 }
 
@@ -125,11 +128,50 @@ impl Machines {
             retryable: false,
         };
         check_name(name).map_err(fail)?;
-        if self.running().contains_key(name) {
-            return Err(fail(format!("machine {name} exists already")));
-        }
         let dir = self.settings.dir.join(name);
-        let _ = std::fs::remove_dir_all(&dir);
+        // Reserved before any work, so a second start or a destroy of the same name meets it.
+        {
+            let mut running = self.running();
+            if running.contains_key(name) {
+                return Err(fail(format!("machine {name} exists already")));
+            }
+            running.insert(
+                name.to_string(),
+                Running {
+                    pid: None,
+                    dir: dir.clone(),
+                },
+            );
+        }
+        let started = self.spawn(
+            name,
+            &dir,
+            bootstrap,
+            repo_url,
+            give_up_after_secs,
+            max_processes,
+        );
+        if started.is_err() {
+            self.running().remove(name);
+            remove_dir(&dir);
+        }
+        started
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        name: &str,
+        dir: &Path,
+        bootstrap: Bootstrap,
+        repo_url: &str,
+        give_up_after_secs: u64,
+        max_processes: u64,
+    ) -> Result<(u32, bool), StartFailure> {
+        let fail = |message: String| StartFailure {
+            message,
+            retryable: false,
+        };
+        let _ = std::fs::remove_dir_all(dir);
         let job_dir = dir.join("job");
         std::fs::create_dir_all(&job_dir)
             .map_err(|e| fail(format!("{}: {e}", job_dir.display())))?;
@@ -159,7 +201,10 @@ impl Machines {
                 gid: uid,
                 read_only: zeroci::sandbox::default_read_only_paths(),
                 hidden: self.settings.hidden.clone(),
-                sources: local_source(repo_url).into_iter().collect(),
+                sources: local_source(repo_url)
+                    .filter(|_| self.settings.local_repos)
+                    .into_iter()
+                    .collect(),
                 network: self.settings.network,
                 hostname: name.to_string(),
                 give_up_after_secs,
@@ -178,7 +223,7 @@ impl Machines {
         std::io::Write::write_all(&mut writer, &handover).map_err(|e| fail(e.to_string()))?;
         drop(writer);
         command
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -207,9 +252,27 @@ impl Machines {
                 retryable: true,
             });
         };
-        let _ = std::fs::write(dir.join(SESSION_FILE), pid.to_string());
-        self.running()
-            .insert(name.to_string(), Running { pid, dir });
+        let _ = std::fs::write(dir.join(SESSION_FILE), session_record(pid));
+        let destroyed_meanwhile = match self.running().get_mut(name) {
+            Some(entry) => {
+                entry.pid = Some(pid);
+                false
+            }
+            None => true,
+        };
+        if destroyed_meanwhile {
+            // A destroy came while it started and found no process to stop: this one goes too.
+            let dir = dir.to_path_buf();
+            tokio::spawn(async move {
+                stop(pid).await;
+                let _ = child.wait().await;
+                remove_dir(&dir);
+            });
+            return Err(StartFailure {
+                message: "destroyed while it started".into(),
+                retryable: false,
+            });
+        }
         info!(machine = %name, pid, "machine started");
         let machines = self.clone();
         let name = name.to_string();
@@ -218,11 +281,18 @@ impl Machines {
                 Ok(status) => status.to_string(),
                 Err(e) => format!("cannot wait for the agent: {e}"),
             };
-            // Still ours (not destroyed meanwhile): remove it and say so.
-            let ended = machines.running().remove(&name);
+            // Still this machine (not destroyed, nor replaced by a later one of the same name):
+            // remove it and say so.
+            let ended = {
+                let mut running = machines.running();
+                match running.get(&name) {
+                    Some(entry) if entry.pid == Some(pid) => running.remove(&name),
+                    _ => None,
+                }
+            };
             if let Some(ended) = ended {
                 info!(machine = %name, %exit, "machine's agent exited; removing the machine");
-                stop(ended.pid).await;
+                stop(pid).await;
                 remove_dir(&ended.dir);
                 let _ = machines.gone.send((name, exit));
             }
@@ -235,8 +305,8 @@ impl Machines {
     pub async fn destroy(&self, name: &str) -> Result<(), String> {
         check_name(name)?;
         let running = self.running().remove(name);
-        if let Some(running) = running {
-            stop(running.pid).await;
+        if let Some(pid) = running.and_then(|r| r.pid) {
+            stop(pid).await;
         }
         let dir = self.settings.dir.join(name);
         match std::fs::remove_dir_all(&dir) {
@@ -274,15 +344,38 @@ fn remove_dir(dir: &Path) {
     }
 }
 
-/// A machine left by an earlier life: its session (whose leader died with that life; the kernel
-/// gives no new process a pid that still names a live session, so what is left in it is ours) is
-/// stopped and its directory removed.
+/// What is kept of a machine's session: its id and the boot it belongs to.
+fn session_record(pid: u32) -> String {
+    format!("{pid} {}", boot_id())
+}
+
+/// This boot of the kernel: a session id from another boot means nothing now.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A machine left by an earlier life: what is left of its session is stopped and its directory
+/// removed. Only when the session is from this boot and its leader (the per-job agent, which died
+/// with that life) is gone: a live process with that pid means the pid was handed out again and the
+/// session is someone else's, whose members must not be touched.
 async fn clean_up(dir: &Path) {
-    let sid = std::fs::read_to_string(dir.join(SESSION_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    if let Some(sid) = sid {
-        stop(sid).await;
+    let record = std::fs::read_to_string(dir.join(SESSION_FILE)).unwrap_or_default();
+    let mut fields = record.split_whitespace();
+    let sid = fields.next().and_then(|s| s.parse::<u32>().ok());
+    let same_boot = fields.next() == Some(boot_id().as_str());
+    let leader_alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    if let Some(sid) = sid.filter(|sid| same_boot && !leader_alive(*sid)) {
+        let left = zeroci::process::session_members(sid);
+        if !left.is_empty() {
+            warn!(
+                sid,
+                processes = left.len(),
+                "stopping what a machine of the last run left"
+            );
+            stop(sid).await;
+        }
     }
     info!(dir = %dir.display(), "removing a machine left by an earlier run");
     remove_dir(dir);

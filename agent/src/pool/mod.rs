@@ -37,6 +37,9 @@ pub struct JoinSettings {
     /// The controller's CA (PEM), pinned.
     pub ca_pem: String,
     pub name: String,
+    /// Random and kept in the work directory: the controller tells this host rejoining from another
+    /// one that uses the same name.
+    pub host_id: String,
     pub labels: Vec<String>,
     pub capacity: u32,
 }
@@ -51,6 +54,26 @@ impl std::fmt::Debug for JoinSettings {
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
+}
+
+/// This host's id, kept in `<work_dir>/host-id` (made on the first start).
+pub fn host_id(work_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = work_dir.join("host-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => write_host_id(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_host_id(&path),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_host_id(path: &std::path::Path) -> std::io::Result<String> {
+    use rand::RngCore as _;
+    let mut id = [0u8; 12];
+    rand::rng().fill_bytes(&mut id);
+    let id = zeroci::encoding::hex(&id);
+    std::fs::write(path, &id)?;
+    Ok(id)
 }
 
 /// Why the host agent stopped for good.
@@ -135,6 +158,7 @@ impl Link<'_> {
         let hello = pb::PoolMemberMessage {
             kind: Some(Say::Hello(pb::JoinHello {
                 name: self.settings.name.clone(),
+                host_id: self.settings.host_id.clone(),
                 labels: self.settings.labels.clone(),
                 capacity: self.settings.capacity,
                 version: env!("CARGO_PKG_VERSION").into(),

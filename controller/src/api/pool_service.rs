@@ -30,6 +30,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CAPACITY: u32 = 1_000;
 /// Most labels one host may offer.
 const MAX_LABELS: usize = 64;
+/// Longest a host may take to take a message off its stream, and the store to answer a token
+/// check: past it the stream ends (a host reconnects; a heartbeat is not held up by either).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PoolApi {
     membership: Arc<PoolMembership>,
@@ -94,7 +97,10 @@ impl pb::pool_service_server::PoolService for PoolApi {
             address,
         };
         let name = hello.name.clone();
-        let joined = hosts.join(hello, credentials, zeroci::now_unix_ms());
+        let silent_after = 3 * HEARTBEAT.as_millis() as i64;
+        let joined = hosts
+            .join(hello, credentials, zeroci::now_unix_ms(), silent_after)
+            .map_err(Status::already_exists)?;
         let (sender, receiver) = mpsc::channel(16);
         let welcome = pb::PoolControllerMessage {
             kind: Some(Command::Welcome(pb::JoinWelcome {
@@ -136,8 +142,22 @@ fn check_hello(hello: pb::JoinHello) -> Result<HostHello, String> {
         zeroci::labels::validate(&label)?;
         labels.insert(label);
     }
+    if hello.host_id.is_empty() || hello.host_id.len() > 64 {
+        return Err("host_id must have 1 to 64 characters".into());
+    }
+    let capacity = hello.capacity as usize;
+    if hello.machines.len() > capacity {
+        return Err(format!(
+            "{} machines named, more than the capacity {capacity}",
+            hello.machines.len()
+        ));
+    }
+    for machine in &hello.machines {
+        zeroci::labels::validate(machine).map_err(|e| format!("machine name: {e}"))?;
+    }
     Ok(HostHello {
         name: hello.name,
+        host_id: hello.host_id,
         labels,
         capacity: hello.capacity,
         version: hello.version.chars().take(64).collect(),
@@ -148,6 +168,14 @@ fn check_hello(hello: pb::JoinHello) -> Result<HostHello, String> {
             .take(MAX_CAPACITY as usize)
             .collect(),
     })
+}
+
+/// Queues a message for the host, bounded: false when it went away or does not read.
+async fn send(outbound: &mpsc::Sender<Outbound>, message: Outbound) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, outbound.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 struct HostLink {
@@ -181,8 +209,8 @@ impl HostLink {
                     None => break "the host closed its stream".to_string(),
                 },
                 Some(command) = commands.recv() => {
-                    if outbound.send(Ok(command)).await.is_err() {
-                        break "the host went away".into();
+                    if !send(&outbound, Ok(command)).await {
+                        break "the host does not read its stream".into();
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -190,30 +218,33 @@ impl HostLink {
                     if silent_ms > 3 * HEARTBEAT.as_millis() as i64 {
                         break format!("silent for {} s", silent_ms / 1000);
                     }
-                    match self.membership.still_valid(&self.token_id).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let _ = outbound.send(Err(Status::unauthenticated("join token revoked"))).await;
+                    match tokio::time::timeout(SEND_TIMEOUT, self.membership.still_valid(&self.token_id)).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => {
+                            send(&outbound, Err(Status::unauthenticated("join token revoked"))).await;
                             break "its join token was revoked".into();
                         }
-                        // The store is down: keep the host, the next heartbeat asks again.
-                        Err(error) => warn!(host = %self.name, %error, "cannot check the join token"),
+                        // The store is down or slow: keep the host, the next heartbeat asks again.
+                        Ok(Err(error)) => warn!(host = %self.name, %error, "cannot check the join token"),
+                        Err(_) => warn!(host = %self.name, "the join token check timed out"),
                     }
                     let beat = pb::PoolControllerMessage {
                         kind: Some(Command::Heartbeat(pb::Heartbeat { at_unix_ms: zeroci::now_unix_ms() })),
                     };
-                    if outbound.send(Ok(beat)).await.is_err() {
-                        break "the host went away".into();
+                    if !send(&outbound, Ok(beat)).await {
+                        break "the host does not read its stream".into();
                     }
                 }
                 () = kicked.cancelled() => {
-                    let still_valid = self.membership.still_valid(&self.token_id).await.unwrap_or(true);
+                    let still_valid = tokio::time::timeout(SEND_TIMEOUT, self.membership.still_valid(&self.token_id))
+                        .await
+                        .map_or(true, |valid| valid.unwrap_or(true));
                     let status = if still_valid {
                         Status::aborted("the same host joined again on another stream")
                     } else {
                         Status::unauthenticated("join token revoked")
                     };
-                    let _ = outbound.send(Err(status)).await;
+                    send(&outbound, Err(status)).await;
                     break "dropped by the controller".into();
                 }
                 () = stop.cancelled() => break "the controller is stopping".into(),

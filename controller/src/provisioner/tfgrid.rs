@@ -42,6 +42,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deploys sent while the node does not see the new contract yet.
 const DEPLOY_TRIES: u32 = 8;
+/// How often, and how far apart, a contract whose transaction got no answer is looked for before it
+/// is taken as never made: a few of TFChain's 6 s blocks.
+const LATE_CONTRACT_LOOKS: u32 = 5;
+const LATE_CONTRACT_PAUSE: Duration = Duration::from_secs(6);
 /// The environment variable holding the twin's phrase when no `mnemonic_file` is set.
 pub const MNEMONIC_ENV: &str = "ZEROCI_TFGRID_MNEMONIC";
 
@@ -122,6 +126,9 @@ struct GridDetails {
     deployment_hash: String,
     #[serde(default)]
     contract_id: Option<u64>,
+    /// The contract's transaction was sent: it may land even when no answer came.
+    #[serde(default)]
+    contract_sent: bool,
     #[serde(default)]
     cpus: u32,
     #[serde(default)]
@@ -271,6 +278,7 @@ impl TfgridProvisioner {
         details.node_twin = node.twin_id;
         details.deployment_hash = hash.clone();
         details.contract_id = None;
+        details.contract_sent = true;
         ledger
             .record(details.to_value())
             .await
@@ -286,17 +294,26 @@ impl TfgridProvisioner {
             deployment_data: deployment.metadata.clone().into_bytes(),
             public_ips: 0,
         };
-        let contract_id = self
+        let contract_id = match self
             .chain
             .create_node_contract(&self.identity, &contract)
             .await
-            .map_err(|e| {
-                NodeFailure::Stop(prepare(
+        {
+            Ok(id) => id,
+            Err(e) => {
+                if !e.is_retryable() {
+                    // Refused: nothing will land, nothing is to be looked for.
+                    details.contract_sent = false;
+                    let _ = ledger.record(details.to_value()).await;
+                }
+                let retryable = e.is_retryable();
+                return Err(NodeFailure::Stop(prepare(
                     name,
                     format!("node contract: {e}"),
-                    e.is_retryable(),
-                ))
-            })?;
+                    retryable,
+                )));
+            }
+        };
         details.contract_id = Some(contract_id);
         ledger
             .record(details.to_value())
@@ -323,11 +340,34 @@ impl TfgridProvisioner {
                     return Err(NodeFailure::Stop(failure));
                 }
                 details.contract_id = None;
+                details.contract_sent = false;
                 details.deployment_hash.clear();
                 let _ = ledger.record(details.to_value()).await;
                 Err(NodeFailure::Stop(failure))
             }
         }
+    }
+
+    /// The contract of a transaction that was sent but not seen to finish: looked up by node and
+    /// hash for a few blocks, since it may still be on its way into one.
+    async fn sent_contract(
+        &self,
+        node_id: u32,
+        hash: &str,
+    ) -> Result<Option<u64>, zeroci_tfgrid::chain::ChainError> {
+        for look in 0..LATE_CONTRACT_LOOKS {
+            if let Some(id) = self
+                .chain
+                .contract_id_by_node_and_hash(node_id, hash)
+                .await?
+            {
+                return Ok(Some(id));
+            }
+            if look + 1 < LATE_CONTRACT_LOOKS {
+                tokio::time::sleep(LATE_CONTRACT_PAUSE).await;
+            }
+        }
+        Ok(None)
     }
 
     /// Sends the deployment (again while the node does not see the contract yet) and waits for the
@@ -342,23 +382,36 @@ impl TfgridProvisioner {
     ) -> Result<String, ProvisionError> {
         let body =
             serde_json::to_vec(deployment).map_err(|e| prepare(name, e.to_string(), false))?;
+        let query = serde_json::json!({"contract_id": deployment.contract_id}).to_string();
         let mut tries = 0;
         loop {
             tries += 1;
+            // Private: the deployment carries the agent's one-time token.
             match rmb
-                .call(node_twin, "zos.deployment.deploy", &body, CALL_TIMEOUT)
+                .call_private(node_twin, "zos.deployment.deploy", &body, CALL_TIMEOUT)
                 .await
             {
                 Ok(_) => break,
-                // The node reads the chain on its own schedule: a fresh contract may be unknown there.
                 Err(RmbError::Remote { message, .. })
-                    if tries < DEPLOY_TRIES
-                        && message.contains("contract")
-                        && !message.contains("hash") =>
+                    if tries < DEPLOY_TRIES && contract_not_seen_yet(&message) =>
                 {
                     info!(machine = %name, tries, %message, "node does not see the contract yet");
                 }
                 Err(e) if e.is_retryable() && tries < DEPLOY_TRIES => {
+                    // It may have arrived and only the answer was lost: sending it again would be
+                    // refused as a duplicate, so ask first.
+                    let arrived = rmb
+                        .call(
+                            node_twin,
+                            "zos.deployment.get",
+                            query.as_bytes(),
+                            CALL_TIMEOUT,
+                        )
+                        .await
+                        .is_ok();
+                    if arrived {
+                        break;
+                    }
                     info!(machine = %name, tries, error = %e, "deploy not delivered; again");
                 }
                 Err(e) => {
@@ -374,7 +427,6 @@ impl TfgridProvisioner {
                 () = cancel.cancelled() => return Err(ProvisionError::Cancelled { name: name.into() }),
             }
         }
-        let query = serde_json::json!({"contract_id": deployment.contract_id}).to_string();
         let deadline = tokio::time::Instant::now() + self.settings.boot_timeout;
         loop {
             tokio::select! {
@@ -422,6 +474,16 @@ impl TfgridProvisioner {
             }
         }
     }
+}
+
+/// Whether a node's refusal of a deployment means it has not read the new contract from the chain
+/// yet (zos: "failed to get deployment contract", "contract ... not found"), which passes on its own;
+/// a hash mismatch, a foreign contract or a validation error does not.
+fn contract_not_seen_yet(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("contract")
+        && (message.contains("not found") || message.contains("failed to get"))
+        && !message.contains("hash")
 }
 
 /// A WireGuard port the node does not use, from the range the SDKs pick in (a node claiming every
@@ -624,10 +686,10 @@ impl Provisioner for TfgridProvisioner {
         };
         let contract_id = match details.contract_id {
             Some(id) => Some(id),
-            // A crash between the contract and its record: the chain knows it by node and hash.
-            None if !details.deployment_hash.is_empty() => self
-                .chain
-                .contract_id_by_node_and_hash(details.node_id, &details.deployment_hash)
+            // A crash (or a lost answer) between sending the contract and recording its id: the
+            // chain knows it by node and hash, once its transaction is in a block.
+            None if details.contract_sent && !details.deployment_hash.is_empty() => self
+                .sent_contract(details.node_id, &details.deployment_hash)
                 .await
                 .map_err(|e| failed(e.to_string()))?,
             None => None,
@@ -664,6 +726,18 @@ mod tests {
             })
             .collect();
         Deployment::new(1, workloads)
+    }
+
+    #[test]
+    fn only_a_contract_the_node_has_not_read_yet_is_worth_sending_again() {
+        assert!(contract_not_seen_yet(
+            "failed to get deployment contract: not found"
+        ));
+        assert!(contract_not_seen_yet("contract 12 not found"));
+        assert!(!contract_not_seen_yet(
+            "contract hash does not match deployment hash"
+        ));
+        assert!(!contract_not_seen_yet("twin id mismatch"));
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum RmbError {
     Forged { twin: u32, message: String },
     #[error("cannot encrypt for twin {twin}: {message}")]
     Encrypt { twin: u32, message: String },
+    /// What must not cross the relay in the clear (a deployment carries the agent's one-time token)
+    /// goes only to twins with an e2e key.
+    #[error("twin {0} has no e2e key on the chain: a private message cannot be sent to it")]
+    NoE2eKey(u32),
 }
 
 impl RmbError {
@@ -78,10 +82,12 @@ pub struct Peer {
     pub session: String,
 }
 
-type Pending = HashMap<String, oneshot::Sender<Envelope>>;
+/// Calls waiting for a reply, by uid, with the link they were sent on.
+type Pending = HashMap<String, (u64, oneshot::Sender<Envelope>)>;
 
 struct Link {
     outgoing: mpsc::Sender<Frame>,
+    generation: u64,
 }
 
 pub struct RmbClient {
@@ -91,6 +97,18 @@ pub struct RmbClient {
     link: tokio::sync::Mutex<Option<Link>>,
     twins: Mutex<HashMap<u32, Twin>>,
     generation: std::sync::atomic::AtomicU64,
+}
+
+/// Forgets a call's entry however the call ends (answered, timed out, dropped).
+struct Forget<'a> {
+    pending: &'a Mutex<Pending>,
+    uid: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(self.uid);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,7 +148,9 @@ impl RmbClient {
         Ok(twin)
     }
 
-    /// Sends `command` with `payload` (JSON) to twin `twin` and returns the reply's payload.
+    /// Sends `command` with `payload` (JSON) to twin `twin` and returns the reply's payload; the
+    /// payload is encrypted when the twin has an e2e key. The whole call, sending included, takes
+    /// `within` at most.
     pub async fn call(
         &self,
         twin: u32,
@@ -138,7 +158,67 @@ impl RmbClient {
         payload: &[u8],
         within: Duration,
     ) -> Result<Vec<u8>, RmbError> {
+        self.bounded(twin, command, payload, within, false).await
+    }
+
+    /// [`call`](RmbClient::call) for a payload that must not cross the relay in the clear: refused
+    /// when the twin has no e2e key.
+    pub async fn call_private(
+        &self,
+        twin: u32,
+        command: &str,
+        payload: &[u8],
+        within: Duration,
+    ) -> Result<Vec<u8>, RmbError> {
+        self.bounded(twin, command, payload, within, true).await
+    }
+
+    async fn bounded(
+        &self,
+        twin: u32,
+        command: &str,
+        payload: &[u8],
+        within: Duration,
+        private: bool,
+    ) -> Result<Vec<u8>, RmbError> {
+        let result = match tokio::time::timeout(
+            within,
+            self.exchange(twin, command, payload, within, private),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RmbError::Timeout {
+                twin,
+                command: command.to_string(),
+                after: within,
+            }),
+        };
+        match &result {
+            // A link that lets a call time out may be dead without having closed: the next call
+            // opens a new one.
+            Err(RmbError::Timeout { .. }) => *self.link.lock().await = None,
+            // A twin that changed its keys: read it from the chain again next time.
+            Err(RmbError::Forged { .. } | RmbError::Encrypt { .. }) => {
+                lock(&self.twins).remove(&twin);
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        twin: u32,
+        command: &str,
+        payload: &[u8],
+        within: Duration,
+        private: bool,
+    ) -> Result<Vec<u8>, RmbError> {
         let destination = self.twin(twin).await?;
+        if private && destination.e2e_key.is_none() {
+            return Err(RmbError::NoE2eKey(twin));
+        }
         let mut uid = [0u8; 16];
         rand::rng().fill_bytes(&mut uid);
         let uid = hex::encode(uid);
@@ -175,24 +255,16 @@ impl RmbClient {
         };
         sign_envelope(&mut envelope, &self.peer.identity);
         let (answer, answered) = oneshot::channel();
-        lock(&self.pending).insert(uid.clone(), answer);
-        let sent = self
-            .send(Frame::Binary(envelope.encode_to_vec().into()))
-            .await;
-        let reply = match sent {
-            Ok(()) => match tokio::time::timeout(within, answered).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(RmbError::Disconnected { twin }),
-                Err(_) => Err(RmbError::Timeout {
-                    twin,
-                    command: command.to_string(),
-                    after: within,
-                }),
-            },
-            Err(e) => Err(e),
+        let _forget = Forget {
+            pending: &self.pending,
+            uid: &uid,
         };
-        lock(&self.pending).remove(&uid);
-        self.open(reply?, &destination, command)
+        self.send(&uid, answer, Frame::Binary(envelope.encode_to_vec().into()))
+            .await?;
+        let reply = answered
+            .await
+            .map_err(|_| RmbError::Disconnected { twin })?;
+        self.open(reply, &destination, command)
     }
 
     /// Checks a reply and returns its payload, decrypted.
@@ -230,22 +302,27 @@ impl RmbClient {
         }
     }
 
-    /// Sends a frame on the current link, opening one when there is none.
-    async fn send(&self, frame: Frame) -> Result<(), RmbError> {
+    /// Sends a frame on the current link, opening one when there is none; the reply to `uid` goes
+    /// to `answer`.
+    async fn send(
+        &self,
+        uid: &str,
+        answer: oneshot::Sender<Envelope>,
+        frame: Frame,
+    ) -> Result<(), RmbError> {
         let mut link = self.link.lock().await;
-        if let Some(current) = link.as_ref()
-            && current.outgoing.send(frame.clone()).await.is_ok()
-        {
-            return Ok(());
+        if link.as_ref().is_none_or(|l| l.outgoing.is_closed()) {
+            *link = Some(self.connect().await?);
         }
-        let fresh = self.connect().await?;
-        fresh
+        let Some(current) = link.as_ref() else {
+            return Err(RmbError::Disconnected { twin: 0 });
+        };
+        lock(&self.pending).insert(uid.to_string(), (current.generation, answer));
+        current
             .outgoing
             .send(frame)
             .await
-            .map_err(|_| RmbError::Disconnected { twin: 0 })?;
-        *link = Some(fresh);
-        Ok(())
+            .map_err(|_| RmbError::Disconnected { twin: 0 })
     }
 
     async fn connect(&self) -> Result<Link, RmbError> {
@@ -262,7 +339,7 @@ impl RmbClient {
             relay: relay.clone(),
             message,
         };
-        let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls_config()));
+        let connector = tokio_tungstenite::Connector::Rustls(Arc::new(crate::tls::client_config()));
         let connecting =
             tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
         let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -301,7 +378,7 @@ impl RmbClient {
                         Ok(envelope) => {
                             let waiter = lock(&pending).remove(&envelope.uid);
                             match waiter {
-                                Some(waiter) => {
+                                Some((_, waiter)) => {
                                     let _ = waiter.send(envelope);
                                 }
                                 None => debug!(uid = %envelope.uid, "reply to no call in flight"),
@@ -318,24 +395,12 @@ impl RmbClient {
             }
             debug!(generation, "relay connection ended");
             drop(reader_alive);
-            // Calls waiting on this link fail now rather than at their timeout.
-            lock(&pending).clear();
+            // Calls waiting on this link fail now rather than at their timeout; a later link's stay.
+            lock(&pending).retain(|_, (sent_on, _)| *sent_on != generation);
         });
-        Ok(Link { outgoing })
-    }
-}
-
-/// TLS for `wss://` relays: the web's roots, ring as the crypto provider (no other is built).
-fn tls_config() -> rustls::ClientConfig {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|_| {
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
+        Ok(Link {
+            outgoing,
+            generation,
         })
+    }
 }

@@ -16,6 +16,9 @@ use zeroci::pb;
 #[derive(Debug, Clone)]
 pub struct HostHello {
     pub name: String,
+    /// Random, kept by the host across restarts: tells the same host rejoining from another one
+    /// that uses the same name.
+    pub host_id: String,
     pub labels: BTreeSet<String>,
     pub capacity: u32,
     pub version: String,
@@ -97,9 +100,28 @@ impl PoolHosts {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Registers a host. A host of the same name that is still registered is replaced (its stream
-    /// is kicked): the same host reconnecting after a network cut, before its old stream timed out.
-    pub fn join(&self, hello: HostHello, credentials: HostCredentials, now_ms: i64) -> Joined {
+    /// Registers a host. A registered host of the same name is replaced (its stream kicked) when it
+    /// is the same host (the same id: it reconnects after a network cut, before its old stream timed
+    /// out) or has gone silent; another live host of that name keeps it, and this one is refused.
+    pub fn join(
+        &self,
+        hello: HostHello,
+        credentials: HostCredentials,
+        now_ms: i64,
+        silent_after_ms: i64,
+    ) -> Result<Joined, String> {
+        {
+            let hosts = self.hosts();
+            if let Some(old) = hosts.get(&hello.name)
+                && old.hello.host_id != hello.host_id
+                && now_ms - old.last_seen.load(Ordering::Relaxed) < silent_after_ms
+            {
+                return Err(format!(
+                    "another host named {:?} is joined (from {}); give this one another --name",
+                    hello.name, old.credentials.address
+                ));
+            }
+        }
         let session = self.next_id();
         let (sender, commands) = mpsc::channel(COMMAND_QUEUE);
         let kicked = CancellationToken::new();
@@ -120,12 +142,12 @@ impl PoolHosts {
             old.kicked.cancel();
         }
         self.changed.notify_waiters();
-        Joined {
+        Ok(Joined {
             session,
             commands,
             kicked,
             last_seen,
-        }
+        })
     }
 
     /// Unregisters the host of stream `session` (a later stream of the same name stays). Requests
@@ -180,11 +202,10 @@ impl PoolHosts {
         labels: &[String],
         untrusted: bool,
     ) -> Result<String, String> {
+        // No shortcut for a machine name a host already holds: names are guessable, and a host that
+        // claimed one must not get a job its labels or isolation do not fit. (A retried start comes
+        // after the failed machine was destroyed and its place given back.)
         let mut hosts = self.hosts();
-        if let Some(host) = hosts.values().find(|h| h.machines.contains(machine)) {
-            // Asked again for the same machine (a retried start): the same host.
-            return Ok(host.hello.name.clone());
-        }
         let fitting: Vec<&mut Host> = hosts
             .values_mut()
             .filter(|h| labels.iter().all(|l| h.hello.labels.contains(l)))
@@ -244,6 +265,12 @@ impl PoolHosts {
             h.pending.insert(id, sender);
             h.commands.clone()
         };
+        // Forgets the request however this call ends (answered, timed out, or dropped by a cancel).
+        let _forget = ForgetRequest {
+            hosts: self,
+            host,
+            id,
+        };
         let message = pb::PoolControllerMessage {
             kind: Some(make(id)),
         };
@@ -253,9 +280,6 @@ impl PoolHosts {
             receiver.await.map_err(|_| left())
         };
         let result = tokio::time::timeout(within, answer).await;
-        if let Some(h) = self.hosts().get_mut(host) {
-            h.pending.remove(&id);
-        }
         result.map_err(|_| RequestError::Timeout {
             host: host.to_string(),
             after: within,
@@ -296,6 +320,20 @@ impl PoolHosts {
     }
 }
 
+struct ForgetRequest<'a> {
+    hosts: &'a PoolHosts,
+    host: &'a str,
+    id: u64,
+}
+
+impl Drop for ForgetRequest<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.hosts.hosts().get_mut(self.host) {
+            h.pending.remove(&self.id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +341,7 @@ mod tests {
     fn hello(name: &str, labels: &[&str], capacity: u32) -> HostHello {
         HostHello {
             name: name.into(),
+            host_id: format!("id-{name}"),
             labels: labels.iter().map(|l| l.to_string()).collect(),
             capacity,
             version: "test".into(),
@@ -322,19 +361,20 @@ mod tests {
     #[test]
     fn machines_go_to_the_least_busy_host_with_the_labels_until_all_are_full() {
         let hosts = PoolHosts::default();
-        let _a = hosts.join(hello("a", &["linux"], 2), credentials(), 0);
-        let _b = hosts.join(hello("b", &["linux", "gpu"], 1), credentials(), 0);
+        let _a = hosts
+            .join(hello("a", &["linux"], 2), credentials(), 0, 1)
+            .unwrap();
+        let _b = hosts
+            .join(hello("b", &["linux", "gpu"], 1), credentials(), 0, 1)
+            .unwrap();
         assert_eq!(hosts.place("m1", &["gpu".into()], false).unwrap(), "b");
         let refused = hosts.place("m2", &["gpu".into()], false).unwrap_err();
         assert!(
             refused.contains("all 1 pool host(s) with labels gpu"),
             "{refused}"
         );
-        assert_eq!(
-            hosts.place("m1", &["gpu".into()], false).unwrap(),
-            "b",
-            "same machine, same host"
-        );
+        // A name a host already holds gets no shortcut past the checks.
+        assert!(hosts.place("m1", &["gpu".into()], false).is_err());
         assert_eq!(hosts.place("m3", &[], false).unwrap(), "a");
         assert_eq!(hosts.place("m4", &[], false).unwrap(), "a");
         assert!(hosts.place("m5", &[], false).is_err());
@@ -349,7 +389,7 @@ mod tests {
         let hosts = PoolHosts::default();
         let mut plain = hello("plain", &[], 4);
         plain.isolated = false;
-        let _p = hosts.join(plain, credentials(), 0);
+        let _p = hosts.join(plain, credentials(), 0, 1).unwrap();
         let refused = hosts.place("m1", &[], true).unwrap_err();
         assert!(refused.contains("makes sandboxes"), "{refused}");
         assert_eq!(hosts.place("m1", &[], false).unwrap(), "plain");
@@ -358,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_gets_its_answer_and_fails_when_the_host_leaves() {
         let hosts = Arc::new(PoolHosts::default());
-        let mut joined = hosts.join(hello("a", &[], 1), credentials(), 0);
+        let mut joined = hosts.join(hello("a", &[], 1), credentials(), 0, 1).unwrap();
         let answering = {
             let hosts = hosts.clone();
             tokio::spawn(async move {
@@ -400,8 +440,18 @@ mod tests {
     #[test]
     fn joining_again_replaces_the_old_stream_and_revoking_kicks() {
         let hosts = PoolHosts::default();
-        let first = hosts.join(hello("a", &[], 1), credentials(), 0);
-        let second = hosts.join(hello("a", &[], 1), credentials(), 0);
+        let first = hosts
+            .join(hello("a", &[], 1), credentials(), 0, 1000)
+            .unwrap();
+        let mut other = hello("a", &[], 1);
+        other.host_id = "someone else".into();
+        let Err(refused) = hosts.join(other.clone(), credentials(), 10, 1000) else {
+            panic!("a live host keeps its name");
+        };
+        assert!(refused.contains("another host named \"a\""), "{refused}");
+        let second = hosts
+            .join(hello("a", &[], 1), credentials(), 10, 1000)
+            .unwrap();
         assert!(first.kicked.is_cancelled());
         hosts.leave("a", first.session);
         assert_eq!(
@@ -412,5 +462,7 @@ mod tests {
         assert_eq!(hosts.joined_with("t1"), 1);
         hosts.kick_token("t1");
         assert!(second.kicked.is_cancelled());
+        // Another host may take the name once the holder has gone silent.
+        assert!(hosts.join(other, credentials(), 5000, 1000).is_ok());
     }
 }
