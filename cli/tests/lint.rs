@@ -97,6 +97,7 @@ fn every_variant_is_valid_with_exit_0_and_its_plan() {
                     "bin_path",
                     "image_name",
                     "install",
+                    "labels",
                     "name",
                     "resources",
                     "shell_bin",

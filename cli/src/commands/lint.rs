@@ -151,6 +151,12 @@ fn job_plan(out: &mut String, job: &PipelineJob) {
     if let Some(bin_path) = &job.bin_path {
         out.push_str(&format!("  bin_path: {bin_path}\n"));
     }
+    if !job.labels.is_empty() {
+        out.push_str(&format!(
+            "  labels:   {} (a pool host must offer all)\n",
+            job.labels.join(", ")
+        ));
+    }
     if job.install.is_empty() {
         out.push_str("  install:  (none)\n");
     } else {
@@ -209,6 +215,16 @@ triggers:
   schedule      branch main, cron \"0 2 * * *\"
 ";
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn plan_shows_the_labels_a_job_asks_for() {
+        let text = b"prerequisites: {labels: [linux, gpu]}\nscript: [true]\n";
+        let out = human(&pipeline::lint(text), "zeroCI.yaml");
+        assert!(
+            out.contains("  labels:   linux, gpu (a pool host must offer all)\n"),
+            "{out}"
+        );
     }
 
     #[test]
