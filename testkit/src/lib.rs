@@ -5,6 +5,7 @@
 //! dependency cycle.
 
 pub mod services;
+pub mod vm;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -38,12 +38,44 @@ struct Grid {
 }
 
 impl Grid {
+    /// A grid whose zmachines run as plain agent processes (for tests where none boots for long).
     fn start(dir: &Path) -> Grid {
+        Grid::start_with(dir, None)
+    }
+
+    /// A grid whose zmachines boot as real VMs (the `vm` provisioner's test image; KVM where it
+    /// works, software emulation elsewhere), running jobs of the repository at `repo`.
+    fn with_vms(dir: &Path, repo: &Path) -> Grid {
+        let mut config = Config::for_init("127.0.0.1:0", None, "http://ci.test");
+        config.main.state_dir = dir.join("grid-vms");
+        let vm = zeroci_controller::config::VmConfig {
+            agent_binary: Some(bin("zeroci-agent")),
+            images_dir: Some(zeroci_testkit::vm::test_images()),
+            cpus: 1,
+            memory_mb: 768,
+            ..Default::default()
+        };
+        // The image store is found through the whole config's `[provisioner.vm]`.
+        config.provisioner = zeroci_controller::config::ProvisionerConfig::Vm { vm: vm.clone() };
+        let provisioner =
+            zeroci_controller::provisioner::vm::VmProvisioner::from_config(&config, &vm)
+                .expect("VMs can be made here");
+        Grid::start_with(
+            dir,
+            Some(sim::VmBoot {
+                provisioner: Arc::new(provisioner),
+                repo: repo.to_path_buf(),
+            }),
+        )
+    }
+
+    fn start_with(dir: &Path, vm: Option<sim::VmBoot>) -> Grid {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let sim = runtime.block_on(SimGrid::start(
             &[NODE],
             bin("zeroci-agent"),
             dir.join("zmachines"),
+            vm,
         ));
         let identity_seed = [7u8; 32];
         let identity = Identity::from_seed(&identity_seed, KeyType::Sr25519).unwrap();
@@ -102,7 +134,8 @@ impl Controller {
         config.main.workers = 2;
         config.main.lost_agent_timeout = 5;
         config.main.heartbeat_interval_ms = 300;
-        config.main.provision_timeout = 10;
+        // A VM's agent connects after the VM booted (seconds with KVM, more under emulation).
+        config.main.provision_timeout = 60;
         config.main.shutdown_grace = 0;
         Controller {
             home,
@@ -215,14 +248,15 @@ fn all_cancelled(grid: &Grid) -> bool {
 #[test]
 fn a_job_runs_in_a_grid_vm_and_its_contract_is_cancelled() {
     let dir = tempfile::tempdir().unwrap();
-    let grid = Grid::start(dir.path());
+    // Inside a VM: the kernel's DMI vendor is QEMU's, not the host's.
+    let repo = repo(dir.path(), "cat /sys/class/dmi/id/sys_vendor; echo grid");
+    let grid = Grid::with_vms(dir.path(), &repo);
     let mut controller = Controller::install(dir.path());
-    controller.start(&grid, Duration::from_secs(30));
-    let repo = repo(dir.path(), "echo grid");
+    controller.start(&grid, Duration::from_secs(120));
     let job = controller.run(&repo);
     assert_eq!(job["status"], "success", "{job:#}");
     let (_, log, _) = controller.cli(&["logs", &job["id"].to_string(), "--raw"]);
-    assert!(String::from_utf8_lossy(&log).ends_with("grid\n"));
+    assert_eq!(String::from_utf8_lossy(&log), "QEMU\ngrid\n");
     // One contract, on the node, cancelled once the job ended; the node saw the signed deployment
     // with the agent's bootstrap in the zmachine's environment.
     let contracts = grid.contracts();
@@ -284,6 +318,9 @@ fn a_contract_made_before_the_controller_died_is_cancelled_when_it_starts_again(
     // the contract was made, when it dies.
     grid.sim.set_behaviour(NODE, Behaviour::Silent);
     let mut controller = Controller::install(dir.path());
+    // After the restart the job waits this long for an agent that never comes, then its machine
+    // (the contract) is destroyed.
+    controller.config.main.provision_timeout = 10;
     controller.start(&grid, Duration::from_secs(60));
     let (code, stdout, stderr) = controller.cli(&[
         "run",

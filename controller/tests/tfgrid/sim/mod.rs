@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use zeroci_tfgrid::identity::{Identity, KeyType};
 
 pub use chain::SimChain;
-pub use node::Behaviour;
+pub use node::{Behaviour, VmBoot};
 
 /// What a node did with one zmachine.
 #[derive(Debug, Clone)]
@@ -42,9 +42,14 @@ pub struct SimGrid {
 }
 
 impl SimGrid {
-    /// Starts the proxy, the relay and one node per id in farm 1; zmachines run `agent_binary` with
-    /// their environment, in directories under `work_root`.
-    pub async fn start(node_ids: &[u32], agent_binary: PathBuf, work_root: PathBuf) -> SimGrid {
+    /// Starts the proxy, the relay and one node per id in farm 1; zmachines boot as VMs with `vm`,
+    /// else they run `agent_binary` with their environment, in directories under `work_root`.
+    pub async fn start(
+        node_ids: &[u32],
+        agent_binary: PathBuf,
+        work_root: PathBuf,
+        vm: Option<node::VmBoot>,
+    ) -> SimGrid {
         let chain = Arc::new(SimChain::default());
         let mut nodes = BTreeMap::new();
         for &node_id in node_ids {
@@ -64,6 +69,7 @@ impl SimGrid {
             work_root,
             boots: Mutex::default(),
             running: Mutex::default(),
+            vm,
         });
         let (proxy_url, proxy) = proxy::serve(nodes.clone()).await;
         let (relay_url, relay) = relay::serve(nodes.clone()).await;
@@ -110,8 +116,11 @@ impl SimGrid {
 
 impl Drop for SimGrid {
     fn drop(&mut self) {
-        for (_, machine) in self.nodes.running.lock().unwrap().iter_mut() {
-            machine.kill();
+        let machines: Vec<_> = std::mem::take(&mut *self.nodes.running.lock().unwrap())
+            .into_values()
+            .collect();
+        for mut machine in machines {
+            machine.kill(&self.nodes);
         }
         for server in &self._servers {
             server.abort();

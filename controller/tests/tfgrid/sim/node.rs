@@ -19,6 +19,11 @@ use zeroci_tfgrid::rmb::{
     Address, Envelope, ErrorReply, Response, SCHEMA_JSON, e2e, sign_envelope,
 };
 
+use tokio_util::sync::CancellationToken;
+use zeroci_controller::jobs::MachineRecord;
+use zeroci_controller::provisioner::vm::VmProvisioner;
+use zeroci_controller::provisioner::{MachineLedger, MachineRequest, ProvisionError, Provisioner};
+
 use super::Boot;
 use super::chain::SimChain;
 
@@ -43,16 +48,53 @@ pub struct Node {
     deployments: Mutex<BTreeMap<u64, Deployment>>,
 }
 
-/// A zmachine that runs: the agent's process.
-pub struct Machine(Child);
+/// A zmachine that runs: a VM booted through the `vm` provisioner, or (where VMs cannot run) the
+/// agent as a plain process.
+pub enum Machine {
+    Vm(MachineRecord),
+    Process(Child),
+}
 
 impl Machine {
-    pub fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe {
-            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+    pub fn kill(&mut self, nodes: &Nodes) {
+        match self {
+            Machine::Process(child) => {
+                // SAFETY: kill(2) on our own child's process group.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+                let _ = child.wait();
+            }
+            Machine::Vm(record) => {
+                if let Some(vm) = &nodes.vm {
+                    let vm = vm.provisioner.clone();
+                    let record = record.clone();
+                    // Destroy is async; the caller may be in or out of a runtime.
+                    std::thread::spawn(move || {
+                        let runtime = tokio::runtime::Runtime::new().unwrap();
+                        let _ = runtime.block_on(vm.destroy(&record));
+                    })
+                    .join()
+                    .unwrap();
+                }
+            }
         }
-        let _ = self.0.wait();
+    }
+}
+
+/// Zmachines as real VMs: the flist maps to the `vm` provisioner's `default` image; the job's
+/// repository (a path on this host) is what the test names, since a zmachine's env has none.
+pub struct VmBoot {
+    pub provisioner: Arc<VmProvisioner>,
+    pub repo: PathBuf,
+}
+
+struct NoLedger;
+
+#[async_trait::async_trait]
+impl MachineLedger for NoLedger {
+    async fn record(&self, _: Value) -> Result<(), ProvisionError> {
+        Ok(())
     }
 }
 
@@ -64,6 +106,8 @@ pub struct Nodes {
     pub boots: Mutex<Vec<Boot>>,
     /// Contract id → its running zmachine.
     pub running: Mutex<BTreeMap<u64, Machine>>,
+    /// `Some`: zmachines boot as VMs.
+    pub vm: Option<VmBoot>,
 }
 
 impl Node {
@@ -191,7 +235,7 @@ impl Node {
             let state = match (&workload.data, boot) {
                 (WorkloadData::ZMachine(_), false) => ResultState::Init,
                 (WorkloadData::ZMachine(vm), true) => {
-                    match nodes.boot(self.node_id, deployment.contract_id, vm) {
+                    match nodes.boot(self.node_id, deployment.contract_id, vm).await {
                         Ok(()) => ResultState::Ok,
                         Err(message) => {
                             workload.result.message = message;
@@ -238,8 +282,9 @@ impl Node {
 }
 
 impl Nodes {
-    /// Boots a zmachine: the agent, started from the zmachine's environment only.
-    fn boot(
+    /// Boots a zmachine from its environment only: a VM whose agent gets the bootstrap the env
+    /// holds, or the agent as a process with that env.
+    async fn boot(
         &self,
         node_id: u32,
         contract_id: u64,
@@ -251,6 +296,38 @@ impl Nodes {
             flist: vm.flist.clone(),
             env: vm.env.clone(),
         });
+        if let Some(boot) = &self.vm {
+            let bootstrap =
+                zeroci::bootstrap::Bootstrap::from_env(|name| vm.env.get(name).cloned())?;
+            let request = MachineRequest {
+                job_id: bootstrap.job_id,
+                attempt: 1,
+                name: format!("zmachine-{contract_id}"),
+                bootstrap,
+                repo_url: boot.repo.display().to_string(),
+                untrusted: false,
+                resources: Default::default(),
+                image_name: Some("default".into()),
+                labels: Vec::new(),
+            };
+            let details = boot
+                .provisioner
+                .create(&request, &NoLedger, &CancellationToken::new())
+                .await
+                .map_err(|e| format!("cannot boot: {e}"))?;
+            let record = MachineRecord {
+                provisioner: "vm".into(),
+                name: request.name,
+                attempt: 1,
+                token_sha256: None,
+                details,
+            };
+            self.running
+                .lock()
+                .unwrap()
+                .insert(contract_id, Machine::Vm(record));
+            return Ok(());
+        }
         let dir = self.work_root.join(format!("vm-{contract_id}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
@@ -278,7 +355,7 @@ impl Nodes {
         self.running
             .lock()
             .unwrap()
-            .insert(contract_id, Machine(child));
+            .insert(contract_id, Machine::Process(child));
         Ok(())
     }
 }
@@ -287,8 +364,9 @@ impl Nodes {
 pub async fn stop_cancelled(nodes: Arc<Nodes>) {
     let mut cancelled = nodes.chain.cancellations();
     while let Ok(contract_id) = cancelled.recv().await {
-        if let Some(mut machine) = nodes.running.lock().unwrap().remove(&contract_id) {
-            machine.kill();
+        let machine = nodes.running.lock().unwrap().remove(&contract_id);
+        if let Some(mut machine) = machine {
+            machine.kill(&nodes);
         }
         for node in nodes.by_twin.values() {
             node.forget(contract_id);
