@@ -322,6 +322,15 @@ fn signed_push_runs_the_commit_and_sets_pending_then_success_statuses() {
             .contains("handled already"),
         "{answer}"
     );
+    // Nor does the same signed body replayed under a new delivery id, or under none.
+    for replayed_as in ["d-replayed", ""] {
+        let (status, answer) = deliver(&env, "push", replayed_as, &body, Some(sign(&body)));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["ignored"], "a delivery with this very body was handled already",
+            "{answer}"
+        );
+    }
     assert_eq!(jobs(&env).len(), 2);
 }
 

@@ -117,8 +117,12 @@ pub struct Engine {
 }
 
 pub(crate) fn sha256_hex(data: &str) -> String {
+    sha256_hex_bytes(data.as_bytes())
+}
+
+pub(crate) fn sha256_hex_bytes(data: &[u8]) -> String {
     use sha2::Digest;
-    zeroci::encoding::hex(&sha2::Sha256::digest(data.as_bytes()))
+    zeroci::encoding::hex(&sha2::Sha256::digest(data))
 }
 
 impl Engine {

@@ -4,7 +4,8 @@
 //! (401) → event parsed (400) → pings answered (200) → ignored events, deleted branches, tags and
 //! unknown repositories explained (200) → the pipeline file read at the commit through the contents API
 //! (502 when GitHub cannot be reached, so GitHub shows a failed delivery that can be redelivered) →
-//! `run_on` honoured (200 when it does not match) → the delivery id claimed (200 for a redelivery) →
+//! `run_on` honoured (200 when it does not match) → the delivery id and the body's hash claimed (200
+//! for a redelivery or a replayed body) →
 //! the job queued (202). Bodies over the limit are refused with 413 before any of this.
 
 use std::sync::Arc;
@@ -53,6 +54,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Forgets claimed delivery keys of a delivery that started no job.
+async fn release_all(engine: &Arc<Engine>, claimed: &[String]) {
+    for id in claimed {
+        if let Err(release) = engine.jobs.release_delivery(id).await {
+            warn!(delivery = %id, error = %release, "cannot release the delivery id");
+        }
+    }
+}
+
 /// `POST /webhooks/github`: answers the delivery and counts it by its answer for `/metrics`.
 pub async fn github(
     State(engine): State<Arc<Engine>>,
@@ -86,7 +96,9 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
             json!({ "error": format!("missing {EVENT_HEADER} header") }),
         );
     };
-    let delivery = header(headers, DELIVERY_HEADER).map(str::to_string);
+    let delivery = header(headers, DELIVERY_HEADER)
+        .filter(|d| !d.trim().is_empty())
+        .map(str::to_string);
     let trigger = match parse_event(event, &body) {
         Err(e) => return answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
         Ok(WebhookEvent::Ping { zen, .. }) => {
@@ -154,11 +166,32 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         Ok(Some(reason)) => return ignored(reason),
         Ok(None) => {}
     }
-    if let Some(id) = &delivery {
+    // Deduplicated by the delivery id (kept on GitHub's redeliveries) and by the signed body itself:
+    // a captured delivery replayed with a new or no id is the same bytes, while every real event
+    // (a push's before/after, a pull request's update) has a body of its own.
+    let claims: Vec<String> = delivery
+        .iter()
+        .cloned()
+        .chain([format!(
+            "payload:{}",
+            crate::engine::sha256_hex_bytes(&body)
+        )])
+        .collect();
+    let mut claimed = Vec::new();
+    for id in &claims {
         match engine.jobs.claim_delivery(id).await {
-            Ok(true) => {}
-            Ok(false) => return ignored(format!("delivery {id} was handled already")),
+            Ok(true) => claimed.push(id.clone()),
+            Ok(false) => {
+                release_all(engine, &claimed).await;
+                let what = if id.starts_with("payload:") {
+                    "a delivery with this very body".to_string()
+                } else {
+                    format!("delivery {id}")
+                };
+                return ignored(format!("{what} was handled already"));
+            }
             Err(e) => {
+                release_all(engine, &claimed).await;
                 return answer(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     json!({ "error": e.to_string() }),
@@ -187,11 +220,7 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         }
         Err(e) => {
             // No job: let GitHub's redelivery (or a retry) try again.
-            if let Some(id) = &delivery
-                && let Err(release) = engine.jobs.release_delivery(id).await
-            {
-                warn!(delivery = %id, error = %release, "cannot release the delivery id");
-            }
+            release_all(engine, &claimed).await;
             answer(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({ "error": e.to_string() }),
