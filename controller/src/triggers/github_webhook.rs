@@ -173,7 +173,7 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         .iter()
         .cloned()
         .chain([format!(
-            "payload:{}",
+            "payload:{event}:{}",
             crate::engine::sha256_hex_bytes(&body)
         )])
         .collect();
