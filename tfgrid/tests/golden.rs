@@ -184,29 +184,6 @@ fn rust_signatures_verified_by_polkadot() {
     }
 }
 
-/// Writes fresh signatures made by this crate for golden.mjs to check with polkadot.
-#[test]
-#[ignore = "generator step, see tests/data/golden.mjs"]
-fn emit_rust_signatures() {
-    let g = golden();
-    let secret = str_of(&g["identities"][0], "secret");
-    let message = unhex(str_of(&g["deployments"]["vm_network_ip"], "go_hash"));
-    let entries: Vec<Value> = [KeyType::Sr25519, KeyType::Ed25519]
-        .into_iter()
-        .map(|kind| {
-            let id = Identity::from_secret(secret, kind).unwrap();
-            serde_json::json!({
-                "key_type": kind.signature_type(),
-                "public_key": format!("0x{}", hex::encode(id.public_key())),
-                "message": format!("0x{}", hex::encode(&message)),
-                "signature": format!("0x{}", hex::encode(id.sign(&message))),
-            })
-        })
-        .collect();
-    let text = serde_json::to_string_pretty(&entries).unwrap();
-    std::fs::write(data_dir().join("rust_signatures.json"), text + "\n").unwrap();
-}
-
 #[test]
 fn envelopes_match_the_ts_client() {
     let g = golden();

@@ -9,7 +9,7 @@
 //   # 1. vectors from the SDK
 //   node /work/main/tfgrid/tests/data/golden.mjs > /work/main/tfgrid/tests/data/golden.json
 //   # 2. signatures made by our Rust code (sr25519 is randomized, so they are checked by verifying)
-//   cd /work/main && cargo test -p zeroci-tfgrid --test golden -- --ignored emit_rust_signatures
+//   cd /work/main && cargo run -p zeroci-tfgrid --example emit_rust_signatures
 //   # 3. again, so polkadot's verdict on those Rust signatures is recorded
 //   cd /tmp/tfgrid-vectors && node /work/main/tfgrid/tests/data/golden.mjs > /work/main/tfgrid/tests/data/golden.json
 //
