@@ -74,6 +74,11 @@ impl Executor {
         (secs > 0).then(|| Duration::from_secs(secs))
     }
 
+    fn checkout_timeout(&self) -> Option<Duration> {
+        let secs = self.assignment.checkout_timeout_secs;
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+
     /// Runs the whole job and returns the sequence number of its `Finished` event.
     pub async fn run(self) -> u64 {
         let job_id = self.assignment.job_id;
@@ -242,7 +247,14 @@ impl Executor {
         let mut attempt = 1;
         loop {
             let outcome = self.git(&self.workdir, clone_args, last_seq).await;
-            if outcome.succeeded() || attempt == CLONE_ATTEMPTS || self.ctx.cancel.is_cancelled() {
+            // A clone that hung until its timeout is not a passing blip: retrying would only hold the
+            // machine for another timeout.
+            let timed_out = outcome.exit_code == crate::step::TIMEOUT_EXIT_CODE;
+            if outcome.succeeded()
+                || timed_out
+                || attempt == CLONE_ATTEMPTS
+                || self.ctx.cancel.is_cancelled()
+            {
                 return outcome;
             }
             let delay = backoff.next_delay();
@@ -290,7 +302,7 @@ impl Executor {
             args: args.to_vec(),
             cwd: cwd.to_path_buf(),
             env: git_env(&self.assignment.git_http_header),
-            timeout: None,
+            timeout: self.checkout_timeout(),
             idle_timeout: self.idle_timeout(),
         };
         let outcome = match run_process(&spec, &self.ctx).await {
@@ -499,12 +511,13 @@ fn git_env(http_header: &str) -> Vec<(String, String)> {
     env
 }
 
-/// A failed git command as the checkout's outcome: keeps a timeout's or cancel's own message.
+/// A failed git command as the checkout's outcome, with a timeout's or cancel's own message after
+/// what failed ("git fetch failed: timed out after 10m").
 fn failed(outcome: Outcome, what: &str, last_seq: u64) -> Outcome {
     let message = if outcome.message.is_empty() {
         what.to_string()
     } else {
-        outcome.message.clone()
+        format!("{what}: {}", outcome.message)
     };
     Outcome {
         message,

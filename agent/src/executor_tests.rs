@@ -50,6 +50,20 @@ struct Job {
 
 impl Job {
     fn new(root: &Path, repo_url: &str, commit: &str) -> Job {
+        Job::with_assignment(
+            root,
+            Assignment {
+                job_id: 9,
+                attempt: 1,
+                repo_url: repo_url.into(),
+                commit: commit.into(),
+                repo_name: "r".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn with_assignment(root: &Path, assignment: Assignment) -> Job {
         let outbox = Arc::new(Outbox::default());
         let events = Arc::new(Mutex::new(Vec::new()));
         let acker = tokio::spawn({
@@ -76,14 +90,6 @@ impl Job {
                 isolate_network: false,
                 unisolated: false,
             },
-        };
-        let assignment = Assignment {
-            job_id: 9,
-            attempt: 1,
-            repo_url: repo_url.into(),
-            commit: commit.into(),
-            repo_name: "r".into(),
-            ..Default::default()
         };
         let workdir = root.join("work");
         std::fs::create_dir_all(&workdir).unwrap();
@@ -236,6 +242,45 @@ async fn failed_clone_ends_the_job_after_step_0() {
         events.last().unwrap().kind,
         Some(Kind::Finished(_))
     ));
+}
+
+#[tokio::test]
+async fn a_git_server_that_never_answers_fails_the_checkout_at_its_timeout_without_retrying() {
+    let root = tempfile::tempdir().unwrap();
+    // Accepts git's connection and then says nothing, like a hung server or a black-holed proxy.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("git://{}/repo", server.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = server.accept().await {
+            connections.push(socket);
+        }
+    });
+    let mut job = Job::with_assignment(
+        root.path(),
+        Assignment {
+            job_id: 9,
+            attempt: 1,
+            repo_url: url,
+            commit: "main".into(),
+            checkout_timeout_secs: 1,
+            ..Default::default()
+        },
+    );
+    let events = job.run().await;
+    held.abort();
+    assert!(checked_out(&events).is_none());
+    let exited = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::StepExited(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((exited.step, exited.exit_code), (0, 124));
+    assert_eq!(exited.message, "git clone failed: timed out after 1s");
+    let log = String::from_utf8(checkout_output(&events)).unwrap();
+    assert!(!log.contains("retrying"), "{log}");
 }
 
 #[tokio::test]

@@ -162,6 +162,10 @@ pub struct MainConfig {
     /// Seconds without output after which a step counts as timed out; 0 disables.
     #[serde(default)]
     pub idle_timeout: u64,
+    /// Seconds each git command of a job's checkout may run (default 600; 0: no limit). A git server
+    /// that accepts and then never answers ends the job `error` instead of holding its machine.
+    #[serde(default = "default_checkout_timeout")]
+    pub checkout_timeout: u64,
     /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
     #[serde(default = "default_cancel_grace")]
     pub cancel_grace: u64,
@@ -221,6 +225,9 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_cancel_grace() -> u64 {
     5
+}
+fn default_checkout_timeout() -> u64 {
+    600
 }
 fn default_shutdown_grace() -> u64 {
     10
@@ -481,6 +488,7 @@ impl Config {
                 provision_timeout: default_provision_timeout(),
                 heartbeat_interval_ms: default_heartbeat_ms(),
                 idle_timeout: 0,
+                checkout_timeout: default_checkout_timeout(),
                 cancel_grace: default_cancel_grace(),
                 shutdown_grace: default_shutdown_grace(),
                 agent_endpoint: None,

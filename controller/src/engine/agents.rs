@@ -237,6 +237,7 @@ impl Engine {
             env,
             secrets,
             idle_timeout_secs: self.config.main.idle_timeout,
+            checkout_timeout_secs: self.config.main.checkout_timeout,
             checkout_step: record.checkout_step(),
             git_http_header,
         }
