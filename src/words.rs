@@ -40,7 +40,8 @@ words!(
         Success,
         Failure,
         Error,
-        Cancelled
+        Cancelled,
+        Skipped
     ]
 );
 words!(
@@ -53,11 +54,15 @@ words!(
 words!(StepKind, "STEP_KIND_", [Checkout, Install, Script, Config]);
 
 impl JobStatus {
-    /// Success, failure, error and cancelled: nothing changes a job after that.
+    /// Success, failure, error, cancelled and skipped: nothing changes a job after that.
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobStatus::Success | JobStatus::Failure | JobStatus::Error | JobStatus::Cancelled
+            JobStatus::Success
+                | JobStatus::Failure
+                | JobStatus::Error
+                | JobStatus::Cancelled
+                | JobStatus::Skipped
         )
     }
 }

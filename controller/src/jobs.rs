@@ -21,6 +21,8 @@ pub enum JobStatus {
     Failure,
     Error,
     Cancelled,
+    /// `run_on` excludes the event that started it (found at the checkout): nothing ran.
+    Skipped,
 }
 
 impl JobStatus {
@@ -33,6 +35,7 @@ impl JobStatus {
             JobStatus::Failure => pb::JobStatus::Failure,
             JobStatus::Error => pb::JobStatus::Error,
             JobStatus::Cancelled => pb::JobStatus::Cancelled,
+            JobStatus::Skipped => pb::JobStatus::Skipped,
         }
     }
 
@@ -46,6 +49,7 @@ impl JobStatus {
             pb::JobStatus::Failure => JobStatus::Failure,
             pb::JobStatus::Error => JobStatus::Error,
             pb::JobStatus::Cancelled => JobStatus::Cancelled,
+            pb::JobStatus::Skipped => JobStatus::Skipped,
         })
     }
 
@@ -54,7 +58,7 @@ impl JobStatus {
         self.to_pb().word()
     }
 
-    /// True for success, failure, error and cancelled: nothing changes a job after that.
+    /// True for success, failure, error, cancelled and skipped: nothing changes a job after that.
     pub fn is_final(self) -> bool {
         self.to_pb().is_final()
     }
@@ -283,6 +287,19 @@ pub struct NewJob {
     pub schedule: Option<ScheduleRun>,
     /// The job this one runs again (`zeroci rerun`).
     pub rerun_of: Option<JobId>,
+    /// The event `run_on` must allow, when the trigger could not read zeroCI.yaml itself: it is
+    /// checked at the checkout instead.
+    pub run_on_check: Option<RunOnCheck>,
+}
+
+/// An event a job's `run_on` has yet to allow: a GitHub delivery accepted while GitHub's API could not
+/// be reached to read zeroCI.yaml at the commit. The checkout reads the same file from the clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOnCheck {
+    /// `push` or `pull_request`: the `run_on` key that must allow the job.
+    pub event: String,
+    /// The branch that key's `branches` must list: the pushed branch, or a pull request's base.
+    pub branch: String,
 }
 
 /// Which tick of which schedule a job runs.
@@ -372,6 +389,12 @@ pub struct JobRecord {
     /// once it has one.
     #[serde(default)]
     pub waiting_for: Option<String>,
+    /// See [`NewJob::run_on_check`].
+    #[serde(default)]
+    pub run_on_check: Option<RunOnCheck>,
+    /// Why `run_on_check` found the event excluded at the checkout: the job ends skipped with it.
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
 /// A notifier that could not deliver a change of a job, after its own retries. Kept beside the job
@@ -427,6 +450,8 @@ impl JobRecord {
             schedule: new.schedule,
             rerun_of: new.rerun_of,
             waiting_for: None,
+            run_on_check: new.run_on_check,
+            skipped: None,
         }
     }
 
@@ -451,6 +476,9 @@ impl JobRecord {
     pub fn final_status(&self) -> JobStatus {
         if self.cancel_reason.is_some() {
             return JobStatus::Cancelled;
+        }
+        if self.skipped.is_some() {
+            return JobStatus::Skipped;
         }
         let mut status = JobStatus::Success;
         for step in &self.steps {

@@ -12,17 +12,18 @@ use crate::jobs::{JobRecord, JobStatus};
 const STEP_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
 /// Every final status, in the order they are reported.
-const FINAL: [JobStatus; 4] = [
+const FINAL: [JobStatus; 5] = [
     JobStatus::Success,
     JobStatus::Failure,
     JobStatus::Error,
     JobStatus::Cancelled,
+    JobStatus::Skipped,
 ];
 
 #[derive(Default)]
 pub struct Metrics {
     /// Jobs that reached each of [`FINAL`], by index.
-    finished: [AtomicU64; 4],
+    finished: [AtomicU64; FINAL.len()],
     steps: Mutex<Histogram>,
     /// Webhook deliveries by the HTTP status they were answered with.
     deliveries: Mutex<std::collections::BTreeMap<u16, u64>>,

@@ -51,6 +51,20 @@ pub struct ScheduleTrigger {
 }
 
 impl Pipeline {
+    /// Why `run_on` does not start the pipeline for `event` (`push`, `pull_request`) on `branch` (the
+    /// pushed branch, or a pull request's base); `None` when it does, or when the file has no `run_on`.
+    pub fn run_on_excludes(&self, event: &str, branch: &str) -> Option<String> {
+        let run_on = self.run_on.as_ref()?;
+        let Some(rule) = run_on.get(event) else {
+            return Some(format!("run_on has no `{event}` trigger"));
+        };
+        let listed = rule
+            .get("branches")
+            .and_then(|b| b.as_array())
+            .is_some_and(|list| list.iter().any(|b| b.as_str() == Some(branch)));
+        (!listed).then(|| format!("run_on.{event}.branches does not include {branch}"))
+    }
+
     /// The valid `run_on.schedule`, if the file has one.
     pub fn schedule(&self) -> Option<ScheduleTrigger> {
         let schedule = self.run_on.as_ref()?.get("schedule")?;

@@ -1,6 +1,7 @@
 //! GitHub webhooks against a stand-in GitHub API on localhost: signed deliveries built here, the
 //! pipeline file served from a real local repository, commit statuses recorded.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
@@ -18,12 +19,15 @@ struct FakeGitHub {
     addr: String,
     statuses: Arc<Mutex<Vec<(String, Value)>>>,
     repo: Arc<Mutex<std::path::PathBuf>>,
+    /// While set, the contents API answers 503 (an outage of GitHub's API, not of its git service).
+    outage: Arc<AtomicBool>,
     _server: StandIn,
 }
 
 #[derive(Clone)]
 struct Shared {
     repo: Arc<Mutex<std::path::PathBuf>>,
+    outage: Arc<AtomicBool>,
     statuses: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
@@ -31,8 +35,10 @@ impl FakeGitHub {
     fn start() -> FakeGitHub {
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let repo = Arc::new(Mutex::new(std::path::PathBuf::new()));
+        let outage = Arc::new(AtomicBool::new(false));
         let shared = Shared {
             repo: repo.clone(),
+            outage: outage.clone(),
             statuses: statuses.clone(),
         };
         let app = axum::Router::new()
@@ -47,6 +53,7 @@ impl FakeGitHub {
             addr: server.addr.clone(),
             statuses,
             repo,
+            outage,
             _server: server,
         }
     }
@@ -73,6 +80,13 @@ async fn contents(
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if shared.outage.load(Ordering::SeqCst) {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"message":"Service Unavailable"}"#,
+        )
+            .into_response();
+    }
     let rev = query.get("ref").cloned().unwrap_or_else(|| "HEAD".into());
     let repo = shared.repo.lock().unwrap().clone();
     let out = std::process::Command::new("git")
@@ -620,4 +634,73 @@ fn a_push_that_run_on_filters_out_still_registers_and_removes_its_branch_schedul
     assert_eq!(status, 200);
     let gone = env.cli(&["schedule", "show", "acme/widget@nightly"]);
     assert!(gone.stderr.contains("no schedule named"), "{}", gone.stderr);
+}
+
+#[test]
+fn deliveries_while_the_api_is_down_are_accepted_and_run_on_is_applied_at_the_checkout() {
+    let fake = FakeGitHub::start();
+    let env = TestEnv::start_with(settings(&fake, ""));
+    let yaml = "script:\n  - echo tested\nrun_on:\n  push: {branches: [main]}\n";
+    let repo = Repo::new(&env, "widget", &[("zeroCI.yaml", yaml)]);
+    fake.serve(&repo);
+    fake.outage.store(true, Ordering::SeqCst);
+
+    // run_on takes pushes to main: accepted although the file could not be read, and tested.
+    let main_sha = repo.commit(&[("a", "1")], "on main");
+    let body = push_payload(&repo, "main", &main_sha);
+    let (status, answer) = deliver(&env, "push", "down-1", &body, Some(sign(&body)));
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        answer["note"]
+            .as_str()
+            .unwrap()
+            .contains("run_on is checked at the checkout")
+    );
+    let job = env.wait_job(answer["job"].as_u64().unwrap());
+    assert_eq!(job["status"], "success", "{job:#}");
+
+    // A push to another branch: accepted, then ends visibly skipped by the same rule the trigger
+    // would have applied; nothing ran, and the commit's pending status ends.
+    let dev_sha = repo.commit(&[("b", "2")], "on dev");
+    let body = push_payload(&repo, "dev", &dev_sha);
+    let (status, answer) = deliver(&env, "push", "down-2", &body, Some(sign(&body)));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["job"].as_u64().unwrap();
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "skipped", "{job:#}");
+    assert_eq!(job["reason"], "run_on.push.branches does not include dev");
+    let names: Vec<&str> = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["checkout"], "nothing but the checkout: {job:#}");
+    let shown = env.cli(&["show", &id.to_string()]);
+    assert_eq!(
+        shown.code, 0,
+        "a skipped job is not a failure: {}",
+        shown.stderr
+    );
+    assert!(
+        shown.stdout_str().contains("skipped"),
+        "{}",
+        shown.stdout_str()
+    );
+    let statuses = zeroci_testkit::wait_for("the skipped commit's final status", || {
+        let statuses = fake.statuses_for(&dev_sha);
+        (statuses.len() >= 2).then_some(statuses)
+    });
+    assert_eq!(statuses[1]["state"], "success");
+    assert_eq!(
+        statuses[1]["description"],
+        "skipped: run_on.push.branches does not include dev"
+    );
+
+    // The API is back: the same rule is applied at the door again.
+    fake.outage.store(false, Ordering::SeqCst);
+    let body = push_payload(&repo, "dev", &repo.commit(&[("c", "3")], "dev again"));
+    let (status, answer) = deliver(&env, "push", "down-3", &body, Some(sign(&body)));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(jobs(&env).len(), 2);
 }

@@ -42,6 +42,8 @@ pub fn exit_for_status(status: pb::JobStatus) -> u8 {
         pb::JobStatus::Failure => EXIT_FAILURE,
         pb::JobStatus::Error => EXIT_ERROR,
         pb::JobStatus::Cancelled => EXIT_CANCELLED,
+        // Its run_on excluded the event: nothing was tested, nothing failed.
+        pb::JobStatus::Skipped => EXIT_OK,
         // A status this CLI does not know (newer controller): not a result to report as success.
         _ => EXIT_TROUBLE,
     }

@@ -77,9 +77,11 @@ pub async fn badge(
         .into_response()
 }
 
-/// The newest finished job among `jobs` (newest first): a running one keeps the last result shown.
+/// The newest finished job among `jobs` (newest first): a running one keeps the last result shown,
+/// and so does a skipped one (it tested nothing).
 fn latest_finished(jobs: &[JobRecord]) -> Option<&JobRecord> {
-    jobs.iter().find(|job| job.status.is_final())
+    jobs.iter()
+        .find(|job| job.status.is_final() && job.status != JobStatus::Skipped)
 }
 
 /// A flat two-part badge, `build | passing`, in the original's words and shields.io's colours.

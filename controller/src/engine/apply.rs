@@ -146,6 +146,22 @@ fn apply_checkout(
     record
         .steps
         .retain(|s| s.kind == StepKind::Checkout && s.stage == 0);
+    if record.run_on_check.is_some()
+        && record.inline_pipeline.is_none()
+        && !checked_out.has_pipeline_file
+        && !checked_out.pipeline_file_too_large
+    {
+        // What the trigger would have said had it read the file: a commit without one is not built.
+        record.skipped = Some(format!(
+            "no {} at commit {}",
+            zeroci::pipeline::FILE_NAME,
+            record.commit
+        ));
+        return Effect::RunSteps {
+            run: pb::RunSteps::default(),
+            run_on_schedule: None,
+        };
+    }
     // Every message is what `zeroci lint` prints for the same file: one `zeroCI.yaml:LINE:COLUMN: KEY:
     // MESSAGE` line per error, then the warnings, which often explain the error (a misspelt key).
     let plan = if let Some(inline) = &record.inline_pipeline {
@@ -178,6 +194,18 @@ fn apply_checkout(
                 .inline_pipeline
                 .is_none()
                 .then(|| pipeline.schedule());
+            let excluded = record
+                .run_on_check
+                .as_ref()
+                .and_then(|check| pipeline.run_on_excludes(&check.event, &check.branch));
+            if let Some(reason) = excluded {
+                // Nothing is planned: the agent runs no step and the job ends skipped.
+                record.skipped = Some(reason);
+                return Effect::RunSteps {
+                    run: pb::RunSteps::default(),
+                    run_on_schedule,
+                };
+            }
             plan_stages(record, pipeline, defaults);
             Effect::RunSteps {
                 run: run_steps(record),
@@ -325,7 +353,7 @@ fn apply_artifact(record: &mut JobRecord, event: &LogEvent, note: &ArtifactNote)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::NewJob;
+    use crate::jobs::{JobStatus, NewJob};
     use crate::store::LogCursor;
 
     fn record() -> JobRecord {
@@ -377,6 +405,65 @@ mod tests {
             pipeline_file_too_large: false,
         };
         frame(EventKind::CheckedOut, 0, msg.encode_to_vec())
+    }
+
+    #[test]
+    fn a_run_on_check_left_to_the_checkout_skips_an_excluded_event_and_plans_nothing() {
+        let check = |event: &str, branch: &str| crate::jobs::RunOnCheck {
+            event: event.into(),
+            branch: branch.into(),
+        };
+        let file = "script:\n  - echo b\nrun_on:\n  push: {branches: [main]}\n";
+        let mut allowed = record();
+        allowed.run_on_check = Some(check("push", "main"));
+        let Effect::RunSteps { run, .. } = apply_event(&mut allowed, &checked_out(file), DEFAULTS)
+        else {
+            panic!()
+        };
+        assert_eq!(run.steps.len(), 1);
+        assert_eq!(allowed.final_status(), JobStatus::Success);
+
+        for (event, branch, reason) in [
+            ("push", "dev", "run_on.push.branches does not include dev"),
+            ("pull_request", "main", "run_on has no `pull_request` trigger"),
+        ] {
+            let mut skipped = record();
+            skipped.run_on_check = Some(check(event, branch));
+            // Replayed (crash recovery): the same decision, still nothing planned.
+            for _ in 0..2 {
+                let Effect::RunSteps { run, .. } =
+                    apply_event(&mut skipped, &checked_out(file), DEFAULTS)
+                else {
+                    panic!()
+                };
+                assert!(run.steps.is_empty());
+            }
+            assert_eq!(skipped.steps.len(), 1, "only the checkout");
+            assert_eq!(skipped.skipped.as_deref(), Some(reason));
+            assert_eq!(skipped.final_status(), JobStatus::Skipped);
+        }
+
+        let mut no_file = record();
+        no_file.run_on_check = Some(check("push", "main"));
+        let missing = pb::CheckedOut {
+            commit: "abc123".into(),
+            ..Default::default()
+        };
+        let event = frame(EventKind::CheckedOut, 0, missing.encode_to_vec());
+        assert!(matches!(
+            apply_event(&mut no_file, &event, DEFAULTS),
+            Effect::RunSteps { .. }
+        ));
+        assert_eq!(
+            no_file.skipped.as_deref(),
+            Some("no zeroCI.yaml at commit abc123")
+        );
+        // Without the check (the trigger read the file itself), a missing file is the job's error.
+        let mut checked = record();
+        assert!(matches!(
+            apply_event(&mut checked, &event, DEFAULTS),
+            Effect::ConfigError { .. }
+        ));
     }
 
     #[test]

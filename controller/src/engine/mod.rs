@@ -540,6 +540,7 @@ impl Engine {
         let reason = match status {
             JobStatus::Success | JobStatus::Failure => String::new(),
             JobStatus::Cancelled => state.record.cancel_reason.clone().unwrap_or(reason),
+            JobStatus::Skipped => state.record.skipped.clone().unwrap_or(reason),
             _ => reason,
         };
         // Shown on every page and notification: whatever it quotes, no secret.

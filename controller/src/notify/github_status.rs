@@ -37,6 +37,8 @@ pub fn status_for(job: &JobRecord) -> (StatusState, String) {
         JobStatus::Failure => (StatusState::Failure, format!("tests failed{took}")),
         JobStatus::Error => (StatusState::Error, format!("error: {}", job.reason)),
         JobStatus::Cancelled => (StatusState::Error, format!("cancelled: {}", job.reason)),
+        // Nothing was tested, but nothing failed either: the commit's pending status must end.
+        JobStatus::Skipped => (StatusState::Success, format!("skipped: {}", job.reason)),
     }
 }
 

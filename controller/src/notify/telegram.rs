@@ -291,7 +291,10 @@ pub fn message(job: &JobRecord, domain: &str) -> Option<(String, Vec<(String, St
         JobStatus::Failure => ("❌", "failed"),
         JobStatus::Error => ("⚠️", "errored"),
         JobStatus::Cancelled => ("⛔", "cancelled"),
-        JobStatus::Queued | JobStatus::Provisioning | JobStatus::Running => return None,
+        // A skipped job tested nothing: not worth a message.
+        JobStatus::Queued | JobStatus::Provisioning | JobStatus::Running | JobStatus::Skipped => {
+            return None;
+        }
     };
     let short: String = job.commit.chars().take(7).collect();
     let commit = match &job.github_repo {

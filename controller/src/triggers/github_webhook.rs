@@ -3,10 +3,14 @@
 //! Order of checks, each with its answer: webhooks configured (404) → signature over the exact body
 //! (401) → event parsed (400) → pings answered (200) → ignored events, deleted branches, tags and
 //! unknown repositories explained (200) → the pipeline file read at the commit through the contents API
-//! (502 when GitHub cannot be reached, so GitHub shows a failed delivery that can be redelivered) →
-//! `run_on` honoured (200 when it does not match) → the delivery id and the body's hash claimed (200
-//! for a redelivery or a replayed body) →
-//! the job queued (202). Bodies over the limit are refused with 413 before any of this.
+//! and `run_on` honoured (200 when it does not match) → the delivery id and the body's hash claimed
+//! (200 for a redelivery or a replayed body) → the job queued (202). Bodies over the limit are refused
+//! with 413 before any of this.
+//!
+//! When GitHub's API cannot be reached (after the client's own retries) the delivery is still
+//! accepted: GitHub does not redeliver by itself, so answering 502 would lose the commit. The job is
+//! queued with its `run_on` check left to the checkout, which reads the same file from the clone and
+//! ends the job `skipped` when `run_on` excludes the event.
 
 use std::sync::Arc;
 
@@ -20,7 +24,7 @@ use tracing::{info, warn};
 use crate::engine::Engine;
 use crate::github::webhook::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, repo_allowed};
 use crate::github::{WebhookEvent, parse_event, verify_signature};
-use crate::jobs::NewJob;
+use crate::jobs::{NewJob, RunOnCheck};
 use crate::schedules::service::PushedBranch;
 
 /// What a runnable delivery asks for.
@@ -161,11 +165,18 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
             trigger.repo
         ));
     }
-    match run_on_allows(engine, &trigger).await {
-        Err(response) => return response,
-        Ok(Some(reason)) => return ignored(reason),
-        Ok(None) => {}
-    }
+    let run_on_check = match run_on(engine, &trigger).await {
+        RunOn::Allowed => None,
+        RunOn::Excluded(reason) => return ignored(reason),
+        RunOn::Unread(error) => {
+            warn!(repo = %trigger.repo, commit = %trigger.commit, %error,
+                "cannot read zeroCI.yaml from GitHub; the job checks run_on at its checkout");
+            Some(RunOnCheck {
+                event: trigger.event.to_string(),
+                branch: trigger.filter_branch.clone(),
+            })
+        }
+    };
     // Deduplicated by the delivery id (kept on GitHub's redeliveries) and by the signed body itself:
     // a captured delivery replayed with a new or no id is the same bytes, while every real event
     // (a push's before/after, a pull request's update) has a body of its own.
@@ -210,13 +221,20 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
         untrusted: trigger.untrusted,
         supersede: true,
         committer: trigger.committer,
+        run_on_check,
         ..Default::default()
     };
+    let checks_at_checkout = new.run_on_check.is_some();
     match engine.submit(new).await {
         Ok(job) => {
             info!(job_id = job.id, delivery = ?delivery, "webhook queued a job");
             let url = crate::jobs::job_url(engine.domain(), job.id);
-            answer(StatusCode::ACCEPTED, json!({ "job": job.id, "url": url }))
+            let mut body = json!({ "job": job.id, "url": url });
+            if checks_at_checkout {
+                body["note"] =
+                    json!("GitHub's API could not be reached: run_on is checked at the checkout");
+            }
+            answer(StatusCode::ACCEPTED, body)
         }
         Err(e) => {
             // No job: let GitHub's redelivery (or a retry) try again.
@@ -229,21 +247,29 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
     }
 }
 
-/// Reads the pipeline file at the commit and applies its `run_on`. `Ok(Some(reason))`: not for this
-/// event. A file that does not parse still starts the job, which then shows every error.
-async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<String>, Response> {
+/// What `run_on` says of a delivery.
+enum RunOn {
+    /// Run it (also: no `run_on`, no GitHub API configured, a file that does not parse — the job
+    /// then shows every error).
+    Allowed,
+    /// Not for this event: the reason.
+    Excluded(String),
+    /// GitHub's API could not be reached: the error.
+    Unread(String),
+}
+
+/// Reads the pipeline file at the commit and applies its `run_on`.
+async fn run_on(engine: &Engine, trigger: &Trigger) -> RunOn {
     let Some(api) = &engine.github else {
-        return Ok(None);
+        return RunOn::Allowed;
     };
-    let file = api
+    let file = match api
         .file_at(&trigger.repo, zeroci::pipeline::FILE_NAME, &trigger.commit)
         .await
-        .map_err(|e| {
-            answer(
-                StatusCode::BAD_GATEWAY,
-                json!({ "error": format!("cannot read zeroCI.yaml from GitHub: {e}") }),
-            )
-        })?;
+    {
+        Ok(file) => file,
+        Err(e) => return RunOn::Unread(e.to_string()),
+    };
     let pushed = (trigger.event == "push").then(|| {
         PushedBranch::on_github(
             &trigger.repo,
@@ -257,14 +283,14 @@ async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<Stri
             // No pipeline file any more: no schedule either.
             engine.follow_run_on_schedule(pushed, None).await;
         }
-        return Ok(Some(format!(
+        return RunOn::Excluded(format!(
             "no {} at commit {}",
             zeroci::pipeline::FILE_NAME,
             trigger.commit
-        )));
+        ));
     };
     let Ok(pipeline) = zeroci::pipeline::parse(&file) else {
-        return Ok(None);
+        return RunOn::Allowed;
     };
     if let Some(pushed) = &pushed {
         // Also when `run_on` filters this push out: the branch may be one only a schedule builds.
@@ -272,23 +298,8 @@ async fn run_on_allows(engine: &Engine, trigger: &Trigger) -> Result<Option<Stri
             .follow_run_on_schedule(pushed, pipeline.schedule())
             .await;
     }
-    let Some(run_on) = pipeline.run_on else {
-        return Ok(None);
-    };
-    let Some(rule) = run_on.get(trigger.event) else {
-        return Ok(Some(format!("run_on has no `{}` trigger", trigger.event)));
-    };
-    let branches: Vec<&str> = rule
-        .get("branches")
-        .and_then(|b| b.as_array())
-        .map(|list| list.iter().filter_map(|b| b.as_str()).collect())
-        .unwrap_or_default();
-    if branches.contains(&trigger.filter_branch.as_str()) {
-        Ok(None)
-    } else {
-        Ok(Some(format!(
-            "run_on.{}.branches does not include {}",
-            trigger.event, trigger.filter_branch
-        )))
+    match pipeline.run_on_excludes(trigger.event, &trigger.filter_branch) {
+        Some(reason) => RunOn::Excluded(reason),
+        None => RunOn::Allowed,
     }
 }
