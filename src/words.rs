@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(JobStatus::from_word("unspecified"), None);
         assert_eq!(JobStatus::from_word("failed"), None);
         // Every proto value but "unspecified" is listed.
-        assert_eq!(JobStatus::ALL.len(), 7);
+        assert_eq!(JobStatus::ALL.len(), 8);
         assert_eq!(StepStatus::ALL.len(), 7);
     }
 }
