@@ -425,7 +425,11 @@ mod tests {
 
         for (event, branch, reason) in [
             ("push", "dev", "run_on.push.branches does not include dev"),
-            ("pull_request", "main", "run_on has no `pull_request` trigger"),
+            (
+                "pull_request",
+                "main",
+                "run_on has no `pull_request` trigger",
+            ),
         ] {
             let mut skipped = record();
             skipped.run_on_check = Some(check(event, branch));

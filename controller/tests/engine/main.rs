@@ -245,6 +245,85 @@ async fn a_retryable_provisioning_failure_is_retried_on_a_clean_machine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_agent_of_an_earlier_attempt_is_refused_and_the_new_attempt_is_untouched() {
+    let controller = Controller::start(test_config("a"), memory()).await;
+    let mut requests = controller.provisioner.requests();
+    let id = controller.submit().await;
+    // A two-job pipeline: the first machine (attempt 1) runs `a`, then a fresh one (attempt 2) `b`.
+    let first = requests.recv().await.expect("the first machine");
+    let mut agent = FakeAgent::attach(&controller.engine, id, first.attempt).await;
+    let pipeline = "jobs:\n  - name: a\n    script: [x]\n  - name: b\n    script: [y]\n";
+    let events = agent.events(vec![
+        started(0),
+        exited(0, 0),
+        checked_out_file(pipeline),
+        started(1),
+        output(1, "one "),
+        exited(1, 0),
+        finished(),
+    ]);
+    controller
+        .engine
+        .handle_events(&agent.active, events)
+        .await
+        .unwrap();
+    let second = requests.recv().await.expect("the second machine");
+    assert_eq!((first.attempt, second.attempt), (1, 2));
+    let mut agent = FakeAgent::attach(&controller.engine, id, second.attempt).await;
+    let events = agent.events(vec![started(2), exited(2, 0), checked_out_file(pipeline)]);
+    controller
+        .engine
+        .handle_events(&agent.active, events)
+        .await
+        .unwrap();
+    // Attempt 1's agent comes back (it missed its disconnect; a healed partition), with a valid
+    // certificate for its own attempt and events to resend.
+    let (tx, _rx) = tokio::sync::mpsc::channel(4);
+    let stale = controller
+        .engine
+        .attach(
+            zeroci::pki::Identity::Agent {
+                job_id: id,
+                attempt: 1,
+            },
+            pb::Hello {
+                job_id: id,
+                attempt: 1,
+                agent_version: "test".into(),
+                has_assignment: true,
+                last_seq: 7,
+                hostname: "old".into(),
+            },
+            tx,
+            "stale".into(),
+            99,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    let Err(refused) = stale else {
+        panic!("a stale attempt was attached")
+    };
+    assert!(
+        refused.to_string().contains("attempt 1 of job") && refused.to_string().contains("stale"),
+        "{refused}"
+    );
+    // The current attempt goes on as if nothing happened.
+    let rest = agent.events(vec![started(3), output(3, "two"), exited(3, 0), finished()]);
+    controller
+        .engine
+        .handle_events(&agent.active, rest)
+        .await
+        .unwrap();
+    let job = controller.finished(id).await;
+    assert_eq!(
+        (job.status, job.attempt),
+        (JobStatus::Success, 2),
+        "{job:?}"
+    );
+    assert_eq!(stored_output(&controller.engine, id).await.0, b"one two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_waiting_for_a_machine_at_shutdown_is_queued_again_and_runs_after_the_restart() {
     let store = Arc::new(MemoryStore::default());
     let first = Controller::start(test_config("a"), Stores::all(store.clone())).await;
