@@ -4,6 +4,7 @@
 //! Nothing here knows ZeroCI's types, so any test crate of the workspace can use it without a
 //! dependency cycle.
 
+pub mod link;
 pub mod services;
 pub mod vm;
 

@@ -192,6 +192,12 @@ impl Default for Settings {
     }
 }
 
+/// A loopback address with a port free right now, for a listener that must be known before it starts.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 impl TestEnv {
     pub fn start() -> TestEnv {
         TestEnv::start_with(Settings::default())

@@ -2,6 +2,7 @@
 //! installation (CA, certificates, state) per test. All of them live in this one test binary.
 
 mod browser;
+mod faults;
 mod github;
 mod github_signin;
 mod harness;

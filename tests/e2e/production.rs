@@ -50,16 +50,14 @@ impl Drop for Peer {
     }
 }
 
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 /// Production backends; with `peers`, every controller's agents know every controller's address
 /// (ports picked now), and leases are short so a dead controller's jobs move on quickly.
 pub fn production(workers: usize, peers: bool) -> (Settings, Vec<String>) {
     let addresses = if peers {
-        vec![free_address(), free_address()]
+        vec![
+            crate::harness::free_address(),
+            crate::harness::free_address(),
+        ]
     } else {
         vec!["127.0.0.1:0".to_string()]
     };
@@ -260,7 +258,7 @@ fn an_unreachable_mongodb_or_redis_stops_the_controller_with_one_clear_line() {
         .unwrap();
     assert!(init.status.success());
     // A port nobody listens on.
-    let closed = free_address();
+    let closed = crate::harness::free_address();
     let config_path = home.join("config.toml");
     let base: toml::Table =
         toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();

@@ -1,0 +1,154 @@
+//! Faults on purpose, with real processes: the agent's link to the controller cut like a network
+//! partition, the controller SIGKILLed again and again in one job. Each test checks that the stored
+//! log is byte for byte what the commands printed: nothing lost, nothing twice.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use zeroci_testkit::link::Link;
+
+use crate::harness::{Repo, Settings, TestEnv, free_address};
+
+/// Lines printed per round; a round's lines come out as fast as the shell can print them.
+const LINES_PER_ROUND: usize = 300;
+
+/// A barrier between the step and the test over loopback: the step connects and blocks until the
+/// test lets it go, so the test decides exactly when each burst of output happens.
+struct Gate {
+    listener: TcpListener,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    /// Shell that waits at the gate (bash: its /dev/tcp; the step shares the host's network).
+    fn wait_command(&self) -> String {
+        let port = self.listener.local_addr().unwrap().port();
+        format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; read -r _ <&3'")
+    }
+
+    /// Waits for the step to reach the gate (everything before it has been printed), then lets it
+    /// through.
+    fn open(&self) {
+        self.listener.set_nonblocking(false).unwrap();
+        let (mut step, _) = self.listener.accept().expect("the step reaches the gate");
+        step.write_all(b"go\n").unwrap();
+    }
+}
+
+/// A step that prints `rounds` bursts of numbered lines with a gate between each two, and what it
+/// prints in all.
+fn gated_rounds(gate: &Gate, rounds: usize) -> (String, String) {
+    let script = format!(
+        "for r in $(seq 1 {rounds}); do for l in $(seq 1 {LINES_PER_ROUND}); do echo \"round $r line $l: the quick brown fox jumps over the lazy dog\"; done; if [ $r -lt {rounds} ]; then {}; fi; done",
+        gate.wait_command()
+    );
+    let yaml = format!("script:\n  - {}\n", serde_json::to_string(&script).unwrap());
+    let mut expected = String::new();
+    for r in 1..=rounds {
+        for l in 1..=LINES_PER_ROUND {
+            expected.push_str(&format!(
+                "round {r} line {l}: the quick brown fox jumps over the lazy dog\n"
+            ));
+        }
+    }
+    (yaml, expected)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The stored log equals what the step printed: compared by checksum first (a short message), then in
+/// full (where they differ).
+fn assert_log_is(env: &TestEnv, id: u64, expected: &str) {
+    let stored = env.raw_log(id, None);
+    if sha256(&stored) != sha256(expected.as_bytes()) {
+        let stored = String::from_utf8_lossy(&stored);
+        let first_difference = stored
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b);
+        panic!(
+            "stored log ({} bytes) differs from what was printed ({} bytes); first different line: {first_difference:?}",
+            stored.len(),
+            expected.len()
+        );
+    }
+}
+
+#[test]
+fn the_agent_link_cut_for_twenty_seconds_mid_step_loses_and_repeats_nothing() {
+    let listen = free_address();
+    let link = Link::to(&listen);
+    let env = TestEnv::start_with(Settings {
+        grpc_listen: listen,
+        // Longer than the cut: the agent is silent, not lost.
+        lost_agent_timeout: 60,
+        extra: format!("[main]\nagent_endpoint = \"{}\"\n", link.addr),
+        ..Settings::default()
+    });
+    let gate = Gate::new();
+    let (yaml, expected) = gated_rounds(&gate, 3);
+    let repo = Repo::new(&env, "partitioned", &[("zeroCI.yaml", &yaml)]);
+    let id = env.submit(&repo.path);
+    env.wait_for_output(id, None, &format!("round 1 line {LINES_PER_ROUND}:"));
+
+    // Round 2 is printed while nothing crosses the link; round 3 after it healed.
+    link.cut();
+    gate.open();
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(
+        env.job(id)["status"],
+        "running",
+        "a silent agent is not lost yet"
+    );
+    link.restore();
+    gate.open();
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_log_is(&env, id, &expected);
+    assert_eq!(job["attempt"], 1, "the job kept its machine");
+    assert!(
+        link.accepted() >= 2,
+        "the agent noticed the silence and dialled again through the link"
+    );
+}
+
+#[test]
+fn the_controller_killed_ten_times_in_one_job_loses_and_repeats_nothing() {
+    let mut env = TestEnv::start_with(Settings {
+        grpc_listen: free_address(),
+        lost_agent_timeout: 30,
+        ..Settings::default()
+    });
+    let addr = env.grpc_addr.clone();
+    let gate = Gate::new();
+    let kills = 10;
+    let (yaml, expected) = gated_rounds(&gate, kills + 1);
+    let repo = Repo::new(&env, "battered", &[("zeroCI.yaml", &yaml)]);
+    let id = env.submit(&repo.path);
+    for round in 1..=kills {
+        env.wait_for_output(id, None, &format!("round {round} line {LINES_PER_ROUND}:"));
+        // The next round's burst is being printed and streamed when the controller dies.
+        gate.open();
+        env.kill_controller();
+        env.start_controller(&addr);
+    }
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_log_is(&env, id, &expected);
+    assert_eq!(
+        job["attempt"], 1,
+        "the job kept its machine through every restart"
+    );
+}
