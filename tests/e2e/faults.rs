@@ -152,3 +152,123 @@ fn the_controller_killed_ten_times_in_one_job_loses_and_repeats_nothing() {
         "the job kept its machine through every restart"
     );
 }
+
+/// A small tmpfs for the controller's state directory, so a test can fill it; unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("zeroci-small-disk-")
+            .tempdir()
+            .unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs for the state directory: this test needs root (CI runs as root)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_state_disk_gives_clear_errors_corrupts_nothing_and_later_jobs_run() {
+    // The agent binary lives on the same file system, so machines get it as a hard link, as they do
+    // in an installation; what is left is ~40 MiB for the state.
+    let agent = zeroci_testkit::bin("zeroci-agent");
+    let size_mib = std::fs::metadata(&agent).unwrap().len() / (1 << 20) + 40;
+    let disk = SmallDisk::mount(size_mib);
+    let agent_copy = disk.path().join("zeroci-agent");
+    std::fs::copy(&agent, &agent_copy).unwrap();
+    let state = disk.path().join("state");
+    // The store's patience is longer than the agent's: the agent, refused and backing off, is silent
+    // for longer than `lost_agent_timeout`, and must not be declared lost for it.
+    let mut env = TestEnv::start_with(Settings {
+        grpc_listen: free_address(),
+        lost_agent_timeout: 3,
+        extra: format!(
+            "[main]\nstate_dir = \"{}\"\nstore_failure_timeout = 8\n[provisioner.local]\nagent_binary = \"{}\"\n",
+            state.display(),
+            agent_copy.display()
+        ),
+        ..Settings::default()
+    });
+    let addr = env.grpc_addr.clone();
+    let hello = Repo::new(
+        &env,
+        "hello",
+        &[("zeroCI.yaml", "script:\n  - echo hello\n")],
+    );
+    let before = env.submit(&hello.path);
+    let first = env.wait_job(before);
+    assert_eq!(first["status"], "success", "{first:#}");
+
+    // A job streams output when the disk fills up under it.
+    let gate = Gate::new();
+    let (yaml, expected) = gated_rounds(&gate, 2);
+    let repo = Repo::new(&env, "filler", &[("zeroCI.yaml", &yaml)]);
+    let id = env.submit(&repo.path);
+    env.wait_for_output(id, None, &format!("round 1 line {LINES_PER_ROUND}:"));
+    let filler = disk.fill();
+    gate.open();
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "error", "{job:#}");
+    let reason = job["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the store keeps failing") && reason.contains("No space left on device"),
+        "the reason names the cause: {reason}"
+    );
+    // What was stored is what the step printed, up to where the disk filled: a prefix, no hole.
+    let stored = env.raw_log(id, None);
+    assert!(
+        expected.as_bytes().starts_with(&stored) && stored.len() >= LINES_PER_ROUND * 10,
+        "stored {} bytes, not a prefix of what was printed",
+        stored.len()
+    );
+
+    // Space comes back: jobs run again, and after a restart everything stored reads back the same.
+    std::fs::remove_file(filler).unwrap();
+    let after = env.submit(&hello.path);
+    assert_eq!(env.wait_job(after)["status"], "success");
+    env.kill_controller();
+    env.start_controller(&addr);
+    assert_eq!(env.raw_log(before, None), b"hello\n");
+    assert_eq!(env.raw_log(id, None), stored);
+    assert_eq!(env.job(id)["reason"], reason);
+    assert_eq!(env.raw_log(after, None), b"hello\n");
+}

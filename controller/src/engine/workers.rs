@@ -523,8 +523,12 @@ impl Engine {
         };
         let silent_ms = now - active.last_heard_ms.load(Ordering::Relaxed);
         let cancel_deadline = active.cancel_deadline_ms.load(Ordering::Relaxed);
-        let store_trouble = active
-            .store_trouble()
+        let store_trouble = active.store_trouble();
+        // A store refusing the agent's events drops its link, and the agent backs off before it
+        // resends: its silence is the store's doing, and the store's rule below ends the job with the
+        // real reason.
+        let silence_explained = connected && store_trouble.is_some();
+        let store_trouble = store_trouble
             .filter(|t| now - t.since_ms > self.config.store_failure_timeout().as_millis() as i64);
         if let Some(trouble) = store_trouble {
             // The agent is alive and resending, but nothing it sends can be kept: end the job instead
@@ -539,7 +543,7 @@ impl Engine {
             warn!(job_id = active.id, %reason, "ending job");
             self.finalize(active, &mut state, JobStatus::Error, reason)
                 .await?;
-        } else if silent_ms > limit.as_millis() as i64 {
+        } else if silent_ms > limit.as_millis() as i64 && !silence_explained {
             let mut state = active.state.lock().await;
             let reason = if connected {
                 format!("agent lost: no message for {}s", silent_ms / 1000)
