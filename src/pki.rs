@@ -127,6 +127,27 @@ impl Identity {
     }
 }
 
+/// The DER bytes of the first certificate in `pem`.
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(block.contents)
+}
+
+/// SHA-256 of a certificate's DER bytes, in hex: how a certificate is named in the list of issued
+/// user certificates and in its revocations.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    crate::encoding::hex(&sha2::Sha256::digest(der))
+}
+
+/// When the certificate stops being valid, in Unix seconds.
+pub fn not_after(der: &[u8]) -> Result<i64, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// A certificate and its private key, both PEM.
 #[derive(Debug, Clone)]
 pub struct CertPair {

@@ -34,6 +34,30 @@ pub fn load_profile(explicit: Option<&Path>) -> anyhow::Result<Profile> {
     Ok(Profile::load(&path)?)
 }
 
+/// An expired certificate would only get an opaque TLS alert from the controller: say what it is.
+fn refuse_expired(cert_pem: &str, path: &Path) -> anyhow::Result<()> {
+    let Ok(not_after) =
+        zeroci::pki::first_cert_der(cert_pem).and_then(|d| zeroci::pki::not_after(&d))
+    else {
+        return Ok(()); // not readable here: the TLS layer explains
+    };
+    if not_after <= zeroci::now_unix_ms() / 1000 {
+        let when = time::OffsetDateTime::from_unix_timestamp(not_after)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| not_after.to_string());
+        return Err(anyhow!(
+            "the client certificate {} expired at {when}: ask an admin of the controller for a new one \
+             (zeroci-controller user add NAME)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn read_pem(what: &str, path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
@@ -43,6 +67,7 @@ impl Client {
     pub async fn connect(profile: &Profile) -> anyhow::Result<Client> {
         let ca = read_pem("CA certificate", &profile.ca)?;
         let cert = read_pem("client certificate", &profile.cert)?;
+        refuse_expired(&cert, &profile.cert)?;
         let key = read_pem("client key", &profile.key)?;
         let url = zeroci::tls::endpoint_url(&profile.controller);
         let endpoint = Channel::from_shared(url)

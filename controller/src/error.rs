@@ -21,6 +21,9 @@ pub enum ControllerError {
     /// Try again later (for example while the controller stops or restarts).
     #[error("{0}")]
     Unavailable(String),
+    /// The caller used up its share (too many failed attempts): try again later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,6 +52,7 @@ impl From<ControllerError> for Status {
             ControllerError::PermissionDenied(m) => Status::permission_denied(m),
             ControllerError::Unauthenticated(m) => Status::unauthenticated(m),
             ControllerError::Unavailable(m) => Status::unavailable(m),
+            ControllerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             other => {
                 // Details go to the log; the client gets a short message, not our internals.
                 error!(error = ?other, "internal error");

@@ -84,9 +84,20 @@ pub fn init(options: &InitOptions) -> Result<Initialized, InitError> {
         }
     }
     let server = ca.issue_controller(&names)?;
-    let admin = ca.issue_user("admin", Role::Admin, LONG_VALIDITY)?;
+    let ca_cert = pki.join("ca.crt");
+    write_private(&ca_cert, &ca_pair.cert_pem)?;
+    // A new CA starts a new list of issued certificates.
+    let registry = crate::users::UserRegistry::beside(&ca_cert);
+    match std::fs::remove_file(registry.path()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(registry.path())(e));
+        }
+        _ => {}
+    }
+    let (admin, _) = registry
+        .add(&ca, "admin", Role::Admin, LONG_VALIDITY)
+        .map_err(|e| InitError::Invalid(e.to_string()))?;
     for (name, contents) in [
-        ("ca.crt", &ca_pair.cert_pem),
         ("ca.key", &ca_pair.key_pem),
         ("controller.crt", &server.cert_pem),
         ("controller.key", &server.key_pem),

@@ -220,27 +220,56 @@ impl TestReport {
 }
 
 impl TestTotals {
-    /// Counts one case. Saturating: a count cannot wrap even for absurd inputs.
-    fn count(&mut self, status: CaseStatus, time_secs: f64) {
-        self.total = self.total.saturating_add(1);
-        let slot = match status {
-            CaseStatus::Passed => &mut self.passed,
-            CaseStatus::Failed => &mut self.failed,
-            CaseStatus::Error => &mut self.errors,
-            CaseStatus::Skipped => &mut self.skipped,
+    /// Totals from counts of any size: absurd counts are cut so that every field fits and
+    /// `total == passed + failed + errors + skipped` still holds (the outcomes that are not a pass
+    /// keep their share first).
+    pub fn from_counts(
+        passed: u64,
+        failed: u64,
+        errors: u64,
+        skipped: u64,
+        time_secs: f64,
+    ) -> Self {
+        let mut room = u64::from(u32::MAX);
+        let mut take = |n: u64| {
+            let kept = n.min(room);
+            room -= kept;
+            kept as u32
         };
-        *slot = slot.saturating_add(1);
-        self.time_secs += time_secs;
+        let (failed, errors, skipped, passed) =
+            (take(failed), take(errors), take(skipped), take(passed));
+        TestTotals {
+            total: passed + failed + errors + skipped,
+            passed,
+            failed,
+            errors,
+            skipped,
+            time_secs,
+        }
+    }
+
+    /// Counts one case.
+    fn count(&mut self, status: CaseStatus, time_secs: f64) {
+        let one = |s: CaseStatus| u64::from(s == status);
+        self.add(&TestTotals::from_counts(
+            one(CaseStatus::Passed),
+            one(CaseStatus::Failed),
+            one(CaseStatus::Error),
+            one(CaseStatus::Skipped),
+            time_secs,
+        ));
     }
 
     /// Adds another report's counts (several reports of one step, or merged reports).
     pub fn add(&mut self, other: &TestTotals) {
-        self.total = self.total.saturating_add(other.total);
-        self.passed = self.passed.saturating_add(other.passed);
-        self.failed = self.failed.saturating_add(other.failed);
-        self.errors = self.errors.saturating_add(other.errors);
-        self.skipped = self.skipped.saturating_add(other.skipped);
-        self.time_secs += other.time_secs;
+        let sum = |a: u32, b: u32| u64::from(a) + u64::from(b);
+        *self = TestTotals::from_counts(
+            sum(self.passed, other.passed),
+            sum(self.failed, other.failed),
+            sum(self.errors, other.errors),
+            sum(self.skipped, other.skipped),
+            self.time_secs + other.time_secs,
+        );
     }
 }
 

@@ -27,3 +27,4 @@ pub mod schedules;
 pub mod server;
 pub mod store;
 pub mod triggers;
+pub mod users;

@@ -1,5 +1,7 @@
 //! `zeroci-controller`: `init` a new installation, or serve (the default).
 
+mod user_command;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,6 +55,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         action: ImageAction,
+    },
+    /// Issue, list and revoke the CLI's client certificates.
+    User {
+        #[command(subcommand)]
+        action: user_command::UserAction,
     },
 }
 
@@ -147,6 +154,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(Command::Image { action }) = args.command {
         return image_command(&config, action);
+    }
+    if let Some(Command::User { action }) = args.command {
+        return user_command::run(&config, action);
     }
     if let Some(Command::CheckNotify) = args.command {
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -45,6 +45,8 @@ pub enum ServeError {
     GitHub(#[from] crate::github::GitHubError),
     #[error(transparent)]
     Provisioner(#[from] crate::provisioner::ProvisionError),
+    #[error(transparent)]
+    Users(#[from] crate::users::UsersError),
 }
 
 /// The address agents dial: `[main] agent_endpoint`, or the bound one with an unspecified IP made
@@ -121,6 +123,7 @@ pub async fn serve_with(
     } = listeners;
     let config = Arc::new(config);
     let ca = CertificateAuthority::load(&config.tls.ca, &config.tls.ca_key)?;
+    let revocations = Arc::new(crate::users::Revocations::load(&config.tls.ca)?);
     let tls = zeroci::tls::server_config(
         ca.cert_pem(),
         &read_to_string(&config.tls.cert)?,
@@ -208,7 +211,7 @@ pub async fn serve_with(
         )))
         .add_service(ControlServiceServer::with_interceptor(
             ControlApi::new(engine.clone(), membership.clone()),
-            require_user_certificate,
+            move |request| require_user_certificate(request, &revocations),
         ))
         // Joined hosts hold a join token, not a certificate; the service checks it.
         .add_service(PoolServiceServer::new(PoolApi::new(

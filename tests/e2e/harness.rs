@@ -342,7 +342,12 @@ impl TestEnv {
     }
 
     pub fn cli_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
-        let mut proc = self.spawn_cli(args, cwd);
+        self.cli_as(&self.profile(), args, cwd)
+    }
+
+    /// Runs `zeroci --profile PROFILE ARGS` to completion (another user's profile).
+    pub fn cli_as(&self, profile: &Path, args: &[&str], cwd: Option<&Path>) -> Output {
+        let mut proc = self.spawn_cli_as(profile, args, cwd);
         let mut stdout = proc.child.stdout.take().unwrap();
         let mut stderr = proc.child.stderr.take().unwrap();
         let out_thread = std::thread::spawn(move || {
@@ -369,8 +374,12 @@ impl TestEnv {
     }
 
     pub fn spawn_cli(&self, args: &[&str], cwd: Option<&Path>) -> Proc {
+        self.spawn_cli_as(&self.profile(), args, cwd)
+    }
+
+    fn spawn_cli_as(&self, profile: &Path, args: &[&str], cwd: Option<&Path>) -> Proc {
         let mut command = Command::new(bin("zeroci"));
-        command.arg("--profile").arg(self.profile()).args(args);
+        command.arg("--profile").arg(profile).args(args);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }

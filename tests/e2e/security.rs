@@ -186,3 +186,147 @@ fn agent_certificates_act_only_for_their_own_job() {
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
     });
 }
+
+#[test]
+fn an_enrolment_flood_with_made_up_tokens_is_refused_cheaply_and_real_agents_still_get_in() {
+    let env = TestEnv::start();
+    let refusals = runtime().block_on(async {
+        let channel = channel(&env, zeroci::tls::client_config(&ca_pem(&env), None)).await;
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let mut refusals = std::collections::BTreeMap::<String, usize>::new();
+        for i in 0..300 {
+            // Well-formed guesses (which cost a look at the jobs) and malformed ones (which do not).
+            let bootstrap_token = if i % 2 == 0 {
+                format!("{i:064x}")
+            } else {
+                "not a token".repeat(i % 7)
+            };
+            let err = client
+                .enroll(pb::EnrollRequest {
+                    bootstrap_token,
+                    csr_pem: String::new(),
+                })
+                .await
+                .unwrap_err();
+            *refusals.entry(format!("{:?}", err.code())).or_default() += 1;
+        }
+        refusals
+    });
+    let limited = refusals.get("ResourceExhausted").copied().unwrap_or(0);
+    assert!(
+        limited >= 250,
+        "after a short burst the address is refused without a look at any job: {refusals:?}"
+    );
+    let refused = ["Unauthenticated", "PermissionDenied"]
+        .iter()
+        .map(|code| refusals.get(*code).copied().unwrap_or(0))
+        .sum::<usize>();
+    assert_eq!(refused + limited, 300, "nothing but refusals: {refusals:?}");
+    // The real agents of the same address are refused too for a moment, and retry until they get in.
+    let repo = Repo::new(
+        &env,
+        "after-flood",
+        &[("zeroCI.yaml", "script:\n  - echo in\n")],
+    );
+    let id = env.submit(&repo.path);
+    assert_eq!(env.wait_job(id)["status"], "success");
+}
+
+/// `zeroci-controller --config … user ARGS` of this installation.
+fn user_command(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::harness::bin("zeroci-controller"))
+        .arg("--config")
+        .arg(env.home().join("config.toml"))
+        .arg("user")
+        .args(args)
+        .output()
+        .expect("run zeroci-controller user")
+}
+
+#[test]
+fn issued_users_act_within_their_role_and_are_refused_once_revoked_or_expired() {
+    let env = TestEnv::start();
+    let out = env.dir.path().join("users");
+    let out_arg = out.to_str().unwrap();
+    let added = user_command(
+        &env,
+        &[
+            "add",
+            "val",
+            "--out",
+            out_arg,
+            "--controller",
+            &env.grpc_addr,
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let val = out.join("val.toml");
+    let listed = env.cli_as(&val, &["jobs"], None);
+    assert_eq!(listed.code, 0, "a viewer reads: {}", listed.stderr);
+    let cancel = env.cli_as(&val, &["cancel", "1"], None);
+    assert_ne!(cancel.code, 0);
+    assert!(cancel.stderr.contains("viewer"), "{}", cancel.stderr);
+
+    let list = user_command(&env, &["list"]);
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(list.contains("admin\tadmin\tvalid"), "{list}");
+    assert!(list.contains("val\tviewer\tvalid"), "{list}");
+
+    // Revoked while the controller runs: refused from the next call on, no restart.
+    let revoked = user_command(&env, &["revoke", "val"]);
+    assert!(revoked.status.success());
+    let refusal = zeroci_testkit::wait_for("the revoked certificate refused", || {
+        let out = env.cli_as(&val, &["jobs"], None);
+        (out.code != 0).then_some(out.stderr)
+    });
+    assert!(refusal.contains("revoked"), "{refusal}");
+    assert!(
+        String::from_utf8_lossy(&user_command(&env, &["list"]).stdout)
+            .contains("val\tviewer\trevoked")
+    );
+    assert_eq!(env.cli(&["jobs"]).code, 0, "the admin is untouched");
+
+    // A certificate past its expiry: the CLI says so, and the controller refuses it anyway.
+    let short = our_ca(&env)
+        .issue_user("brief", Role::Admin, Duration::from_secs(1))
+        .unwrap();
+    std::fs::write(out.join("brief.crt"), &short.cert_pem).unwrap();
+    std::fs::write(out.join("brief.key"), &short.key_pem).unwrap();
+    let profile = std::fs::read_to_string(&val)
+        .unwrap()
+        .replace("val.crt", "brief.crt")
+        .replace("val.key", "brief.key");
+    let brief = out.join("brief.toml");
+    std::fs::write(&brief, profile).unwrap();
+    let expired = zeroci_testkit::wait_for("the short certificate expired", || {
+        let out = env.cli_as(&brief, &["jobs"], None);
+        (out.code != 0).then_some(out.stderr)
+    });
+    assert!(expired.contains("expired"), "{expired}");
+    // The controller's TLS layer refuses it too (a client that does not check, such as this one).
+    let runtime = runtime();
+    let tls_refusal = zeroci_testkit::wait_for("the expired certificate refused by TLS", || {
+        runtime.block_on(async {
+            let tls =
+                zeroci::tls::client_config(&ca_pem(&env), Some((&short.cert_pem, &short.key_pem)));
+            let channel = Channel::from_shared(format!("https://{}", env.grpc_addr))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await;
+            match channel {
+                Err(e) => Some(format!("{e:?}")),
+                Ok(channel) => list_jobs(channel).await.err().map(|e| format!("{e:?}")),
+            }
+        })
+    });
+    assert!(
+        tls_refusal.to_lowercase().contains("expired"),
+        "{tls_refusal}"
+    );
+}

@@ -21,6 +21,7 @@ use zeroci::pb::agent_message::Kind as AgentKind;
 use zeroci::pb::controller_message::Kind as Reply;
 
 use crate::api::auth::peer_identity;
+use crate::api::rate_limit::{ENROLMENT, FailureLimiter};
 use crate::engine::{ActiveJob, AgentTx, Engine};
 
 /// Events stored in one batch (and acknowledged with one `Ack`) even if more are already waiting.
@@ -35,6 +36,8 @@ pub struct AgentApi {
     next_link: AtomicU64,
     /// Cancelled when the controller stops serving agents (after the shutdown drain).
     links_stop: CancellationToken,
+    /// Enrolment is open to anyone who can connect: made-up tokens are counted per address.
+    enrolment_failures: FailureLimiter,
 }
 
 impl AgentApi {
@@ -43,6 +46,7 @@ impl AgentApi {
             engine,
             next_link: AtomicU64::new(1),
             links_stop,
+            enrolment_failures: FailureLimiter::new(ENROLMENT),
         }
     }
 }
@@ -53,12 +57,17 @@ impl pb::agent_service_server::AgentService for AgentApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
-        Ok(Response::new(
-            self.engine
-                .enroll(&request.bootstrap_token, &request.csr_pem)
-                .await?,
-        ))
+        let enrolled = self
+            .enrolment_failures
+            .guard(
+                peer,
+                self.engine
+                    .enroll(&request.bootstrap_token, &request.csr_pem),
+            )
+            .await?;
+        Ok(Response::new(enrolled))
     }
 
     type FetchArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;

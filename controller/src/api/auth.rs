@@ -5,6 +5,7 @@ use tonic::Request;
 use zeroci::pki::{Identity, Role};
 
 use crate::error::ControllerError;
+use crate::users::Revocations;
 
 /// The identity of the peer's certificate. Fails when no certificate was presented (the TLS layer has
 /// already refused certificates that do not chain to our CA).
@@ -18,12 +19,25 @@ pub fn peer_identity<T>(request: &Request<T>) -> Result<Identity, ControllerErro
     Identity::from_der(leaf.as_ref()).map_err(|e| ControllerError::Unauthenticated(e.to_string()))
 }
 
-/// The control API's interceptor: every call needs a user certificate, whatever the method, so a
-/// method added later cannot forget it. Methods then check the role they need with
+/// The control API's interceptor: every call needs a user certificate that is not revoked, whatever
+/// the method, so a method added later cannot forget it. Methods then check the role they need with
 /// [`authorize_user`].
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
-pub fn require_user_certificate(request: Request<()>) -> Result<Request<()>, tonic::Status> {
-    authorize_user(&request, Access::Read)?;
+pub fn require_user_certificate(
+    request: Request<()>,
+    revocations: &Revocations,
+) -> Result<Request<()>, tonic::Status> {
+    let name = authorize_user(&request, Access::Read)?;
+    let revoked = request
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .is_some_and(|leaf| revocations.is_revoked(leaf.as_ref()));
+    if revoked {
+        return Err(ControllerError::Unauthenticated(format!(
+            "the certificate of user {name} has been revoked"
+        ))
+        .into());
+    }
     Ok(request)
 }
 

@@ -13,6 +13,7 @@ pub mod listing;
 pub mod logview;
 pub mod pages;
 pub mod pool_service;
+pub mod rate_limit;
 pub mod schedule_http;
 pub mod schedules;
 pub mod session;

@@ -18,6 +18,7 @@ use zeroci::pb;
 use zeroci::pb::pool_controller_message::Kind as Command;
 use zeroci::pb::pool_member_message::Kind as Said;
 
+use crate::api::rate_limit::{ENROLMENT, FailureLimiter};
 use crate::error::ControllerError;
 use crate::provisioner::pool::hosts::{Answer, HostCredentials, HostHello, PoolHosts};
 use crate::provisioner::pool::membership::PoolMembership;
@@ -38,6 +39,8 @@ pub struct PoolApi {
     membership: Arc<PoolMembership>,
     /// Cancelled when the controller stops serving (after the shutdown drain).
     links_stop: CancellationToken,
+    /// Joining is open to anyone who can connect: refused tokens are counted per address.
+    token_failures: FailureLimiter,
 }
 
 impl PoolApi {
@@ -45,6 +48,7 @@ impl PoolApi {
         PoolApi {
             membership,
             links_stop,
+            token_failures: FailureLimiter::new(ENROLMENT),
         }
     }
 }
@@ -66,7 +70,11 @@ impl pb::pool_service_server::PoolService for PoolApi {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default()
             .to_string();
-        let token = self.membership.authenticate(&presented).await?;
+        let peer = request.remote_addr().map(|a| a.ip());
+        let token = self
+            .token_failures
+            .guard(peer, self.membership.authenticate(&presented))
+            .await?;
         let Some(hosts) = self.membership.hosts().cloned() else {
             return Err(ControllerError::FailedPrecondition(
                 "this controller does not use pool machines (set [provisioner] kind = \"pool\")"

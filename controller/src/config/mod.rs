@@ -249,6 +249,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
+        let mut config = Config::parse(&text, path)?;
+        config.file = std::path::absolute(path).ok();
+        Ok(config)
+    }
+
+    /// Parses the text of the config file at `path` (named in errors; relative paths in the file are
+    /// resolved against its directory) and validates it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.display().to_string(),
             message,
@@ -276,7 +284,6 @@ impl Config {
             source,
         })?;
         config.resolve_paths(&base);
-        config.file = std::path::absolute(path).ok();
         config.validate().map_err(invalid)?;
         Ok(config)
     }

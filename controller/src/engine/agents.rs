@@ -11,6 +11,7 @@ use zeroci::pb;
 use zeroci::pb::controller_message::Kind as Reply;
 use zeroci::pki::Identity;
 
+use crate::engine::BOOTSTRAP_TOKEN_LEN;
 use crate::engine::apply;
 use crate::engine::{ActiveJob, AgentLink, AgentTx, Engine, sha256_hex};
 use crate::error::ControllerError;
@@ -26,6 +27,12 @@ impl Engine {
         if token.is_empty() {
             return Err(ControllerError::Unauthenticated(
                 "bootstrap token is required".into(),
+            ));
+        }
+        // Refused before touching any job: a guess of the wrong shape costs nothing.
+        if token.len() != BOOTSTRAP_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ControllerError::Unauthenticated(
+                "malformed bootstrap token".into(),
             ));
         }
         let wanted = sha256_hex(token);

@@ -11,6 +11,7 @@ use zeroci::pb;
 use zeroci::pb::agent_event::Kind as AgentEventKind;
 use zeroci::pb::controller_message::Kind as Reply;
 
+use crate::config::LimitsConfig;
 use crate::engine::apply::{self, Effect};
 use crate::engine::{ActiveJob, Engine, RunState};
 use crate::error::ControllerError;
@@ -40,19 +41,140 @@ fn failure_reason(record: &JobRecord) -> String {
 }
 
 /// A batch turned into what goes to each store.
-#[derive(Default)]
-struct Batch {
-    events: Vec<LogEvent>,
-    reports: Vec<(crate::store::LogCursor, Bytes)>,
-    pieces: Vec<ArtifactPiece>,
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<LogEvent>,
+    pub reports: Vec<(crate::store::LogCursor, Bytes)>,
+    pub pieces: Vec<ArtifactPiece>,
     /// The batch broke off here: an event was missing or empty. The job cannot be complete any more.
-    problem: Option<String>,
+    pub problem: Option<String>,
     /// The last agent event handled, stored or dropped past the output limit: what to acknowledge.
-    handled_through: Option<u64>,
+    pub handled_through: Option<u64>,
     /// The job's output bytes once this batch is stored.
-    output_bytes: u64,
+    pub output_bytes: u64,
     /// This batch brought the output to `[limits] max_log_bytes`.
-    limit_reached: bool,
+    pub limit_reached: bool,
+}
+
+/// Turns agent events into log events, skipping the ones already stored: pure, so what the engine
+/// does with whatever an agent sends can be fuzzed without a store.
+pub fn prepare(
+    limits: &LimitsConfig,
+    attempt: u32,
+    state: &RunState,
+    events: Vec<pb::AgentEvent>,
+) -> Batch {
+    let mut batch = Batch {
+        output_bytes: state.output_bytes,
+        ..Batch::default()
+    };
+    let limit = limits.max_log_bytes;
+    let mut cursor = state.logged;
+    let mut expected = state.agent_seq + 1;
+    for event in events {
+        if event.seq < expected {
+            continue; // a resend of something stored
+        }
+        let Some(kind) = event.kind.filter(|_| event.seq == expected) else {
+            batch.problem = Some(if event.seq != expected {
+                format!("expected event {expected}, got {}", event.seq)
+            } else {
+                format!("event {} has no content", event.seq)
+            });
+            break;
+        };
+        expected += 1;
+        batch.handled_through = Some(event.seq);
+        if matches!(kind, AgentEventKind::Output(_)) && batch.output_bytes >= limit {
+            continue; // past the limit: acknowledged, not stored
+        }
+        cursor = cursor.next();
+        let at_ms = if event.at_unix_ms > 0 {
+            event.at_unix_ms
+        } else {
+            zeroci::now_unix_ms()
+        };
+        let (kind, step, stream, payload) = match kind {
+            AgentEventKind::Output(o) => {
+                let stream = if o.stream == pb::OutputStream::Stderr as i32 {
+                    2
+                } else {
+                    1
+                };
+                let room = limit - batch.output_bytes;
+                let mut data = o.data;
+                // Reaching the limit exactly counts: what comes next is dropped, so say it here.
+                if data.len() as u64 >= room {
+                    data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+                    let note = format!(
+                        "\nzeroci: this job's output reached the limit of {limit} bytes ([limits] max_log_bytes); the rest is not stored{}\n",
+                        if limits.on_log_limit == crate::config::LogLimitAction::Cancel {
+                            " and the job is cancelled"
+                        } else {
+                            ""
+                        }
+                    );
+                    let mut with_note = data.to_vec();
+                    with_note.extend_from_slice(note.as_bytes());
+                    data = Bytes::from(with_note);
+                    batch.output_bytes = limit;
+                    batch.limit_reached = true;
+                } else {
+                    batch.output_bytes += data.len() as u64;
+                }
+                (EventKind::Output, o.step, stream, data)
+            }
+            AgentEventKind::StepStarted(s) => (EventKind::StepStarted, s.step, 0, Bytes::new()),
+            AgentEventKind::StepExited(e) => (
+                EventKind::StepExited,
+                e.step,
+                0,
+                Bytes::from(e.encode_to_vec()),
+            ),
+            AgentEventKind::CheckedOut(c) => {
+                (EventKind::CheckedOut, 0, 0, Bytes::from(c.encode_to_vec()))
+            }
+            AgentEventKind::Finished(_) => (EventKind::Finished, 0, 0, Bytes::new()),
+            AgentEventKind::TestReport(r) => {
+                let note = report_note(&r);
+                if !r.xml.is_empty() {
+                    batch.reports.push((cursor, r.xml));
+                }
+                (EventKind::TestReport, r.step, 0, note.encode())
+            }
+            AgentEventKind::Artifact(a) => {
+                // Filed under the stage's last step, which is what ran before it was kept.
+                let after = stage_last_step(&state.record);
+                let note = ArtifactNote {
+                    name: a.name.clone(),
+                    offset: a.offset,
+                    len: a.data.len() as u64,
+                    last: a.last,
+                    error: a.error,
+                };
+                if !a.data.is_empty() {
+                    batch.pieces.push(ArtifactPiece {
+                        attempt,
+                        name: a.name,
+                        offset: a.offset,
+                        data: a.data,
+                    });
+                }
+                (EventKind::Artifact, after, 0, note.encode())
+            }
+        };
+        batch.events.push(LogEvent {
+            cursor,
+            agent_seq: event.seq,
+            step,
+            kind,
+            stream,
+            at_ms,
+            payload,
+            withheld: 0,
+        });
+    }
+    batch
 }
 
 impl Engine {
@@ -70,7 +192,7 @@ impl Engine {
             // A resend of something stored, or a late event after the end: acknowledge, store nothing.
             return Ok(state.agent_seq);
         }
-        let batch = self.prepare(active, &state, events);
+        let batch = prepare(&self.config.limits, active.attempt, &state, events);
         if let Err(e) = self.store_batch(active, &batch).await {
             active.store_failed(e.to_string());
             return Err(e);
@@ -107,123 +229,6 @@ impl Engine {
                 .await?;
         }
         Ok(state.agent_seq)
-    }
-
-    /// Turns agent events into log events, skipping the ones already stored.
-    fn prepare(&self, active: &ActiveJob, state: &RunState, events: Vec<pb::AgentEvent>) -> Batch {
-        let mut batch = Batch {
-            output_bytes: state.output_bytes,
-            ..Batch::default()
-        };
-        let limit = self.config.limits.max_log_bytes;
-        let mut cursor = state.logged;
-        let mut expected = state.agent_seq + 1;
-        for event in events {
-            if event.seq < expected {
-                continue; // a resend of something stored
-            }
-            let Some(kind) = event.kind.filter(|_| event.seq == expected) else {
-                batch.problem = Some(if event.seq != expected {
-                    format!("expected event {expected}, got {}", event.seq)
-                } else {
-                    format!("event {} has no content", event.seq)
-                });
-                break;
-            };
-            expected += 1;
-            batch.handled_through = Some(event.seq);
-            if matches!(kind, AgentEventKind::Output(_)) && batch.output_bytes >= limit {
-                continue; // past the limit: acknowledged, not stored
-            }
-            cursor = cursor.next();
-            let at_ms = if event.at_unix_ms > 0 {
-                event.at_unix_ms
-            } else {
-                zeroci::now_unix_ms()
-            };
-            let (kind, step, stream, payload) = match kind {
-                AgentEventKind::Output(o) => {
-                    let stream = if o.stream == pb::OutputStream::Stderr as i32 {
-                        2
-                    } else {
-                        1
-                    };
-                    let room = limit - batch.output_bytes;
-                    let mut data = o.data;
-                    // Reaching the limit exactly counts: what comes next is dropped, so say it here.
-                    if data.len() as u64 >= room {
-                        data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
-                        let note = format!(
-                            "\nzeroci: this job's output reached the limit of {limit} bytes ([limits] max_log_bytes); the rest is not stored{}\n",
-                            if self.config.limits.on_log_limit
-                                == crate::config::LogLimitAction::Cancel
-                            {
-                                " and the job is cancelled"
-                            } else {
-                                ""
-                            }
-                        );
-                        let mut with_note = data.to_vec();
-                        with_note.extend_from_slice(note.as_bytes());
-                        data = Bytes::from(with_note);
-                        batch.output_bytes = limit;
-                        batch.limit_reached = true;
-                    } else {
-                        batch.output_bytes += data.len() as u64;
-                    }
-                    (EventKind::Output, o.step, stream, data)
-                }
-                AgentEventKind::StepStarted(s) => (EventKind::StepStarted, s.step, 0, Bytes::new()),
-                AgentEventKind::StepExited(e) => (
-                    EventKind::StepExited,
-                    e.step,
-                    0,
-                    Bytes::from(e.encode_to_vec()),
-                ),
-                AgentEventKind::CheckedOut(c) => {
-                    (EventKind::CheckedOut, 0, 0, Bytes::from(c.encode_to_vec()))
-                }
-                AgentEventKind::Finished(_) => (EventKind::Finished, 0, 0, Bytes::new()),
-                AgentEventKind::TestReport(r) => {
-                    let note = report_note(&r);
-                    if !r.xml.is_empty() {
-                        batch.reports.push((cursor, r.xml));
-                    }
-                    (EventKind::TestReport, r.step, 0, note.encode())
-                }
-                AgentEventKind::Artifact(a) => {
-                    // Filed under the stage's last step, which is what ran before it was kept.
-                    let after = stage_last_step(&state.record);
-                    let note = ArtifactNote {
-                        name: a.name.clone(),
-                        offset: a.offset,
-                        len: a.data.len() as u64,
-                        last: a.last,
-                        error: a.error,
-                    };
-                    if !a.data.is_empty() {
-                        batch.pieces.push(ArtifactPiece {
-                            attempt: active.attempt,
-                            name: a.name,
-                            offset: a.offset,
-                            data: a.data,
-                        });
-                    }
-                    (EventKind::Artifact, after, 0, note.encode())
-                }
-            };
-            batch.events.push(LogEvent {
-                cursor,
-                agent_seq: event.seq,
-                step,
-                kind,
-                stream,
-                at_ms,
-                payload,
-                withheld: 0,
-            });
-        }
-        batch
     }
 
     /// Reports and artifact bytes first, then the log events that refer to them: once the log holds an

@@ -19,7 +19,7 @@
 pub mod active;
 pub mod agents;
 pub mod apply;
-mod events;
+pub mod events;
 pub mod logs;
 pub mod masking;
 mod preview;
@@ -640,9 +640,12 @@ impl Engine {
     }
 }
 
+/// Characters of a machine's one-time bootstrap token: 32 random bytes in hex.
+pub const BOOTSTRAP_TOKEN_LEN: usize = 64;
+
 fn random_token() -> String {
     use rand::RngCore;
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; BOOTSTRAP_TOKEN_LEN / 2];
     rand::rng().fill_bytes(&mut bytes);
     zeroci::encoding::hex(&bytes)
 }

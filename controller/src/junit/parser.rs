@@ -71,19 +71,15 @@ impl SuiteCounts {
     /// Totals that keep `total == passed + failed + errors + skipped` even when the attributes
     /// disagree with each other (then `total` grows to fit).
     fn totals(&self) -> TestTotals {
-        let failed = self.failures.unwrap_or(0);
-        let errors = self.errors.unwrap_or(0);
-        let skipped = self.skipped.unwrap_or(0);
-        let not_passed = failed.saturating_add(errors).saturating_add(skipped);
-        let total = self.tests.unwrap_or(0).max(not_passed);
-        TestTotals {
-            total,
-            passed: total - not_passed,
-            failed,
-            errors,
-            skipped,
-            time_secs: self.time_secs,
-        }
+        let count = |n: Option<u32>| u64::from(n.unwrap_or(0));
+        let (failed, errors, skipped) = (
+            count(self.failures),
+            count(self.errors),
+            count(self.skipped),
+        );
+        let not_passed = failed + errors + skipped;
+        let passed = count(self.tests).saturating_sub(not_passed);
+        TestTotals::from_counts(passed, failed, errors, skipped, self.time_secs)
     }
 }
 

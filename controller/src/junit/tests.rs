@@ -249,6 +249,29 @@ fn counts_come_from_innermost_suites_when_there_is_no_case() {
 }
 
 #[test]
+fn absurd_counts_are_cut_so_the_totals_still_add_up() {
+    // Found by the junit fuzz target: three counts near u32::MAX once broke the sum.
+    let max = u32::MAX;
+    let huge = format!(
+        r#"<testsuites><testsuite tests="{max}" failures="{max}" errors="{max}" skipped="{max}"/><testsuite tests="{max}" failures="7"/></testsuites>"#
+    );
+    let report = parse_ok(huge.as_bytes());
+    let t = &report.totals;
+    assert_eq!(
+        u64::from(t.total),
+        u64::from(t.passed) + u64::from(t.failed) + u64::from(t.errors) + u64::from(t.skipped)
+    );
+    assert_eq!(
+        (t.total, t.failed),
+        (max, max),
+        "failures keep their share first"
+    );
+    let mut sum = TestTotals::from_counts(u64::MAX, 1, 2, 3, 0.0);
+    sum.add(&TestTotals::from_counts(5, 5, 5, 5, 1.0));
+    assert_eq!(counts(&sum), (max, max - 21, 6, 7, 8));
+}
+
+#[test]
 fn truncated_report_is_refused_with_its_position() {
     match parse(fixture!("truncated.xml")) {
         Err(JunitError::Malformed {
