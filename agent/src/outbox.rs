@@ -28,6 +28,9 @@ const EVENT_OVERHEAD: usize = 32;
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Set when the controller said the job's output reached its limit: `Output` events are dropped
+    /// here instead of crossing the network to be dropped there.
+    output_stopped: std::sync::atomic::AtomicBool,
     /// Bumped on every change; waiters subscribe and re-check the state.
     version: watch::Sender<u64>,
     cap_bytes: usize,
@@ -70,9 +73,16 @@ impl Outbox {
     pub fn new(cap_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
+            output_stopped: std::sync::atomic::AtomicBool::new(false),
             version: watch::Sender::new(0),
             cap_bytes,
         }
+    }
+
+    /// From now on `Output` events are dropped (the job's stored output is full).
+    pub fn stop_output(&self) {
+        self.output_stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -88,6 +98,14 @@ impl Outbox {
     /// Appends an event and returns its sequence number. Waits while the buffered bytes exceed the cap;
     /// a single event larger than the cap still goes through once the outbox is below it.
     pub async fn push(&self, kind: Kind) -> u64 {
+        if matches!(kind, Kind::Output(_))
+            && self
+                .output_stopped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // Nothing new to order after: the last event handed out stands for this one.
+            return self.lock().last_seq;
+        }
         let size = event_size(&kind);
         let mut changes = self.version.subscribe();
         loop {

@@ -321,6 +321,13 @@ impl Session {
                     self.control.cancel().cancel(cancel.reason, grace);
                 }
                 Some(Kind::Heartbeat(_)) => {}
+                Some(Kind::OutputLimitReached(limit)) => {
+                    tracing::info!(
+                        limit_bytes = limit.limit_bytes,
+                        "the job's output is full; further output stays on this machine"
+                    );
+                    self.outbox.stop_output();
+                }
                 Some(Kind::Disconnect(d)) if d.done => return Ok(StreamEnd::Done(d.reason)),
                 Some(Kind::Disconnect(d)) => {
                     return Ok(StreamEnd::Lost(format!("controller: {}", d.reason)));

@@ -16,8 +16,11 @@ use zeroci_controller::github::webhook::{parse_event, verify_signature};
 use zeroci_controller::jobs::{JobRecord, NewJob};
 use zeroci_controller::store::LogCursor;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every fuzz target by name, for the tests that replay and run them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("webhook", webhook),
     ("pipeline", pipeline),
     ("junit", junit),
@@ -116,10 +119,10 @@ pub fn agent_messages(data: &[u8]) {
         };
         match message.kind {
             Some(pb::agent_message::Kind::Event(event)) => batch.push(event),
-            Some(pb::agent_message::Kind::Heartbeat(_)) => {
-                if !handle_batch(&mut state, &limits, defaults, std::mem::take(&mut batch)) {
-                    return;
-                }
+            Some(pb::agent_message::Kind::Heartbeat(_))
+                if !handle_batch(&mut state, &limits, defaults, std::mem::take(&mut batch)) =>
+            {
+                return;
             }
             _ => {}
         }

@@ -540,6 +540,26 @@ impl TestEnv {
         (status, head.to_ascii_lowercase(), body)
     }
 
+    /// A number from the running controller's `/proc/PID/FILE`: the line starting with `key`.
+    fn controller_proc_number(&self, file: &str, key: &str) -> u64 {
+        let pid = self.controller.as_ref().expect("the controller runs").pid();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in /proc/{pid}/{file}"))
+    }
+
+    /// The running controller's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn controller_peak_rss_kib(&self) -> u64 {
+        self.controller_proc_number("status", "VmHWM:")
+    }
+
+    /// Bytes the running controller has read so far, from files and sockets alike (`rchar`).
+    pub fn controller_bytes_read(&self) -> u64 {
+        self.controller_proc_number("io", "rchar:")
+    }
+
     pub fn controller_log_text(&self) -> String {
         std::fs::read_to_string(&self.controller_log).unwrap_or_default()
     }

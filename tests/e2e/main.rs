@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `zeroci-controller`, `zeroci-agent` and `zeroci` binaries, one fresh
 //! installation (CA, certificates, state) per test. All of them live in this one test binary.
 
+mod bad_input;
 mod browser;
 mod faults;
 mod github;

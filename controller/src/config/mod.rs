@@ -261,7 +261,7 @@ impl Config {
             path: path.display().to_string(),
             message,
         };
-        let mut config: Config = toml::from_str(&text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
                 .map(|s| {

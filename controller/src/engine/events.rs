@@ -54,6 +54,8 @@ pub struct Batch {
     pub output_bytes: u64,
     /// This batch brought the output to `[limits] max_log_bytes`.
     pub limit_reached: bool,
+    /// Output of this batch was dropped: the limit was reached before.
+    pub output_dropped: bool,
 }
 
 /// Turns agent events into log events, skipping the ones already stored: pure, so what the engine
@@ -86,6 +88,7 @@ pub fn prepare(
         expected += 1;
         batch.handled_through = Some(event.seq);
         if matches!(kind, AgentEventKind::Output(_)) && batch.output_bytes >= limit {
+            batch.output_dropped = true;
             continue; // past the limit: acknowledged, not stored
         }
         cursor = cursor.next();
@@ -209,6 +212,13 @@ impl Engine {
             active
                 .output_limit_reached
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if batch.limit_reached || batch.output_dropped {
+            // Spares the network the rest: the agent keeps further output on its machine. Said again
+            // while output keeps coming (a new controller, a new link), never blocking.
+            active.send_to_agent(Reply::OutputLimitReached(pb::OutputLimitReached {
+                limit_bytes: self.config.limits.max_log_bytes,
+            }));
         }
         if let Err(e) = self.apply_batch(active, &mut state, &batch.events).await {
             if e.is_lease_lost() {
