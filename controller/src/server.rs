@@ -227,6 +227,8 @@ pub async fn serve_with(
         let app = crate::api::http::router(engine.clone());
         let stop = server_stop.clone();
         tokio::spawn(async move {
+            // With each client's address, for counting wrong tokens per address.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(http, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await

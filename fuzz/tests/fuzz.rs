@@ -48,26 +48,8 @@ fn every_checked_in_input_replays_through_its_target() {
 /// How the targets are built and run: see the build below.
 const FLAGS: [&str; 5] = ["--dev", "--sanitizer", "none", "--features", "libfuzzer"];
 
-/// `cargo fuzz`, installed from crates.io into Cargo's own bin directory when missing.
 fn cargo_fuzz() -> Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let installed = Command::new(&cargo)
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        let status = Command::new(&cargo)
-            .args(["install", "cargo-fuzz", "--locked"])
-            .status()
-            .expect("run cargo install");
-        assert!(
-            status.success(),
-            "cannot install cargo-fuzz: run `cargo install cargo-fuzz --locked` (needs crates.io)"
-        );
-    }
-    let mut command = Command::new(cargo);
-    command.arg("fuzz");
-    command
+    zeroci_testkit::cargo_tool("fuzz", "cargo-fuzz")
 }
 
 #[test]

@@ -52,6 +52,29 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// `cargo SUBCOMMAND` of a Cargo plugin (`fuzz`, `deny`), installed from crates.io into Cargo's own
+/// bin directory first when it is missing; fails saying how to install it when that is impossible.
+pub fn cargo_tool(subcommand: &str, crate_name: &str) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let installed = Command::new(&cargo)
+        .args([subcommand, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        let status = Command::new(&cargo)
+            .args(["install", crate_name, "--locked"])
+            .status()
+            .expect("run cargo install");
+        assert!(
+            status.success(),
+            "cannot install {crate_name}: run `cargo install {crate_name} --locked` (needs crates.io)"
+        );
+    }
+    let mut command = Command::new(cargo);
+    command.arg(subcommand);
+    command
+}
+
 /// Runs git in `dir` with a fixed identity and no system or user configuration, and returns its trimmed stdout; panics with git's stderr.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::session::{Role, Sessions, safe_next};
+use crate::api::session::{PeerIp, TokenRefused};
 use crate::engine::Engine;
 use crate::jobs::JobId;
 
@@ -75,6 +76,7 @@ pub async fn login_form(
 /// `POST /login` (`token`, `next`): a session cookie for a valid token.
 pub async fn login(
     Extension(sessions): Extension<Arc<Sessions>>,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -82,11 +84,20 @@ pub async fn login(
         return (StatusCode::FORBIDDEN, "sign in from this site's own page\n").into_response();
     }
     let next = safe_next(form.get("next").map(String::as_str));
-    let Some(role) = form
-        .get("token")
-        .and_then(|token| sessions.role_of_token(token))
-    else {
-        tracing::warn!("page sign-in refused: unknown token");
+    let token = form.get("token").map(String::as_str).unwrap_or_default();
+    let role = match sessions.role_of_token_from(peer, token) {
+        Ok(role) => Some(role),
+        Err(TokenRefused::TooManyFailures(wait)) => {
+            let text = format!(
+                "too many wrong tokens from this address; try again in {}s\n",
+                wait.as_secs().max(1)
+            );
+            return (StatusCode::TOO_MANY_REQUESTS, text).into_response();
+        }
+        Err(TokenRefused::Unknown) => None,
+    };
+    let Some(role) = role else {
+        tracing::warn!(?peer, "page sign-in refused: unknown token");
         return see_other(&format!(
             "/login?failed=1&next={}",
             percent_encoding::utf8_percent_encode(&next, percent_encoding::NON_ALPHANUMERIC)

@@ -34,6 +34,13 @@ pub const ENROLMENT: Limits = Limits {
     max_peers: 4096,
 };
 
+/// Sign-in and API tokens: people mistype, scripts are misconfigured, guessing is not allowed.
+pub const SIGN_IN: Limits = Limits {
+    burst: 10.0,
+    per_second: 0.5,
+    max_peers: 4096,
+};
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     /// Failures still allowed now.

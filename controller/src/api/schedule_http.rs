@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::session::{Role, Sessions};
+use crate::api::session::{PeerIp, TokenRefused};
 use crate::engine::Engine;
 use crate::error::ControllerError;
 use crate::jobs::job_url;
@@ -133,7 +134,12 @@ struct Body {
 }
 
 /// The caller's role from the bearer token or the body's `authentication`; the refusal otherwise.
-fn role(sessions: &Sessions, headers: &HeaderMap, body: &Body) -> Result<Role, Refusal> {
+fn role(
+    sessions: &Sessions,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    body: &Body,
+) -> Result<Role, Refusal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -144,16 +150,30 @@ fn role(sessions: &Sessions, headers: &HeaderMap, body: &Body) -> Result<Role, R
             "a token is required: Authorization: Bearer <one of [web] admin_tokens or viewer_tokens>",
         ));
     };
-    sessions.role_of_token(token.trim()).ok_or_else(|| {
-        refused(
-            StatusCode::UNAUTHORIZED,
-            "the token is not one of [web] admin_tokens or viewer_tokens",
-        )
-    })
+    sessions
+        .role_of_token_from(peer, token.trim())
+        .map_err(|refusal| match refusal {
+            TokenRefused::Unknown => refused(
+                StatusCode::UNAUTHORIZED,
+                "the token is not one of [web] admin_tokens or viewer_tokens",
+            ),
+            TokenRefused::TooManyFailures(wait) => refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many wrong tokens from this address; try again in {}s",
+                    wait.as_secs().max(1)
+                ),
+            ),
+        })
 }
 
-fn admin(sessions: &Sessions, headers: &HeaderMap, body: &Body) -> Result<(), Refusal> {
-    match role(sessions, headers, body)? {
+fn admin(
+    sessions: &Sessions,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    body: &Body,
+) -> Result<(), Refusal> {
+    match role(sessions, peer, headers, body)? {
         Role::Admin => Ok(()),
         Role::Viewer => Err(refused(
             StatusCode::FORBIDDEN,
@@ -177,11 +197,12 @@ fn parse_body(bytes: &Bytes) -> Result<Body, Refusal> {
 /// A call that changes a schedule: its body, from an admin, naming the schedule.
 fn change(
     sessions: &Sessions,
+    peer: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Result<(Body, String), Refusal> {
     let body = parse_body(bytes)?;
-    admin(sessions, headers, &body)?;
+    admin(sessions, peer, headers, &body)?;
     let name = name_of(&body)?;
     Ok((body, name))
 }
@@ -230,10 +251,11 @@ fn schedule_json(engine: &Engine, schedule: &Schedule) -> Value {
 pub async fn add(
     State(engine): State<Arc<Engine>>,
     Extension(sessions): Extension<Arc<Sessions>>,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Refusal> {
-    let (body, name) = change(&sessions, &headers, &bytes)?;
+    let (body, name) = change(&sessions, peer, &headers, &bytes)?;
     let Some(cron) = body.run_time.clone() else {
         return Err(refused(
             StatusCode::BAD_REQUEST,
@@ -275,10 +297,11 @@ pub struct NameQuery {
 pub async fn get(
     State(engine): State<Arc<Engine>>,
     Extension(sessions): Extension<Arc<Sessions>>,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     Query(query): Query<NameQuery>,
 ) -> Result<Response, Refusal> {
-    role(&sessions, &headers, &Body::default())?;
+    role(&sessions, peer, &headers, &Body::default())?;
     let Some(name) = query.schedule_name else {
         let all = engine.list_schedules().await?;
         let names: Vec<&String> = all.iter().map(|s| &s.name).collect();
@@ -306,10 +329,11 @@ pub async fn get(
 pub async fn remove(
     State(engine): State<Arc<Engine>>,
     Extension(sessions): Extension<Arc<Sessions>>,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Refusal> {
-    let (_, name) = change(&sessions, &headers, &bytes)?;
+    let (_, name) = change(&sessions, peer, &headers, &bytes)?;
     engine.remove_schedule(&name).await?;
     Ok(answer(StatusCode::OK, json!({ "removed": name })))
 }
@@ -318,10 +342,11 @@ pub async fn remove(
 pub async fn trigger(
     State(engine): State<Arc<Engine>>,
     Extension(sessions): Extension<Arc<Sessions>>,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Refusal> {
-    let (_, name) = change(&sessions, &headers, &bytes)?;
+    let (_, name) = change(&sessions, peer, &headers, &bytes)?;
     match engine.run_schedule_now(&name, "HTTP API").await {
         Ok(job) => Ok(answer(
             StatusCode::ACCEPTED,

@@ -13,6 +13,7 @@ use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::api::rate_limit::{FailureLimiter, SIGN_IN};
 use crate::config::WebConfig;
 use zeroci::encoding::{constant_time_eq, hex, unhex};
 
@@ -54,6 +55,34 @@ pub struct Sessions {
     key: [u8; 32],
     web: WebConfig,
     secure: bool,
+    /// Wrong sign-in and API tokens, counted per address: guessing is refused before it is tried.
+    token_failures: FailureLimiter,
+}
+
+/// Why a token gives no role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefused {
+    /// Not one of the configured tokens.
+    Unknown,
+    /// Too many wrong tokens from this address: not even compared; try again after this long.
+    TooManyFailures(std::time::Duration),
+}
+
+/// The client's address, when the HTTP server was started with connect info (the controller's is).
+pub struct PeerIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let connected = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(PeerIp(connected.map(|c| c.0.ip())))
+    }
 }
 
 impl Sessions {
@@ -106,6 +135,7 @@ impl Sessions {
             key,
             web: web.clone(),
             secure: domain.starts_with("https://"),
+            token_failures: FailureLimiter::new(SIGN_IN),
         })
     }
 
@@ -116,6 +146,7 @@ impl Sessions {
             key: rand::random(),
             web: web.clone(),
             secure: domain.starts_with("https://"),
+            token_failures: FailureLimiter::new(SIGN_IN),
         }
     }
 
@@ -128,6 +159,23 @@ impl Sessions {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
         mac.update(text.as_bytes());
         hex(&mac.finalize().into_bytes())
+    }
+
+    /// The role a token presented from `peer` gives; wrong tokens count against the address, and an
+    /// address with too many is refused without a comparison.
+    pub fn role_of_token_from(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        token: &str,
+    ) -> Result<Role, TokenRefused> {
+        let now = std::time::Instant::now();
+        self.token_failures
+            .check(peer, now)
+            .map_err(TokenRefused::TooManyFailures)?;
+        self.role_of_token(token).ok_or_else(|| {
+            self.token_failures.failed(peer, now);
+            TokenRefused::Unknown
+        })
     }
 
     /// The role a sign-in token gives, compared in constant time.
@@ -360,6 +408,29 @@ mod tests {
         assert!(
             s.set_cookie(&value).contains("HttpOnly; SameSite=Strict")
                 && s.set_cookie(&value).ends_with("; Secure")
+        );
+    }
+
+    #[test]
+    fn guessing_tokens_from_one_address_is_refused_before_the_comparison() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sessions(dir.path());
+        let guesser = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+        let other = Some(std::net::IpAddr::from([192, 0, 2, 8]));
+        for _ in 0..10 {
+            assert_eq!(
+                s.role_of_token_from(guesser, "wrong-token-0123456789"),
+                Err(TokenRefused::Unknown)
+            );
+        }
+        // Even the right token is not looked at now; another address is unaffected.
+        assert!(matches!(
+            s.role_of_token_from(guesser, "admin-token-0123456789"),
+            Err(TokenRefused::TooManyFailures(_))
+        ));
+        assert_eq!(
+            s.role_of_token_from(other, "admin-token-0123456789"),
+            Ok(Role::Admin)
         );
     }
 
