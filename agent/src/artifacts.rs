@@ -168,7 +168,7 @@ impl Fetcher {
     /// Downloads `name` and writes it at its path (relative to `workspace`, or absolute).
     pub async fn fetch(&self, workspace: &Path, name: &str) -> Result<u64, String> {
         let c = &self.session;
-        let tls = zeroci::tls::client_config(&c.ca_pem, Some((&c.cert_pem, &c.key_pem)));
+        let tls = c.credentials.tls();
         let endpoints = crate::endpoints::list(&c.controller);
         let (channel, _) =
             crate::endpoints::connect_any(&endpoints, 0, &tls, Duration::from_secs(10)).await?;

@@ -14,6 +14,7 @@ pub mod artifacts;
 pub use zeroci::backoff;
 pub mod bootstrap;
 pub mod control;
+pub mod credentials;
 pub mod endpoints;
 pub mod enroll;
 pub mod executor;
@@ -37,6 +38,7 @@ pub use bootstrap::{Bootstrap, BootstrapError};
 
 use crate::backoff::Backoff;
 use crate::control::{DEFAULT_GRACE, JobControl};
+use crate::credentials::Credentials;
 use crate::enroll::EnrollError;
 use crate::executor::Executor;
 use crate::mask::Secrets;
@@ -165,11 +167,21 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let outbox = Arc::new(Outbox::new(config.outbox_cap_bytes));
     let control = Arc::new(JobControl::new(root.child_token()));
     let close = root.child_token();
+    let credentials = Arc::new(Credentials::new(
+        bootstrap.ca_pem.clone(),
+        enrolled.cert_pem,
+        enrolled.key_pem,
+        enrolled.not_after_unix_ms,
+    ));
+    // Keeps the certificate valid for reconnects however long the job runs; stops with the agent.
+    let _renewal = AbortOnDrop(tokio::spawn(
+        credentials
+            .clone()
+            .keep_renewed(crate::endpoints::list(&bootstrap.controller), close.clone()),
+    ));
     let session_config = SessionConfig {
         controller: bootstrap.controller.clone(),
-        ca_pem: bootstrap.ca_pem.clone(),
-        cert_pem: enrolled.cert_pem,
-        key_pem: enrolled.key_pem,
+        credentials,
         job_id,
         attempt: enrolled.attempt,
         hostname: hostname(),

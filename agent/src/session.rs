@@ -26,6 +26,7 @@ use zeroci::pb::{
 
 use crate::backoff::Backoff;
 use crate::control::JobControl;
+use crate::credentials::Credentials;
 use crate::outbox::Outbox;
 
 /// Heartbeat pace when the controller does not name one.
@@ -61,9 +62,8 @@ pub fn endpoint(
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub controller: String,
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+    /// The CA and the current certificate (renewed while the job runs).
+    pub credentials: Arc<Credentials>,
     pub job_id: u64,
     pub attempt: u32,
     pub hostname: String,
@@ -187,8 +187,7 @@ impl Session {
     }
 
     async fn connect(&mut self) -> Result<Channel, AttachError> {
-        let c = &self.config;
-        let tls = zeroci::tls::client_config(&c.ca_pem, Some((&c.cert_pem, &c.key_pem)));
+        let tls = self.config.credentials.tls();
         let (channel, index) =
             crate::endpoints::connect_any(&self.endpoints, self.preferred, &tls, ATTACH_TIMEOUT)
                 .await

@@ -272,3 +272,41 @@ fn a_full_state_disk_gives_clear_errors_corrupts_nothing_and_later_jobs_run() {
     assert_eq!(env.job(id)["reason"], reason);
     assert_eq!(env.raw_log(after, None), b"hello\n");
 }
+
+#[test]
+fn an_agent_whose_job_outlives_its_certificate_renews_it_and_reconnects_with_the_new_one() {
+    let listen = free_address();
+    let link = Link::to(&listen);
+    let env = TestEnv::start_with(Settings {
+        grpc_listen: listen,
+        lost_agent_timeout: 60,
+        extra: format!(
+            "[main]\nagent_endpoint = \"{}\"\n[tls]\nagent_cert_ttl = 10\n",
+            link.addr
+        ),
+        ..Settings::default()
+    });
+    let gate = Gate::new();
+    let (yaml, expected) = gated_rounds(&gate, 2);
+    let repo = Repo::new(&env, "long-lived", &[("zeroCI.yaml", &yaml)]);
+    let id = env.submit(&repo.path);
+    env.wait_for_output(id, None, &format!("round 1 line {LINES_PER_ROUND}:"));
+    // The first certificate lives 10 s; the agent renews it at two thirds of that.
+    zeroci_testkit::wait_for("the agent's certificate renewed", || {
+        env.controller_log_text()
+            .contains("agent certificate renewed")
+            .then_some(())
+    });
+    // Past the first certificate's end, the link breaks: the agent must dial again, and only the
+    // renewed certificate gets it in.
+    std::thread::sleep(Duration::from_secs(5));
+    link.reset();
+    gate.open();
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_log_is(&env, id, &expected);
+    assert!(
+        link.accepted() >= 2,
+        "the agent dialled again after the reset"
+    );
+}

@@ -141,6 +141,15 @@ impl AgentService for FakeService {
         }))
     }
 
+    async fn renew(
+        &self,
+        _request: Request<zeroci::pb::RenewRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller's certificates outlive its tests",
+        ))
+    }
+
     type FetchArtifactStream = ReceiverStream<Result<zeroci::pb::ArtifactData, Status>>;
 
     async fn fetch_artifact(

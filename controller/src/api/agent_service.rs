@@ -70,6 +70,19 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(enrolled))
     }
 
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let identity = peer_identity(&request)?;
+        let request = request.into_inner();
+        let renewed = self
+            .engine
+            .renew_agent_certificate(identity, &request.csr_pem)
+            .await?;
+        Ok(Response::new(renewed))
+    }
+
     type FetchArtifactStream = ReceiverStream<Result<pb::ArtifactData, Status>>;
 
     async fn fetch_artifact(

@@ -200,7 +200,8 @@ pub struct TlsConfig {
     pub ca_key: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Seconds an agent certificate stays valid.
+    /// Seconds an agent certificate stays valid (default 24 h; at least 10), and never past the latest
+    /// end of its job; an agent whose job outlives it renews it at two thirds of its life.
     #[serde(default = "default_agent_cert_ttl")]
     pub agent_cert_ttl: u64,
 }
@@ -375,8 +376,9 @@ impl Config {
                 "[main] heartbeat_interval_ms must be shorter than lost_agent_timeout".into(),
             );
         }
-        if self.tls.agent_cert_ttl < 60 {
-            return Err("[tls] agent_cert_ttl must be at least 60 seconds".into());
+        // Agents renew at two thirds of a certificate's life: shorter would be renewing all the time.
+        if self.tls.agent_cert_ttl < 10 {
+            return Err("[tls] agent_cert_ttl must be at least 10 seconds".into());
         }
         if let Some(endpoint) = &m.agent_endpoint
             && endpoint.split(',').any(|e| !e.trim().contains(':'))

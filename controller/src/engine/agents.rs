@@ -17,6 +17,9 @@ use crate::engine::{ActiveJob, AgentLink, AgentTx, Engine, sha256_hex};
 use crate::error::ControllerError;
 use crate::jobs::{JobRecord, JobStatus};
 
+/// Seconds an agent certificate outlives the latest end of its job (clocks, a slow final flush).
+const AGENT_CERT_SLACK_SECS: u64 = 300;
+
 impl Engine {
     /// Exchanges a one-time bootstrap token and a CSR for a job certificate.
     pub async fn enroll(
@@ -38,15 +41,14 @@ impl Engine {
         let wanted = sha256_hex(token);
         for active in self.active_jobs() {
             let mut state = active.state.lock().await;
-            let Some(machine) = state.record.machine.as_mut() else {
-                continue;
-            };
-            if machine.token_sha256.as_deref() != Some(wanted.as_str())
-                || machine.attempt != active.attempt
-            {
+            let ours = state.record.machine.as_ref().is_some_and(|machine| {
+                machine.token_sha256.as_deref() == Some(wanted.as_str())
+                    && machine.attempt == active.attempt
+            });
+            if !ours {
                 continue;
             }
-            let ttl = Duration::from_secs(self.config.tls.agent_cert_ttl);
+            let ttl = self.agent_cert_validity(&state.record);
             let (certificate_pem, not_after_unix_ms) = self
                 .ca
                 .sign_agent_csr(csr_pem, active.id, active.attempt, ttl)
@@ -54,7 +56,9 @@ impl Engine {
                     ControllerError::InvalidArgument(format!("bad certificate request: {e}"))
                 })?;
             // One-time: the token is forgotten as soon as it has been used.
-            machine.token_sha256 = None;
+            if let Some(machine) = state.record.machine.as_mut() {
+                machine.token_sha256 = None;
+            }
             self.jobs.put(&mut state.record).await?;
             info!(
                 job_id = active.id,
@@ -71,6 +75,73 @@ impl Engine {
         Err(ControllerError::PermissionDenied(
             "unknown or already used bootstrap token".into(),
         ))
+    }
+
+    /// A new certificate for an agent whose current one (of `job_id`, `attempt`) is still valid.
+    pub async fn renew_agent_certificate(
+        &self,
+        identity: Identity,
+        csr_pem: &str,
+    ) -> Result<pb::EnrollResponse, ControllerError> {
+        let Identity::Agent { job_id, attempt } = identity else {
+            return Err(ControllerError::PermissionDenied(
+                "only agent certificates are renewed".into(),
+            ));
+        };
+        let active = self
+            .active_job(job_id)
+            .filter(|a| a.attempt == attempt)
+            .ok_or_else(|| {
+                ControllerError::FailedPrecondition(format!(
+                    "attempt {attempt} of job {job_id} is not running here"
+                ))
+            })?;
+        let state = active.state.lock().await;
+        if state.record.status.is_final() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "job {job_id} is already over"
+            )));
+        }
+        let ttl = self.agent_cert_validity(&state.record);
+        let (certificate_pem, not_after_unix_ms) = self
+            .ca
+            .sign_agent_csr(csr_pem, job_id, attempt, ttl)
+            .map_err(|e| {
+                ControllerError::InvalidArgument(format!("bad certificate request: {e}"))
+            })?;
+        info!(
+            job_id,
+            attempt,
+            valid_secs = ttl.as_secs(),
+            "agent certificate renewed"
+        );
+        Ok(pb::EnrollResponse {
+            certificate_pem,
+            job_id,
+            attempt,
+            not_after_unix_ms,
+        })
+    }
+
+    /// How long an agent certificate issued now lives: `[tls] agent_cert_ttl`, but not past the time
+    /// the job must have ended (`[limits] max_job_duration` from its start, the cancel grace and a
+    /// margin). A job that can outlive it renews its agent's certificate.
+    fn agent_cert_validity(&self, record: &JobRecord) -> Duration {
+        let ttl = Duration::from_secs(self.config.tls.agent_cert_ttl);
+        let max = self.config.limits.max_job_duration;
+        if max == 0 {
+            return ttl;
+        }
+        let now = zeroci::now_unix_ms();
+        let started = if record.started_at > 0 {
+            record.started_at
+        } else {
+            now
+        };
+        let slack_secs = self.config.main.cancel_grace + AGENT_CERT_SLACK_SECS;
+        let end = started + ((max + slack_secs) * 1000) as i64;
+        let left = Duration::from_millis((end - now).max(0) as u64);
+        ttl.min(left.max(Duration::from_secs(AGENT_CERT_SLACK_SECS)))
     }
 
     /// Binds a new agent stream to its job and sends `Welcome` on `tx`.
