@@ -143,9 +143,18 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// When the certificate stops being valid, in Unix seconds.
 pub fn not_after(der: &[u8]) -> Result<i64, PkiError> {
+    Ok(validity(der)?.1)
+}
+
+/// The certificate's `not_before` and `not_after`, in Unix seconds.
+pub fn validity(der: &[u8]) -> Result<(i64, i64), PkiError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
+    let validity = cert.validity();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// A certificate and its private key, both PEM.
@@ -172,6 +181,9 @@ fn ia5(s: &str) -> Result<Ia5String, PkiError> {
     Ia5String::try_from(s.to_string()).map_err(|e| PkiError::InvalidIdentity(e.to_string()))
 }
 
+/// How far back every leaf certificate's `not_before` is set, for clocks slightly behind.
+pub const BACKDATING: Duration = Duration::from_secs(5 * 60);
+
 fn leaf_params(common_name: &str, validity: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -181,9 +193,8 @@ fn leaf_params(common_name: &str, validity: Duration) -> CertificateParams {
     params
         .distinguished_name
         .push(DnType::OrganizationName, "ZeroCI");
-    // Five minutes of slack for clocks that are slightly behind.
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - BACKDATING;
     params.not_after = now + validity;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

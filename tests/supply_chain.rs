@@ -5,7 +5,7 @@
 #[test]
 fn the_dependency_graph_passes_cargo_deny() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = zeroci_testkit::cargo_tool("deny", "cargo-deny")
+    let out = zeroci_testkit::cargo_tool("deny", "cargo-deny", "0.20.2")
         .args(["--manifest-path"])
         .arg(root.join("Cargo.toml"))
         .args(["--workspace", "check", "bans", "licenses", "sources"])

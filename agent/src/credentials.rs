@@ -6,31 +6,63 @@
 //! later connection uses it. A failed renewal is retried with backoff while the old one still holds.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ClientTlsConfig;
 use zeroci::backoff::Backoff;
 use zeroci::pb;
 
+/// The shortest wait between two renewals, whatever the clocks say.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one renewal call may take.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the agent presents.
 #[derive(Clone)]
 struct Identity {
     cert_pem: String,
     key_pem: String,
-    /// Unix milliseconds.
-    obtained_at: i64,
-    /// Unix milliseconds.
+    /// On this machine's monotonic clock.
+    obtained_at: Instant,
+    /// How long the certificate is valid for, from its own dates (so the machine's wall clock,
+    /// which may be off, plays no part), the controller's backdating of `not_before` left out.
+    lifetime: Duration,
+    /// Unix milliseconds, as the controller said.
     not_after: i64,
 }
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
-            .field("obtained_at", &self.obtained_at)
+            .field("lifetime", &self.lifetime)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
+}
+
+impl Identity {
+    fn new(cert_pem: String, key_pem: String, not_after: i64) -> Identity {
+        let lifetime = certificate_lifetime(&cert_pem).unwrap_or_else(|| {
+            // Unreadable here (the TLS layer will say why): fall back on the controller's word.
+            Duration::from_millis((not_after - zeroci::now_unix_ms()).max(0) as u64)
+        });
+        Identity {
+            cert_pem,
+            key_pem,
+            obtained_at: Instant::now(),
+            lifetime,
+            not_after,
+        }
+    }
+}
+
+/// `not_after − not_before` of the certificate, less the backdating every ZeroCI leaf gets.
+fn certificate_lifetime(cert_pem: &str) -> Option<Duration> {
+    let der = zeroci::pki::first_cert_der(cert_pem).ok()?;
+    let (not_before, not_after) = zeroci::pki::validity(&der).ok()?;
+    let secs = (not_after - not_before).max(0) as u64;
+    Some(Duration::from_secs(secs).saturating_sub(zeroci::pki::BACKDATING))
 }
 
 /// The CA to trust and the agent's current certificate.
@@ -44,12 +76,7 @@ impl Credentials {
     pub fn new(ca_pem: String, cert_pem: String, key_pem: String, not_after_unix_ms: i64) -> Self {
         Credentials {
             ca_pem,
-            identity: RwLock::new(Identity {
-                cert_pem,
-                key_pem,
-                obtained_at: zeroci::now_unix_ms(),
-                not_after: not_after_unix_ms,
-            }),
+            identity: RwLock::new(Identity::new(cert_pem, key_pem, not_after_unix_ms)),
         }
     }
 
@@ -71,12 +98,13 @@ impl Credentials {
         self.current().not_after
     }
 
-    /// How long to wait before renewing: until two thirds of the current certificate's life.
+    /// How long to wait before renewing: until two thirds of the current certificate's life, and
+    /// never less than [`MIN_RENEW_INTERVAL`].
     fn renew_in(&self) -> Duration {
         let identity = self.current();
-        let life = (identity.not_after - identity.obtained_at).max(0);
-        let at = identity.obtained_at + life * 2 / 3;
-        Duration::from_millis((at - zeroci::now_unix_ms()).max(0) as u64)
+        let due = identity.obtained_at + identity.lifetime * 2 / 3;
+        due.saturating_duration_since(Instant::now())
+            .max(MIN_RENEW_INTERVAL)
     }
 
     /// Renews the certificate whenever it is due, until `stop`.
@@ -109,17 +137,15 @@ impl Credentials {
         let (channel, _) =
             crate::endpoints::connect_any(endpoints, 0, &self.tls(), Duration::from_secs(10))
                 .await?;
-        let renewed = pb::agent_service_client::AgentServiceClient::new(channel)
-            .renew(pb::RenewRequest { csr_pem })
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let call = client.renew(pb::RenewRequest { csr_pem });
+        let renewed = tokio::time::timeout(RENEW_TIMEOUT, call)
             .await
+            .map_err(|_| "the renewal call timed out".to_string())?
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
             .into_inner();
-        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = Identity {
-            cert_pem: renewed.certificate_pem,
-            key_pem,
-            obtained_at: zeroci::now_unix_ms(),
-            not_after: renewed.not_after_unix_ms,
-        };
+        *self.identity.write().unwrap_or_else(|e| e.into_inner()) =
+            Identity::new(renewed.certificate_pem, key_pem, renewed.not_after_unix_ms);
         Ok(())
     }
 }
@@ -129,15 +155,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renewal_is_due_at_two_thirds_of_the_certificates_life() {
-        let now = zeroci::now_unix_ms();
-        let credentials = Credentials::new("ca".into(), "c".into(), "k".into(), now + 30_000);
+    fn renewal_is_due_at_two_thirds_of_the_certificates_own_life() {
+        let (ca, _) = zeroci::pki::CertificateAuthority::generate("test").unwrap();
+        let pair = ca.issue_agent(1, 1, Duration::from_secs(30)).unwrap();
+        // The controller's word on the expiry is a wall-clock time, and this clock may be far off:
+        // the certificate's own dates decide.
+        let credentials = Credentials::new("ca".into(), pair.cert_pem, pair.key_pem, 0);
         let due = credentials.renew_in();
         assert!(
-            due > Duration::from_millis(19_000) && due <= Duration::from_millis(20_000),
+            due > Duration::from_secs(18) && due <= Duration::from_secs(20),
             "{due:?}"
         );
-        let expired = Credentials::new("ca".into(), "c".into(), "k".into(), now - 1);
-        assert_eq!(expired.renew_in(), Duration::ZERO);
+        // Whatever the dates, renewals never come back to back.
+        let unreadable = Credentials::new("ca".into(), "c".into(), "k".into(), 0);
+        assert_eq!(unreadable.renew_in(), MIN_RENEW_INTERVAL);
     }
 }

@@ -238,6 +238,35 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn once_stopped_output_is_dropped_and_other_events_still_go() {
+        let outbox = Outbox::new(1 << 20);
+        let output = |text: &str| {
+            Kind::Output(Output {
+                step: 1,
+                data: text.as_bytes().to_vec().into(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(outbox.push(output("kept")).await, 1);
+        outbox.stop_output();
+        assert_eq!(
+            outbox.push(output("dropped")).await,
+            1,
+            "nothing new to order after"
+        );
+        let exited = Kind::StepExited(zeroci::pb::StepExited {
+            step: 1,
+            ..Default::default()
+        });
+        assert_eq!(outbox.push(exited).await, 2);
+        assert_eq!(outbox.next_unsent().await.seq, 1);
+        assert!(matches!(
+            outbox.next_unsent().await.kind,
+            Some(Kind::StepExited(_))
+        ));
+    }
+
     fn output(data: &'static [u8]) -> Kind {
         Kind::Output(Output {
             step: 1,

@@ -27,6 +27,10 @@ pub struct Metrics {
     steps: Mutex<Histogram>,
     /// Webhook deliveries by the HTTP status they were answered with.
     deliveries: Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Output bytes agents sent, stored or dropped past a job's limit.
+    output_received: AtomicU64,
+    /// The part of `output_received` dropped past a job's limit.
+    output_dropped: AtomicU64,
 }
 
 #[derive(Default)]
@@ -70,6 +74,12 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Agents sent `received` output bytes, `dropped` of them past their job's limit.
+    pub fn agent_output(&self, received: u64, dropped: u64) {
+        self.output_received.fetch_add(received, Ordering::Relaxed);
+        self.output_dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 
     /// A webhook delivery was answered with `status`.
@@ -144,6 +154,24 @@ impl Metrics {
             for (code, count) in deliveries.iter() {
                 let _ = writeln!(text, "{name}{{code=\"{code}\"}} {count}");
             }
+        }
+        for (name, help, counter) in [
+            (
+                "zeroci_agent_output_bytes_total",
+                "Output bytes agents sent, stored or dropped.",
+                &self.output_received,
+            ),
+            (
+                "zeroci_agent_output_dropped_bytes_total",
+                "Output bytes agents sent past their job's max_log_bytes (not stored).",
+                &self.output_dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
         }
         let name = "zeroci_notification_failures_total";
         let _ = writeln!(

@@ -49,7 +49,10 @@ pub fn run(config: &Config, action: UserAction) -> anyhow::Result<ExitCode> {
         } => {
             let role = Role::parse(&role)
                 .with_context(|| format!("--role must be viewer or admin, got {role:?}"))?;
-            anyhow::ensure!(days > 0, "--days must be at least 1");
+            anyhow::ensure!(
+                (1..=36_500).contains(&days),
+                "--days must be between 1 and 36500"
+            );
             let ca = CertificateAuthority::load(&config.tls.ca, &config.tls.ca_key)?;
             let (pair, issued) =
                 registry.add(&ca, &name, role, Duration::from_secs(days * 86_400))?;

@@ -194,7 +194,8 @@ pub struct Revocations {
 
 struct Cache {
     checked: Option<Instant>,
-    modified: Option<SystemTime>,
+    /// Modification time and length of the file last read: a change of either means a re-read.
+    seen: Option<(SystemTime, u64)>,
     revoked: HashSet<String>,
 }
 
@@ -207,7 +208,7 @@ impl Revocations {
             path: registry.path,
             cache: Mutex::new(Cache {
                 checked: None,
-                modified: None,
+                seen: None,
                 revoked: HashSet::new(),
             }),
         };
@@ -237,14 +238,23 @@ impl Revocations {
     }
 
     fn refresh(&self, now: Instant) -> Result<(), UsersError> {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let seen = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache.checked = Some(now);
-            if cache.modified == modified && modified.is_some() {
-                return Ok(());
+            match (&cache.seen, &seen) {
+                (Some(before), Some(now_seen)) if before == now_seen => return Ok(()),
+                // The list went away after it was read (moved, deleted by mistake): what it
+                // revoked stays revoked; only a list that says otherwise changes that.
+                (Some(_), None) => {
+                    return Err(UsersError::Invalid(format!(
+                        "{} is gone; the revocations read before stay in force",
+                        self.path.display()
+                    )));
+                }
+                _ => {}
             }
         }
         let revoked = read_list(&self.path)?
@@ -253,7 +263,7 @@ impl Revocations {
             .map(|c| c.fingerprint)
             .collect();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.modified = modified;
+        cache.seen = seen;
         cache.revoked = revoked;
         Ok(())
     }
@@ -330,12 +340,15 @@ mod tests {
         assert!(revocations.is_revoked(&der(&pair)));
         std::fs::write(registry.path(), "{ not json").unwrap();
         assert!(matches!(registry.load(), Err(UsersError::Corrupt { .. })));
-        // Forces a re-read: the broken file does not un-revoke eve.
+        // Forces a re-read: the broken file does not un-revoke eve, nor does a missing one.
         revocations.cache.lock().unwrap().checked = None;
         assert!(revocations.is_revoked(&der(&pair)));
         assert!(
             Revocations::load(&ca_cert).is_err(),
             "a start-up refuses it"
         );
+        std::fs::remove_file(registry.path()).unwrap();
+        revocations.cache.lock().unwrap().checked = None;
+        assert!(revocations.is_revoked(&der(&pair)));
     }
 }

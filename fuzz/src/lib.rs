@@ -161,6 +161,7 @@ fn handle_batch(
         }
     }
     let mut indices: Vec<u32> = state.record.steps.iter().map(|s| s.index).collect();
+    indices.sort_unstable();
     indices.dedup();
     assert_eq!(
         indices.len(),

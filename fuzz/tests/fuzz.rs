@@ -49,7 +49,7 @@ fn every_checked_in_input_replays_through_its_target() {
 const FLAGS: [&str; 5] = ["--dev", "--sanitizer", "none", "--features", "libfuzzer"];
 
 fn cargo_fuzz() -> Command {
-    zeroci_testkit::cargo_tool("fuzz", "cargo-fuzz")
+    zeroci_testkit::cargo_tool("fuzz", "cargo-fuzz", "0.13.2")
 }
 
 #[test]

@@ -52,9 +52,10 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// `cargo SUBCOMMAND` of a Cargo plugin (`fuzz`, `deny`), installed from crates.io into Cargo's own
-/// bin directory first when it is missing; fails saying how to install it when that is impossible.
-pub fn cargo_tool(subcommand: &str, crate_name: &str) -> Command {
+/// `cargo SUBCOMMAND` of a Cargo plugin (`fuzz`, `deny`), installed from crates.io at the pinned
+/// `version` (`--locked`) into Cargo's own bin directory first when it is missing; fails saying how to
+/// install it when that is impossible.
+pub fn cargo_tool(subcommand: &str, crate_name: &str, version: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let installed = Command::new(&cargo)
         .args([subcommand, "--version"])
@@ -62,12 +63,12 @@ pub fn cargo_tool(subcommand: &str, crate_name: &str) -> Command {
         .is_ok_and(|o| o.status.success());
     if !installed {
         let status = Command::new(&cargo)
-            .args(["install", crate_name, "--locked"])
+            .args(["install", crate_name, "--version", version, "--locked"])
             .status()
             .expect("run cargo install");
         assert!(
             status.success(),
-            "cannot install {crate_name}: run `cargo install {crate_name} --locked` (needs crates.io)"
+            "cannot install {crate_name}: run `cargo install {crate_name} --version {version} --locked` (needs crates.io)"
         );
     }
     let mut command = Command::new(cargo);

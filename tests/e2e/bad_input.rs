@@ -133,10 +133,20 @@ fn a_command_printing_ten_gigabytes_is_cut_at_the_limit_and_the_rest_stays_on_it
     assert_eq!(stored.len(), 1 << 20);
     assert!(stored.bytes().all(|b| b == 0));
     assert!(note.contains("max_log_bytes"), "{note}");
-    // Once told the output is full, the agent kept the rest on its machine: the controller read a
-    // small part of the 10 GB, and its memory stayed small.
-    let read = env.controller_bytes_read();
-    assert!(read < 1 << 30, "the controller read {read} bytes");
+    // Once told the output is full, the agent kept the rest on its machine: the controller received
+    // a small part of the 10 GB (its own count of output bytes agents sent), and its memory stayed
+    // small.
+    let (_, metrics) = env.http_get("/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    let received: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zeroci_agent_output_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no output counter in {metrics}"));
+    assert!(
+        (1 << 20..1 << 30).contains(&received),
+        "the controller received {received} bytes"
+    );
     let peak_kib = env.controller_peak_rss_kib();
     assert!(peak_kib < 300 * 1024, "controller peak RSS {peak_kib} KiB");
     let steps = job["steps"].as_array().unwrap();

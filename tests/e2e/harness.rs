@@ -555,11 +555,6 @@ impl TestEnv {
         self.controller_proc_number("status", "VmHWM:")
     }
 
-    /// Bytes the running controller has read so far, from files and sockets alike (`rchar`).
-    pub fn controller_bytes_read(&self) -> u64 {
-        self.controller_proc_number("io", "rchar:")
-    }
-
     pub fn controller_log_text(&self) -> String {
         std::fs::read_to_string(&self.controller_log).unwrap_or_default()
     }

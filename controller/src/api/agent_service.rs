@@ -59,10 +59,14 @@ impl pb::agent_service_server::AgentService for AgentApi {
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let peer = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
+        let known = self
+            .engine
+            .expects_bootstrap_token(&request.bootstrap_token);
         let enrolled = self
             .enrolment_failures
             .guard(
                 peer,
+                known,
                 self.engine
                     .enroll(&request.bootstrap_token, &request.csr_pem),
             )

@@ -73,7 +73,7 @@ impl pb::pool_service_server::PoolService for PoolApi {
         let peer = request.remote_addr().map(|a| a.ip());
         let token = self
             .token_failures
-            .guard(peer, self.membership.authenticate(&presented))
+            .guard(peer, false, self.membership.authenticate(&presented))
             .await?;
         let Some(hosts) = self.membership.hosts().cloned() else {
             return Err(ControllerError::FailedPrecondition(

@@ -70,6 +70,21 @@ struct Table {
     overflow: Bucket,
 }
 
+/// The unit an address is counted by: an IPv4 address, or an IPv6 /64 (one host's usual share, which
+/// it can fill with fresh addresses at will).
+fn counted_as(peer: Option<IpAddr>) -> Option<IpAddr> {
+    peer.map(|ip| match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
+    })
+}
+
 impl FailureLimiter {
     pub fn new(limits: Limits) -> FailureLimiter {
         let now = Instant::now();
@@ -87,6 +102,7 @@ impl FailureLimiter {
 
     /// `Err(wait)`: the peer used up its failures; it is refused for about `wait`.
     pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+        let peer = counted_as(peer);
         let table = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let limits = self.limits;
         let bucket = match peer.and_then(|p| table.peers.get(&p).copied()) {
@@ -107,6 +123,7 @@ impl FailureLimiter {
 
     /// Counts a failed attempt of `peer` (`None`: an address the transport did not give).
     pub fn failed(&self, peer: Option<IpAddr>, now: Instant) {
+        let peer = counted_as(peer);
         let mut table = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let limits = self.limits;
         let full = Bucket {
@@ -139,13 +156,16 @@ impl FailureLimiter {
     }
 
     /// Runs `attempt` for `peer` unless the peer used up its failures, which is refused at once; a
-    /// refused credential (unauthenticated, permission denied) counts as a failure.
+    /// refused credential (unauthenticated, permission denied) counts as a failure. A credential
+    /// already `known` to be right is never held back: the limit slows guessing, it must not let a
+    /// guesser sharing an address (a job on the controller's host, a proxy) lock others out.
     pub async fn guard<T>(
         &self,
         peer: Option<IpAddr>,
+        known: bool,
         attempt: impl Future<Output = Result<T, ControllerError>>,
     ) -> Result<T, ControllerError> {
-        if let Err(wait) = self.check(peer, Instant::now()) {
+        if !known && let Err(wait) = self.check(peer, Instant::now()) {
             return Err(ControllerError::ResourceExhausted(format!(
                 "too many failed attempts from this address; try again in {}s",
                 wait.as_secs().max(1)
@@ -204,6 +224,23 @@ mod tests {
                 .is_err()
         );
         assert!(limiter.check(ip(1), t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let limiter = FailureLimiter::new(SMALL);
+        let t0 = Instant::now();
+        let in_net = |last: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]));
+        for last in 1..=3 {
+            limiter.failed(in_net(last), t0);
+        }
+        assert!(
+            limiter.check(in_net(999), t0).is_err(),
+            "a fresh address of the same /64"
+        );
+        let elsewhere = Some(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]));
+        assert!(limiter.check(elsewhere, t0).is_ok());
+        assert_eq!(limiter.tracked(), 1);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct AgentLink {
     pub info: pb::AgentInfo,
     /// Cancelled when a newer stream of the same agent replaces this one.
     pub stop: CancellationToken,
+    /// `OutputLimitReached` went out on this stream.
+    pub told_output_full: bool,
 }
 
 /// Progress of one machine's work.
@@ -89,6 +91,9 @@ pub struct ActiveJob {
     pub provisioning: CancellationToken,
     /// Where this machine's work is; the worker waits on it.
     pub phase: watch::Sender<Phase>,
+    /// SHA-256 of the machine's bootstrap token until its agent enrolled: checked without waiting on
+    /// the job's state, so a valid token is recognised however busy the job or the enrolment door.
+    pub bootstrap_token_sha256: StdMutex<Option<String>>,
 }
 
 impl ActiveJob {
@@ -98,9 +103,11 @@ impl ActiveJob {
         agent_seq: u64,
         output_bytes: u64,
     ) -> ActiveJob {
+        let bootstrap_token_sha256 = record.machine.as_ref().and_then(|m| m.token_sha256.clone());
         ActiveJob {
             id: record.id,
             attempt: record.attempt,
+            bootstrap_token_sha256: StdMutex::new(bootstrap_token_sha256),
             state: Mutex::new(RunState {
                 record,
                 logged,
@@ -139,6 +146,26 @@ impl ActiveJob {
                 "agent stream is backed up; closing it so the agent reconnects"
             );
             link.stop.cancel();
+        }
+    }
+
+    /// Tells the agent, once per stream, that the job's output is full so it keeps the rest on its
+    /// machine. Only advice: a stream too backed up to take it now is told with a later batch
+    /// (never closed for it).
+    pub fn tell_output_full(&self, limit_bytes: u64) {
+        let Ok(mut link) = self.link.lock() else {
+            return;
+        };
+        let Some(link) = link.as_mut().filter(|l| !l.told_output_full) else {
+            return;
+        };
+        let message = pb::ControllerMessage {
+            kind: Some(pb::controller_message::Kind::OutputLimitReached(
+                pb::OutputLimitReached { limit_bytes },
+            )),
+        };
+        if link.tx.try_send(Ok(message)).is_ok() {
+            link.told_output_full = true;
         }
     }
 

@@ -59,6 +59,9 @@ impl Engine {
             if let Some(machine) = state.record.machine.as_mut() {
                 machine.token_sha256 = None;
             }
+            if let Ok(mut pending) = active.bootstrap_token_sha256.lock() {
+                pending.take();
+            }
             self.jobs.put(&mut state.record).await?;
             info!(
                 job_id = active.id,
@@ -75,6 +78,19 @@ impl Engine {
         Err(ControllerError::PermissionDenied(
             "unknown or already used bootstrap token".into(),
         ))
+    }
+
+    /// Whether `token` is the bootstrap token of a machine whose agent has not enrolled yet: a
+    /// quick look that waits on no job, so the enrolment door can let a right token through even
+    /// while it refuses an address that keeps guessing.
+    pub fn expects_bootstrap_token(&self, token: &str) -> bool {
+        let wanted = sha256_hex(token);
+        self.active_jobs().iter().any(|active| {
+            active
+                .bootstrap_token_sha256
+                .lock()
+                .is_ok_and(|pending| pending.as_deref() == Some(wanted.as_str()))
+        })
     }
 
     /// A new certificate for an agent whose current one (of `job_id`, `attempt`) is still valid.
@@ -138,9 +154,14 @@ impl Engine {
         } else {
             now
         };
-        let slack_secs = self.config.main.cancel_grace + AGENT_CERT_SLACK_SECS;
-        let end = started + ((max + slack_secs) * 1000) as i64;
-        let left = Duration::from_millis((end - now).max(0) as u64);
+        let slack_secs = self
+            .config
+            .main
+            .cancel_grace
+            .saturating_add(AGENT_CERT_SLACK_SECS);
+        let life_ms = max.saturating_add(slack_secs).saturating_mul(1000);
+        let end = started.saturating_add(i64::try_from(life_ms).unwrap_or(i64::MAX));
+        let left = Duration::from_millis(end.saturating_sub(now).max(0) as u64);
         ttl.min(left.max(Duration::from_secs(AGENT_CERT_SLACK_SECS)))
     }
 
@@ -221,6 +242,7 @@ impl Engine {
                 tx,
                 info,
                 stop,
+                told_output_full: false,
             }) {
                 // The agent reconnected; the old stream is dead or dying.
                 old.stop.cancel();

@@ -159,7 +159,8 @@ fn apply_checkout(
         ));
         return Effect::RunSteps {
             run: pb::RunSteps::default(),
-            run_on_schedule: None,
+            // No pipeline file any more: no schedule either (as the trigger does).
+            run_on_schedule: Some(None),
         };
     }
     // Every message is what `zeroci lint` prints for the same file: one `zeroCI.yaml:LINE:COLUMN: KEY:

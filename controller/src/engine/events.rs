@@ -56,6 +56,10 @@ pub struct Batch {
     pub limit_reached: bool,
     /// Output of this batch was dropped: the limit was reached before.
     pub output_dropped: bool,
+    /// Output bytes the batch brought, stored or not.
+    pub output_received: u64,
+    /// The part of `output_received` dropped past the limit.
+    pub output_dropped_bytes: u64,
 }
 
 /// Turns agent events into log events, skipping the ones already stored: pure, so what the engine
@@ -87,8 +91,14 @@ pub fn prepare(
         };
         expected += 1;
         batch.handled_through = Some(event.seq);
-        if matches!(kind, AgentEventKind::Output(_)) && batch.output_bytes >= limit {
+        if let AgentEventKind::Output(o) = &kind {
+            batch.output_received += o.data.len() as u64;
+        }
+        if let AgentEventKind::Output(o) = &kind
+            && batch.output_bytes >= limit
+        {
             batch.output_dropped = true;
+            batch.output_dropped_bytes += o.data.len() as u64;
             continue; // past the limit: acknowledged, not stored
         }
         cursor = cursor.next();
@@ -213,12 +223,12 @@ impl Engine {
                 .output_limit_reached
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.metrics
+            .agent_output(batch.output_received, batch.output_dropped_bytes);
         if batch.limit_reached || batch.output_dropped {
-            // Spares the network the rest: the agent keeps further output on its machine. Said again
-            // while output keeps coming (a new controller, a new link), never blocking.
-            active.send_to_agent(Reply::OutputLimitReached(pb::OutputLimitReached {
-                limit_bytes: self.config.limits.max_log_bytes,
-            }));
+            // Spares the network the rest: the agent keeps further output on its machine. Said once
+            // per stream (a new controller or link hears it with the next output that comes).
+            active.tell_output_full(self.config.limits.max_log_bytes);
         }
         if let Err(e) = self.apply_batch(active, &mut state, &batch.events).await {
             if e.is_lease_lost() {

@@ -143,6 +143,19 @@ pub enum GitHubError {
     },
 }
 
+impl GitHubError {
+    /// GitHub could not answer for now (no connection, a broken answer, a server error, rate
+    /// limiting), as opposed to an answer that says something is wrong with the request.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            GitHubError::Transport(_) | GitHubError::Body(_) => true,
+            GitHubError::Status { status, .. } => *status >= 500 || matches!(status, 403 | 429),
+            GitHubError::GaveUp { last, .. } => last.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
 /// A GitHub REST client. Cheap to clone (octocrab shares its connection pool).
 #[derive(Clone)]
 pub struct GitHubApi {

@@ -37,7 +37,7 @@ pub fn status_for(job: &JobRecord) -> (StatusState, String) {
         JobStatus::Failure => (StatusState::Failure, format!("tests failed{took}")),
         JobStatus::Error => (StatusState::Error, format!("error: {}", job.reason)),
         JobStatus::Cancelled => (StatusState::Error, format!("cancelled: {}", job.reason)),
-        // Nothing was tested, but nothing failed either: the commit's pending status must end.
+        // Never sent (see `job_changed`); described for completeness.
         JobStatus::Skipped => (StatusState::Success, format!("skipped: {}", job.reason)),
     }
 }
@@ -52,6 +52,14 @@ impl Notifier for GitHubStatuses {
         let Some(repo) = &job.github_repo else {
             return Ok(());
         };
+        // A job whose `run_on` is decided at its checkout says nothing before that, and nothing when
+        // it is skipped: the same as a delivery `run_on` filtered out at the door (a skipped job must
+        // not turn a required check green).
+        let undecided =
+            job.run_on_check.is_some() && job.stages.is_empty() && !job.status.is_final();
+        if undecided || job.status == JobStatus::Skipped {
+            return Ok(());
+        }
         let (state, description) = status_for(job);
         // Retried inside with backoff; a final failure is counted and logged, never fatal to the job.
         self.api

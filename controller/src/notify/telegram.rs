@@ -219,9 +219,10 @@ async fn previous_failed(jobs: &dyn JobStore, job: &JobRecord) -> Result<bool, S
         })
         .await
         .map_err(|e| e.to_string())?;
+    // A skipped job tested nothing: the result before it is the one that counts.
     Ok(earlier
         .iter()
-        .find(|j| j.status.is_final())
+        .find(|j| j.status.is_final() && j.status != JobStatus::Skipped)
         .is_some_and(|j| j.status != JobStatus::Success))
 }
 

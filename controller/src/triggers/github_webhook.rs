@@ -7,6 +7,7 @@
 //! (200 for a redelivery or a replayed body) → the job queued (202). Bodies over the limit are refused
 //! with 413 before any of this.
 //!
+//! A file GitHub refuses to give (not a file, too large) is answered 502 with the reason.
 //! When GitHub's API cannot be reached (after the client's own retries) the delivery is still
 //! accepted: GitHub does not redeliver by itself, so answering 502 would lose the commit. The job is
 //! queued with its `run_on` check left to the checkout, which reads the same file from the clone and
@@ -168,6 +169,12 @@ async fn delivery(engine: &Arc<Engine>, headers: &HeaderMap, body: Bytes) -> Res
     let run_on_check = match run_on(engine, &trigger).await {
         RunOn::Allowed => None,
         RunOn::Excluded(reason) => return ignored(reason),
+        RunOn::Unreadable(error) => {
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                json!({ "error": format!("cannot read zeroCI.yaml from GitHub: {error}") }),
+            );
+        }
         RunOn::Unread(error) => {
             warn!(repo = %trigger.repo, commit = %trigger.commit, %error,
                 "cannot read zeroCI.yaml from GitHub; the job checks run_on at its checkout");
@@ -256,6 +263,9 @@ enum RunOn {
     Excluded(String),
     /// GitHub's API could not be reached: the error.
     Unread(String),
+    /// GitHub answered that the file cannot be read (not a file, too large, refused): the error,
+    /// answered 502 so the delivery shows failed and can be redelivered once it is fixed.
+    Unreadable(String),
 }
 
 /// Reads the pipeline file at the commit and applies its `run_on`.
@@ -268,7 +278,8 @@ async fn run_on(engine: &Engine, trigger: &Trigger) -> RunOn {
         .await
     {
         Ok(file) => file,
-        Err(e) => return RunOn::Unread(e.to_string()),
+        Err(e) if e.is_unavailable() => return RunOn::Unread(e.to_string()),
+        Err(e) => return RunOn::Unreadable(e.to_string()),
     };
     let pushed = (trigger.event == "push").then(|| {
         PushedBranch::on_github(
