@@ -55,7 +55,8 @@ pub struct Sessions {
     key: [u8; 32],
     web: WebConfig,
     secure: bool,
-    /// Wrong sign-in and API tokens, counted per address: guessing is refused before it is tried.
+    /// Wrong sign-in and API tokens, counted per address: after a burst a guesser gets 429, while a
+    /// right token always works.
     token_failures: FailureLimiter,
 }
 
