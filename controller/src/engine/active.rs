@@ -67,6 +67,8 @@ pub struct RunState {
 #[derive(Debug, Clone)]
 pub struct StoreTrouble {
     pub since_ms: i64,
+    /// Unix ms of the latest refusal: trouble nobody ran into for a while says nothing any more.
+    pub last_ms: i64,
     pub error: String,
 }
 
@@ -181,11 +183,13 @@ impl ActiveJob {
     /// Notes that the store refused the job's events (keeps the first time it happened).
     pub fn store_failed(&self, error: String) {
         if let Ok(mut trouble) = self.store_trouble.lock() {
-            let since_ms = trouble
-                .as_ref()
-                .map(|t| t.since_ms)
-                .unwrap_or_else(zeroci::now_unix_ms);
-            *trouble = Some(StoreTrouble { since_ms, error });
+            let now = zeroci::now_unix_ms();
+            let since_ms = trouble.as_ref().map(|t| t.since_ms).unwrap_or(now);
+            *trouble = Some(StoreTrouble {
+                since_ms,
+                last_ms: now,
+                error,
+            });
         }
     }
 

@@ -523,7 +523,13 @@ impl Engine {
         };
         let silent_ms = now - active.last_heard_ms.load(Ordering::Relaxed);
         let cancel_deadline = active.cancel_deadline_ms.load(Ordering::Relaxed);
-        let store_trouble = active.store_trouble();
+        // Only trouble the agent keeps running into counts: a refusal older than the store's and the
+        // agent's patience together is a hiccup whose agent never came back (it is lost, not the
+        // store), while a refused agent backing off between resends still counts as refused.
+        let patience = self.config.store_failure_timeout() + limit;
+        let store_trouble = active
+            .store_trouble()
+            .filter(|t| now - t.last_ms <= patience.as_millis() as i64);
         // A store refusing the agent's events drops its link, and the agent backs off before it
         // resends: its silence is the store's doing, and the store's rule below ends the job with the
         // real reason.
