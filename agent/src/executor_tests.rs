@@ -132,6 +132,17 @@ fn checkout_output(events: &[AgentEvent]) -> Vec<u8> {
         .collect()
 }
 
+/// The first step exit among the events.
+fn first_exit(events: &[AgentEvent]) -> pb::StepExited {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::StepExited(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .expect("a step exited")
+}
+
 fn exits(events: &[AgentEvent]) -> Vec<(u32, i32)> {
     events
         .iter()
@@ -223,13 +234,7 @@ async fn failed_clone_ends_the_job_after_step_0() {
     let mut job = Job::new(root.path(), &missing.to_string_lossy(), "abc123");
     let events = job.run().await;
     assert!(checked_out(&events).is_none());
-    let exited = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::StepExited(x)) => Some(x.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let exited = first_exit(&events);
     assert_eq!(exited.step, 0);
     assert_ne!(exited.exit_code, 0);
     assert_eq!(exited.message, "git clone failed");
@@ -270,13 +275,7 @@ async fn a_git_server_that_never_answers_fails_the_checkout_at_its_timeout_witho
     let events = job.run().await;
     held.abort();
     assert!(checked_out(&events).is_none());
-    let exited = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            Some(Kind::StepExited(x)) => Some(x.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let exited = first_exit(&events);
     assert_eq!((exited.step, exited.exit_code), (0, 124));
     assert_eq!(exited.message, "git clone failed: timed out after 1s");
     let log = String::from_utf8(checkout_output(&events)).unwrap();

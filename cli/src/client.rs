@@ -42,13 +42,8 @@ fn refuse_expired(cert_pem: &str, path: &Path) -> anyhow::Result<()> {
         return Ok(()); // not readable here: the TLS layer explains
     };
     if not_after <= zeroci::now_unix_ms() / 1000 {
-        let when = time::OffsetDateTime::from_unix_timestamp(not_after)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| not_after.to_string());
+        let when =
+            crate::render::human_time(not_after * 1000).unwrap_or_else(|| not_after.to_string());
         return Err(anyhow!(
             "the client certificate {} expired at {when}: ask an admin of the controller for a new one \
              (zeroci-controller user add NAME)",

@@ -120,13 +120,7 @@ fn client_address(config: &Config) -> String {
 }
 
 fn date(unix_secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix_secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix_secs.to_string())
+    zeroci_controller::api::pages::clock(unix_secs.saturating_mul(1000))
 }
 
 fn shown(path: &Path) -> String {

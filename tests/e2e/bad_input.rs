@@ -1,20 +1,11 @@
 //! Bad input over gRPC from an authenticated client and from anyone: oversized and malformed messages
 //! get a clear refusal, and the controller goes on serving.
 
-use std::time::Duration;
-
 use tonic::transport::Channel;
 use zeroci::pb;
 
 use crate::harness::{Repo, TestEnv};
-
-fn runtime() -> tokio::runtime::Runtime {
-    zeroci::install_crypto_provider();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::security::{channel, runtime};
 
 /// A channel as the admin of `env` (its profile's certificate).
 async fn admin_channel(env: &TestEnv) -> Channel {
@@ -23,14 +14,7 @@ async fn admin_channel(env: &TestEnv) -> Channel {
         &read("ca.crt"),
         Some((&read("admin.crt"), &read("admin.key"))),
     );
-    Channel::from_shared(format!("https://{}", env.grpc_addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap()
+    channel(env, tls).await
 }
 
 /// Not an `EnrollRequest`: field 1 is a number where a string is expected.

@@ -8,7 +8,7 @@ use zeroci::pki::{CertificateAuthority, LONG_VALIDITY, Role};
 
 use crate::harness::{Repo, TestEnv};
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     zeroci::install_crypto_provider();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -16,7 +16,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn channel(env: &TestEnv, tls: ClientTlsConfig) -> Channel {
+pub(crate) async fn channel(env: &TestEnv, tls: ClientTlsConfig) -> Channel {
     Channel::from_shared(format!("https://{}", env.grpc_addr))
         .unwrap()
         .tls_config(tls)

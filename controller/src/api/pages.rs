@@ -320,7 +320,7 @@ pub async fn log_part(
 }
 
 /// `2026-12-04 03:55:01 UTC`, or a dash before it happened.
-pub(super) fn clock(ms: i64) -> String {
+pub fn clock(ms: i64) -> String {
     if ms <= 0 {
         return "–".into();
     }

@@ -38,58 +38,62 @@ impl Engine {
                 "malformed bootstrap token".into(),
             ));
         }
+        let unknown =
+            || ControllerError::PermissionDenied("unknown or already used bootstrap token".into());
         let wanted = sha256_hex(token);
-        for active in self.active_jobs() {
-            let mut state = active.state.lock().await;
-            let ours = state.record.machine.as_ref().is_some_and(|machine| {
-                machine.token_sha256.as_deref() == Some(wanted.as_str())
-                    && machine.attempt == active.attempt
-            });
-            if !ours {
-                continue;
-            }
-            let ttl = self.agent_cert_validity(&state.record);
-            let (certificate_pem, not_after_unix_ms) = self
-                .ca
-                .sign_agent_csr(csr_pem, active.id, active.attempt, ttl)
-                .map_err(|e| {
-                    ControllerError::InvalidArgument(format!("bad certificate request: {e}"))
-                })?;
-            // One-time: the token is forgotten as soon as it has been used.
-            if let Some(machine) = state.record.machine.as_mut() {
-                machine.token_sha256 = None;
-            }
-            if let Ok(mut pending) = active.bootstrap_token_sha256.lock() {
-                pending.take();
-            }
-            self.jobs.put(&mut state.record).await?;
-            info!(
-                job_id = active.id,
-                attempt = active.attempt,
-                "agent enrolled"
-            );
-            return Ok(pb::EnrollResponse {
-                certificate_pem,
-                job_id: active.id,
-                attempt: active.attempt,
-                not_after_unix_ms,
-            });
+        let active = self.pending_enrolment(&wanted).ok_or_else(unknown)?;
+        let mut state = active.state.lock().await;
+        // The record decides: the token may have been used while this call waited for the lock.
+        let ours = state.record.machine.as_ref().is_some_and(|machine| {
+            machine.token_sha256.as_deref() == Some(wanted.as_str())
+                && machine.attempt == active.attempt
+        });
+        if !ours {
+            return Err(unknown());
         }
-        Err(ControllerError::PermissionDenied(
-            "unknown or already used bootstrap token".into(),
-        ))
+        let ttl = self.agent_cert_validity(&state.record);
+        let (certificate_pem, not_after_unix_ms) = self
+            .ca
+            .sign_agent_csr(csr_pem, active.id, active.attempt, ttl)
+            .map_err(|e| {
+                ControllerError::InvalidArgument(format!("bad certificate request: {e}"))
+            })?;
+        // One-time: the token is forgotten as soon as it has been used.
+        if let Some(machine) = state.record.machine.as_mut() {
+            machine.token_sha256 = None;
+        }
+        if let Ok(mut pending) = active.bootstrap_token_sha256.lock() {
+            pending.take();
+        }
+        self.jobs.put(&mut state.record).await?;
+        info!(
+            job_id = active.id,
+            attempt = active.attempt,
+            "agent enrolled"
+        );
+        Ok(pb::EnrollResponse {
+            certificate_pem,
+            job_id: active.id,
+            attempt: active.attempt,
+            not_after_unix_ms,
+        })
     }
 
     /// Whether `token` is the bootstrap token of a machine whose agent has not enrolled yet: a
     /// quick look that waits on no job, so the enrolment door can let a right token through even
     /// while it refuses an address that keeps guessing.
     pub fn expects_bootstrap_token(&self, token: &str) -> bool {
-        let wanted = sha256_hex(token);
-        self.active_jobs().iter().any(|active| {
+        self.pending_enrolment(&sha256_hex(token)).is_some()
+    }
+
+    /// The job whose machine waits to enroll with the token of this SHA-256, found without locking
+    /// any job's state.
+    fn pending_enrolment(&self, token_sha256: &str) -> Option<Arc<ActiveJob>> {
+        self.active_jobs().into_iter().find(|active| {
             active
                 .bootstrap_token_sha256
                 .lock()
-                .is_ok_and(|pending| pending.as_deref() == Some(wanted.as_str()))
+                .is_ok_and(|pending| pending.as_deref() == Some(token_sha256))
         })
     }
 

@@ -54,8 +54,6 @@ pub struct Batch {
     pub output_bytes: u64,
     /// This batch brought the output to `[limits] max_log_bytes`.
     pub limit_reached: bool,
-    /// Output of this batch was dropped: the limit was reached before.
-    pub output_dropped: bool,
     /// Output bytes the batch brought, stored or not.
     pub output_received: u64,
     /// The part of `output_received` dropped past the limit.
@@ -97,7 +95,6 @@ pub fn prepare(
         if let AgentEventKind::Output(o) = &kind
             && batch.output_bytes >= limit
         {
-            batch.output_dropped = true;
             batch.output_dropped_bytes += o.data.len() as u64;
             continue; // past the limit: acknowledged, not stored
         }
@@ -225,7 +222,7 @@ impl Engine {
         }
         self.metrics
             .agent_output(batch.output_received, batch.output_dropped_bytes);
-        if batch.limit_reached || batch.output_dropped {
+        if batch.limit_reached || batch.output_dropped_bytes > 0 {
             // Spares the network the rest: the agent keeps further output on its machine. Said once
             // per stream (a new controller or link hears it with the next output that comes).
             active.tell_output_full(self.config.limits.max_log_bytes);
