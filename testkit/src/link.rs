@@ -5,7 +5,9 @@
 //! the kernels' buffers fill and the peers see silence, as when a route disappears. New connections
 //! are accepted but not forwarded either. Restoring resumes every connection that both peers kept
 //! open, with the bytes held in between delivered in order, and lets new connections through.
-//! [`Link::reset`] is the other fault: every open connection is closed at once.
+//! [`Link::hold_replies`] is a one-way partition: what clients send still arrives (new connections
+//! included), what the server sends back is held until the restore. [`Link::reset`] is the other
+//! fault: every open connection is closed at once.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -22,8 +24,8 @@ pub struct Link {
 
 struct State {
     upstream: String,
-    /// True while the link is cut; guarded for the condition variable.
-    cut: Mutex<bool>,
+    /// Which directions are held; guarded for the condition variable.
+    held: Mutex<Held>,
     restored: Condvar,
     stopped: AtomicBool,
     /// Both ends of every connection, so a reset or the drop can close them.
@@ -32,13 +34,43 @@ struct State {
     accepted: Mutex<u64>,
 }
 
-impl State {
-    /// Blocks while the link is cut.
-    fn wait_open(&self) {
-        let mut cut = self.cut.lock().unwrap();
-        while *cut && !self.stopped.load(Ordering::SeqCst) {
-            cut = self.restored.wait(cut).unwrap();
+/// A direction bytes cross the link in.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Client to server.
+    Requests,
+    /// Server to client.
+    Replies,
+}
+
+/// What the link holds back.
+#[derive(Clone, Copy, Default)]
+struct Held {
+    requests: bool,
+    replies: bool,
+}
+
+impl Held {
+    fn holds(self, direction: Direction) -> bool {
+        match direction {
+            Direction::Requests => self.requests,
+            Direction::Replies => self.replies,
         }
+    }
+}
+
+impl State {
+    /// Blocks while `direction` is held.
+    fn wait_open(&self, direction: Direction) {
+        let mut held = self.held.lock().unwrap();
+        while held.holds(direction) && !self.stopped.load(Ordering::SeqCst) {
+            held = self.restored.wait(held).unwrap();
+        }
+    }
+
+    fn hold(&self, held: Held) {
+        *self.held.lock().unwrap() = held;
+        self.restored.notify_all();
     }
 
     fn remember(&self, stream: &TcpStream) {
@@ -55,7 +87,7 @@ impl Link {
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(State {
             upstream: upstream.to_string(),
-            cut: Mutex::new(false),
+            held: Mutex::new(Held::default()),
             restored: Condvar::new(),
             stopped: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
@@ -78,13 +110,24 @@ impl Link {
 
     /// Cuts the link: nothing crosses it until [`Link::restore`].
     pub fn cut(&self) {
-        *self.state.cut.lock().unwrap() = true;
+        self.state.hold(Held {
+            requests: true,
+            replies: true,
+        });
+    }
+
+    /// Holds what the server sends until [`Link::restore`]; what clients send still crosses, on open
+    /// connections and new ones (whose handshakes therefore stall halfway).
+    pub fn hold_replies(&self) {
+        self.state.hold(Held {
+            requests: false,
+            replies: true,
+        });
     }
 
     /// Lets bytes through again, held ones first.
     pub fn restore(&self) {
-        *self.state.cut.lock().unwrap() = false;
-        self.state.restored.notify_all();
+        self.state.hold(Held::default());
     }
 
     /// Closes every open connection (both ends); the link stays usable for new ones.
@@ -110,10 +153,11 @@ impl Drop for Link {
     }
 }
 
-/// Connects to the upstream once the link is open and copies both ways until either side closes.
+/// Connects to the upstream once requests cross the link and copies both ways until either side
+/// closes.
 fn forward(state: Arc<State>, client: TcpStream) {
     state.remember(&client);
-    state.wait_open();
+    state.wait_open(Direction::Requests);
     let Ok(server) = TcpStream::connect(&state.upstream) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
@@ -126,17 +170,18 @@ fn forward(state: Arc<State>, client: TcpStream) {
     };
     let upstream = {
         let state = state.clone();
-        thread::spawn(move || copy(&state, client_read, server))
+        thread::spawn(move || copy(&state, Direction::Requests, client_read, server))
     };
-    copy(&state, server_read, client);
+    copy(&state, Direction::Replies, server_read, client);
     let _ = upstream.join();
 }
 
-/// Copies `from` to `to`, holding still while the link is cut; closes both when one side is done.
-fn copy(state: &State, mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to`, holding still while `direction` is held; closes both when one side is
+/// done.
+fn copy(state: &State, direction: Direction, mut from: TcpStream, mut to: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        state.wait_open();
+        state.wait_open(direction);
         let n = match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -144,7 +189,7 @@ fn copy(state: &State, mut from: TcpStream, mut to: TcpStream) {
             Err(_) => break,
         };
         // Bytes read just before a cut are delivered only after it, like packets in flight.
-        state.wait_open();
+        state.wait_open(direction);
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -202,6 +247,57 @@ mod tests {
         client.set_read_timeout(None).unwrap();
         assert_eq!(read_exactly(&mut client, 6), b"during");
         assert_eq!(link.accepted(), 1);
+    }
+
+    #[test]
+    fn held_replies_let_requests_through_and_arrive_after_the_restore() {
+        // A server that reports what it received and answers each byte with its uppercase.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = listener.local_addr().unwrap().to_string();
+        let (received_tx, received) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let received_tx = received_tx.clone();
+                thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let (mut reader, mut byte) = (stream, [0u8; 1]);
+                    while let Ok(1) = reader.read(&mut byte) {
+                        let _ = received_tx.send(byte[0]);
+                        let _ = writer.write_all(&byte.map(|b| b.to_ascii_uppercase()));
+                    }
+                });
+            }
+        });
+        let link = Link::to(&upstream);
+        let mut open = TcpStream::connect(&link.addr).unwrap();
+        open.write_all(b"a").unwrap();
+        assert_eq!(read_exactly(&mut open, 1), b"A");
+        assert_eq!(received.recv().unwrap(), b'a');
+
+        link.hold_replies();
+        open.write_all(b"b").unwrap();
+        // A connection made while replies are held reaches the server too.
+        let mut new = TcpStream::connect(&link.addr).unwrap();
+        new.write_all(b"c").unwrap();
+        let wait = Duration::from_secs(10);
+        let mut got = [
+            received.recv_timeout(wait).unwrap(),
+            received.recv_timeout(wait).unwrap(),
+        ];
+        got.sort();
+        assert_eq!(&got, b"bc", "requests cross while replies are held");
+        open.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let silent = open.read(&mut byte);
+        assert!(
+            matches!(&silent, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+            "no reply crosses: {silent:?}"
+        );
+        link.restore();
+        open.set_read_timeout(None).unwrap();
+        assert_eq!(read_exactly(&mut open, 1), b"B");
+        assert_eq!(read_exactly(&mut new, 1), b"C");
     }
 
     #[test]

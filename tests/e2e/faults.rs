@@ -1,5 +1,6 @@
 //! Faults on purpose, with real processes: the agent's link to the controller cut like a network
-//! partition, the controller SIGKILLed again and again in one job. Each test checks that the stored
+//! partition, the controller SIGKILLed again and again in one job, a full disk, an outlived
+//! certificate, a stale agent of an earlier attempt coming back. Each test checks that the stored
 //! log is byte for byte what the commands printed: nothing lost, nothing twice.
 
 use std::io::Write;
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 use zeroci_testkit::link::Link;
 
 use crate::harness::{Repo, Settings, TestEnv, free_address};
+use crate::pool::{Host, runs_under};
 
 /// Lines printed per round; a round's lines come out as fast as the shell can print them.
 const LINES_PER_ROUND: usize = 300;
@@ -312,4 +314,97 @@ fn an_agent_whose_job_outlives_its_certificate_renews_it_and_reconnects_with_the
         link.accepted() >= 2,
         "the agent dialled again after the reset"
     );
+}
+
+/// A stale agent, for real: the first pipeline job's machine outlives its part because its pool host
+/// cannot be reached to destroy it, and its agent never learns that its part is over (the controller's
+/// replies to it are lost: a one-way partition). When it gets through again, the second pipeline job
+/// runs on another host: the old agent is refused as stale and ends itself, and the new attempt goes
+/// on untouched.
+#[test]
+fn a_stale_agent_reconnecting_while_the_next_attempt_runs_is_refused_and_changes_nothing() {
+    let listen = free_address();
+    // Every agent's route to the controller, and the first host's own.
+    let agents = Link::to(&listen);
+    let first_host_route = Link::to(&listen);
+    let env = TestEnv::start_with(Settings {
+        grpc_listen: listen,
+        provisioner: Some(
+            // The stale agent must not give up before it gets through (the destroy waits ~30 s).
+            toml::from_str("kind = \"pool\"\n[pool]\nagent_give_up = 600\n").unwrap(),
+        ),
+        extra: format!("[main]\nagent_endpoint = \"{}\"\n", agents.addr),
+        ..Settings::default()
+    });
+    let token = crate::pool::make_token(&env, "rack");
+    let mut first = Host::spawn_via(&env, &first_host_route.addr, "first", &token, "", 1);
+    first.lines.wait_for("joined the pool");
+    let repo = Repo::new(&env, "stages", &[("zeroCI.yaml", "")]);
+    let (gate_one, gate_two) = (repo.path.join("go-one"), repo.path.join("go-two"));
+    let wait_at =
+        |gate: &std::path::Path| format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    // Nothing printed after the first gate: a step's exit is reported once its output is
+    // acknowledged, so the first part can end while the controller's replies are held.
+    let first_part = format!("echo one; {}", wait_at(&gate_one));
+    let second_part = format!("echo two; {}; echo two-more", wait_at(&gate_two));
+    let yaml = format!(
+        "jobs:\n  - name: first\n    script:\n      - {}\n  - name: second\n    script:\n      - {}\n",
+        serde_json::to_string(&first_part).unwrap(),
+        serde_json::to_string(&second_part).unwrap()
+    );
+    repo.commit(&[("zeroCI.yaml", &yaml)], "two pipeline jobs");
+    let id = env.submit(&repo.path);
+    env.wait_for_output(id, None, "one\n");
+    // Only now a second host: the first pipeline job is on the first one.
+    let mut second = Host::join(&env, "second", &token, "", 1);
+
+    // The first host drops off the network; the controller's replies to the agents stop arriving.
+    first_host_route.cut();
+    agents.hold_replies();
+    std::fs::write(&gate_one, "").unwrap();
+    // The controller stores the first part's end (requests still arrive), fails to destroy its
+    // machine, and starts the second part on the second host.
+    let started = second.lines.wait_for("machine started");
+    assert!(started.contains(&format!("job-{id}-a2")), "{started}");
+    let first_machines = first.work_dir.join("machines");
+    assert!(
+        runs_under(&first_machines),
+        "the first machine and its agent are still there"
+    );
+    assert!(
+        !first.lines.all().iter().any(|l| l.contains("agent exited")),
+        "{:?}",
+        first.lines.seen
+    );
+
+    // The partition heals: the old agent dials again with its attempt-1 certificate.
+    agents.restore();
+    let refusal = format!("attempt 1 of job {id} is stale; the job is on attempt 2");
+    zeroci_testkit::wait_for("the controller to refuse the stale agent", || {
+        let log = env.controller_log_text();
+        log.lines()
+            .any(|l| l.contains("agent refused") && l.contains(&refusal))
+            .then_some(())
+    });
+    let exited = first.lines.wait_for("machine's agent exited");
+    assert!(
+        exited.contains(&format!("job-{id}-a1")) && exited.contains("exit status: 1"),
+        "the stale agent ends itself: {exited}"
+    );
+    zeroci_testkit::wait_for("the stale machine's processes to end", || {
+        (!runs_under(&first_machines)).then_some(())
+    });
+
+    // The new attempt never noticed.
+    env.wait_for_output(id, None, "two\n");
+    assert_eq!(env.job(id)["status"], "running");
+    std::fs::write(&gate_two, "").unwrap();
+    let job = env.wait_job(id);
+    assert_eq!(job["status"], "success", "{job:#}");
+    assert_eq!(job["attempt"], 2, "{job:#}");
+    assert_log_is(&env, id, "one\ntwo\ntwo-more\n");
+    first_host_route.restore();
+    zeroci_testkit::wait_for("both hosts to hold no machine", || {
+        (first.machines_left().is_empty() && second.machines_left().is_empty()).then_some(())
+    });
 }

@@ -18,7 +18,7 @@ fn pool_env(workers: usize) -> TestEnv {
 }
 
 /// A join token made with the CLI, with the CA written beside it; the token file's path.
-fn make_token(env: &TestEnv, name: &str) -> PathBuf {
+pub(crate) fn make_token(env: &TestEnv, name: &str) -> PathBuf {
     let ca = env.dir.path().join("pool-ca.pem");
     let out = env.cli(&[
         "agents",
@@ -38,19 +38,31 @@ fn make_token(env: &TestEnv, name: &str) -> PathBuf {
 }
 
 /// A joined host: its process, its log lines (stderr) and its work directory.
-struct Host {
-    proc: Proc,
-    lines: Lines,
-    work_dir: PathBuf,
+pub(crate) struct Host {
+    pub proc: Proc,
+    pub lines: Lines,
+    pub work_dir: PathBuf,
 }
 
 impl Host {
     /// Starts `zeroci-agent join` without waiting for it to join.
     fn spawn(env: &TestEnv, name: &str, token_file: &Path, labels: &str, capacity: u32) -> Host {
+        Host::spawn_via(env, &env.grpc_addr, name, token_file, labels, capacity)
+    }
+
+    /// Starts `zeroci-agent join` dialling `controller` (the controller, or a link to it).
+    pub(crate) fn spawn_via(
+        env: &TestEnv,
+        controller: &str,
+        name: &str,
+        token_file: &Path,
+        labels: &str,
+        capacity: u32,
+    ) -> Host {
         let work_dir = env.dir.path().join("hosts").join(name);
         let mut command = Command::new(bin("zeroci-agent"));
         command
-            .args(["join", "--controller", &env.grpc_addr, "--ca"])
+            .args(["join", "--controller", controller, "--ca"])
             .arg(env.dir.path().join("pool-ca.pem"))
             .arg("--token-file")
             .arg(token_file)
@@ -73,7 +85,13 @@ impl Host {
     }
 
     /// Starts it and waits until it says it joined.
-    fn join(env: &TestEnv, name: &str, token_file: &Path, labels: &str, capacity: u32) -> Host {
+    pub(crate) fn join(
+        env: &TestEnv,
+        name: &str,
+        token_file: &Path,
+        labels: &str,
+        capacity: u32,
+    ) -> Host {
         let mut host = Host::spawn(env, name, token_file, labels, capacity);
         host.lines.wait_for("joined the pool");
         host
@@ -88,7 +106,7 @@ impl Host {
             .count()
     }
 
-    fn machines_left(&self) -> Vec<String> {
+    pub(crate) fn machines_left(&self) -> Vec<String> {
         std::fs::read_dir(self.work_dir.join("machines"))
             .map(|dir| {
                 dir.flatten()
@@ -100,7 +118,7 @@ impl Host {
 }
 
 /// Whether any process runs out of `dir` (a machine's agent or a step).
-fn runs_under(dir: &Path) -> bool {
+pub(crate) fn runs_under(dir: &Path) -> bool {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();

@@ -23,6 +23,7 @@ use zeroci::pb::controller_message::Kind as Reply;
 use crate::api::auth::peer_identity;
 use crate::api::rate_limit::{ENROLMENT, FailureLimiter};
 use crate::engine::{ActiveJob, AgentTx, Engine};
+use crate::error::ControllerError;
 
 /// Events stored in one batch (and acknowledged with one `Ack`) even if more are already waiting.
 const MAX_EVENTS_PER_BATCH: usize = 256;
@@ -124,10 +125,28 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let (tx, rx) = mpsc::channel(64);
         let link_id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let stop = self.links_stop.child_token();
-        let active = self
+        let (job_id, attempt) = (hello.job_id, hello.attempt);
+        let peer = address.clone();
+        let active = match self
             .engine
             .attach(identity, hello, tx.clone(), address, link_id, stop.clone())
-            .await?;
+            .await
+        {
+            Ok(active) => active,
+            Err(error) => {
+                // A stale or foreign agent is worth an operator's eye; "not here yet" is routine
+                // while several controllers share the jobs.
+                if matches!(
+                    error,
+                    ControllerError::FailedPrecondition(_) | ControllerError::PermissionDenied(_)
+                ) {
+                    warn!(job_id, attempt, %peer, %error, "agent refused");
+                } else {
+                    debug!(job_id, attempt, %peer, %error, "agent not attached");
+                }
+                return Err(error.into());
+            }
+        };
         let engine = self.engine.clone();
         let span = tracing::info_span!(
             "agent_link",
