@@ -26,6 +26,7 @@ pub mod profile;
 pub mod resources;
 pub mod sandbox;
 pub mod signals;
+pub mod spawn;
 pub mod telemetry;
 pub mod tls;
 pub mod words;

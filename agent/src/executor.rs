@@ -19,6 +19,7 @@ use zeroci::pb::{self, Assignment, StepKind, agent_event::Kind};
 use crate::artifacts::{self, Fetcher};
 use crate::backoff::Backoff;
 use crate::control::JobControl;
+use crate::local_checkout::{self, LocalSource};
 use crate::step::{Outcome, ProcessSpec, StepContext, report_exit, run_process, run_step};
 
 /// How many times a failing `git clone` is tried before the checkout fails.
@@ -127,6 +128,36 @@ impl Executor {
             last_seq = self
                 .checkout_note("zeroci: this job runs unisolated ([provisioner.local] isolation = \"none\"): its steps run as the controller's user and can read the controller's files\n".into())
                 .await;
+        }
+        // The shortcut starts from nothing: leftovers and cancellation are the clone path's to handle.
+        if let Some(source) = LocalSource::find(&self.assignment.repo_url)
+            && local_checkout::is_full_sha1(commit)
+            && !workspace.exists()
+            && !self.ctx.cancel.is_cancelled()
+        {
+            let shortcut =
+                local_checkout::check_out(&source, commit, &workspace, self.checkout_timeout());
+            let made = tokio::select! {
+                made = shortcut => made,
+                () = self.ctx.cancel.cancelled() => Err("cancelled".to_string()),
+            };
+            match made {
+                Ok(()) => {
+                    let done = Outcome {
+                        last_seq,
+                        ..Outcome::default()
+                    };
+                    return (done, Some(commit.to_string()));
+                }
+                Err(reason) => {
+                    tracing::info!(%reason, "no shortcut for this local repository; cloning it");
+                    if let Err(error) = tokio::fs::remove_dir_all(&workspace).await
+                        && error.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(%error, "cannot remove the half-made workspace");
+                    }
+                }
+            }
         }
         let clone_args = [
             "clone",

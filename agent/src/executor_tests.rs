@@ -347,3 +347,21 @@ fn the_credential_header_reaches_git_only_through_its_environment_config() {
         "Authorization: Basic eDp5".to_string()
     )));
 }
+
+#[tokio::test]
+async fn a_local_repository_at_a_full_commit_is_checked_out_without_cloning() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha) = make_repo(root.path(), &[("zeroCI.yaml", b"script: [true]\n")]);
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha);
+    job.control.deliver_steps(pb::RunSteps::default());
+    let events = job.run().await;
+    let checked_out = checked_out(&events).expect("checked out");
+    assert_eq!(checked_out.commit, sha);
+    assert_eq!(checked_out.pipeline_file.as_ref(), b"script: [true]\n");
+    assert_eq!(exits(&events), vec![(0, 0)]);
+    // The shortcut: the workspace borrows the repository's objects instead of copying them.
+    let alternates = root
+        .path()
+        .join("work/workspace/.git/objects/info/alternates");
+    assert!(alternates.is_file());
+}

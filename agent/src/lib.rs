@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod endpoints;
 pub mod enroll;
 pub mod executor;
+pub mod local_checkout;
 pub mod mask;
 pub mod outbox;
 pub mod pool;

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use prost::Message;
-use tracing::warn;
+use tracing::{info, warn};
 use zeroci::pb;
 use zeroci::pb::agent_event::Kind as AgentEventKind;
 use zeroci::pb::controller_message::Kind as Reply;
@@ -292,6 +292,12 @@ impl Engine {
                         }
                     }
                     self.limit_machine(active, state, &mut run).await;
+                    info!(
+                        job_id = active.id,
+                        attempt = active.attempt,
+                        steps = run.steps.len(),
+                        "planned; steps sent to the agent"
+                    );
                     active.send_to_agent(Reply::RunSteps(run));
                 }
                 Effect::ConfigError { step, message } => {

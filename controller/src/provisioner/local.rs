@@ -7,7 +7,6 @@
 //! controller is back. `destroy` therefore works from the recorded process id, not from a child handle.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -263,16 +262,22 @@ impl Provisioner for LocalProvisioner {
         let log =
             std::fs::File::create(dir.join("agent.log")).map_err(|e| prepare(e.to_string()))?;
         // The agent joins its group before it runs a single instruction: nothing it starts is outside.
-        let group_procs = match &self.groups {
+        let group = match &self.groups {
             Ok(groups) => {
                 let group = groups
                     .create(&name, &request.resources)
                     .map_err(|e| prepare(format!("control group of {name}: {e}")))?;
-                let procs = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(group.join("cgroup.procs"))
-                    .map_err(|e| prepare(format!("{}: {e}", group.display())))?;
-                Some(procs)
+                let open = |path: PathBuf, write: bool| {
+                    std::fs::OpenOptions::new()
+                        .read(!write)
+                        .write(write)
+                        .open(&path)
+                        .map_err(|e| prepare(format!("{}: {e}", path.display())))
+                };
+                Some((
+                    open(group.clone(), false)?,
+                    open(group.join("cgroup.procs"), true)?,
+                ))
             }
             Err(_) => None,
         };
@@ -280,7 +285,8 @@ impl Provisioner for LocalProvisioner {
         let log_err = log.try_clone().map_err(|e| prepare(e.to_string()))?;
 
         // What the agent reads on descriptor 3: the sandbox spec, or the bootstrap alone.
-        let mut command = tokio::process::Command::new(&agent);
+        let args: Vec<std::ffi::OsString>;
+        let env: Vec<(std::ffi::OsString, std::ffi::OsString)>;
         let handover = match &self.sandbox {
             Some(sandbox) => {
                 let uid = sandbox.uid_for(request.job_id);
@@ -290,7 +296,8 @@ impl Provisioner for LocalProvisioner {
                 }
                 // Nothing of the controller's environment (tokens, paths) enters the sandbox: even
                 // /proc/PID/environ of the agent shows what it was started with.
-                command.env_clear().args(["sandbox", "--spec-fd", "3"]);
+                env = Vec::new();
+                args = ["sandbox", "--spec-fd", "3"].map(Into::into).to_vec();
                 SandboxSpec {
                     bootstrap: request.bootstrap.clone(),
                     job_dir: job_dir.clone(),
@@ -313,11 +320,17 @@ impl Provisioner for LocalProvisioner {
                         retryable: false,
                     });
                 }
-                command
-                    .args(["run", "--bootstrap-fd", "3", "--unisolated", "--workdir"])
-                    .arg(&job_dir)
-                    .arg("--give-up-after")
-                    .arg(self.agent_give_up_secs.to_string());
+                env = std::env::vars_os().collect();
+                args = vec![
+                    "run".into(),
+                    "--bootstrap-fd".into(),
+                    "3".into(),
+                    "--unisolated".into(),
+                    "--workdir".into(),
+                    job_dir.clone().into(),
+                    "--give-up-after".into(),
+                    self.agent_give_up_secs.to_string().into(),
+                ];
                 serde_json::to_vec(&request.bootstrap).map_err(|e| prepare(e.to_string()))?
             }
         };
@@ -325,47 +338,37 @@ impl Provisioner for LocalProvisioner {
         // A few KiB: the pipe holds it all before the agent starts.
         std::io::Write::write_all(&mut writer, &handover).map_err(|e| prepare(e.to_string()))?;
         drop(writer);
-        command
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
         if cancel.is_cancelled() {
             return Err(ProvisionError::Cancelled { name });
         }
+        let null = std::fs::File::open("/dev/null").map_err(|e| prepare(e.to_string()))?;
         // A session of its own: destroy finds every process the job started by session id (steps run
         // in process groups of their own), and Ctrl-C on the controller's terminal does not reach jobs.
-        let handover_fd = reader.as_raw_fd();
-        let group_fd = group_procs.as_ref().map(|f| f.as_raw_fd());
-        // SAFETY: setsid, write, setrlimit and dup2/fcntl are async-signal-safe; nothing else runs
-        // between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                zeroci::process::become_session_leader()?;
-                if let Some(fd) = group_fd {
-                    zeroci::process::join_cgroup(fd)?;
-                }
-                if let Some(max) = max_processes {
-                    zeroci::process::limit_processes(0, max)?;
-                }
-                zeroci::process::inherit_fd(handover_fd, 3)
-            });
-        }
-        let spawned = command.spawn();
-        drop((reader, group_procs));
-        let mut child = spawned.map_err(|e| ProvisionError::Start {
+        // Started inside its control group: nothing it runs is ever outside.
+        let spawned = zeroci::spawn::spawn(&zeroci::spawn::Spawn {
+            program: &agent,
+            args: &args,
+            env: &env,
+            cwd: &dir,
+            stdio: [null.as_raw_fd(), log.as_raw_fd(), log_err.as_raw_fd()],
+            handover: Some((reader.as_raw_fd(), 3)),
+            cgroup: group
+                .as_ref()
+                .map(|(dir, procs)| (dir.as_raw_fd(), procs.as_raw_fd())),
+            max_processes,
+        });
+        drop((reader, group, null, log, log_err));
+        let spawned = spawned.map_err(|e| ProvisionError::Start {
             name: name.clone(),
             message: e.to_string(),
             retryable: false,
         })?;
-        let pid = child.id().ok_or_else(|| ProvisionError::Start {
-            name: name.clone(),
-            message: "agent exited immediately".into(),
-            retryable: true,
-        })?;
-        // Reap the child whenever it exits so it never lingers as a zombie.
+        let pid = spawned.pid;
+        // Reap the agent whenever it exits so it never lingers as a zombie.
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            if let Err(error) = zeroci::spawn::wait(spawned).await {
+                tracing::warn!(pid, %error, "cannot wait for a local agent");
+            }
         });
         info!(job_id = request.job_id, attempt = request.attempt, pid, machine = %name, "local agent started");
         details.pid = Some(pid);
