@@ -10,13 +10,20 @@ use zeroci_testkit::git;
 use crate::report::{Report, Samples, Target, ms};
 use crate::setup::{self, Controller, Machines};
 
-/// The milestones of a job in the controller's log, in order, with what the interval up to each is
-/// called.
+/// The milestones of a job in the controller's log (messages containing one of the `|`-separated
+/// words), in order, with what the interval up to each is called.
 const MILESTONES: &[(&str, &str)] = &[
     ("job queued", ""),
     ("provisioning", "dispatch: queued → a worker provisions"),
-    ("agent started", "machine: provisioning → its agent started"),
-    ("agent enrolled", "agent start, key and enrolment (TLS)"),
+    // `local` machines log "local agent started", `vm` machines "vm started".
+    (
+        "agent started|vm started",
+        "machine: provisioning → started",
+    ),
+    (
+        "agent enrolled",
+        "agent start (VM boot), key and enrolment (TLS)",
+    ),
     (
         "agent attached",
         "attach: second TLS handshake, Hello/Welcome",
@@ -99,7 +106,10 @@ fn itemise(report: &mut Report, log: &Path, runs: &[Run], label: &str) {
             let job_id = entry["fields"]["job_id"].as_u64()?;
             let message = entry["fields"]["message"].as_str()?.to_string();
             let at = unix_ms(entry["timestamp"].as_str()?)?;
-            let name = MILESTONES.iter().find(|(m, _)| message.contains(m))?.0;
+            let name = MILESTONES
+                .iter()
+                .find(|(m, _)| m.split('|').any(|word| message.contains(word)))?
+                .0;
             Some((job_id, name, at))
         })
         .collect();

@@ -126,7 +126,10 @@ pub fn resolve_local(path: &Path, git_ref: Option<&str>) -> anyhow::Result<Sourc
             }
         }
     };
+    // Only worth a note (and a `git status`, the slowest call here) when the user tests what is
+    // checked out; a named ref (hooks name the commit) is tested as named.
     let dirty = !bare
+        && git_ref.is_none()
         && git(top_path, &["status", "--porcelain", "--untracked-files=no"])
             .map(|o| o.status.success() && !o.stdout.is_empty())
             .unwrap_or(false);
@@ -338,6 +341,8 @@ mod tests {
         assert_eq!(s.commit, first);
         assert_eq!(s.ref_name, "");
         assert!(s.dirty);
+        // A named commit (what hooks submit) is tested as named: no note, no `git status`.
+        assert!(!resolve_local(&repo, Some(&first)).unwrap().dirty);
     }
 
     #[test]
