@@ -99,7 +99,8 @@ struct JoinArgs {
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
     /// `namespaces`: each job in a sandbox of fresh Linux namespaces. `none`: jobs run as this user,
-    /// unisolated; the controller then sends no fork pull request here.
+    /// unisolated; the controller then sends no fork pull request here. `in-process`: as `none`, and
+    /// each machine's agent is a task of this process (many agents cheaply: for load tests).
     #[arg(long, value_enum, default_value_t = JoinIsolation::Namespaces)]
     isolation: JoinIsolation,
     /// `none`: steps run without a network (the checkout still has it).
@@ -115,6 +116,7 @@ struct JoinArgs {
 enum JoinIsolation {
     Namespaces,
     None,
+    InProcess,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -219,6 +221,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<u8> {
         first_uid: root.then_some(zeroci::sandbox::DEFAULT_FIRST_UID),
         hidden,
         local_repos: args.local_repos,
+        in_process: matches!(args.isolation, JoinIsolation::InProcess),
     })
     .await
     .with_context(|| format!("cannot prepare {}", work_dir.display()))?;

@@ -337,7 +337,7 @@ fn a_stale_agent_reconnecting_while_the_next_attempt_runs_is_refused_and_changes
         ..Settings::default()
     });
     let token = crate::pool::make_token(&env, "rack");
-    let mut first = Host::spawn_via(&env, &first_host_route.addr, "first", &token, "", 1);
+    let mut first = Host::spawn_via(&env, &first_host_route.addr, "first", &token, "", 1, &[]);
     first.lines.wait_for("joined the pool");
     let repo = Repo::new(&env, "stages", &[("zeroCI.yaml", "")]);
     let (gate_one, gate_two) = (repo.path.join("go-one"), repo.path.join("go-two"));

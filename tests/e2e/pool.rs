@@ -47,10 +47,11 @@ pub(crate) struct Host {
 impl Host {
     /// Starts `zeroci-agent join` without waiting for it to join.
     fn spawn(env: &TestEnv, name: &str, token_file: &Path, labels: &str, capacity: u32) -> Host {
-        Host::spawn_via(env, &env.grpc_addr, name, token_file, labels, capacity)
+        Host::spawn_via(env, &env.grpc_addr, name, token_file, labels, capacity, &[])
     }
 
-    /// Starts `zeroci-agent join` dialling `controller` (the controller, or a link to it).
+    /// Starts `zeroci-agent join` dialling `controller` (the controller, or a link to it), with
+    /// `extra` arguments.
     pub(crate) fn spawn_via(
         env: &TestEnv,
         controller: &str,
@@ -58,6 +59,7 @@ impl Host {
         token_file: &Path,
         labels: &str,
         capacity: u32,
+        extra: &[&str],
     ) -> Host {
         let work_dir = env.dir.path().join("hosts").join(name);
         let mut command = Command::new(bin("zeroci-agent"));
@@ -72,6 +74,7 @@ impl Host {
             .arg(&work_dir)
             // The test's repositories are paths on this host, which the hosts share.
             .arg("--local-repos")
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -361,6 +364,61 @@ fn a_host_rejoins_a_restarted_controller_and_its_running_job_finishes() {
     assert_eq!(job["status"], "success", "{job:#}");
     assert_eq!(env.raw_log(id, None), b"started\ndone\n");
     zeroci_testkit::wait_for("the host to remove the machine", || {
+        host.machines_left().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn an_in_process_host_runs_many_agents_as_tasks_of_one_process() {
+    let env = pool_env(8);
+    let token = make_token(&env, "load");
+    let mut host = Host::spawn_via(
+        &env,
+        &env.grpc_addr,
+        "swarm",
+        &token,
+        "",
+        8,
+        &["--isolation", "in-process"],
+    );
+    host.lines.wait_for("joined the pool");
+    let repo = Repo::new(
+        &env,
+        "many",
+        &[(
+            "zeroCI.yaml",
+            "script:\n  - echo job $ZEROCI_JOB_ID; sleep 0.5\n",
+        )],
+    );
+    let jobs: Vec<u64> = (0..6).map(|_| env.submit(&repo.path)).collect();
+    // All six run at once: their agents are connected together, in one process.
+    let agents = zeroci_testkit::wait_for("six agents connected at once", || {
+        let listed = env.cli(&["agents", "--json"]).json();
+        let agents = listed["agents"].as_array().cloned().unwrap_or_default();
+        (agents.len() == 6).then_some(agents)
+    });
+    let host_pid = host.proc.pid().to_string();
+    let children = std::fs::read_to_string(format!("/proc/{host_pid}/task/{host_pid}/children"))
+        .unwrap_or_default();
+    let agent_processes = children
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "zeroci-agent")
+        })
+        .count();
+    assert_eq!(
+        agent_processes, 0,
+        "no agent process of its own: {agents:?}"
+    );
+    for id in jobs {
+        let job = env.wait_job(id);
+        assert_eq!(job["status"], "success", "{job:#}");
+        let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+        assert!(log.contains("runs unisolated"), "it says so: {log}");
+        assert!(log.ends_with(&format!("\njob {id}\n")), "{log}");
+    }
+    zeroci_testkit::wait_for("the host to remove every machine", || {
         host.machines_left().is_empty().then_some(())
     });
 }

@@ -3,6 +3,10 @@
 //! fresh namespaces (`zeroci-agent sandbox`, as the controller's `local` machines) unless the host
 //! joined with `--isolation none`. Every machine dies with this process (parent-death signal), so a
 //! killed host agent leaves only directories, which the next start removes.
+//!
+//! With `--isolation in-process` a machine is a task of this process running the same agent code
+//! (enrolment, the stream, the executor): no isolation and no process of its own, so one host can
+//! hold a thousand connected agents for a load test of a controller.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -38,6 +42,8 @@ pub struct MachineSettings {
     /// Whether a job's local repository path (the controller's) is shown in its sandbox: only for a
     /// host that shares the controller's file system, or a submitted `/` would show this host's.
     pub local_repos: bool,
+    /// Machines are tasks of this process (see the module docs).
+    pub in_process: bool,
 }
 
 /// What a failed start says to the controller.
@@ -53,6 +59,8 @@ pub type Gone = (String, String);
 struct Running {
     /// The per-job agent's pid, also its session id; `None` while it starts.
     pid: Option<u32>,
+    /// The agent's task, for an in-process machine.
+    task: Option<tokio::task::AbortHandle>,
     dir: PathBuf,
 }
 
@@ -139,6 +147,7 @@ impl Machines {
                 name.to_string(),
                 Running {
                     pid: None,
+                    task: None,
                     dir: dir.clone(),
                 },
             );
@@ -177,6 +186,9 @@ impl Machines {
             .map_err(|e| fail(format!("{}: {e}", job_dir.display())))?;
         let log = std::fs::File::create(dir.join("agent.log"))
             .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        if self.settings.in_process {
+            return self.start_task(name, job_dir, bootstrap, give_up_after_secs);
+        }
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
         let mut command = tokio::process::Command::new(&self.settings.agent_binary);
         // Nothing of this host agent's environment (its token) reaches the job.
@@ -300,11 +312,72 @@ impl Machines {
         Ok((pid, limit.is_some()))
     }
 
+    /// Runs machine `name`'s agent as a task of this process; see the module docs.
+    fn start_task(
+        self: &Arc<Self>,
+        name: &str,
+        job_dir: PathBuf,
+        bootstrap: Bootstrap,
+        give_up_after_secs: u64,
+    ) -> Result<(u32, bool), StartFailure> {
+        let mut config = crate::AgentConfig::new(
+            crate::BootstrapSource::Given(bootstrap),
+            job_dir,
+            Duration::from_secs(give_up_after_secs),
+        );
+        config.run_options.unisolated = true;
+        // The task waits until it is on the list, so its end always finds its own entry.
+        let (listed, on_list) = tokio::sync::oneshot::channel::<()>();
+        let machines = self.clone();
+        let machine = name.to_string();
+        let task = tokio::spawn(async move {
+            if on_list.await.is_err() {
+                return;
+            }
+            let exit = match crate::run(config).await {
+                Ok(()) => "finished".to_string(),
+                Err(error) => error.to_string(),
+            };
+            let me = tokio::task::id();
+            let ended = {
+                let mut running = machines.running();
+                match running.get(&machine) {
+                    Some(entry) if entry.task.as_ref().map(|t| t.id()) == Some(me) => {
+                        running.remove(&machine)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ended) = ended {
+                info!(machine = %machine, %exit, "machine's agent ended; removing the machine");
+                remove_dir(&ended.dir);
+                let _ = machines.gone.send((machine, exit));
+            }
+        });
+        match self.running().get_mut(name) {
+            Some(entry) => entry.task = Some(task.abort_handle()),
+            None => {
+                task.abort();
+                return Err(StartFailure {
+                    message: "destroyed while it started".into(),
+                    retryable: false,
+                });
+            }
+        }
+        let _ = listed.send(());
+        info!(machine = %name, "machine started in process");
+        Ok((std::process::id(), false))
+    }
+
     /// Stops everything in machine `name` and removes it; a machine this host does not run is gone
     /// already.
     pub async fn destroy(&self, name: &str) -> Result<(), String> {
         check_name(name)?;
         let running = self.running().remove(name);
+        if let Some(task) = running.as_ref().and_then(|r| r.task.as_ref()) {
+            // Dropping the agent's future kills its step (spawned kill-on-drop).
+            task.abort();
+        }
         if let Some(pid) = running.and_then(|r| r.pid) {
             stop(pid).await;
         }
