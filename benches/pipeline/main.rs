@@ -5,7 +5,7 @@
 //! cargo build --release && cargo bench --bench pipeline                 # every section
 //! cargo bench --bench pipeline -- commit live                            # some sections
 //! cargo bench --bench pipeline -- commit --vm IMAGES_DIR                 # also on `vm` machines
-//! cargo bench --bench pipeline -- --runs 20 --mib 1024 --jobs 200 --commits 50 --json out.json
+//! cargo bench --bench pipeline -- --runs 20 --mib 1024 --jobs 200 --agents 1000 --commits 50 --json out.json
 //! ZEROCI_BENCH_BACKENDS=production cargo bench --bench pipeline -- …     # on MongoDB + Redis
 //! ```
 //!
@@ -15,12 +15,15 @@
 //! 2. (with `commit`) where that time goes, from the controller's own log lines;
 //! 3. `live`: a line printed in a step → seen by `logs --follow` and by the job page's event stream;
 //! 4. `throughput`: a step printing 1 GiB → stored, beside the disk's own bandwidth; peak memory;
-//! 5. `burst`: 200 jobs submitted at once to 50 workers;
+//! 5. `burst`: 200 jobs submitted at once to 50 workers; `agents`: 1,000 agents connected to one
+//!    controller at once (the real agent code, many per process: a pool host joined with
+//!    `--isolation in-process`), and the controller's memory per agent;
 //! 6. `commits`: 50 commits in a row through the hook: how many are tested.
 //!
 //! With `ZEROCI_BENCH_BACKENDS=production` the controller stores in MongoDB (nx-27017, an emulator:
 //! figures are a lower bound) and queues in Redis, both started by the benchmark.
 
+mod agents;
 mod concurrency;
 mod latency;
 mod live;
@@ -33,7 +36,7 @@ use std::path::PathBuf;
 use report::Report;
 use setup::Machines;
 
-const SECTIONS: &[&str] = &["commit", "live", "throughput", "burst", "commits"];
+const SECTIONS: &[&str] = &["commit", "live", "throughput", "burst", "agents", "commits"];
 
 struct Options {
     sections: Vec<String>,
@@ -41,6 +44,7 @@ struct Options {
     mib: u64,
     jobs: usize,
     commits: usize,
+    agents: usize,
     vm_images: Option<PathBuf>,
     isolation: String,
     json: PathBuf,
@@ -53,6 +57,7 @@ fn options() -> Options {
         mib: 1024,
         jobs: 200,
         commits: 50,
+        agents: 1000,
         vm_images: None,
         isolation: "namespaces".into(),
         json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/pipeline.json"),
@@ -70,6 +75,7 @@ fn options() -> Options {
             "--mib" => options.mib = value("--mib").parse().expect("--mib N"),
             "--jobs" => options.jobs = value("--jobs").parse().expect("--jobs N"),
             "--commits" => options.commits = value("--commits").parse().expect("--commits N"),
+            "--agents" => options.agents = value("--agents").parse().expect("--agents N"),
             "--vm" => options.vm_images = Some(value("--vm").into()),
             "--isolation" => options.isolation = value("--isolation"),
             "--json" => options.json = value("--json").into(),
@@ -127,6 +133,9 @@ fn main() {
         }
         if runs("burst") {
             concurrency::burst(&mut report, &local, options.jobs).await;
+        }
+        if runs("agents") {
+            agents::many_agents(&mut report, options.agents).await;
         }
         if runs("commits") {
             concurrency::commit_burst(&mut report, &local, options.commits).await;

@@ -20,6 +20,8 @@ pub enum Machines {
     Local(String),
     /// `vm` machines booting the `default` image in this directory.
     Vm(PathBuf),
+    /// `pool` machines: hosts that join with `zeroci-agent join`.
+    Pool,
 }
 
 impl Machines {
@@ -28,6 +30,7 @@ impl Machines {
             Machines::Local(isolation) if isolation == "namespaces" => "local".into(),
             Machines::Local(isolation) => format!("local, isolation {isolation}"),
             Machines::Vm(_) => "vm".into(),
+            Machines::Pool => "pool".into(),
         }
     }
 }
@@ -85,6 +88,15 @@ impl Controller {
             Machines::Local(isolation) => {
                 settings.insert("isolation".into(), isolation.clone().into());
                 provisioner.insert("local".into(), settings.into());
+            }
+            Machines::Pool => {
+                provisioner.insert("kind".into(), "pool".into());
+                provisioner.insert(
+                    "pool".into(),
+                    toml::from_str::<toml::Table>("agent_give_up = 600")
+                        .unwrap()
+                        .into(),
+                );
             }
         }
         table.insert("provisioner".into(), provisioner.into());
@@ -175,18 +187,12 @@ impl Controller {
 
     /// Highest resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        self.status_kib("VmHWM:") / 1024.0
+        status_kib(self.child.id(), "VmHWM:") / 1024.0
     }
 
-    fn status_kib(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    /// Resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> f64 {
+        status_kib(self.child.id(), "VmRSS:")
     }
 }
 
@@ -290,4 +296,15 @@ pub async fn newest_job_or_none(client: &mut Client) -> Option<u64> {
         .await
         .unwrap();
     jobs.into_inner().jobs.first().map(|job| job.id)
+}
+
+/// A field of `/proc/PID/status` in KiB (VmRSS, VmHWM).
+pub fn status_kib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
