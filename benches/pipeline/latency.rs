@@ -62,7 +62,7 @@ pub async fn commit_to_status(report: &mut Report, machines: &Machines, runs: us
     let target = matches!(machines, Machines::Local(_)).then_some(Target::AtMost(40.0));
     report.add(
         "1 commit",
-        format!("commit → final status, `true`, {label}: median"),
+        commit_metric(&label, "median"),
         times.median(),
         "ms",
         target,
@@ -70,13 +70,18 @@ pub async fn commit_to_status(report: &mut Report, machines: &Machines, runs: us
     );
     report.add(
         "1 commit",
-        format!("commit → final status, `true`, {label}: p90"),
+        commit_metric(&label, "p90"),
         times.percentile(90.0),
         "ms",
         None,
         "",
     );
     itemise(report, &controller.log, &done, &label);
+}
+
+/// Section 1's figures, which the peers are compared on.
+pub fn commit_metric(machines: &str, statistic: &str) -> String {
+    format!("commit → final status, `true`, {machines}: {statistic}")
 }
 
 async fn commit_once(client: &mut setup::Client, repo: &Path, n: usize) -> Run {

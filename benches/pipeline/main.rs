@@ -5,6 +5,7 @@
 //! cargo build --release && cargo bench --bench pipeline                 # every section
 //! cargo bench --bench pipeline -- commit live                            # some sections
 //! cargo bench --bench pipeline -- commit --vm IMAGES_DIR                 # also on `vm` machines
+//! cargo bench --bench pipeline -- --pontus ~/Pontus --buildbot ~/bb/bin   # and the peers beside
 //! cargo bench --bench pipeline -- --runs 20 --mib 1024 --jobs 200 --agents 1000 --commits 50 --json out.json
 //! ZEROCI_BENCH_BACKENDS=production cargo bench --bench pipeline -- …     # on MongoDB + Redis
 //! ```
@@ -18,7 +19,10 @@
 //! 5. `burst`: 200 jobs submitted at once to 50 workers; `agents`: 1,000 agents connected to one
 //!    controller at once (the real agent code, many per process: a pool host joined with
 //!    `--isolation in-process`), and the controller's memory per agent;
-//! 6. `commits`: 50 commits in a row through the hook: how many are tested.
+//! 6. `commits`: 50 commits in a row through the hook: how many are tested;
+//! 7. `peers`: the same figures (1, 4, 6) of Pontus (`--pontus PATH`, a clone of its repository) and
+//!    Buildbot (`--buildbot DIR` holding `buildbot` and `buildbot-worker` from PyPI;
+//!    `--buildbot-mib 64`), driven by the scripts in `benches/peers/`, with ratios.
 //!
 //! With `ZEROCI_BENCH_BACKENDS=production` the controller stores in MongoDB (nx-27017, an emulator:
 //! figures are a lower bound) and queues in Redis, both started by the benchmark.
@@ -27,6 +31,7 @@ mod agents;
 mod concurrency;
 mod latency;
 mod live;
+mod peers;
 mod report;
 mod setup;
 mod throughput;
@@ -36,7 +41,15 @@ use std::path::PathBuf;
 use report::Report;
 use setup::Machines;
 
-const SECTIONS: &[&str] = &["commit", "live", "throughput", "burst", "agents", "commits"];
+const SECTIONS: &[&str] = &[
+    "commit",
+    "live",
+    "throughput",
+    "burst",
+    "agents",
+    "commits",
+    "peers",
+];
 
 struct Options {
     sections: Vec<String>,
@@ -46,6 +59,9 @@ struct Options {
     commits: usize,
     agents: usize,
     vm_images: Option<PathBuf>,
+    pontus: Option<PathBuf>,
+    buildbot: Option<PathBuf>,
+    buildbot_mib: u64,
     isolation: String,
     json: PathBuf,
 }
@@ -59,6 +75,9 @@ fn options() -> Options {
         commits: 50,
         agents: 1000,
         vm_images: None,
+        pontus: None,
+        buildbot: None,
+        buildbot_mib: 64,
         isolation: "namespaces".into(),
         json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/pipeline.json"),
     };
@@ -77,6 +96,11 @@ fn options() -> Options {
             "--commits" => options.commits = value("--commits").parse().expect("--commits N"),
             "--agents" => options.agents = value("--agents").parse().expect("--agents N"),
             "--vm" => options.vm_images = Some(value("--vm").into()),
+            "--pontus" => options.pontus = Some(value("--pontus").into()),
+            "--buildbot" => options.buildbot = Some(value("--buildbot").into()),
+            "--buildbot-mib" => {
+                options.buildbot_mib = value("--buildbot-mib").parse().expect("--buildbot-mib N")
+            }
             "--isolation" => options.isolation = value("--isolation"),
             "--json" => options.json = value("--json").into(),
             section if SECTIONS.contains(&section) => options.sections.push(arg),
@@ -139,6 +163,19 @@ fn main() {
         }
         if runs("commits") {
             concurrency::commit_burst(&mut report, &local, options.commits).await;
+        }
+        if runs("peers") {
+            let peer_runs = peers::PeerRuns {
+                runs: options.runs,
+                commits: options.commits,
+                buildbot_mib: options.buildbot_mib,
+            };
+            if let Some(path) = &options.pontus {
+                peers::pontus(&mut report, path, &peer_runs);
+            }
+            if let Some(dir) = &options.buildbot {
+                peers::buildbot(&mut report, dir, &peer_runs);
+            }
         }
     });
     report.print();

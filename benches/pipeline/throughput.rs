@@ -10,6 +10,10 @@ use zeroci::pb;
 use crate::report::{Report, Target};
 use crate::setup::{self, Client, Controller, Machines};
 
+/// The figures the peers are compared on.
+pub const STORED: &str = "a step's output stored, nobody watching";
+pub const PEAK_MEMORY: &str = "controller peak RSS during the throughput runs";
+
 /// The journal's batches are at most this large; the disk is measured writing the same way.
 const BATCH: usize = 8 * 1024 * 1024;
 
@@ -42,11 +46,13 @@ pub async fn log_throughput(report: &mut Report, machines: &Machines, mib: u64) 
     assert!(stored >= bytes, "the log holds {stored} bytes");
     report.add(
         "4 throughput",
-        format!("{mib} MiB printed → stored, submit → final status"),
+        STORED,
         bytes as f64 / elapsed.as_secs_f64() / 1e6,
         "MB/s",
         Some(Target::AtLeast(target)),
-        format!("≥ 400 MB/s or half the disk's, whichever is lower; log file {stored} bytes"),
+        format!(
+            "{mib} MiB, submit → final status; ≥ 400 MB/s or half the disk's, whichever is lower; log file {stored} bytes"
+        ),
     );
     // The same with a follower reading it live, as a watching user does.
     let start = Instant::now();
@@ -63,11 +69,11 @@ pub async fn log_throughput(report: &mut Report, machines: &Machines, mib: u64) 
     );
     report.add(
         "4 throughput",
-        "controller peak RSS over both runs",
+        PEAK_MEMORY,
         controller.peak_rss_mib(),
         "MiB",
         Some(Target::AtMost(50.0)),
-        "VmHWM",
+        "VmHWM over both runs",
     );
 }
 
