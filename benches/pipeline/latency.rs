@@ -22,7 +22,7 @@ const MILESTONES: &[(&str, &str)] = &[
     ),
     (
         "agent enrolled",
-        "agent start (VM boot), key and enrolment (TLS)",
+        "agent start (a VM boots first), key, enrolment (TLS)",
     ),
     (
         "agent attached",
