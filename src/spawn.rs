@@ -144,14 +144,17 @@ pub fn spawn(spec: &Spawn) -> io::Result<Spawned> {
         return Err(error);
     };
     drop(report_write);
-    let mut errno = [0u8; 4];
+    // EOF (the pipe closed on exec) means it runs; four bytes are the errno of what failed. Read to
+    // the end so an interrupted read is retried, not taken for success.
+    let mut errno = Vec::with_capacity(4);
     let mut report = std::fs::File::from(OwnedFd::from(report_read));
-    match io::Read::read(&mut report, &mut errno) {
+    match io::Read::read_to_end(&mut report, &mut errno) {
         Ok(4) => {
             // SAFETY: reaps our own child, which has exited or is about to.
             unsafe {
                 libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
             }
+            let errno = [errno[0], errno[1], errno[2], errno[3]];
             Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
         }
         _ => Ok(Spawned { pid, pidfd }),
