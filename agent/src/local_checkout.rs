@@ -187,24 +187,7 @@ async fn git(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sh_git(dir: &Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .current_dir(dir)
-            .args(args)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
+    use zeroci_testkit::{commit_files, git, init_repo};
 
     #[test]
     fn only_full_lowercase_sha1_ids_take_this_path() {
@@ -230,38 +213,31 @@ mod tests {
     async fn a_workspace_borrows_the_sources_objects_and_looks_like_a_clone() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        sh_git(&src, &["init", "-q", "-b", "main"]);
-        std::fs::write(src.join("zeroCI.yaml"), "script: [true]\n").unwrap();
-        sh_git(&src, &["add", "-A"]);
-        sh_git(&src, &["commit", "-q", "-m", "one"]);
-        sh_git(&src, &["tag", "-a", "v1", "-m", "v1"]);
-        let first = sh_git(&src, &["rev-parse", "HEAD"]);
-        std::fs::write(src.join("more"), "x").unwrap();
-        sh_git(&src, &["add", "-A"]);
-        sh_git(&src, &["commit", "-q", "-m", "two"]);
+        let first = init_repo(&src, &[("zeroCI.yaml", "script: [true]\n")]);
+        git(&src, &["tag", "-a", "v1", "-m", "v1"]);
+        commit_files(&src, &[("more", "x")], "two");
         let source = LocalSource::find(src.to_str().unwrap()).expect("a repository");
 
         let workspace = dir.path().join("workspace");
         check_out(&source, &first, &workspace, None).await.unwrap();
-        assert_eq!(sh_git(&workspace, &["rev-parse", "HEAD"]), first);
-        assert_eq!(sh_git(&workspace, &["status", "--porcelain"]), "");
+        assert_eq!(git(&workspace, &["rev-parse", "HEAD"]), first);
+        assert_eq!(git(&workspace, &["status", "--porcelain"]), "");
         assert!(workspace.join("zeroCI.yaml").is_file() && !workspace.join("more").exists());
         assert_eq!(
-            sh_git(&workspace, &["remote", "get-url", "origin"]),
+            git(&workspace, &["remote", "get-url", "origin"]),
             src.to_str().unwrap()
         );
         assert_eq!(
-            sh_git(&workspace, &["rev-parse", "origin/main"]),
-            sh_git(&src, &["rev-parse", "main"])
+            git(&workspace, &["rev-parse", "origin/main"]),
+            git(&src, &["rev-parse", "main"])
         );
-        assert_eq!(sh_git(&workspace, &["describe", "--tags"]), "v1");
+        assert_eq!(git(&workspace, &["describe", "--tags"]), "v1");
         // A commit made in the job goes into the workspace, not the source.
-        sh_git(
+        git(
             &workspace,
             &["commit", "-q", "--allow-empty", "-m", "job's"],
         );
-        let made = sh_git(&workspace, &["rev-parse", "HEAD"]);
+        let made = git(&workspace, &["rev-parse", "HEAD"]);
         let in_source = std::process::Command::new("git")
             .current_dir(&src)
             .args(["cat-file", "-e", &made])
@@ -281,7 +257,7 @@ mod tests {
         assert_eq!(LocalSource::find("relative/path"), None);
         assert_eq!(LocalSource::find("https://example.com/x.git"), None);
         assert_eq!(LocalSource::find(dir.path().to_str().unwrap()), None);
-        sh_git(dir.path(), &["init", "-q", "--bare"]);
+        git(dir.path(), &["init", "-q", "--bare"]);
         assert_eq!(
             LocalSource::find(dir.path().to_str().unwrap()).map(|s| s.git_dir),
             Some(dir.path().to_path_buf())

@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import tempfile
 import time
 
-GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="b@b",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="b@b")
+from common import GIT_ENV, commit, free_port, git
 
 MASTER_CFG = """
 from buildbot.plugins import changes, schedulers, steps, util, worker
@@ -65,23 +63,10 @@ def run(*args, cwd=None):
     subprocess.run(list(args), cwd=cwd, check=True, capture_output=True, env=GIT_ENV)
 
 
-def git(cwd, *args):
-    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=GIT_ENV)
-    return out.stdout.decode().strip()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def commit(repo, n):
-    with open(os.path.join(repo, "counter"), "w") as f:
-        f.write(str(n))
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"bench {n}")
-    return git(repo, "rev-parse", "HEAD")
 
 
 def build_of(db, revision):
@@ -140,7 +125,7 @@ def main():
     try:
         run(bb, "start", master)
         run(bbw, "start", wdir)
-        time.sleep(2)  # the worker attaches
+        # The first build also waits for the worker to attach.
         if not wait_build(db, commit(repo, 1), 120):
             raise SystemExit("Buildbot never built the first commit")
         times = []

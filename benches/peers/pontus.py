@@ -19,19 +19,11 @@ import sys
 import tempfile
 import time
 
-GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="b@b",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="b@b")
+from common import commit, free_port, git
 
 
-def git(cwd, *args):
-    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=GIT_ENV)
-    return out.stdout.decode().strip()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, limit=10):
@@ -45,12 +37,6 @@ def wait_port(port, limit=10):
     raise SystemExit(f"nothing listens on {port}")
 
 
-def commit(repo, n):
-    with open(os.path.join(repo, "counter"), "w") as f:
-        f.write(str(n))
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"bench {n}")
-    return git(repo, "rev-parse", "HEAD")
 
 
 def wait_result(results, sha, limit):

@@ -274,16 +274,9 @@ pub async fn follow(
     }
 }
 
-/// The newest job's id.
+/// The newest job's id (there is one).
 pub async fn newest_job(client: &mut Client) -> u64 {
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest {
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    jobs.into_inner().jobs[0].id
+    newest_job_or_none(client).await.expect("a job")
 }
 
 /// The newest job's id, if there is any.
