@@ -76,6 +76,8 @@ fn every_target_survives_a_bounded_libfuzzer_run_from_its_corpus() {
         .arg("--fuzz-dir")
         .arg(fuzz_dir())
         .env("CARGO_TARGET_DIR", &target_dir)
+        // Built once per run: incremental state would only take disk (gigabytes, on CI's machine).
+        .env("CARGO_INCREMENTAL", "0")
         .current_dir(fuzz_dir().join(".."))
         .status()
         .expect("run cargo fuzz build");
@@ -102,6 +104,8 @@ fn every_target_survives_a_bounded_libfuzzer_run_from_its_corpus() {
             .arg("-timeout=10")
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .env("CARGO_TARGET_DIR", &target_dir)
+            // Built once per run: incremental state would only take disk (gigabytes, on CI's machine).
+            .env("CARGO_INCREMENTAL", "0")
             .current_dir(fuzz_dir().join(".."))
             .output()
             .expect("run cargo fuzz run");
