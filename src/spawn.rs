@@ -6,7 +6,8 @@
 //! runtime worker blocked in `spawn`. `clone3(2)` with `CLONE_INTO_CGROUP` (Linux 5.7) creates the
 //! child in the group instead: nothing is moved, and the child still runs no instruction outside it.
 //! Where the kernel refuses the flag (older kernels, seccomp filters), the child joins the group by
-//! writing to `cgroup.procs` before it executes the program, as before.
+//! writing to `cgroup.procs` before it executes the program, as before; where clone3 itself is
+//! missing or filtered, the child is forked and its pidfd opened afterwards.
 //!
 //! The child runs only async-signal-safe calls between `clone3` and `execve` (everything it needs is
 //! prepared before); an `execve` failure comes back through a close-on-exec pipe as `errno`.
@@ -67,6 +68,16 @@ fn c_string(bytes: &OsStr) -> io::Result<CString> {
 
 /// Starts the process in its own session (and control group); see the module docs.
 pub fn spawn(spec: &Spawn) -> io::Result<Spawned> {
+    let best = if spec.cgroup.is_some() {
+        Clone::IntoCgroup
+    } else {
+        Clone::Plain
+    };
+    spawn_from(spec, best)
+}
+
+/// [`spawn`], trying `how` first (tests start at the fallbacks).
+fn spawn_from(spec: &Spawn, mut how: Clone) -> io::Result<Spawned> {
     // Everything the child touches is made here: after clone3 it may not allocate.
     let program = c_string(spec.program.as_os_str())?;
     let mut argv = vec![program.clone()];
@@ -90,75 +101,157 @@ pub fn spawn(spec: &Spawn) -> io::Result<Spawned> {
     envp_ptrs.push(std::ptr::null());
     let (report_read, report_write) = crate::process::pipe()?;
 
-    let mut into_cgroup = spec.cgroup.is_some();
     let (pid, pidfd) = loop {
-        let mut pidfd: libc::c_int = -1;
-        let mut args = CloneArgs {
-            flags: libc::CLONE_PIDFD as u64,
-            pidfd: &mut pidfd as *mut libc::c_int as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            ..CloneArgs::default()
+        let started = match how {
+            Clone::Fork => fork_with_pidfd(),
+            _ => clone3(how, spec.cgroup),
         };
-        if let (true, Some((dir, _))) = (into_cgroup, spec.cgroup) {
-            args.flags |= CLONE_INTO_CGROUP;
-            args.cgroup = dir as u64;
-        }
-        // SAFETY: clone3 with a valid, fully initialised argument block and no CLONE_VM: the child
-        // gets a copy of this address space and only runs `child` (async-signal-safe calls) before
-        // execve or _exit.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if pid == 0 {
-            let join = spec.cgroup.filter(|_| !into_cgroup).map(|(_, procs)| procs);
-            // SAFETY: in the child; see `child`.
-            unsafe {
-                child(
-                    spec,
-                    join,
-                    &cwd,
-                    &program,
-                    &argv_ptrs,
-                    &envp_ptrs,
-                    report_write.as_raw_fd(),
-                )
+        let (pid, pidfd) = match started {
+            Ok(Started::Parent { pid, pidfd }) => (pid, pidfd),
+            Ok(Started::Child) => {
+                let join = spec
+                    .cgroup
+                    .filter(|_| how != Clone::IntoCgroup)
+                    .map(|(_, procs)| procs);
+                // SAFETY: in the child; see `child`.
+                unsafe {
+                    child(
+                        spec,
+                        join,
+                        &cwd,
+                        &program,
+                        &argv_ptrs,
+                        &envp_ptrs,
+                        report_write.as_raw_fd(),
+                    )
+                }
             }
-        }
-        if pid > 0 {
-            // SAFETY: clone3 stored a fresh pidfd owned by nothing else.
-            break (pid as u32, unsafe { OwnedFd::from_raw_fd(pidfd) });
-        }
-        let error = io::Error::last_os_error();
-        let refused = matches!(
-            error.raw_os_error(),
-            Some(libc::EINVAL | libc::E2BIG | libc::EPERM | libc::EOPNOTSUPP)
-        );
-        if into_cgroup && refused {
-            into_cgroup = false;
-            continue;
-        }
-        return Err(error);
+            Err(error) => {
+                match (how, error.raw_os_error()) {
+                    // The flag refused (an older kernel, a seccomp filter): join by writing.
+                    (
+                        Clone::IntoCgroup,
+                        Some(libc::EINVAL | libc::E2BIG | libc::EPERM | libc::EOPNOTSUPP),
+                    ) => how = Clone::Plain,
+                    // No clone3 at all (before Linux 5.3; container runtimes' default seccomp
+                    // profiles answer ENOSYS): fork, then a pidfd for the unreaped child.
+                    (Clone::IntoCgroup | Clone::Plain, Some(libc::ENOSYS | libc::EPERM)) => {
+                        how = Clone::Fork
+                    }
+                    _ => return Err(error),
+                }
+                continue;
+            }
+        };
+        break (pid, pidfd);
     };
     drop(report_write);
     // EOF (the pipe closed on exec) means it runs; four bytes are the errno of what failed. Read to
     // the end so an interrupted read is retried, not taken for success.
     let mut errno = Vec::with_capacity(4);
     let mut report = std::fs::File::from(OwnedFd::from(report_read));
-    match io::Read::read_to_end(&mut report, &mut errno) {
-        Ok(4) => {
-            // SAFETY: reaps our own child, which has exited or is about to.
-            unsafe {
-                libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
-            }
-            let errno = [errno[0], errno[1], errno[2], errno[3]];
-            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
-        }
-        _ => Ok(Spawned { pid, pidfd }),
+    let failure = match io::Read::read_to_end(&mut report, &mut errno) {
+        Ok(0) => None,
+        Ok(4) => Some(io::Error::from_raw_os_error(i32::from_ne_bytes([
+            errno[0], errno[1], errno[2], errno[3],
+        ]))),
+        Ok(n) => Some(io::Error::other(format!(
+            "a report of {n} bytes from the starting process"
+        ))),
+        // Whether it runs is unknown: it is ended rather than left unaccounted for.
+        Err(error) => Some(error),
+    };
+    let Some(failure) = failure else {
+        return Ok(Spawned { pid, pidfd });
+    };
+    // SAFETY: signals and reaps our own child (it exists until reaped, so the pid is its).
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+        while libc::waitpid(pid as i32, std::ptr::null_mut(), 0) < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
     }
+    Err(failure)
+}
+
+/// How the child is created, best first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clone {
+    /// clone3 straight into the control group.
+    IntoCgroup,
+    /// clone3; the child joins its group (if any) by writing to `cgroup.procs`.
+    Plain,
+    /// fork and pidfd_open; the child joins as with `Plain`.
+    Fork,
+}
+
+/// Which side of a clone this is.
+enum Started {
+    Child,
+    Parent { pid: u32, pidfd: OwnedFd },
+}
+
+/// clone3 with a pidfd (and into `cgroup`'s directory for [`Clone::IntoCgroup`]).
+fn clone3(how: Clone, cgroup: Option<(RawFd, RawFd)>) -> io::Result<Started> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let (Clone::IntoCgroup, Some((dir, _))) = (how, cgroup) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = dir as u64;
+    }
+    // SAFETY: clone3 with a valid, fully initialised argument block and no CLONE_VM: the child
+    // gets a copy of this address space and only runs `child` (async-signal-safe calls) before
+    // execve or _exit.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match pid {
+        p if p < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Started::Child),
+        p => Ok(Started::Parent {
+            pid: p as u32,
+            // SAFETY: clone3 stored a fresh pidfd owned by nothing else.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
+    }
+}
+
+/// fork, then `pidfd_open` on the child: race-free, as an unreaped child's pid cannot be reused.
+fn fork_with_pidfd() -> io::Result<Started> {
+    // SAFETY: fork in a multi-threaded process is sound when the child runs only async-signal-safe
+    // calls before execve, which `child` does.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        return Ok(Started::Child);
+    }
+    // SAFETY: pidfd_open on our own, unreaped child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let error = io::Error::last_os_error();
+        // SAFETY: our own child, not yet reaped; whatever it started is ended with it.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(error);
+    }
+    Ok(Started::Parent {
+        pid: pid as u32,
+        // SAFETY: a fresh pidfd owned by nothing else.
+        pidfd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+    })
 }
 
 /// The child between clone3 and execve: async-signal-safe calls only, no allocation.
@@ -186,8 +279,17 @@ unsafe fn child(
     };
     // SAFETY (whole block): plain system calls on descriptors and memory prepared by the parent.
     unsafe {
-        // What the parent's runtime changed is not the program's: default SIGPIPE, nothing blocked.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // What the parent's runtime changed, or whoever started it ignored (SIGPIPE by Rust's
+        // runtime, SIGHUP under nohup), is not the program's: default dispositions, nothing blocked.
+        // (Caught signals are reset by execve itself; glibc's own reserved ones it refuses.)
+        for signal in 1..libc::SIGRTMAX() {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+            {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -214,6 +316,22 @@ unsafe fn child(
         {
             fail(report);
         }
+        // Nothing else the controller holds or inherited reaches the machine: every other
+        // descriptor is closed (the report pipe closes itself on exec). Kernels before 5.9 have no
+        // close_range; there, only close-on-exec descriptors stay behind.
+        let handed = spec.handover.map_or(-1, |(_, target)| target);
+        let mut keep = [report, handed];
+        keep.sort_unstable();
+        let mut from: libc::c_uint = 3;
+        for kept in keep {
+            if kept >= from as RawFd {
+                if kept > from as RawFd {
+                    libc::syscall(libc::SYS_close_range, from, kept as libc::c_uint - 1, 0);
+                }
+                from = kept as libc::c_uint + 1;
+            }
+        }
+        libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
         if libc::chdir(cwd.as_ptr()) < 0 {
             fail(report);
         }
@@ -222,32 +340,61 @@ unsafe fn child(
     }
 }
 
-/// Waits for a process started by [`spawn`] to exit; its wait status.
-pub async fn wait(spawned: Spawned) -> io::Result<i32> {
+/// Waits for a process started by [`spawn`] to exit, and reaps it.
+pub async fn wait(spawned: Spawned) -> io::Result<std::process::ExitStatus> {
     // SAFETY: the pidfd is owned by the AsyncFd, open and unchanged for its whole life.
-    let ready = unsafe {
+    let registered = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(
             spawned.pidfd,
             tokio::io::Interest::READABLE,
         )
-    }
-    .map_err(|e| e.into_parts().1)?;
-    let _ = ready.readable().await?;
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on our own child's pidfd, writing into `info`.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            ready.get_ref().as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED,
-        )
     };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+    let pidfd = match registered {
+        Ok(ready) => match ready.readable().await {
+            // Exited: waitid answers at once.
+            Ok(_) => return reap(ready.get_ref()),
+            Err(_) => ready.into_inner(),
+        },
+        Err(error) => error.into_parts().0,
+    };
+    // The reactor could not watch it: a blocking wait, off the runtime's workers, still reaps it.
+    tokio::task::spawn_blocking(move || reap(&pidfd))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// `waitid` on a pidfd until it answers: the exit status, in the form `std` reads.
+fn reap(pidfd: &OwnedFd) -> io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid; waitid fills it for our own child's pidfd.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        // SAFETY: filled in by waitid for an exited child.
+        let status = unsafe { info.si_status() };
+        // The raw wait status `ExitStatus` decodes: the code in the second byte for an exit, the
+        // signal in the low bits (0x80: core dumped) for a kill.
+        let raw = match info.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => status | 0x80,
+            _ => status,
+        };
+        return Ok(std::process::ExitStatus::from_raw(raw));
     }
-    // SAFETY: filled in by waitid for an exited child.
-    Ok(unsafe { info.si_status() })
 }
 
 #[cfg(test)]
@@ -255,28 +402,56 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> (io::Result<i32>, String) {
+    /// What a test starts: a shell command, its environment, and how it is cloned.
+    struct Case<'a> {
+        program: &'a str,
+        script: &'a str,
+        env: &'a [(&'a str, &'a str)],
+        cwd: &'a str,
+        handover: Option<RawFd>,
+        how: Clone,
+    }
+
+    impl Default for Case<'_> {
+        fn default() -> Self {
+            Case {
+                program: "/bin/sh",
+                script: "true",
+                env: &[("PATH", "/usr/bin:/bin")],
+                cwd: "/tmp",
+                handover: None,
+                how: Clone::Plain,
+            }
+        }
+    }
+
+    /// Runs `case` to its end: its exit status and what it printed.
+    fn run(case: Case) -> (io::Result<std::process::ExitStatus>, String) {
         let (mut out_read, out_write) = crate::process::pipe().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
-        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let env: Vec<(OsString, OsString)> = env
+        let args: Vec<OsString> = ["-c", case.script].iter().map(OsString::from).collect();
+        let env: Vec<(OsString, OsString)> = case
+            .env
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect();
-        let spawned = spawn(&Spawn {
-            program: Path::new(program),
-            args: &args,
-            env: &env,
-            cwd: Path::new("/tmp"),
-            stdio: [
-                null.as_raw_fd(),
-                out_write.as_raw_fd(),
-                out_write.as_raw_fd(),
-            ],
-            handover: None,
-            cgroup: None,
-            max_processes: None,
-        });
+        let spawned = spawn_from(
+            &Spawn {
+                program: Path::new(case.program),
+                args: &args,
+                env: &env,
+                cwd: Path::new(case.cwd),
+                stdio: [
+                    null.as_raw_fd(),
+                    out_write.as_raw_fd(),
+                    out_write.as_raw_fd(),
+                ],
+                handover: case.handover.map(|fd| (fd, 3)),
+                cgroup: None,
+                max_processes: None,
+            },
+            case.how,
+        );
         drop(out_write);
         let spawned = match spawned {
             Ok(spawned) => spawned,
@@ -292,17 +467,16 @@ mod tests {
         (status, text)
     }
 
-    #[test]
-    fn the_program_runs_with_exactly_the_given_environment_in_a_session_of_its_own() {
-        let (status, out) = run(
-            "/bin/sh",
-            &[
-                "-c",
-                "echo \"$ONLY $(pwd)\"; env | wc -l; cut -d' ' -f6 /proc/$$/stat; echo $$; exit 3",
-            ],
-            &[("ONLY", "this"), ("PATH", "/usr/bin:/bin")],
-        );
-        assert_eq!(status.unwrap(), 3);
+    /// Exactly the environment given, `cwd`, a session of its own, exit code 3: by clone3 and by
+    /// the fork fallback alike.
+    fn starts_as_asked(how: Clone) {
+        let (status, out) = run(Case {
+            script: "echo \"$ONLY $(pwd)\"; env | wc -l; cut -d' ' -f6 /proc/$$/stat; echo $$; exit 3",
+            env: &[("ONLY", "this"), ("PATH", "/usr/bin:/bin")],
+            how,
+            ..Case::default()
+        });
+        assert_eq!(status.unwrap().code(), Some(3));
         let lines: Vec<&str> = out.lines().map(str::trim).collect();
         assert_eq!(lines[0], "this /tmp");
         // ONLY, PATH, and what sh sets itself (PWD, maybe SHLVL and _).
@@ -311,8 +485,109 @@ mod tests {
     }
 
     #[test]
+    fn the_program_runs_with_exactly_the_given_environment_in_a_session_of_its_own() {
+        starts_as_asked(Clone::Plain);
+    }
+
+    #[test]
+    fn without_clone3_the_fork_fallback_starts_it_the_same_way() {
+        starts_as_asked(Clone::Fork);
+        let (status, _) = run(Case {
+            cwd: "/nonexistent",
+            how: Clone::Fork,
+            ..Case::default()
+        });
+        assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn only_stdio_and_the_handed_over_descriptor_are_open_with_nothing_blocked_or_ignored() {
+        let (handed, _keep) = crate::process::pipe().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let spawned = spawn(&Spawn {
+            program: Path::new("/bin/sleep"),
+            args: &[OsString::from("30")],
+            env: &[],
+            cwd: Path::new("/"),
+            stdio: [null.as_raw_fd(); 3],
+            handover: Some((handed.as_raw_fd(), 3)),
+            cgroup: None,
+            max_processes: None,
+        })
+        .unwrap();
+        // Looked at from outside, once it runs `sleep` (no shell opening descriptors of its own).
+        let proc_dir = format!("/proc/{}", spawned.pid);
+        let exe = Path::new("/bin/sleep").canonicalize().unwrap();
+        let started = std::time::Instant::now();
+        while std::fs::read_link(format!("{proc_dir}/exe")).ok() != Some(exe.clone()) {
+            assert!(started.elapsed().as_secs() < 10, "sleep never started");
+            std::thread::yield_now();
+        }
+        let mut fds: Vec<u32> = std::fs::read_dir(format!("{proc_dir}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        fds.sort();
+        let status = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap();
+        // SAFETY: our own child, not yet reaped.
+        unsafe { libc::kill(spawned.pid as i32, libc::SIGKILL) };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(wait(spawned)).unwrap();
+        assert_eq!(
+            fds,
+            [0, 1, 2, 3],
+            "only stdio and the handed-over descriptor"
+        );
+        let mask = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(mask("SigBlk:"), "0000000000000000", "{status}");
+        // None of the standard signals is ignored: SIGPIPE (ignored by Rust's runtime) is back to
+        // its default. (The test harness also ignores glibc's reserved signal 32, which glibc does
+        // not let a program change.)
+        let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).unwrap();
+        assert_eq!(ignored & 0x7fff_ffff, 0, "{status}");
+    }
+
+    #[test]
+    fn a_program_killed_by_a_signal_is_told_apart_from_one_that_exits() {
+        use std::os::unix::process::ExitStatusExt;
+        let (status, _) = run(Case {
+            script: "kill -9 $$",
+            ..Case::default()
+        });
+        let status = status.unwrap();
+        assert_eq!((status.code(), status.signal()), (None, Some(9)));
+        let (status, _) = run(Case {
+            script: "exit 9",
+            ..Case::default()
+        });
+        assert_eq!(status.unwrap().code(), Some(9));
+    }
+
+    #[test]
+    fn a_bad_working_directory_is_an_error_not_a_child() {
+        let (status, _) = run(Case {
+            cwd: "/nonexistent",
+            ..Case::default()
+        });
+        assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn a_program_that_cannot_be_executed_is_an_error_not_a_child() {
-        let (status, _) = run("/nonexistent/program", &[], &[]);
+        let (status, _) = run(Case {
+            program: "/nonexistent/program",
+            ..Case::default()
+        });
         assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

@@ -364,6 +364,8 @@ impl Provisioner for LocalProvisioner {
             retryable: false,
         })?;
         let pid = spawned.pid;
+        // Read while the agent is unreaped, so the pid cannot be someone else's yet.
+        details.start_time = process_start_time(pid);
         // Reap the agent whenever it exits so it never lingers as a zombie.
         tokio::spawn(async move {
             if let Err(error) = zeroci::spawn::wait(spawned).await {
@@ -372,7 +374,6 @@ impl Provisioner for LocalProvisioner {
         });
         info!(job_id = request.job_id, attempt = request.attempt, pid, machine = %name, "local agent started");
         details.pid = Some(pid);
-        details.start_time = process_start_time(pid);
         Ok(details.to_value())
     }
 
