@@ -27,6 +27,8 @@ const CLONE_ATTEMPTS: u32 = 3;
 /// Pacing of clone retries (see [`Executor::clone_with_retries`]).
 const CLONE_RETRY_BASE: Duration = Duration::from_millis(100);
 const CLONE_RETRY_CAP: Duration = Duration::from_secs(2);
+/// The local checkout shortcut's deadline when the job sets no checkout timeout.
+const SHORTCUT_LIMIT: Duration = Duration::from_secs(600);
 
 /// The pipeline file read from the root of the checkout.
 pub const PIPELINE_FILE: &str = "zeroCI.yaml";
@@ -129,25 +131,42 @@ impl Executor {
                 .checkout_note("zeroci: this job runs unisolated ([provisioner.local] isolation = \"none\"): its steps run as the controller's user and can read the controller's files\n".into())
                 .await;
         }
-        // The shortcut starts from nothing: leftovers and cancellation are the clone path's to handle.
+        // The shortcut starts from nothing: leftovers are the clone path's to handle. One deadline
+        // covers it; a timeout or a cancel ends the checkout (a clone would only wait again).
         if let Some(source) = LocalSource::find(&self.assignment.repo_url)
             && local_checkout::is_full_sha1(commit)
             && !workspace.exists()
             && !self.ctx.cancel.is_cancelled()
         {
-            let shortcut =
-                local_checkout::check_out(&source, commit, &workspace, self.checkout_timeout());
+            let limit = self.checkout_timeout().unwrap_or(SHORTCUT_LIMIT);
             let made = tokio::select! {
-                made = shortcut => made,
-                () = self.ctx.cancel.cancelled() => Err("cancelled".to_string()),
+                made = local_checkout::check_out(&source, commit, &workspace) => made,
+                () = self.ctx.cancel.cancelled() => {
+                    let stopped = Outcome {
+                        exit_code: -1,
+                        cancelled: true,
+                        message: self.ctx.cancel.info().reason,
+                        ..Outcome::default()
+                    };
+                    return (failed(stopped, "checkout cancelled", last_seq), None);
+                }
+                () = tokio::time::sleep(limit) => {
+                    let stopped = Outcome {
+                        exit_code: crate::step::TIMEOUT_EXIT_CODE,
+                        timed_out: true,
+                        message: format!("timed out after {}s", limit.as_secs()),
+                        ..Outcome::default()
+                    };
+                    return (failed(stopped, "git checkout failed", last_seq), None);
+                }
             };
             match made {
-                Ok(()) => {
+                Ok(head) => {
                     let done = Outcome {
                         last_seq,
                         ..Outcome::default()
                     };
-                    return (done, Some(commit.to_string()));
+                    return (done, Some(head));
                 }
                 Err(reason) => {
                     tracing::info!(%reason, "no shortcut for this local repository; cloning it");

@@ -365,3 +365,57 @@ async fn a_local_repository_at_a_full_commit_is_checked_out_without_cloning() {
         .join("work/workspace/.git/objects/info/alternates");
     assert!(alternates.is_file());
 }
+
+/// A local repository whose refs git cannot read: `packed-refs` is a FIFO, so git blocks opening it
+/// until someone opens the other end. Returns the repository, its commit and the FIFO's path.
+fn repo_with_hanging_refs(root: &Path) -> (PathBuf, String, PathBuf) {
+    let (repo, sha) = make_repo(root, &[("zeroCI.yaml", b"script: [true]\n")]);
+    let fifo = repo.join(".git/packed-refs");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    (repo, sha, fifo)
+}
+
+#[tokio::test]
+async fn a_hung_local_checkout_ends_at_the_checkout_timeout_without_falling_back_to_a_clone() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha, _fifo) = repo_with_hanging_refs(root.path());
+    let mut job = Job::with_assignment(
+        root.path(),
+        Assignment {
+            job_id: 9,
+            attempt: 1,
+            repo_url: repo.to_string_lossy().into(),
+            commit: sha,
+            checkout_timeout_secs: 1,
+            ..Default::default()
+        },
+    );
+    let events = job.run().await;
+    assert!(checked_out(&events).is_none());
+    let exited = first_exit(&events);
+    assert_eq!((exited.step, exited.exit_code), (0, 124));
+    assert_eq!(exited.message, "git checkout failed: timed out after 1s");
+}
+
+#[tokio::test]
+async fn a_cancel_during_the_local_checkout_ends_it_without_starting_a_clone() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, sha, fifo) = repo_with_hanging_refs(root.path());
+    let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha);
+    let control = job.control.clone();
+    // Opening the FIFO's writing end returns once git has opened it to read: the shortcut runs.
+    let cancel_once_git_reads = tokio::task::spawn_blocking(move || {
+        let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        control.cancel().cancel("stop", Duration::from_secs(1));
+        writer
+    });
+    let events = job.run().await;
+    drop(cancel_once_git_reads.await.unwrap());
+    assert!(checked_out(&events).is_none());
+    let exited = first_exit(&events);
+    assert_eq!(exited.step, 0);
+    assert_eq!(exited.message, "checkout cancelled: stop");
+    assert!(!root.path().join("work/workspace").exists());
+}

@@ -17,10 +17,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
-
-/// Upper bound for each git command here when the job sets no checkout timeout.
-const DEFAULT_LIMIT: Duration = Duration::from_secs(600);
 
 /// A repository on this host that a workspace can borrow objects from.
 #[derive(Debug, PartialEq)]
@@ -62,14 +58,14 @@ pub fn is_full_sha1(commit: &str) -> bool {
 }
 
 /// Makes `workspace` (which must not exist) a checkout of `commit` borrowing `source`'s objects; see
-/// the module docs. On error the workspace may be half made: the caller removes it.
+/// the module docs. Returns the commit checked out (a tag's id given is peeled to its commit). On error
+/// the workspace may be half made: the caller removes it. No time limit of its own: the caller's one
+/// deadline covers the whole (each git process dies with the dropped future).
 pub async fn check_out(
     source: &LocalSource,
     commit: &str,
     workspace: &Path,
-    limit: Option<Duration>,
-) -> Result<(), String> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+) -> Result<String, String> {
     let refs = git(
         None,
         &[
@@ -80,33 +76,74 @@ pub async fn check_out(
             "refs/heads".as_ref(),
             "refs/tags".as_ref(),
         ],
-        limit,
     )
     .await?;
-    let packed = packed_refs(&refs)?;
+    // The branch the source's HEAD names becomes origin/HEAD and the workspace's own branch, as a
+    // clone makes them (none for a detached or unborn HEAD).
+    let head_branch = std::fs::read_to_string(source.git_dir.join("HEAD"))
+        .ok()
+        .and_then(|head| {
+            Some(
+                head.strip_prefix("ref: refs/heads/")?
+                    .trim_end()
+                    .to_string(),
+            )
+        })
+        .filter(|branch| {
+            refs.lines().any(|line| {
+                line.split_once(' ').map(|(_, name)| name) == Some(&format!("refs/heads/{branch}"))
+            })
+        });
+    let packed = packed_refs(&refs, head_branch.as_deref())?;
     git(
         None,
         &[
+            // Files, not reftable, whatever the user's default (older git ignores the key).
+            "-c".as_ref(),
+            "init.defaultRefFormat=files".as_ref(),
             "init".as_ref(),
             "--quiet".as_ref(),
             "--template=".as_ref(),
             workspace.as_os_str(),
         ],
-        limit,
     )
     .await?;
     let dot_git = workspace.join(".git");
+    // Refs are written as files: a workspace made as reftable anyway (GIT_DEFAULT_REF_FORMAT wins
+    // over the config) would ignore them.
+    if dot_git.join("reftable").exists() {
+        return Err("the workspace would keep its refs as reftable".into());
+    }
     let objects = source.git_dir.join("objects");
     let objects = objects.to_str().ok_or("the source's path is not UTF-8")?;
     write(
         &dot_git.join("objects/info/alternates"),
         &format!("{objects}\n"),
     )?;
+    // A shallow source's boundary commits have no parents in its objects: the workspace is shallow
+    // at the same commits, as a clone of it would be, instead of broken past them.
+    match std::fs::copy(source.git_dir.join("shallow"), dot_git.join("shallow")) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot copy the source's shallow list: {e}")),
+    }
     let mut config = std::fs::read_to_string(dot_git.join("config")).map_err(|e| e.to_string())?;
     config.push_str(&format!(
         "[remote \"origin\"]\n\turl = {}\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n",
         quoted(&source.url)
     ));
+    if let Some(branch) = &head_branch {
+        config.push_str(&format!(
+            "[branch {}]\n\tremote = origin\n\tmerge = refs/heads/{branch}\n",
+            quoted(branch)
+        ));
+        let remotes = dot_git.join("refs/remotes/origin");
+        std::fs::create_dir_all(&remotes).map_err(|e| format!("{}: {e}", remotes.display()))?;
+        write(
+            &remotes.join("HEAD"),
+            &format!("ref: refs/remotes/origin/{branch}\n"),
+        )?;
+    }
     write(&dot_git.join("config"), &config)?;
     write(&dot_git.join("packed-refs"), &packed)?;
     git(
@@ -119,15 +156,21 @@ pub async fn check_out(
             "--detach".as_ref(),
             commit.as_ref(),
         ],
-        limit,
     )
     .await?;
-    Ok(())
+    // A detached HEAD is the commit's id itself: no git process needed to read it.
+    let head = std::fs::read_to_string(dot_git.join("HEAD")).map_err(|e| e.to_string())?;
+    let head = head.trim_end();
+    if !is_full_sha1(head) {
+        return Err(format!("unexpected HEAD after the checkout: {head:?}"));
+    }
+    Ok(head.to_string())
 }
 
 /// `packed-refs` for the workspace from the source's `OID REFNAME` lines: branches become
-/// remote-tracking branches of `origin`, tags stay tags; sorted, as git keeps the file.
-fn packed_refs(for_each_ref: &str) -> Result<String, String> {
+/// remote-tracking branches of `origin` (and `head_branch` a branch of the workspace too), tags stay
+/// tags; sorted, as git keeps the file.
+fn packed_refs(for_each_ref: &str, head_branch: Option<&str>) -> Result<String, String> {
     let mut refs = Vec::new();
     for line in for_each_ref.lines() {
         let (oid, name) = line
@@ -137,7 +180,12 @@ fn packed_refs(for_each_ref: &str) -> Result<String, String> {
             return Err(format!("not a SHA-1 object id: {oid:?}"));
         }
         let name = match name.strip_prefix("refs/heads/") {
-            Some(branch) => format!("refs/remotes/origin/{branch}"),
+            Some(branch) => {
+                if Some(branch) == head_branch {
+                    refs.push((name.to_string(), oid.to_string()));
+                }
+                format!("refs/remotes/origin/{branch}")
+            }
             None => name.to_string(),
         };
         refs.push((name, oid.to_string()));
@@ -160,11 +208,7 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 /// Runs git with its output captured; its stdout on success, its stderr as the error otherwise.
-async fn git(
-    cwd: Option<&Path>,
-    args: &[&std::ffi::OsStr],
-    limit: Duration,
-) -> Result<String, String> {
+async fn git(cwd: Option<&Path>, args: &[&std::ffi::OsStr]) -> Result<String, String> {
     let mut command = tokio::process::Command::new("git");
     command
         .args(args)
@@ -174,9 +218,9 @@ async fn git(
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
-    let output = tokio::time::timeout(limit, command.output())
+    let output = command
+        .output()
         .await
-        .map_err(|_| format!("git timed out after {limit:?}"))?
         .map_err(|e| format!("cannot run git: {e}"))?;
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
@@ -201,37 +245,63 @@ mod tests {
     fn packed_refs_map_branches_to_origin_and_keep_tags_sorted() {
         let a = "a".repeat(40);
         let b = "b".repeat(40);
-        let text = format!("{a} refs/tags/v1\n{b} refs/heads/main\n");
+        let c = "c".repeat(40);
+        let text = format!("{a} refs/tags/v1\n{b} refs/heads/main\n{c} refs/heads/topic\n");
         assert_eq!(
-            packed_refs(&text).unwrap(),
-            format!("# pack-refs with: sorted \n{b} refs/remotes/origin/main\n{a} refs/tags/v1\n")
+            packed_refs(&text, Some("main")).unwrap(),
+            format!(
+                "# pack-refs with: sorted \n{b} refs/heads/main\n{b} refs/remotes/origin/main\n\
+                 {c} refs/remotes/origin/topic\n{a} refs/tags/v1\n"
+            )
         );
-        assert!(packed_refs(&format!("{} refs/heads/x\n", "c".repeat(64))).is_err());
+        assert!(packed_refs(&format!("{} refs/heads/x\n", "c".repeat(64)), None).is_err());
+    }
+
+    /// Everything about refs a job can observe: names, targets, symbolic refs, branch config.
+    fn refs_and_config(repo: &Path) -> String {
+        let refs = git(
+            repo,
+            &[
+                "for-each-ref",
+                "--format=%(refname) %(objectname) %(symref)",
+            ],
+        );
+        let config = git(repo, &["config", "--get-regexp", "^(remote|branch)\\."]);
+        let head = git(repo, &["rev-parse", "HEAD", "origin"]);
+        format!("{refs}\n{config}\n{head}")
     }
 
     #[tokio::test]
-    async fn a_workspace_borrows_the_sources_objects_and_looks_like_a_clone() {
+    async fn a_workspace_borrows_the_sources_objects_and_has_what_a_clone_has() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         let first = init_repo(&src, &[("zeroCI.yaml", "script: [true]\n")]);
         git(&src, &["tag", "-a", "v1", "-m", "v1"]);
+        git(&src, &["branch", "topic"]);
         commit_files(&src, &[("more", "x")], "two");
         let source = LocalSource::find(src.to_str().unwrap()).expect("a repository");
 
         let workspace = dir.path().join("workspace");
-        check_out(&source, &first, &workspace, None).await.unwrap();
-        assert_eq!(git(&workspace, &["rev-parse", "HEAD"]), first);
+        let head = check_out(&source, &first, &workspace).await.unwrap();
+        assert_eq!(head, first);
         assert_eq!(git(&workspace, &["status", "--porcelain"]), "");
         assert!(workspace.join("zeroCI.yaml").is_file() && !workspace.join("more").exists());
-        assert_eq!(
-            git(&workspace, &["remote", "get-url", "origin"]),
-            src.to_str().unwrap()
-        );
-        assert_eq!(
-            git(&workspace, &["rev-parse", "origin/main"]),
-            git(&src, &["rev-parse", "main"])
-        );
         assert_eq!(git(&workspace, &["describe", "--tags"]), "v1");
+        // The same refs, origin/HEAD, branch config and HEAD as `git clone` + a detached checkout.
+        let clone = dir.path().join("clone");
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                "--no-checkout",
+                src.to_str().unwrap(),
+                "clone",
+            ],
+        );
+        git(&clone, &["checkout", "-q", "--detach", &first]);
+        assert_eq!(refs_and_config(&workspace), refs_and_config(&clone));
+
         // A commit made in the job goes into the workspace, not the source.
         git(
             &workspace,
@@ -245,10 +315,33 @@ mod tests {
             .unwrap();
         assert!(!in_source.success());
 
+        // An annotated tag's own id is peeled to its commit, as the clone path reports it.
+        let tag = git(&src, &["rev-parse", "v1"]);
+        assert_ne!(tag, first);
+        let tagged = dir.path().join("tagged");
+        assert_eq!(check_out(&source, &tag, &tagged).await.unwrap(), first);
+
         // A commit the source does not hold is an error (the caller clones instead).
         let elsewhere = dir.path().join("elsewhere");
         let missing = "0123456789abcdef0123456789abcdef01234567";
-        assert!(check_out(&source, missing, &elsewhere, None).await.is_err());
+        assert!(check_out(&source, missing, &elsewhere).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_shallow_source_gives_a_shallow_workspace_with_readable_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full");
+        init_repo(&full, &[("a", "1")]);
+        let tip = commit_files(&full, &[("b", "2")], "two");
+        let url = format!("file://{}", full.display());
+        git(dir.path(), &["clone", "-q", "--depth=1", &url, "shallow"]);
+        let shallow = dir.path().join("shallow");
+        let source = LocalSource::find(shallow.to_str().unwrap()).expect("a repository");
+
+        let workspace = dir.path().join("workspace");
+        assert_eq!(check_out(&source, &tip, &workspace).await.unwrap(), tip);
+        assert_eq!(git(&workspace, &["rev-list", "--count", "HEAD"]), "1");
+        assert_eq!(git(&workspace, &["log", "--format=%s"]), "two");
     }
 
     #[test]
