@@ -232,6 +232,26 @@ pub fn limit_processes(pid: u32, max: u64) -> io::Result<()> {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit; the new soft limit. A host of
+/// many machines needs several descriptors per machine (its stream, step pipes), far past the usual
+/// soft 1,024.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 on this process, reading the current limit into `limit`.
+    if unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: prlimit64 on this process, setting `limit`.
+    if unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// The namespaces every `local` machine's sandbox gets: user, mount, PID, IPC, UTS.
 pub const SANDBOX_NAMESPACES: i32 = libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS
@@ -252,6 +272,21 @@ pub fn enter_sandbox_namespaces() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_its_hard_limit() {
+        let raised = raise_open_files_limit().unwrap();
+        let mut limit = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reads this process's limit into `limit`.
+        assert_eq!(
+            unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) },
+            0
+        );
+        assert_eq!((limit.rlim_cur, limit.rlim_max), (raised, raised));
+    }
 
     #[test]
     fn a_new_session_is_found_and_killed_whole() {

@@ -89,6 +89,7 @@ impl Job {
                 shared_test_xml: None,
                 isolate_network: false,
                 unisolated: false,
+                clean_environment: false,
             },
         };
         let workdir = root.join("work");

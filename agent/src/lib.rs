@@ -65,6 +65,10 @@ pub struct AgentConfig {
     pub outbox_cap_bytes: usize,
     /// Step runner tunables.
     pub run_options: RunOptions,
+    /// Set by a pool host whose machines are tasks of it: cancelled when the machine is destroyed,
+    /// and handled as a SIGTERM is (the job cancelled, its last events flushed). With it the agent
+    /// installs no signal handlers: signals are the host's.
+    pub stop: Option<CancellationToken>,
 }
 
 impl AgentConfig {
@@ -80,6 +84,7 @@ impl AgentConfig {
             give_up_after,
             outbox_cap_bytes: outbox::DEFAULT_CAP_BYTES,
             run_options: RunOptions::default(),
+            stop: None,
         }
     }
 }
@@ -136,8 +141,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let shutdown = root.child_token();
     let force = root.child_token();
     let (going_away_tx, going_away) = watch::channel(None);
-    let signals = watch_signals(shutdown.clone(), force.clone(), going_away_tx)
-        .map_err(AgentError::Signals)?;
+    let signals = match &config.stop {
+        Some(stop) => tokio::spawn(forward_stop(stop.clone(), shutdown.clone(), going_away_tx)),
+        None => watch_signals(shutdown.clone(), force.clone(), going_away_tx)
+            .map_err(AgentError::Signals)?,
+    };
     let _stop_signals = AbortOnDrop(signals);
 
     let bootstrap = match &config.bootstrap {
@@ -167,6 +175,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 
     let outbox = Arc::new(Outbox::new(config.outbox_cap_bytes));
     let control = Arc::new(JobControl::new(root.child_token()));
+    let _kill_leftovers = KillLeftovers(control.groups().clone());
     let close = root.child_token();
     let credentials = Arc::new(Credentials::new(
         bootstrap.ca_pem.clone(),
@@ -266,7 +275,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             }
         }
     };
-    control.groups().kill_all();
     result
 }
 
@@ -287,6 +295,27 @@ fn watch_signals(
     zeroci::signals::watch(shutdown, force, move |name| {
         let _ = reason.send(Some(format!("agent received {name}")));
     })
+}
+
+/// A host's stop for its in-process machine, as [`watch_signals`] reports a SIGTERM.
+async fn forward_stop(
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+    reason: watch::Sender<Option<String>>,
+) {
+    stop.cancelled().await;
+    let _ = reason.send(Some("machine destroyed by its host".into()));
+    shutdown.cancel();
+}
+
+/// SIGKILLs every process group the job left when [`run`] ends, also when its future is dropped
+/// mid-job (a pool host aborting an in-process machine), where no code after an await would run.
+struct KillLeftovers(crate::control::ProcessGroups);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        self.0.kill_all();
+    }
 }
 
 /// Aborts a task when dropped, so no task outlives [`run`].

@@ -198,6 +198,19 @@ async fn join(args: JoinArgs) -> anyhow::Result<u8> {
     )
     .with_context(|| format!("cannot make {} private", work_dir.display()))?;
     let agent_binary = std::env::current_exe().context("cannot find this program's path")?;
+    if matches!(
+        (args.isolation, args.network),
+        (JoinIsolation::InProcess, JoinNetwork::None)
+    ) {
+        anyhow::bail!(
+            "--network none needs machines of their own (--isolation namespaces or none); in-process machines share this host's network"
+        );
+    }
+    // Several descriptors per machine (its stream, step pipes): many machines need more than 1,024.
+    match zeroci::process::raise_open_files_limit() {
+        Ok(open_files) => tracing::debug!(open_files, "open-file limit raised to its maximum"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let isolated = matches!(args.isolation, JoinIsolation::Namespaces);
     if isolated {
         zeroci::sandbox::probe_namespaces(&agent_binary).map_err(|reason| {

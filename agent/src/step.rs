@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub isolate_network: bool,
     /// The machine does not isolate the job: the checkout log says so.
     pub unisolated: bool,
+    /// Commands start from an empty environment plus their own, as under a per-job agent process
+    /// started with none: an in-process machine's host environment (its join token) stays out.
+    pub clean_environment: bool,
 }
 
 impl Default for RunOptions {
@@ -64,6 +67,7 @@ impl Default for RunOptions {
             shared_test_xml: None,
             isolate_network: false,
             unisolated: false,
+            clean_environment: false,
         }
     }
 }
@@ -230,6 +234,9 @@ pub async fn run_process(spec: &ProcessSpec, ctx: &StepContext) -> Result<Outcom
         source,
     };
     let mut command = Command::new(&spec.program);
+    if ctx.options.clean_environment {
+        command.env_clear();
+    }
     if ctx.options.isolate_network {
         // SAFETY: the hook makes raw syscalls only (unshare, socket, ioctl, close): no allocation.
         unsafe { command.pre_exec(zeroci::process::enter_private_network) };

@@ -54,6 +54,7 @@ impl Harness {
                 shared_test_xml: None,
                 isolate_network: false,
                 unisolated: false,
+                clean_environment: false,
             },
         };
         Harness {

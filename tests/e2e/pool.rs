@@ -61,7 +61,20 @@ impl Host {
         capacity: u32,
         extra: &[&str],
     ) -> Host {
-        let work_dir = env.dir.path().join("hosts").join(name);
+        let mut command = Host::command(env, controller, name, token_file, labels, capacity);
+        command.args(extra);
+        Host::start(env, name, command)
+    }
+
+    /// The `zeroci-agent join` command line `spawn_via` runs, before its extra arguments.
+    fn command(
+        env: &TestEnv,
+        controller: &str,
+        name: &str,
+        token_file: &Path,
+        labels: &str,
+        capacity: u32,
+    ) -> Command {
         let mut command = Command::new(bin("zeroci-agent"));
         command
             .args(["join", "--controller", controller, "--ca"])
@@ -71,19 +84,27 @@ impl Host {
             .args(["--name", name, "--labels", labels])
             .args(["--capacity", &capacity.to_string()])
             .arg("--work-dir")
-            .arg(&work_dir)
+            .arg(Host::work_dir(env, name))
             // The test's repositories are paths on this host, which the hosts share.
             .arg("--local-repos")
-            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        command
+    }
+
+    fn work_dir(env: &TestEnv, name: &str) -> PathBuf {
+        env.dir.path().join("hosts").join(name)
+    }
+
+    /// Starts host `name` from its `command`, without waiting for it to join.
+    fn start(env: &TestEnv, name: &str, mut command: Command) -> Host {
         let mut proc = spawn_process(&mut command, &format!("pool host {name}"));
         let lines = Lines::new(proc.child.stderr.take().unwrap());
         Host {
             proc,
             lines,
-            work_dir,
+            work_dir: Host::work_dir(env, name),
         }
     }
 
@@ -421,4 +442,51 @@ fn an_in_process_host_runs_many_agents_as_tasks_of_one_process() {
     zeroci_testkit::wait_for("the host to remove every machine", || {
         host.machines_left().is_empty().then_some(())
     });
+}
+
+#[test]
+fn an_in_process_machine_keeps_its_hosts_environment_from_jobs_and_dies_whole_with_its_host() {
+    let env = pool_env(2);
+    let token = make_token(&env, "tasks");
+    let mut command = Host::command(&env, &env.grpc_addr, "tasks", &token, "", 2);
+    command
+        .args(["--isolation", "in-process"])
+        .env("HOST_ONLY_SECRET", "s3cr3t-of-the-host");
+    let mut host = Host::start(&env, "tasks", command);
+    host.lines.wait_for("joined the pool");
+    // A step that leaves a process of its own behind, in the background, then waits.
+    let yaml = "script:\n  - env; (sleep 6123 &); echo started; sleep 600\n";
+    let repo = Repo::new(&env, "lingering", &[("zeroCI.yaml", yaml)]);
+    let id = env.submit(&repo.path);
+    let log = zeroci_testkit::wait_for("the step to start its background process", || {
+        let log = String::from_utf8(env.raw_log(id, None)).unwrap();
+        log.contains("started\n").then_some(log)
+    });
+    assert!(
+        !log.contains("HOST_ONLY_SECRET") && !log.contains("s3cr3t"),
+        "the host's environment reached the job: {log}"
+    );
+    let lingering = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x006123\x00")
+            })
+            .count()
+    };
+    assert_eq!(lingering(), 1, "the background process runs");
+    // The host is stopped: its machine is destroyed, and with it everything its job started.
+    host.proc.signal(libc::SIGTERM);
+    let status = host
+        .proc
+        .wait_timeout(crate::harness::patience())
+        .expect("the host to leave");
+    assert!(status.success(), "the host left cleanly: {status}");
+    assert_eq!(lingering(), 0, "a process of the job outlived its machine");
+    assert!(
+        host.machines_left().is_empty(),
+        "{:?}",
+        host.machines_left()
+    );
 }

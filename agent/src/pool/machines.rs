@@ -12,11 +12,14 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
 use zeroci::bootstrap::Bootstrap;
 use zeroci::sandbox::{SandboxSpec, StepNetwork, local_source};
 
@@ -57,17 +60,27 @@ pub struct StartFailure {
 pub type Gone = (String, String);
 
 struct Running {
+    /// Which start made it: a failed start removes only its own reservation, not a later machine's
+    /// of the same name.
+    generation: u64,
     /// The per-job agent's pid, also its session id; `None` while it starts.
     pid: Option<u32>,
     /// The agent's task, for an in-process machine.
-    task: Option<tokio::task::AbortHandle>,
+    task: Option<Task>,
     dir: PathBuf,
+}
+
+/// An in-process machine's agent: its task and the stop it treats as a SIGTERM.
+struct Task {
+    handle: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
 }
 
 /// The machines this host runs now.
 pub struct Machines {
     settings: MachineSettings,
     running: Mutex<HashMap<String, Running>>,
+    next_generation: AtomicU64,
     /// Told when a machine's agent exits and the machine is removed by this host.
     gone: mpsc::UnboundedSender<Gone>,
 }
@@ -99,6 +112,7 @@ impl Machines {
             Arc::new(Machines {
                 settings,
                 running: Mutex::new(HashMap::new()),
+                next_generation: AtomicU64::new(0),
                 gone,
             }),
             gone_rx,
@@ -137,6 +151,7 @@ impl Machines {
         };
         check_name(name).map_err(fail)?;
         let dir = self.settings.dir.join(name);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         // Reserved before any work, so a second start or a destroy of the same name meets it.
         {
             let mut running = self.running();
@@ -146,6 +161,7 @@ impl Machines {
             running.insert(
                 name.to_string(),
                 Running {
+                    generation,
                     pid: None,
                     task: None,
                     dir: dir.clone(),
@@ -161,8 +177,17 @@ impl Machines {
             max_processes,
         );
         if started.is_err() {
-            self.running().remove(name);
-            remove_dir(&dir);
+            // Unless a later start of the same name holds it now (this one was destroyed while it
+            // started), the reservation and whatever was made go. Under the lock: that later start
+            // cannot make the directory meanwhile.
+            let mut running = self.running();
+            if running
+                .get(name)
+                .is_none_or(|entry| entry.generation == generation)
+            {
+                running.remove(name);
+                remove_dir(&dir);
+            }
         }
         started
     }
@@ -326,38 +351,47 @@ impl Machines {
             Duration::from_secs(give_up_after_secs),
         );
         config.run_options.unisolated = true;
+        config.run_options.clean_environment = true;
+        let stop = CancellationToken::new();
+        config.stop = Some(stop.clone());
         // The task waits until it is on the list, so its end always finds its own entry.
         let (listed, on_list) = tokio::sync::oneshot::channel::<()>();
         let machines = self.clone();
         let machine = name.to_string();
-        let task = tokio::spawn(async move {
+        let task = async move {
             if on_list.await.is_err() {
                 return;
             }
-            let exit = match crate::run(config).await {
-                Ok(()) => "finished".to_string(),
-                Err(error) => error.to_string(),
+            // A panic ends this machine like an agent process's crash, not the host.
+            let exit = match std::panic::AssertUnwindSafe(crate::run(config))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => "finished".to_string(),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "the agent panicked".to_string(),
             };
             let me = tokio::task::id();
             let ended = {
                 let mut running = machines.running();
                 match running.get(&machine) {
-                    Some(entry) if entry.task.as_ref().map(|t| t.id()) == Some(me) => {
+                    Some(entry) if entry.task.as_ref().map(|t| t.handle.id()) == Some(me) => {
                         running.remove(&machine)
                     }
                     _ => None,
                 }
             };
             if let Some(ended) = ended {
-                info!(machine = %machine, %exit, "machine's agent ended; removing the machine");
+                info!(%exit, "machine's agent ended; removing the machine");
                 remove_dir(&ended.dir);
                 let _ = machines.gone.send((machine, exit));
             }
-        });
+        };
+        let handle = tokio::spawn(task.instrument(tracing::info_span!("machine", machine = %name)));
         match self.running().get_mut(name) {
-            Some(entry) => entry.task = Some(task.abort_handle()),
+            Some(entry) => entry.task = Some(Task { handle, stop }),
             None => {
-                task.abort();
+                handle.abort();
                 return Err(StartFailure {
                     message: "destroyed while it started".into(),
                     retryable: false,
@@ -374,15 +408,32 @@ impl Machines {
     pub async fn destroy(&self, name: &str) -> Result<(), String> {
         check_name(name)?;
         let running = self.running().remove(name);
-        if let Some(task) = running.as_ref().and_then(|r| r.task.as_ref()) {
-            // Dropping the agent's future kills its step (spawned kill-on-drop).
-            task.abort();
-        }
-        if let Some(pid) = running.and_then(|r| r.pid) {
-            stop(pid).await;
+        if let Some(running) = running {
+            if let Some(Task { mut handle, stop }) = running.task {
+                // As a process gets SIGTERM: the job cancelled and its last events flushed, for as
+                // long as a process would get; then aborted, which kills what the job left.
+                stop.cancel();
+                if tokio::time::timeout(STOP_GRACE, &mut handle).await.is_err() {
+                    warn!(machine = %name, "in-process machine did not stop in time; aborting it");
+                    handle.abort();
+                    let _ = handle.await;
+                }
+            }
+            if let Some(pid) = running.pid {
+                stop(pid).await;
+            }
         }
         let dir = self.settings.dir.join(name);
-        match std::fs::remove_dir_all(&dir) {
+        let mut removed = std::fs::remove_dir_all(&dir);
+        // Processes killed a moment ago may still be finishing a file operation in it: once more.
+        if removed
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTEMPTY))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            removed = std::fs::remove_dir_all(&dir);
+        }
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(format!("{}: {e}", dir.display())),
@@ -391,8 +442,12 @@ impl Machines {
 
     /// Stops and removes every machine (the host agent is leaving).
     pub async fn destroy_all(&self) {
-        for name in self.names() {
-            if let Err(error) = self.destroy(&name).await {
+        // All at once: each may take its stop grace.
+        let names = self.names();
+        let destroyed =
+            futures::future::join_all(names.iter().map(|name| self.destroy(name))).await;
+        for (name, result) in names.iter().zip(destroyed) {
+            if let Err(error) = result {
                 warn!(machine = %name, %error, "cannot remove machine");
             }
         }
