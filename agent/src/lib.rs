@@ -232,7 +232,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     tokio::pin!(job);
 
     let mut flush_deadline: Option<Instant> = None;
-    let result = loop {
+    loop {
         tokio::select! {
             joined = &mut session.0 => {
                 let end = match joined {
@@ -274,8 +274,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 break Err(AgentError::Interrupted("could not deliver the job's last events in time".into()));
             }
         }
-    };
-    result
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
