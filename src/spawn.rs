@@ -9,7 +9,7 @@
 //! writing to `cgroup.procs` before it executes the program, as before; where clone3 itself is
 //! missing or filtered, the child is forked and its pidfd opened afterwards.
 //!
-//! The child runs only async-signal-safe calls between `clone3` and `execve` (everything it needs is
+//! The child runs only async-signal-safe calls between its creation and `execve` (everything it needs is
 //! prepared before); an `execve` failure comes back through a close-on-exec pipe as `errno`.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -100,6 +100,9 @@ fn spawn_from(spec: &Spawn, mut how: Clone) -> io::Result<Spawned> {
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
     let (report_read, report_write) = crate::process::pipe()?;
+    // Above every descriptor number the child sets up (0-2, the handover's): a `dup2` onto one of
+    // them must not replace the report pipe, or a failure would read as a start.
+    let report_write = above_targets(report_write)?;
 
     let (pid, pidfd) = loop {
         let started = match how {
@@ -133,8 +136,8 @@ fn spawn_from(spec: &Spawn, mut how: Clone) -> io::Result<Spawned> {
                         Clone::IntoCgroup,
                         Some(libc::EINVAL | libc::E2BIG | libc::EPERM | libc::EOPNOTSUPP),
                     ) => how = Clone::Plain,
-                    // No clone3 at all (before Linux 5.3; container runtimes' default seccomp
-                    // profiles answer ENOSYS): fork, then a pidfd for the unreaped child.
+                    // clone3 filtered (container runtimes' default seccomp profiles answer ENOSYS
+                    // for it): fork, then a pidfd for the unreaped child.
                     (Clone::IntoCgroup | Clone::Plain, Some(libc::ENOSYS | libc::EPERM)) => {
                         how = Clone::Fork
                     }
@@ -172,6 +175,17 @@ fn spawn_from(spec: &Spawn, mut how: Clone) -> io::Result<Spawned> {
         {}
     }
     Err(failure)
+}
+
+/// `fd` moved to a number of 10 or more (close-on-exec), out of the way of the child's `dup2`s.
+fn above_targets(fd: std::fs::File) -> io::Result<std::fs::File> {
+    // SAFETY: F_DUPFD_CLOEXEC on an open descriptor we own; the new one is owned by nothing else.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned by nothing else.
+    Ok(unsafe { std::fs::File::from_raw_fd(moved) })
 }
 
 /// How the child is created, best first.
@@ -243,7 +257,9 @@ fn fork_with_pidfd() -> io::Result<Started> {
         // SAFETY: our own child, not yet reaped; whatever it started is ended with it.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            while libc::waitpid(pid, std::ptr::null_mut(), 0) < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
         }
         return Err(error);
     }
@@ -254,7 +270,8 @@ fn fork_with_pidfd() -> io::Result<Started> {
     })
 }
 
-/// The child between clone3 and execve: async-signal-safe calls only, no allocation.
+/// The child between its creation (clone3 or fork) and execve: async-signal-safe calls only, no
+/// allocation.
 ///
 /// # Safety
 /// Only to be called in a freshly cloned child; never returns.
@@ -282,7 +299,7 @@ unsafe fn child(
         // What the parent's runtime changed, or whoever started it ignored (SIGPIPE by Rust's
         // runtime, SIGHUP under nohup), is not the program's: default dispositions, nothing blocked.
         // (Caught signals are reset by execve itself; glibc's own reserved ones it refuses.)
-        for signal in 1..libc::SIGRTMAX() {
+        for signal in 1..=libc::SIGRTMAX() {
             let mut current: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
                 && current.sa_sigaction == libc::SIG_IGN
@@ -318,7 +335,7 @@ unsafe fn child(
         }
         // Nothing else the controller holds or inherited reaches the machine: every other
         // descriptor is closed (the report pipe closes itself on exec). Kernels before 5.9 have no
-        // close_range; there, only close-on-exec descriptors stay behind.
+        // close_range; there, descriptors without close-on-exec still leak through.
         let handed = spec.handover.map_or(-1, |(_, target)| target);
         let mut keep = [report, handed];
         keep.sort_unstable();
@@ -408,7 +425,6 @@ mod tests {
         script: &'a str,
         env: &'a [(&'a str, &'a str)],
         cwd: &'a str,
-        handover: Option<RawFd>,
         how: Clone,
     }
 
@@ -419,7 +435,6 @@ mod tests {
                 script: "true",
                 env: &[("PATH", "/usr/bin:/bin")],
                 cwd: "/tmp",
-                handover: None,
                 how: Clone::Plain,
             }
         }
@@ -446,7 +461,7 @@ mod tests {
                     out_write.as_raw_fd(),
                     out_write.as_raw_fd(),
                 ],
-                handover: case.handover.map(|fd| (fd, 3)),
+                handover: None,
                 cgroup: None,
                 max_processes: None,
             },
@@ -504,6 +519,13 @@ mod tests {
     fn only_stdio_and_the_handed_over_descriptor_are_open_with_nothing_blocked_or_ignored() {
         let (handed, _keep) = crate::process::pipe().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
+        // What the child must not get: a descriptor without close-on-exec (as a parent's parent may
+        // leave), and an ignored SIGHUP (as under nohup). Both are this test process's for a moment.
+        // SAFETY: dup of an open descriptor; closed below.
+        let inheritable = unsafe { libc::dup(null.as_raw_fd()) };
+        assert!(inheritable >= 0);
+        // SAFETY: signal(2) with SIG_IGN, restored below.
+        let hup = unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         let spawned = spawn(&Spawn {
             program: Path::new("/bin/sleep"),
             args: &[OsString::from("30")],
@@ -513,21 +535,27 @@ mod tests {
             handover: Some((handed.as_raw_fd(), 3)),
             cgroup: None,
             max_processes: None,
-        })
-        .unwrap();
-        // Looked at from outside, once it runs `sleep` (no shell opening descriptors of its own).
-        let proc_dir = format!("/proc/{}", spawned.pid);
-        let exe = Path::new("/bin/sleep").canonicalize().unwrap();
-        let started = std::time::Instant::now();
-        while std::fs::read_link(format!("{proc_dir}/exe")).ok() != Some(exe.clone()) {
-            assert!(started.elapsed().as_secs() < 10, "sleep never started");
-            std::thread::yield_now();
+        });
+        // SAFETY: restores what was there; closes our own duplicate.
+        unsafe {
+            libc::signal(libc::SIGHUP, hup);
+            libc::close(inheritable);
         }
-        let mut fds: Vec<u32> = std::fs::read_dir(format!("{proc_dir}/fd"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-            .collect();
-        fds.sort();
+        let spawned = spawned.unwrap();
+        // Looked at from outside, once `sleep`'s loader has closed what it opened (a leaked
+        // descriptor would stay).
+        let proc_dir = format!("/proc/{}", spawned.pid);
+        zeroci_testkit::wait_for("only stdio and the handed-over descriptor open", || {
+            let mut fds: Vec<u32> = std::fs::read_dir(format!("{proc_dir}/fd"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+                .collect();
+            fds.sort();
+            if fds != [0, 1, 2, 3] {
+                eprintln!("open in the child now: {fds:?}");
+            }
+            (fds == [0, 1, 2, 3]).then_some(())
+        });
         let status = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap();
         // SAFETY: our own child, not yet reaped.
         unsafe { libc::kill(spawned.pid as i32, libc::SIGKILL) };
@@ -536,11 +564,6 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(wait(spawned)).unwrap();
-        assert_eq!(
-            fds,
-            [0, 1, 2, 3],
-            "only stdio and the handed-over descriptor"
-        );
         let mask = |name: &str| {
             status
                 .lines()
@@ -550,9 +573,9 @@ mod tests {
                 .to_string()
         };
         assert_eq!(mask("SigBlk:"), "0000000000000000", "{status}");
-        // None of the standard signals is ignored: SIGPIPE (ignored by Rust's runtime) is back to
-        // its default. (The test harness also ignores glibc's reserved signal 32, which glibc does
-        // not let a program change.)
+        // None of the standard signals is ignored: SIGHUP and SIGPIPE (ignored by Rust's runtime)
+        // are back to their defaults. (The test harness also ignores glibc's reserved signal 32,
+        // which glibc does not let a program change.)
         let ignored = u64::from_str_radix(&mask("SigIgn:"), 16).unwrap();
         assert_eq!(ignored & 0x7fff_ffff, 0, "{status}");
     }

@@ -140,26 +140,17 @@ impl Executor {
         {
             let limit = self.checkout_timeout().unwrap_or(SHORTCUT_LIMIT);
             let made = tokio::select! {
-                made = local_checkout::check_out(&source, commit, &workspace) => made,
-                () = self.ctx.cancel.cancelled() => {
-                    let stopped = Outcome {
-                        exit_code: -1,
-                        cancelled: true,
-                        message: self.ctx.cancel.info().reason,
-                        ..Outcome::default()
-                    };
-                    return (failed(stopped, "checkout cancelled", last_seq), None);
-                }
-                () = tokio::time::sleep(limit) => {
-                    let stopped = Outcome {
-                        exit_code: crate::step::TIMEOUT_EXIT_CODE,
-                        timed_out: true,
-                        message: format!("timed out after {}s", limit.as_secs()),
-                        ..Outcome::default()
-                    };
-                    return (failed(stopped, "git checkout failed", last_seq), None);
-                }
+                made = local_checkout::check_out(&source, commit, &workspace) => made.map_err(Stopped::Failed),
+                () = self.ctx.cancel.cancelled() => Err(Stopped::Cancelled(self.ctx.cancel.info().reason)),
+                () = tokio::time::sleep(limit) => Err(Stopped::TimedOut(limit)),
             };
+            // Whatever the shortcut made is removed unless it is the checkout.
+            if made.is_err()
+                && let Err(error) = tokio::fs::remove_dir_all(&workspace).await
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, "cannot remove the half-made workspace");
+            }
             match made {
                 Ok(head) => {
                     let done = Outcome {
@@ -168,13 +159,26 @@ impl Executor {
                     };
                     return (done, Some(head));
                 }
-                Err(reason) => {
+                Err(Stopped::Failed(reason)) => {
                     tracing::info!(%reason, "no shortcut for this local repository; cloning it");
-                    if let Err(error) = tokio::fs::remove_dir_all(&workspace).await
-                        && error.kind() != std::io::ErrorKind::NotFound
-                    {
-                        tracing::warn!(%error, "cannot remove the half-made workspace");
-                    }
+                }
+                Err(Stopped::Cancelled(reason)) => {
+                    let stopped = Outcome {
+                        exit_code: -1,
+                        cancelled: true,
+                        message: reason,
+                        ..Outcome::default()
+                    };
+                    return (failed(stopped, "checkout cancelled", last_seq), None);
+                }
+                Err(Stopped::TimedOut(limit)) => {
+                    let stopped = Outcome {
+                        exit_code: crate::step::TIMEOUT_EXIT_CODE,
+                        timed_out: true,
+                        message: format!("timed out after {}s", limit.as_secs()),
+                        ..Outcome::default()
+                    };
+                    return (failed(stopped, "git checkout failed", last_seq), None);
                 }
             }
         }
@@ -559,6 +563,16 @@ fn git_env(http_header: &str) -> Vec<(String, String)> {
         ]);
     }
     env
+}
+
+/// Why the local checkout shortcut made no checkout.
+enum Stopped {
+    /// It cannot be used here (its reason); the clone path runs instead.
+    Failed(String),
+    /// The job was cancelled (the reason given).
+    Cancelled(String),
+    /// The checkout's deadline passed.
+    TimedOut(Duration),
 }
 
 /// A failed git command as the checkout's outcome, with a timeout's or cancel's own message after

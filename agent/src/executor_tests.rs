@@ -403,17 +403,25 @@ async fn a_hung_local_checkout_ends_at_the_checkout_timeout_without_falling_back
 #[tokio::test]
 async fn a_cancel_during_the_local_checkout_ends_it_without_starting_a_clone() {
     let root = tempfile::tempdir().unwrap();
-    let (repo, sha, fifo) = repo_with_hanging_refs(root.path());
+    let (repo, sha, _fifo) = repo_with_hanging_refs(root.path());
     let mut job = Job::new(root.path(), &repo.to_string_lossy(), &sha);
     let control = job.control.clone();
-    // Opening the FIFO's writing end returns once git has opened it to read: the shortcut runs.
+    // Once git reads the source's refs (and hangs there: nobody ever opens the FIFO's other end),
+    // the shortcut is under way: cancel then.
+    let git_dir = repo.join(".git").to_string_lossy().into_owned();
     let cancel_once_git_reads = tokio::task::spawn_blocking(move || {
-        let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        zeroci_testkit::wait_for("git reading the source's refs", || {
+            let entries = std::fs::read_dir("/proc").ok()?;
+            entries.flatten().find_map(|entry| {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                (cmdline.contains(&git_dir) && cmdline.contains("for-each-ref")).then_some(())
+            })
+        });
         control.cancel().cancel("stop", Duration::from_secs(1));
-        writer
     });
     let events = job.run().await;
-    drop(cancel_once_git_reads.await.unwrap());
+    cancel_once_git_reads.await.unwrap();
     assert!(checked_out(&events).is_none());
     let exited = first_exit(&events);
     assert_eq!(exited.step, 0);

@@ -10,8 +10,8 @@
 //!
 //! Only for a full SHA-1 commit id and a plain repository (a work tree with a `.git` directory, or a
 //! bare one); anything else — a branch name, a linked work tree, SHA-256 objects, a commit the source
-//! does not hold, any failure — returns an error and the caller clones as before, so this path can
-//! only make a checkout faster, never fail one. The alternate is the caveat `git clone --shared`
+//! does not hold, any failure — returns an error and the caller clones as before. Only the checkout's
+//! deadline or a cancel, which the caller applies to the whole shortcut, end the checkout here. The alternate is the caveat `git clone --shared`
 //! documents: objects the source prunes while the job runs would vanish from the workspace; a source
 //! only prunes unreachable objects older than two weeks, and the commit under test is reachable.
 
@@ -134,8 +134,9 @@ pub async fn check_out(
     ));
     if let Some(branch) = &head_branch {
         config.push_str(&format!(
-            "[branch {}]\n\tremote = origin\n\tmerge = refs/heads/{branch}\n",
-            quoted(branch)
+            "[branch {}]\n\tremote = origin\n\tmerge = {}\n",
+            quoted(branch),
+            quoted(&format!("refs/heads/{branch}"))
         ));
         let remotes = dot_git.join("refs/remotes/origin");
         std::fs::create_dir_all(&remotes).map_err(|e| format!("{}: {e}", remotes.display()))?;

@@ -103,7 +103,7 @@ struct JoinArgs {
     /// each machine's agent is a task of this process (many agents cheaply: for load tests).
     #[arg(long, value_enum, default_value_t = JoinIsolation::Namespaces)]
     isolation: JoinIsolation,
-    /// `none`: steps run without a network (the checkout still has it).
+    /// `none`: steps run without a network (the checkout still has it); sandboxes only.
     #[arg(long, value_enum, default_value_t = JoinNetwork::Host)]
     network: JoinNetwork,
     /// Show jobs whose repository is a local path that path, read-only (for a host that shares the
@@ -198,18 +198,21 @@ async fn join(args: JoinArgs) -> anyhow::Result<u8> {
     )
     .with_context(|| format!("cannot make {} private", work_dir.display()))?;
     let agent_binary = std::env::current_exe().context("cannot find this program's path")?;
-    if matches!(
-        (args.isolation, args.network),
-        (JoinIsolation::InProcess, JoinNetwork::None)
-    ) {
+    if matches!(args.network, JoinNetwork::None)
+        && !matches!(args.isolation, JoinIsolation::Namespaces)
+    {
         anyhow::bail!(
-            "--network none needs machines of their own (--isolation namespaces or none); in-process machines share this host's network"
+            "--network none is a sandbox's (--isolation namespaces): unisolated and in-process machines share this host's network"
         );
     }
-    // Several descriptors per machine (its stream, step pipes): many machines need more than 1,024.
-    match zeroci::process::raise_open_files_limit() {
-        Ok(open_files) => tracing::debug!(open_files, "open-file limit raised to its maximum"),
-        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    // In-process machines hold several descriptors each (a stream, step pipes): a thousand need more
+    // than the usual 1,024. Only then: steps of agent processes would inherit a limit some programs
+    // loop over.
+    if matches!(args.isolation, JoinIsolation::InProcess) {
+        match zeroci::process::raise_open_files_limit() {
+            Ok(open_files) => tracing::debug!(open_files, "open-file limit raised to its maximum"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+        }
     }
     let isolated = matches!(args.isolation, JoinIsolation::Namespaces);
     if isolated {

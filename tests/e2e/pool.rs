@@ -454,9 +454,13 @@ fn an_in_process_machine_keeps_its_hosts_environment_from_jobs_and_dies_whole_wi
         .env("HOST_ONLY_SECRET", "s3cr3t-of-the-host");
     let mut host = Host::start(&env, "tasks", command);
     host.lines.wait_for("joined the pool");
-    // A step that leaves a process of its own behind, in the background, then waits.
-    let yaml = "script:\n  - env; (sleep 6123 &); echo started; sleep 600\n";
-    let repo = Repo::new(&env, "lingering", &[("zeroCI.yaml", yaml)]);
+    // A step that leaves a process behind in the background, deaf to SIGTERM (so only the abort
+    // after the stop grace, and what it kills, ends it), then waits. Its name is this run's own.
+    let marker = format!("6123.{}", std::process::id());
+    let yaml = format!(
+        "script:\n  - env; (trap '' TERM; exec sleep {marker}) & echo started; sleep 600\n"
+    );
+    let repo = Repo::new(&env, "lingering", &[("zeroCI.yaml", &yaml)]);
     let id = env.submit(&repo.path);
     let log = zeroci_testkit::wait_for("the step to start its background process", || {
         let log = String::from_utf8(env.raw_log(id, None)).unwrap();
@@ -466,16 +470,17 @@ fn an_in_process_machine_keeps_its_hosts_environment_from_jobs_and_dies_whole_wi
         !log.contains("HOST_ONLY_SECRET") && !log.contains("s3cr3t"),
         "the host's environment reached the job: {log}"
     );
+    let cmdline = format!("sleep\0{marker}\0").into_bytes();
     let lingering = || {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x006123\x00")
-            })
+            .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline))
             .count()
     };
-    assert_eq!(lingering(), 1, "the background process runs");
+    zeroci_testkit::wait_for("the background process to run", || {
+        (lingering() == 1).then_some(())
+    });
     // The host is stopped: its machine is destroyed, and with it everything its job started.
     host.proc.signal(libc::SIGTERM);
     let status = host
@@ -483,7 +488,10 @@ fn an_in_process_machine_keeps_its_hosts_environment_from_jobs_and_dies_whole_wi
         .wait_timeout(crate::harness::patience())
         .expect("the host to leave");
     assert!(status.success(), "the host left cleanly: {status}");
-    assert_eq!(lingering(), 0, "a process of the job outlived its machine");
+    zeroci_testkit::wait_for(
+        "every process of the job to be gone with its machine",
+        || (lingering() == 0).then_some(()),
+    );
     assert!(
         host.machines_left().is_empty(),
         "{:?}",

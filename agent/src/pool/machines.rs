@@ -6,7 +6,9 @@
 //!
 //! With `--isolation in-process` a machine is a task of this process running the same agent code
 //! (enrolment, the stream, the executor): no isolation and no process of its own, so one host can
-//! hold a thousand connected agents for a load test of a controller.
+//! hold a thousand connected agents for a load test of a controller. Its steps' process groups are
+//! killed when it is destroyed or the host stops; a SIGKILLed host leaves them running (nothing
+//! records them for the next start).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -170,6 +172,7 @@ impl Machines {
         }
         let started = self.spawn(
             name,
+            generation,
             &dir,
             bootstrap,
             repo_url,
@@ -192,9 +195,11 @@ impl Machines {
         started
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         self: &Arc<Self>,
         name: &str,
+        generation: u64,
         dir: &Path,
         bootstrap: Bootstrap,
         repo_url: &str,
@@ -212,7 +217,7 @@ impl Machines {
         let log = std::fs::File::create(dir.join("agent.log"))
             .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         if self.settings.in_process {
-            return self.start_task(name, job_dir, bootstrap, give_up_after_secs);
+            return self.start_task(name, generation, job_dir, bootstrap, give_up_after_secs);
         }
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
         let mut command = tokio::process::Command::new(&self.settings.agent_binary);
@@ -291,11 +296,11 @@ impl Machines {
         };
         let _ = std::fs::write(dir.join(SESSION_FILE), session_record(pid));
         let destroyed_meanwhile = match self.running().get_mut(name) {
-            Some(entry) => {
+            Some(entry) if entry.generation == generation => {
                 entry.pid = Some(pid);
                 false
             }
-            None => true,
+            _ => true,
         };
         if destroyed_meanwhile {
             // A destroy came while it started and found no process to stop: this one goes too.
@@ -341,6 +346,7 @@ impl Machines {
     fn start_task(
         self: &Arc<Self>,
         name: &str,
+        generation: u64,
         job_dir: PathBuf,
         bootstrap: Bootstrap,
         give_up_after_secs: u64,
@@ -389,8 +395,10 @@ impl Machines {
         };
         let handle = tokio::spawn(task.instrument(tracing::info_span!("machine", machine = %name)));
         match self.running().get_mut(name) {
-            Some(entry) => entry.task = Some(Task { handle, stop }),
-            None => {
+            Some(entry) if entry.generation == generation => {
+                entry.task = Some(Task { handle, stop })
+            }
+            _ => {
                 handle.abort();
                 return Err(StartFailure {
                     message: "destroyed while it started".into(),
