@@ -7,10 +7,12 @@
 //! child in the group instead: nothing is moved, and the child still runs no instruction outside it.
 //! Where the kernel refuses the flag (older kernels, seccomp filters), the child joins the group by
 //! writing to `cgroup.procs` before it executes the program, as before; where clone3 itself is
-//! missing or filtered, the child is forked and its pidfd opened afterwards.
+//! filtered, the child is forked and its pidfd opened afterwards.
 //!
-//! The child runs only async-signal-safe calls between its creation and `execve` (everything it needs is
-//! prepared before); an `execve` failure comes back through a close-on-exec pipe as `errno`.
+//! The child runs only async-signal-safe calls between its creation and `execve` (everything it
+//! needs is prepared before); an `execve` failure comes back through a close-on-exec pipe as `errno`.
+//! It starts clean: default signal dispositions, nothing blocked, no descriptor but its stdio and
+//! the one handed over.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;

@@ -11,9 +11,11 @@
 //! Only for a full SHA-1 commit id and a plain repository (a work tree with a `.git` directory, or a
 //! bare one); anything else — a branch name, a linked work tree, SHA-256 objects, a commit the source
 //! does not hold, any failure — returns an error and the caller clones as before. Only the checkout's
-//! deadline or a cancel, which the caller applies to the whole shortcut, end the checkout here. The alternate is the caveat `git clone --shared`
-//! documents: objects the source prunes while the job runs would vanish from the workspace; a source
-//! only prunes unreachable objects older than two weeks, and the commit under test is reachable.
+//! deadline or a cancel, which the caller applies to the whole shortcut, end the checkout here.
+//!
+//! The alternate is the caveat `git clone --shared` documents: objects the source prunes while the
+//! job runs would vanish from the workspace; a source only prunes unreachable objects older than two
+//! weeks, and the commit under test is reachable.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
