@@ -599,20 +599,18 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_working_directory_is_an_error_not_a_child() {
-        let (status, _) = run(Case {
+    fn a_bad_working_directory_or_program_is_an_error_not_a_child() {
+        let bad_cwd = Case {
             cwd: "/nonexistent",
             ..Case::default()
-        });
-        assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
-    }
-
-    #[test]
-    fn a_program_that_cannot_be_executed_is_an_error_not_a_child() {
-        let (status, _) = run(Case {
+        };
+        let bad_program = Case {
             program: "/nonexistent/program",
             ..Case::default()
-        });
-        assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
+        };
+        for case in [bad_cwd, bad_program] {
+            let (status, _) = run(case);
+            assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
+        }
     }
 }

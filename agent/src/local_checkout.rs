@@ -92,9 +92,9 @@ pub async fn check_out(
             )
         })
         .filter(|branch| {
-            refs.lines().any(|line| {
-                line.split_once(' ').map(|(_, name)| name) == Some(&format!("refs/heads/{branch}"))
-            })
+            let wanted = format!("refs/heads/{branch}");
+            refs.lines()
+                .any(|line| line.split_once(' ').is_some_and(|(_, name)| name == wanted))
         });
     let packed = packed_refs(&refs, head_branch.as_deref())?;
     git(
